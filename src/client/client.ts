@@ -1,0 +1,394 @@
+/**
+ * broker-client: accepts Smart Client connections on the loopback and
+ * carries each one as a resilient session to a broker-server. New sessions
+ * try the configured broker servers in turn; after a link loss the session
+ * redials the broker server that holds it, with backoff, until the resume
+ * window closes.
+ * @module
+ */
+
+import type { ClientConfig } from "../config/client_config.ts";
+import { formatHostPort, type HostPort } from "../config/values.ts";
+import { logger } from "../ops/log.ts";
+import {
+  decodeProof,
+  decodeReject,
+  decodeWelcome,
+  encodeAbort,
+  encodeHelloNew,
+  encodeHelloResume,
+  encodePreface,
+  encodeProof,
+  type Frame,
+  FrameType,
+  PROTOCOL_VERSION,
+  toHex,
+} from "../protocol/frames.ts";
+import { createEphemeralKey, deriveResumeKey, randomId, signProof, verifyProof } from "../protocol/resume_auth.ts";
+import { backoffDelay, sleep } from "../session/backoff.ts";
+import { Link } from "../session/link.ts";
+import { ResumeGapError } from "../session/replay_buffer.ts";
+import { Session } from "../session/session.ts";
+import { DEFAULT_TUNING } from "../config/tuning.ts";
+import { describeError, dialTcp } from "../session/transport.ts";
+
+const log = logger("client");
+
+/** The broker server refused: retrying the same request would not help. */
+export class RejectedError extends Error {
+  override name = "RejectedError";
+  /** The reject code from the server. */
+  readonly code: number;
+
+  /** Wraps a REJECT from `server`. */
+  constructor(server: string, code: number, reason: string) {
+    super(`broker server ${server} refused: ${reason}`);
+    this.code = code;
+  }
+}
+
+/** What the client knows of a session once the server welcomed it. */
+interface Identity {
+  sessionId: Uint8Array;
+  key: CryptoKey;
+  server: HostPort;
+}
+
+/** Options of a BrokerClient. */
+export interface BrokerClientOptions {
+  /** Clock in ms (injectable). */
+  now?: () => number;
+}
+
+/** The broker-client: loopback listener and one runner per Smart Client connection. */
+export class BrokerClient {
+  #config: ClientConfig;
+  #now: () => number;
+  #listener: Deno.TcpListener | null = null;
+  #runners = new Set<SessionRunner>();
+  #shutdown = new AbortController();
+  #acceptLoop: Promise<void> | null = null;
+
+  /** Creates a client for `config`; call listen() to start. */
+  constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
+    this.#config = config;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Where Smart Client connects (the real port when configured with 0). */
+  get address(): HostPort {
+    if (!this.#listener) throw new Error("Cannot tell the address of a client that is not listening");
+    const addr = this.#listener.addr as Deno.NetAddr;
+    return { hostname: addr.hostname, port: addr.port };
+  }
+
+  /** Number of sessions in progress. */
+  get sessionCount(): number {
+    return this.#runners.size;
+  }
+
+  /** Binds the loopback listener and starts accepting Smart Client connections. */
+  listen(): void {
+    const { hostname, port } = this.#config.listen;
+    try {
+      this.#listener = Deno.listen({ hostname, port, transport: "tcp" });
+    } catch (err) {
+      const hint = err instanceof Deno.errors.AddrInUse
+        ? "another program (or another broker-client) already uses this port"
+        : describeError(err);
+      throw new Error(`Cannot listen on ${formatHostPort({ hostname, port })}: ${hint}`);
+    }
+    for (const note of this.#config.notes) log.info(note);
+    log.info("broker-client listening on {address} for Smart Client; broker servers: {servers}", {
+      address: formatHostPort(this.address),
+      servers: this.#config.brokerServers.map(formatHostPort).join(", "),
+    });
+    this.#acceptLoop = this.#accept(this.#listener);
+  }
+
+  async #accept(listener: Deno.TcpListener): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (err) {
+        if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
+        log.error("Cannot accept a Smart Client connection: {error}", { error: describeError(err) });
+        continue;
+      }
+      conn.setNoDelay(true);
+      const runner = new SessionRunner(this.#config, conn, this.#shutdown.signal, this.#now, () => {
+        this.#runners.delete(runner);
+      });
+      this.#runners.add(runner);
+      runner.run();
+    }
+  }
+
+  /** Stops listening and ends every session. */
+  async close(reason = "broker-client is shutting down"): Promise<void> {
+    if (this.#shutdown.signal.aborted) return;
+    this.#shutdown.abort();
+    this.#listener?.close();
+    await this.#acceptLoop;
+    await Promise.all([...this.#runners].map((r) => r.stop(reason)));
+    log.info("broker-client stopped");
+  }
+}
+
+/** Carries one Smart Client connection: opens its session and keeps redialing it. */
+class SessionRunner {
+  #config: ClientConfig;
+  #signal: AbortSignal;
+  #now: () => number;
+  #session: Session;
+  #identity: Identity | null = null;
+  #smartClient: string;
+  #openedAt: number;
+  #reconnecting: Promise<void> | null = null;
+  #done: () => void;
+  #ended: Promise<void>;
+  #endedResolve!: () => void;
+  #stopped = new AbortController();
+
+  constructor(config: ClientConfig, conn: Deno.TcpConn, signal: AbortSignal, now: () => number, done: () => void) {
+    this.#config = config;
+    this.#signal = AbortSignal.any([signal, this.#stopped.signal]);
+    this.#now = now;
+    this.#done = done;
+    this.#smartClient = formatHostPort(conn.remoteAddr as Deno.NetAddr);
+    this.#openedAt = now();
+    this.#ended = new Promise((resolve) => this.#endedResolve = resolve);
+    this.#session = new Session({
+      role: "client",
+      local: conn,
+      timers: {
+        resumeTimeoutMs: DEFAULT_TUNING.resumeTimeoutMs,
+        heartbeatIntervalMs: DEFAULT_TUNING.heartbeatIntervalMs,
+        linkTimeoutMs: DEFAULT_TUNING.linkTimeoutMs,
+        replayBufferBytes: config.replayBufferBytes,
+      },
+      now,
+      events: {
+        detached: (reason) => {
+          log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
+          this.#reconnecting = this.#resumeLoop();
+        },
+        ended: (end) => {
+          const stats = this.#session.stats;
+          const message =
+            "Session {session} closed: {reason}; {sent} bytes from Smart Client, {received} bytes to it, {seconds} s, {resumes} resumes";
+          const fields = {
+            session: this.#label,
+            reason: end.reason,
+            sent: stats.bytesFromLocal,
+            received: stats.bytesToLocal,
+            seconds: ((this.#now() - this.#openedAt) / 1000).toFixed(1),
+            resumes: stats.resumes,
+          };
+          if (end.clean) log.info(message, fields);
+          else log.warn(message, fields);
+          this.#stopped.abort();
+          this.#done();
+          this.#endedResolve();
+        },
+      },
+    });
+  }
+
+  get #label(): string {
+    return this.#identity ? toHex(this.#identity.sessionId).slice(0, 8) : `(new, Smart Client ${this.#smartClient})`;
+  }
+
+  /** Starts reading Smart Client and opening the session. */
+  run(): void {
+    this.#session.start();
+    this.#openLoop();
+  }
+
+  /** Ends the session (shutdown) and waits until it is gone. */
+  async stop(reason: string): Promise<void> {
+    this.#session.abort(reason);
+    await this.#ended;
+    await this.#reconnecting;
+  }
+
+  /** Tries the broker servers in turn, with backoff between rounds, until one welcomes us. */
+  async #openLoop(): Promise<void> {
+    const deadline = this.#now() + this.#config.newSessionTimeoutMs;
+    const errors = new Map<string, string>();
+    for (let attempt = 0;; attempt++) {
+      let rejections = 0;
+      for (const server of this.#config.brokerServers) {
+        if (this.#session.state === "closed" || this.#signal.aborted) return;
+        try {
+          await this.#openOn(server);
+          return;
+        } catch (err) {
+          if (err instanceof RejectedError) rejections++;
+          errors.set(formatHostPort(server), describeError(err));
+        }
+      }
+      const summary = [...errors].map(([server, error]) => `${server}: ${error}`).join("; ");
+      if (rejections === this.#config.brokerServers.length) {
+        this.#session.abort(`no broker server accepted the session (${summary})`);
+        return;
+      }
+      const left = deadline - this.#now();
+      if (left <= 0) {
+        this.#session.abort(
+          `no broker server reachable within ${Math.round(this.#config.newSessionTimeoutMs / 1000)} s (${summary})`,
+        );
+        return;
+      }
+      if (attempt === 0) log.warn("Session {session}: cannot reach a broker server yet ({summary}); retrying", {
+        session: this.#label,
+        summary,
+      });
+      await sleep(Math.min(left, backoffDelay(attempt)), this.#signal);
+    }
+  }
+
+  async #dial(server: HostPort, hello: Uint8Array): Promise<Link> {
+    const conn = await dialTcp(server.hostname, server.port, {
+      timeoutMs: this.#config.connectTimeoutMs,
+      signal: this.#signal,
+    });
+    const link = new Link(conn, formatHostPort(server));
+    link.send(encodePreface());
+    link.send(hello);
+    return link;
+  }
+
+  /** Reads the next handshake frame; a REJECT or an unexpected type becomes an error. */
+  async #expect(link: Link, type: number, what: string, deadline: number): Promise<Frame> {
+    const frame = await link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
+    if (!frame) throw new Error(`broker server ${link.peer} closed the link during the handshake`);
+    if (frame.type === FrameType.Preface) {
+      const version = frame.payload[0];
+      if (version !== PROTOCOL_VERSION) {
+        // The server explains in the REJECT that follows; say it plainly if it does not.
+        const next = await link.readFrameWithin(Math.max(1, deadline - this.#now()), what).catch(() => null);
+        const reason = next?.type === FrameType.Reject ? decodeReject(next.payload).reason : "";
+        throw new RejectedError(
+          link.peer,
+          0,
+          `it speaks protocol version ${version}, this broker-client speaks ${PROTOCOL_VERSION}${reason ? ` (${reason})` : ""}`,
+        );
+      }
+      return this.#expect(link, type, what, deadline);
+    }
+    if (frame.type === FrameType.Reject) {
+      const { code, reason } = decodeReject(frame.payload);
+      throw new RejectedError(link.peer, code, reason);
+    }
+    if (frame.type !== type) throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
+    return frame;
+  }
+
+  async #openOn(server: HostPort): Promise<void> {
+    const own = await createEphemeralKey();
+    const link = await this.#dial(server, encodeHelloNew(own.publicKey));
+    try {
+      const deadline = this.#now() + this.#config.handshakeTimeoutMs;
+      const welcome = decodeWelcome((await this.#expect(link, FrameType.Welcome, "WELCOME", deadline)).payload);
+      const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
+      if (this.#session.state === "closed") {
+        link.close();
+        return;
+      }
+      this.#identity = { sessionId: welcome.sessionId, key, server };
+      this.#session.setTimers({
+        resumeTimeoutMs: welcome.resumeTimeoutMs,
+        heartbeatIntervalMs: welcome.heartbeatIntervalMs,
+        linkTimeoutMs: welcome.linkTimeoutMs,
+      });
+      this.#session.attach(link, 0);
+      log.info("Session {session} opened for Smart Client {client} on broker server {server}", {
+        session: this.#label,
+        client: this.#smartClient,
+        server: link.peer,
+      });
+    } catch (err) {
+      link.close();
+      throw err;
+    }
+  }
+
+  /** Redials the broker server that holds the session until it resumes, ends or the window closes. */
+  async #resumeLoop(): Promise<void> {
+    const identity = this.#identity;
+    if (!identity) return;
+    const deadline = this.#session.detachedAt + this.#session.timers.resumeTimeoutMs;
+    let lastError = "";
+    for (let attempt = 0; this.#session.state === "detached" && !this.#signal.aborted; attempt++) {
+      const left = deadline - this.#now();
+      if (left <= 0) return;
+      if (!await sleep(Math.min(left, backoffDelay(attempt)), this.#signal)) return;
+      if (this.#session.state !== "detached") return;
+      try {
+        await this.#resumeOn(identity);
+        return;
+      } catch (err) {
+        if (err instanceof RejectedError) {
+          this.#session.abort(`cannot resume: ${err.message}`);
+          return;
+        }
+        const error = describeError(err);
+        if (error !== lastError) {
+          log.info("Session {session}: resume attempt failed ({error}); retrying", { session: this.#label, error });
+          lastError = error;
+        }
+      }
+    }
+  }
+
+  async #resumeOn(identity: Identity): Promise<void> {
+    const clientNonce = randomId();
+    const started = this.#now();
+    const link = await this.#dial(identity.server, encodeHelloResume(identity.sessionId, clientNonce));
+    try {
+      const deadline = this.#now() + this.#config.handshakeTimeoutMs;
+      const challenge = await this.#expect(link, FrameType.Challenge, "CHALLENGE", deadline);
+      const serverNonce = challenge.payload.slice();
+      const received = this.#session.received;
+      const input = { sessionId: identity.sessionId, clientNonce, serverNonce, receivedOffset: received };
+      link.send(encodeProof(FrameType.Proof, await signProof(identity.key, "client", input), received));
+      const resumed = decodeProof((await this.#expect(link, FrameType.Resumed, "RESUMED", deadline)).payload);
+      const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
+      if (!await verifyProof(identity.key, "server", serverInput, resumed.mac)) {
+        throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
+      }
+      if (this.#session.state !== "detached" || this.#session.received !== received) {
+        link.close();
+        return;
+      }
+      const away = this.#now() - this.#session.detachedAt;
+      let replayed: number;
+      try {
+        replayed = this.#session.attach(link, resumed.receivedOffset);
+      } catch (err) {
+        const reason = `cannot resume: ${(err as Error).message}`;
+        if (err instanceof ResumeGapError || err instanceof RangeError) {
+          link.send(encodeAbort(reason));
+          await link.closeAfterFlush();
+          this.#session.abort(reason);
+          return;
+        }
+        throw err;
+      }
+      log.info(
+        "Session {session} resumed after {seconds} s (handshake {handshake} ms): {replayed} bytes replayed to the server",
+        {
+          session: this.#label,
+          seconds: (away / 1000).toFixed(1),
+          handshake: this.#now() - started,
+          replayed,
+        },
+      );
+    } catch (err) {
+      link.close();
+      throw err;
+    }
+  }
+}

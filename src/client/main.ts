@@ -1,0 +1,127 @@
+/**
+ * broker-client's command line: arguments, configuration, `--check`, and
+ * running until the abort signal (SIGINT/SIGTERM, mapped by the entry file).
+ * @module
+ */
+
+import {
+  type CliOptions,
+  currentExecLocation,
+  defaultConfigPath,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  parseCli,
+  UsageError,
+} from "../cli.ts";
+import { type ClientConfig, loadClientConfig } from "../config/client_config.ts";
+import { ConfigError } from "../config/ini.ts";
+import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
+import { logger, setupLogging } from "../ops/log.ts";
+import { aborted } from "../ops/signals.ts";
+import { VERSION } from "../version.ts";
+import { BrokerClient } from "./client.ts";
+
+/** The default configuration file name. */
+export const CLIENT_CONFIG_FILE = "smartclient.ini";
+
+const USAGE = `broker-client ${VERSION}: resilient broker for TOTVS Protheus (Smart Client side)
+
+Usage: broker-client [options]
+
+Options:
+  -c, --config FILE     smartclient.ini to read (default: next to the executable,
+                        or the current directory when run with deno run)
+      --driver NAME     use section [NAME] instead of [drivers] active=
+      --check           validate the configuration, print the effective
+                        settings and exit (0 valid, 2 invalid)
+      --console         log informational lines to the console (TOTVS: -d)
+      --log-level LEVEL debug, info (default), warning or error
+      --log-format FMT  text (default) or json (one JSON object per line)
+  -V, --version         print the version
+  -h, --help            print this help
+
+smartclient.ini: [drivers] active=<section>, and in that section:
+  server, port           where Smart Client connects: with BrokerServer set,
+                         this is the local broker-client (a loopback address);
+                         without it, the broker server itself, and
+                         broker-client listens on 127.0.0.1:<port>
+  BrokerProxy=1          required: this connection goes through the broker
+  BrokerServer           broker server(s) "host:port", comma-separated; new
+                         sessions try them in turn
+  LISTEN_ADDRESS         listen elsewhere than the loopback (explicit only)
+  LISTEN_PORT            port to listen on when BrokerServer is absent
+                         (default: port)
+  NEW_SESSION_TIMEOUT    how long a new session keeps trying (default 30 s)
+  CONNECT_TIMEOUT        one connection attempt (default 5 s)
+  HANDSHAKE_TIMEOUT      one handshake (default 10 s)
+  REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session (default 4M)
+The resume window, heartbeat and dead-link times come from the broker server.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
+`;
+
+/** The effective settings, as `--check` prints them. */
+export function describeClientConfig(config: ClientConfig): string {
+  const lines = [
+    `Configuration file:  ${config.path}`,
+    `Driver section:      [${config.driver}]`,
+    `Listening on:        ${formatHostPort(config.listen)} (Smart Client connects here)`,
+    `Broker servers (${config.brokerServers.length}):`,
+    ...config.brokerServers.map((s) => `  ${formatHostPort(s)}`),
+    `New session timeout: ${formatDuration(config.newSessionTimeoutMs)}`,
+    `Connect timeout:     ${formatDuration(config.connectTimeoutMs)}`,
+    `Handshake timeout:   ${formatDuration(config.handshakeTimeoutMs)}`,
+    `Replay buffer cap:   ${formatSize(config.replayBufferBytes)}`,
+  ];
+  for (const n of config.notes) lines.push(`Note: ${n}`);
+  for (const w of config.warnings) lines.push(`Warning: ${w}`);
+  return lines.join("\n");
+}
+
+/** Runs broker-client with `args`; resolves to the process exit code. */
+export async function clientMain(args: string[], options: { signal: AbortSignal }): Promise<number> {
+  let cli: CliOptions;
+  let config: ClientConfig;
+  try {
+    cli = parseCli(args, { driver: true });
+    if (cli.help) {
+      console.log(USAGE);
+      return EXIT_OK;
+    }
+    if (cli.version) {
+      console.log(`broker-client ${VERSION}`);
+      return EXIT_OK;
+    }
+    config = await loadClientConfig(
+      cli.config ?? defaultConfigPath(CLIENT_CONFIG_FILE, currentExecLocation()),
+      cli.driver,
+    );
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof ConfigError) {
+      console.error(`broker-client: ${err.message}`);
+      if (err instanceof UsageError) console.error("Run broker-client --help for the options.");
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+  if (cli.check) {
+    console.log(describeClientConfig(config));
+    console.log("Configuration is valid.");
+    return EXIT_OK;
+  }
+  await setupLogging({ console: true, level: cli.logLevel, format: cli.logFormat });
+  const log = logger("client");
+  log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
+  for (const w of config.warnings) log.warn(w);
+  const client = new BrokerClient(config);
+  try {
+    client.listen();
+  } catch (err) {
+    log.error((err as Error).message);
+    return EXIT_FAILURE;
+  }
+  await aborted(options.signal);
+  await client.close();
+  return EXIT_OK;
+}

@@ -1,0 +1,152 @@
+/**
+ * broker-server configuration: the `[BALANCE_SMART_CLIENT_DESKTOP]` section
+ * of a TOTVS appserver.ini (plus `[GENERAL] CONSOLELOG`), parsed and
+ * validated in one place. Other sections are ignored.
+ * @module
+ */
+
+import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
+import { SectionReader } from "./section.ts";
+import { readTuning, type SessionTuning } from "./tuning.ts";
+import { type HostPort, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+
+/** Name of the appserver.ini section that configures the broker. */
+export const BROKER_SECTION = "BALANCE_SMART_CLIENT_DESKTOP";
+
+/** Balancing methods we implement. */
+export type SortMethod = "CONNECTION" | "ROUND_ROBIN";
+
+/** One `REMOTE_SERVER_<suffix>` entry: an ERP application server. */
+export interface RemoteServer extends HostPort {
+  /** The full key, e.g. `REMOTE_SERVER_01`. */
+  name: string;
+  /** Line of the key in the file. */
+  line: number;
+}
+
+/** Everything broker-server needs from appserver.ini. */
+export interface ServerConfig {
+  /** File the configuration was read from. */
+  path: string;
+  /** `[GENERAL] CONSOLELOG`: log to the console (default on). */
+  consoleLog: boolean;
+  /** Address and port broker-clients connect to. */
+  listen: HostPort;
+  /** The ERP servers, in file order. */
+  remoteServers: RemoteServer[];
+  /** Effective balancing method. */
+  sortMethod: SortMethod;
+  /** `SERVICE_NAME`: Windows service / systemd unit name. */
+  serviceName: string;
+  /** `SERVICE_DISPLAY_NAME`: the service's display name. */
+  serviceDisplayName: string;
+  /** Session timers and limits. */
+  tuning: SessionTuning;
+  /** Oddities found while reading, to be logged at start. */
+  warnings: string[];
+}
+
+/** Default bind address: every IPv4 interface. */
+export const DEFAULT_SERVER_BIND = "0.0.0.0";
+/** Default service name when SERVICE_NAME is absent. */
+export const DEFAULT_SERVICE_NAME = "PROTHEUS_BROKER_SERVER";
+
+const MONITORED_METHODS = ["SERVER_MEMORY", "SERVER_USERS", "SERVER_THREADS", "SERVER_CPU"];
+
+function parseSortMethod(text: string): string {
+  const method = text.trim().toUpperCase().replace(/^PROTHEUS_/, "");
+  if (method === "CONNECTION" || method === "ROUND_ROBIN" || MONITORED_METHODS.includes(method)) {
+    return method;
+  }
+  throw new SyntaxError(
+    `expected CONNECTION, ROUND_ROBIN, ${MONITORED_METHODS.join(", ")}, got "${text}"`,
+  );
+}
+
+function parseServiceName(text: string): string {
+  if (text === "" || /\s/.test(text)) {
+    throw new SyntaxError(`expected a name without spaces, got "${text}"`);
+  }
+  return text;
+}
+
+/** Builds the server configuration from a parsed appserver.ini. */
+export function serverConfigFromIni(doc: IniDocument): ServerConfig {
+  const warnings: string[] = [];
+  const raw = doc.sections.get(BROKER_SECTION.toLowerCase());
+  if (!raw) {
+    throw new ConfigError(
+      `${doc.path}: Cannot find section [${BROKER_SECTION}]: broker-server needs it to know its port and the REMOTE_SERVER_xx entries`,
+    );
+  }
+  const section = new SectionReader(doc, raw, warnings);
+
+  const general = doc.sections.get("general");
+  const consoleLog = general
+    ? new SectionReader(doc, general, warnings).value("CONSOLELOG", parseSwitch, true)
+    : true;
+
+  const portEntry = section.entry("LOCAL_SERVER_PORT");
+  if (!portEntry) {
+    throw section.error(
+      raw.line,
+      `Cannot find LOCAL_SERVER_PORT in [${raw.name}]: expected the port broker-clients connect to, e.g. "LOCAL_SERVER_PORT = 4000"`,
+    );
+  }
+  const listen: HostPort = {
+    hostname: section.value("LOCAL_SERVER_ADDRESS", (t) => {
+      if (t.trim() === "") throw new SyntaxError(`expected an address, got ""`);
+      return t.trim();
+    }, DEFAULT_SERVER_BIND),
+    port: section.parseEntry(portEntry, parsePort),
+  };
+
+  const remoteServers = section.prefixed("REMOTE_SERVER_").map((e): RemoteServer => {
+    const suffix = e.key.slice("REMOTE_SERVER_".length);
+    if (!/^[A-Za-z0-9]+$/.test(suffix)) {
+      throw section.error(
+        e.line,
+        `Cannot parse key ${e.key}: the suffix after REMOTE_SERVER_ must be letters and digits`,
+      );
+    }
+    return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseHostPort) };
+  });
+  if (remoteServers.length === 0) {
+    throw section.error(
+      raw.line,
+      `Cannot find any REMOTE_SERVER_xx in [${raw.name}]: expected at least one ERP server, e.g. "REMOTE_SERVER_01 = 10.0.0.5 5000"`,
+    );
+  }
+
+  const methodEntry = section.entry("SORT_METHOD");
+  let sortMethod: SortMethod = "CONNECTION";
+  if (methodEntry) {
+    const method = section.parseEntry(methodEntry, parseSortMethod);
+    if (method === "ROUND_ROBIN") sortMethod = "ROUND_ROBIN";
+    else if (method !== "CONNECTION") {
+      section.warn(
+        methodEntry.line,
+        `SORT_METHOD ${methodEntry.value} needs Protheus' own monitoring protocol, which this broker does not speak: balancing by CONNECTION (fewest sessions) instead`,
+      );
+    }
+  }
+
+  const config: ServerConfig = {
+    path: doc.path,
+    consoleLog,
+    listen,
+    remoteServers,
+    sortMethod,
+    serviceName: section.value("SERVICE_NAME", parseServiceName, DEFAULT_SERVICE_NAME),
+    serviceDisplayName: section.value("SERVICE_DISPLAY_NAME", (t) => t, "TOTVS Protheus broker server"),
+    tuning: readTuning(section),
+    warnings,
+  };
+  section.reportUnknownKeys();
+  return config;
+}
+
+/** Reads and validates an appserver.ini file. */
+export async function loadServerConfig(path: string): Promise<ServerConfig> {
+  return serverConfigFromIni(await readIniFile(path));
+}

@@ -1,0 +1,75 @@
+/**
+ * Session tuning shared by both programs: the resume window, heartbeats,
+ * timeouts and the replay buffer cap, with the defaults documented in README.
+ * @module
+ */
+
+import type { SectionReader } from "./section.ts";
+import { parseDuration, parseSize } from "./values.ts";
+
+/** Timers and limits of resilient sessions. */
+export interface SessionTuning {
+  /** How long a detached session waits for its client to come back (ms). */
+  resumeTimeoutMs: number;
+  /** Interval between heartbeats on an otherwise quiet link (ms). */
+  heartbeatIntervalMs: number;
+  /** A link that delivers nothing for this long is dead (ms). */
+  linkTimeoutMs: number;
+  /** Time a new link has to complete its handshake (ms). */
+  handshakeTimeoutMs: number;
+  /** Most unacknowledged bytes kept per session and direction. */
+  replayBufferBytes: number;
+  /** Time allowed for one TCP connect (ms). */
+  connectTimeoutMs: number;
+}
+
+/** The defaults: 180 s window, 2 s heartbeat, 6 s dead link, 4 MiB replay cap. */
+export const DEFAULT_TUNING: Readonly<SessionTuning> = Object.freeze({
+  resumeTimeoutMs: 180_000,
+  heartbeatIntervalMs: 2_000,
+  linkTimeoutMs: 6_000,
+  handshakeTimeoutMs: 10_000,
+  replayBufferBytes: 4 * 1024 * 1024,
+  connectTimeoutMs: 5_000,
+});
+
+/** Smallest replay cap accepted: below it throughput collapses. */
+export const MIN_REPLAY_BUFFER_BYTES = 64 * 1024;
+
+/** Reads a duration key that must be greater than zero. */
+export function readDuration(section: SectionReader, key: string, fallback: number): number {
+  const value = section.value(key, parseDuration, fallback);
+  if (value <= 0) throw section.error(section.entry(key)?.line, `${key} must be greater than zero`);
+  return value;
+}
+
+/** Reads REPLAY_BUFFER_SIZE, which must be at least 64 KiB. */
+export function readReplayBufferSize(section: SectionReader): number {
+  const value = section.value("REPLAY_BUFFER_SIZE", parseSize, DEFAULT_TUNING.replayBufferBytes);
+  if (value < MIN_REPLAY_BUFFER_BYTES) {
+    throw section.error(
+      section.entry("REPLAY_BUFFER_SIZE")?.line,
+      `REPLAY_BUFFER_SIZE must be at least ${MIN_REPLAY_BUFFER_BYTES} bytes (64K), got ${value}`,
+    );
+  }
+  return value;
+}
+
+/** Reads every tuning key of a section, validating their relations. */
+export function readTuning(section: SectionReader): SessionTuning {
+  const tuning: SessionTuning = {
+    resumeTimeoutMs: readDuration(section, "RESUME_TIMEOUT", DEFAULT_TUNING.resumeTimeoutMs),
+    heartbeatIntervalMs: readDuration(section, "HEARTBEAT_INTERVAL", DEFAULT_TUNING.heartbeatIntervalMs),
+    linkTimeoutMs: readDuration(section, "LINK_TIMEOUT", DEFAULT_TUNING.linkTimeoutMs),
+    handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
+    replayBufferBytes: readReplayBufferSize(section),
+    connectTimeoutMs: readDuration(section, "CONNECT_TIMEOUT", DEFAULT_TUNING.connectTimeoutMs),
+  };
+  if (tuning.linkTimeoutMs < 2 * tuning.heartbeatIntervalMs) {
+    throw section.error(
+      section.entry("LINK_TIMEOUT")?.line ?? section.entry("HEARTBEAT_INTERVAL")?.line,
+      `LINK_TIMEOUT (${tuning.linkTimeoutMs} ms) must be at least twice HEARTBEAT_INTERVAL (${tuning.heartbeatIntervalMs} ms), or healthy links would be declared dead`,
+    );
+  }
+  return tuning;
+}

@@ -1,0 +1,439 @@
+/**
+ * The link wire format, in one place and without I/O.
+ *
+ * A link starts with a 5-byte preface from each side: the magic "PBRK" and
+ * the protocol version. Frames follow: `type:u8 length:u32be payload`.
+ * Offsets are unsigned 64-bit big-endian on the wire; inside the program they
+ * are JavaScript numbers, exact up to 2^53 bytes (8 PiB) per direction, and a
+ * larger value on the wire is rejected as malformed.
+ * @module
+ */
+
+/** The four magic bytes that open every link: "PBRK". */
+export const MAGIC = new Uint8Array([0x50, 0x42, 0x52, 0x4b]);
+/** Version of this wire format; both ends must speak the same. */
+export const PROTOCOL_VERSION = 1;
+/** Size of the preface: magic and version. */
+export const PREFACE_SIZE = 5;
+/** Size of a frame header: type and payload length. */
+export const FRAME_HEADER_SIZE = 5;
+/** Size of a DATA frame's header: frame header plus the 64-bit offset. */
+export const DATA_HEADER_SIZE = FRAME_HEADER_SIZE + 8;
+/** Default largest payload accepted in one frame. */
+export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/** Size of session ids and nonces. */
+export const ID_SIZE = 16;
+/** Size of an X25519 public key. */
+export const PUBLIC_KEY_SIZE = 32;
+/** Size of an HMAC-SHA-256 proof. */
+export const MAC_SIZE = 32;
+
+/** Every frame type of the protocol. */
+export const FrameType = {
+  /** Pseudo-frame produced by the decoder for the peer's preface. */
+  Preface: 0,
+  /** Client: open a new session; payload is the client's ECDH public key. */
+  HelloNew: 1,
+  /** Client: resume a session; payload is the session id and a client nonce. */
+  HelloResume: 2,
+  /** Server: new session accepted; id, server public key, timers. */
+  Welcome: 3,
+  /** Server: resume challenge; payload is a server nonce. */
+  Challenge: 4,
+  /** Client: resume proof and the offset the client has received. */
+  Proof: 5,
+  /** Server: resume accepted; server proof and the offset the server has received. */
+  Resumed: 6,
+  /** Application bytes at an offset. */
+  Data: 16,
+  /** Cumulative acknowledgement: every byte below the offset was received. */
+  Ack: 17,
+  /** Liveness beacon; carries a cumulative acknowledgement too. */
+  Heartbeat: 18,
+  /** The sender's application closed its side; payload is the stream length. */
+  Fin: 19,
+  /** The session ends abnormally; payload is the reason (UTF-8). */
+  Abort: 32,
+  /** A handshake is refused; payload is a code and the reason (UTF-8). */
+  Reject: 33,
+} as const;
+
+/** A frame type value. */
+export type FrameTypeValue = typeof FrameType[keyof typeof FrameType];
+
+/** Why a handshake was refused. */
+export const RejectCode = {
+  /** Peer speaks another protocol version. */
+  Version: 1,
+  /** The session is not known (expired, or the server restarted). */
+  UnknownSession: 2,
+  /** The resume proof did not verify. */
+  BadProof: 3,
+  /** The bytes the peer needs are no longer buffered. */
+  CannotResume: 4,
+  /** No ERP server accepted the connection. */
+  NoBackend: 5,
+  /** The session has already ended; the reason says how. */
+  SessionEnded: 6,
+  /** The handshake was malformed or out of order. */
+  Protocol: 7,
+  /** The server is shutting down or over a limit. */
+  Unavailable: 8,
+} as const;
+
+/** A reject code value. */
+export type RejectCodeValue = typeof RejectCode[keyof typeof RejectCode];
+
+/** A decoded frame; `payload` is a view into the bytes received. */
+export interface Frame {
+  /** The frame type. */
+  type: FrameTypeValue;
+  /** The payload (for Preface: one byte, the peer's version). */
+  payload: Uint8Array;
+}
+
+/** A malformed frame or preface: the link that carried it must be dropped. */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+}
+
+/** Exact payload sizes of fixed-size frames; -1 means "at least the minimum". */
+const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
+  [FrameType.HelloNew]: [PUBLIC_KEY_SIZE, true],
+  [FrameType.HelloResume]: [ID_SIZE * 2, true],
+  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 12, true],
+  [FrameType.Challenge]: [ID_SIZE, true],
+  [FrameType.Proof]: [MAC_SIZE + 8, true],
+  [FrameType.Resumed]: [MAC_SIZE + 8, true],
+  [FrameType.Data]: [9, false],
+  [FrameType.Ack]: [8, true],
+  [FrameType.Heartbeat]: [8, true],
+  [FrameType.Fin]: [8, true],
+  [FrameType.Abort]: [0, false],
+  [FrameType.Reject]: [1, false],
+};
+
+/** The preface this side sends. */
+export function encodePreface(version: number = PROTOCOL_VERSION): Uint8Array {
+  const out = new Uint8Array(PREFACE_SIZE);
+  out.set(MAGIC);
+  out[4] = version;
+  return out;
+}
+
+/** Writes an unsigned offset as u64 big-endian. */
+export function writeU64(view: DataView, at: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`Cannot encode offset ${value}: expected an integer in 0..2^53-1`);
+  }
+  view.setUint32(at, Math.floor(value / 0x1_0000_0000));
+  view.setUint32(at + 4, value >>> 0);
+}
+
+/** Reads a u64 big-endian offset, rejecting values beyond 2^53-1. */
+export function readU64(bytes: Uint8Array, at: number): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset + at, 8);
+  const high = view.getUint32(0);
+  if (high > 0x1f_ffff) throw new ProtocolError(`Offset too large: high word ${high} exceeds 2^53`);
+  return high * 0x1_0000_0000 + view.getUint32(4);
+}
+
+function frame(type: FrameTypeValue, payloadSize: number): { out: Uint8Array; view: DataView } {
+  const out = new Uint8Array(FRAME_HEADER_SIZE + payloadSize);
+  const view = new DataView(out.buffer);
+  out[0] = type;
+  view.setUint32(1, payloadSize);
+  return { out, view };
+}
+
+function frameWithBytes(type: FrameTypeValue, ...parts: Uint8Array[]): Uint8Array {
+  const size = parts.reduce((n, p) => n + p.length, 0);
+  const { out } = frame(type, size);
+  let at = FRAME_HEADER_SIZE;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+function checkSize(what: string, bytes: Uint8Array, size: number): void {
+  if (bytes.length !== size) {
+    throw new RangeError(`Cannot encode ${what}: expected ${size} bytes, got ${bytes.length}`);
+  }
+}
+
+/** HELLO_NEW: the client's ephemeral public key. */
+export function encodeHelloNew(publicKey: Uint8Array): Uint8Array {
+  checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
+  return frameWithBytes(FrameType.HelloNew, publicKey);
+}
+
+/** HELLO_RESUME: session id and a fresh client nonce. */
+export function encodeHelloResume(sessionId: Uint8Array, clientNonce: Uint8Array): Uint8Array {
+  checkSize("session id", sessionId, ID_SIZE);
+  checkSize("client nonce", clientNonce, ID_SIZE);
+  return frameWithBytes(FrameType.HelloResume, sessionId, clientNonce);
+}
+
+/** Session parameters the server dictates in WELCOME. */
+export interface WelcomeTimers {
+  /** Resume window (ms). */
+  resumeTimeoutMs: number;
+  /** Heartbeat interval (ms). */
+  heartbeatIntervalMs: number;
+  /** Silent-link limit (ms). */
+  linkTimeoutMs: number;
+}
+
+/** WELCOME: session id, server public key and the server's timers. */
+export function encodeWelcome(
+  sessionId: Uint8Array,
+  publicKey: Uint8Array,
+  timers: WelcomeTimers,
+): Uint8Array {
+  checkSize("session id", sessionId, ID_SIZE);
+  checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
+  const { out, view } = frame(FrameType.Welcome, ID_SIZE + PUBLIC_KEY_SIZE + 12);
+  out.set(sessionId, FRAME_HEADER_SIZE);
+  out.set(publicKey, FRAME_HEADER_SIZE + ID_SIZE);
+  const at = FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE;
+  view.setUint32(at, timers.resumeTimeoutMs);
+  view.setUint32(at + 4, timers.heartbeatIntervalMs);
+  view.setUint32(at + 8, timers.linkTimeoutMs);
+  return out;
+}
+
+/** A decoded WELCOME. */
+export interface Welcome extends WelcomeTimers {
+  /** The new session's id. */
+  sessionId: Uint8Array;
+  /** The server's ephemeral public key. */
+  publicKey: Uint8Array;
+}
+
+/** Decodes a WELCOME payload. */
+export function decodeWelcome(payload: Uint8Array): Welcome {
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.length);
+  const at = ID_SIZE + PUBLIC_KEY_SIZE;
+  return {
+    sessionId: payload.slice(0, ID_SIZE),
+    publicKey: payload.slice(ID_SIZE, at),
+    resumeTimeoutMs: view.getUint32(at),
+    heartbeatIntervalMs: view.getUint32(at + 4),
+    linkTimeoutMs: view.getUint32(at + 8),
+  };
+}
+
+/** CHALLENGE: a fresh server nonce. */
+export function encodeChallenge(serverNonce: Uint8Array): Uint8Array {
+  checkSize("server nonce", serverNonce, ID_SIZE);
+  return frameWithBytes(FrameType.Challenge, serverNonce);
+}
+
+/** PROOF or RESUMED: an HMAC and the sender's received offset. */
+export function encodeProof(
+  type: typeof FrameType.Proof | typeof FrameType.Resumed,
+  mac: Uint8Array,
+  receivedOffset: number,
+): Uint8Array {
+  checkSize("proof", mac, MAC_SIZE);
+  const { out, view } = frame(type, MAC_SIZE + 8);
+  out.set(mac, FRAME_HEADER_SIZE);
+  writeU64(view, FRAME_HEADER_SIZE + MAC_SIZE, receivedOffset);
+  return out;
+}
+
+/** A decoded PROOF or RESUMED. */
+export interface Proof {
+  /** The HMAC. */
+  mac: Uint8Array;
+  /** The sender's received offset. */
+  receivedOffset: number;
+}
+
+/** Decodes a PROOF or RESUMED payload. */
+export function decodeProof(payload: Uint8Array): Proof {
+  return { mac: payload.slice(0, MAC_SIZE), receivedOffset: readU64(payload, MAC_SIZE) };
+}
+
+/** ACK, HEARTBEAT or FIN: a frame whose payload is one offset. */
+export function encodeOffsetFrame(
+  type: typeof FrameType.Ack | typeof FrameType.Heartbeat | typeof FrameType.Fin,
+  offset: number,
+): Uint8Array {
+  const { out, view } = frame(type, 8);
+  writeU64(view, FRAME_HEADER_SIZE, offset);
+  return out;
+}
+
+/**
+ * Fills in the header of a DATA frame whose bytes were read in place at
+ * `frame[DATA_HEADER_SIZE..]`, so the buffer read into is the one sent and
+ * kept: no copy on the hot path.
+ */
+export function sealDataFrame(frame: Uint8Array, offset: number): Uint8Array {
+  if (frame.length <= DATA_HEADER_SIZE) {
+    throw new RangeError(`Cannot seal a DATA frame of ${frame.length} bytes: it carries no data`);
+  }
+  const view = new DataView(frame.buffer, frame.byteOffset, DATA_HEADER_SIZE);
+  frame[0] = FrameType.Data;
+  view.setUint32(1, frame.length - FRAME_HEADER_SIZE);
+  writeU64(view, FRAME_HEADER_SIZE, offset);
+  return frame;
+}
+
+/** DATA with a copy of `bytes` (retransmission; the hot path uses sealDataFrame). */
+export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(DATA_HEADER_SIZE + bytes.length);
+  out.set(bytes, DATA_HEADER_SIZE);
+  return sealDataFrame(out, offset);
+}
+
+/** ABORT with a reason. */
+export function encodeAbort(reason: string): Uint8Array {
+  return frameWithBytes(FrameType.Abort, new TextEncoder().encode(reason.slice(0, 1000)));
+}
+
+/** REJECT with a code and a reason. */
+export function encodeReject(code: RejectCodeValue, reason: string): Uint8Array {
+  return frameWithBytes(
+    FrameType.Reject,
+    new Uint8Array([code]),
+    new TextEncoder().encode(reason.slice(0, 1000)),
+  );
+}
+
+/** Decodes a REJECT payload. */
+export function decodeReject(payload: Uint8Array): { code: number; reason: string } {
+  return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1)) };
+}
+
+/** Decodes UTF-8 reason text leniently. */
+export function decodeText(payload: Uint8Array): string {
+  return new TextDecoder().decode(payload);
+}
+
+/** Options of a FrameDecoder. */
+export interface FrameDecoderOptions {
+  /** Largest payload accepted (default 1 MiB). */
+  maxPayload?: number;
+  /** Expect the peer's 5-byte preface first (default true). */
+  preface?: boolean;
+}
+
+/**
+ * Streaming frame decoder: push bytes as they arrive (split anywhere), pull
+ * complete frames. Complete frames inside a pushed chunk are returned as
+ * views without copying; only a frame split across chunks is assembled.
+ */
+export class FrameDecoder {
+  #maxPayload: number;
+  #needPreface: boolean;
+  #pending: Uint8Array = new Uint8Array(0);
+  #partial: Uint8Array | null = null;
+  #partialFilled = 0;
+
+  /** Creates a decoder. */
+  constructor(options: FrameDecoderOptions = {}) {
+    this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    this.#needPreface = options.preface ?? true;
+  }
+
+  /** Bytes held that do not yet form a frame. */
+  get bufferedBytes(): number {
+    return this.#pending.length + this.#partialFilled;
+  }
+
+  /** Adds received bytes. The decoder keeps views of `chunk`: do not reuse it until its frames are consumed. */
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    if (this.#partial) {
+      const take = Math.min(chunk.length, this.#partial.length - this.#partialFilled);
+      this.#partial.set(chunk.subarray(0, take), this.#partialFilled);
+      this.#partialFilled += take;
+      chunk = chunk.subarray(take);
+      if (chunk.length === 0) return;
+    }
+    if (this.#pending.length === 0) {
+      this.#pending = chunk;
+    } else {
+      const joined = new Uint8Array(this.#pending.length + chunk.length);
+      joined.set(this.#pending);
+      joined.set(chunk, this.#pending.length);
+      this.#pending = joined;
+    }
+  }
+
+  /** The next complete frame, or null until more bytes arrive. Throws ProtocolError on malformed input. */
+  next(): Frame | null {
+    if (this.#partial) {
+      if (this.#partialFilled < this.#partial.length) return null;
+      const done = this.#partial;
+      this.#partial = null;
+      this.#partialFilled = 0;
+      // The assembled frame may be followed by bytes already pending.
+      return { type: done[0] as FrameTypeValue, payload: done.subarray(FRAME_HEADER_SIZE) };
+    }
+    const bytes = this.#pending;
+    if (this.#needPreface) {
+      // Judge the magic as soon as its bytes arrive, so a stranger is told off at once.
+      for (let i = 0; i < Math.min(bytes.length, MAGIC.length); i++) {
+        if (bytes[i] !== MAGIC[i]) {
+          throw new ProtocolError(
+            `Not a broker peer: expected the preface "PBRK", got bytes 0x${toHex(bytes.subarray(0, PREFACE_SIZE))}`,
+          );
+        }
+      }
+      if (bytes.length < PREFACE_SIZE) return this.#keepRest();
+      this.#needPreface = false;
+      this.#pending = bytes.subarray(PREFACE_SIZE);
+      return { type: FrameType.Preface, payload: bytes.subarray(4, PREFACE_SIZE) };
+    }
+    if (bytes.length < FRAME_HEADER_SIZE) return this.#keepRest();
+    const type = bytes[0] as number;
+    const length = new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0);
+    this.#validate(type, length);
+    const total = FRAME_HEADER_SIZE + length;
+    if (bytes.length >= total) {
+      this.#pending = bytes.subarray(total);
+      return { type: type as FrameTypeValue, payload: bytes.subarray(FRAME_HEADER_SIZE, total) };
+    }
+    // Split frame: assemble it in a buffer of its exact size, copying each byte once.
+    this.#partial = new Uint8Array(total);
+    this.#partial.set(bytes);
+    this.#partialFilled = bytes.length;
+    this.#pending = new Uint8Array(0);
+    return null;
+  }
+
+  /**
+   * Copies a short unconsumed tail out of the caller's chunk, so the caller
+   * may reuse its read buffer once next() has returned null.
+   */
+  #keepRest(): null {
+    if (this.#pending.length > 0) this.#pending = this.#pending.slice();
+    return null;
+  }
+
+  #validate(type: number, length: number): void {
+    const rule = PAYLOAD_SIZES[type];
+    if (!rule) throw new ProtocolError(`Unknown frame type ${type}`);
+    if (length > this.#maxPayload + 8) {
+      throw new ProtocolError(`Frame too large: type ${type} with ${length} bytes, limit ${this.#maxPayload}`);
+    }
+    const [min, exact] = rule;
+    if (exact ? length !== min : length < min) {
+      throw new ProtocolError(
+        `Malformed frame: type ${type} with a ${length}-byte payload, expected ${exact ? "" : "at least "}${min}`,
+      );
+    }
+  }
+}
+
+/** Lower-case hex of bytes (session ids in logs). */
+export function toHex(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += b.toString(16).padStart(2, "0");
+  return out;
+}

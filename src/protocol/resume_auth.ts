@@ -1,0 +1,109 @@
+/**
+ * Proof of session ownership for resume, on WebCrypto.
+ *
+ * At creation both ends make an ephemeral X25519 key pair, exchange public
+ * keys in HELLO_NEW / WELCOME and derive the same shared secret, from which
+ * HKDF-SHA-256 derives an HMAC key. The secret never crosses the wire. A
+ * resume is proven by an HMAC over the session id, fresh nonces from both
+ * ends and the offset the prover reports, so a recorded proof is worthless
+ * once the server's nonce changes; the server proves itself the same way.
+ * @module
+ */
+
+import { ID_SIZE, PUBLIC_KEY_SIZE, writeU64 } from "./frames.ts";
+
+/** An ephemeral key pair with its public half exported. */
+export interface EphemeralKey {
+  /** The private key (never leaves the process). */
+  privateKey: CryptoKey;
+  /** The raw 32-byte public key. */
+  publicKey: Uint8Array;
+}
+
+/** Which side produced a proof; each side's proofs are distinct. */
+export type ProofRole = "client" | "server";
+
+const INFO = new TextEncoder().encode("protheus-broker resume key v1");
+
+/** Makes an ephemeral X25519 key pair. */
+export async function createEphemeralKey(): Promise<EphemeralKey> {
+  const pair = await crypto.subtle.generateKey({ name: "X25519" }, true, ["deriveBits"]) as CryptoKeyPair;
+  const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  return { privateKey: pair.privateKey, publicKey };
+}
+
+/** Random bytes for session ids and nonces. */
+export function randomId(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(ID_SIZE));
+}
+
+/**
+ * Derives the session's resume key from our private key and the peer's
+ * public key; both public keys and the session id are bound into it.
+ */
+export async function deriveResumeKey(
+  own: EphemeralKey,
+  peerPublicKey: Uint8Array,
+  sessionId: Uint8Array,
+  clientPublicKey: Uint8Array,
+  serverPublicKey: Uint8Array,
+): Promise<CryptoKey> {
+  if (peerPublicKey.length !== PUBLIC_KEY_SIZE) {
+    throw new RangeError(`Cannot use a peer public key of ${peerPublicKey.length} bytes: expected 32`);
+  }
+  const peer = await crypto.subtle.importKey("raw", peerPublicKey as BufferSource, { name: "X25519" }, false, []);
+  const shared = await crypto.subtle.deriveBits({ name: "X25519", public: peer }, own.privateKey, 256);
+  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveKey"]);
+  const info = concat(INFO, clientPublicKey, serverPublicKey);
+  return await crypto.subtle.deriveKey(
+    { name: "HKDF", hash: "SHA-256", salt: sessionId as BufferSource, info: info as BufferSource },
+    ikm,
+    { name: "HMAC", hash: "SHA-256", length: 256 },
+    false,
+    ["sign", "verify"],
+  );
+}
+
+/** What a resume proof covers. */
+export interface ProofInput {
+  /** The session id. */
+  sessionId: Uint8Array;
+  /** The client's nonce from HELLO_RESUME. */
+  clientNonce: Uint8Array;
+  /** The server's nonce from CHALLENGE. */
+  serverNonce: Uint8Array;
+  /** The offset the prover says it has received. */
+  receivedOffset: number;
+}
+
+function transcript(role: ProofRole, input: ProofInput): Uint8Array {
+  const offset = new Uint8Array(8);
+  writeU64(new DataView(offset.buffer), 0, input.receivedOffset);
+  const label = new TextEncoder().encode(role === "client" ? "client proof" : "server proof");
+  return concat(label, input.sessionId, input.clientNonce, input.serverNonce, offset);
+}
+
+/** Computes the proof `role` sends. */
+export async function signProof(key: CryptoKey, role: ProofRole, input: ProofInput): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, transcript(role, input) as BufferSource));
+}
+
+/** Checks a proof in constant time (WebCrypto's HMAC verify). */
+export async function verifyProof(
+  key: CryptoKey,
+  role: ProofRole,
+  input: ProofInput,
+  mac: Uint8Array,
+): Promise<boolean> {
+  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript(role, input) as BufferSource);
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

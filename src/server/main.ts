@@ -1,0 +1,132 @@
+/**
+ * broker-server's command line: arguments, configuration, `--check`, and
+ * running until the abort signal (SIGINT/SIGTERM, mapped by the entry file).
+ * @module
+ */
+
+import {
+  type CliOptions,
+  currentExecLocation,
+  defaultConfigPath,
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_USAGE,
+  parseCli,
+  UsageError,
+} from "../cli.ts";
+import { ConfigError } from "../config/ini.ts";
+import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
+import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
+import { logger, setupLogging } from "../ops/log.ts";
+import { aborted } from "../ops/signals.ts";
+import { VERSION } from "../version.ts";
+import { BrokerServer } from "./server.ts";
+
+/** The default configuration file name. */
+export const SERVER_CONFIG_FILE = "appserver.ini";
+
+const USAGE = `broker-server ${VERSION}: resilient broker for TOTVS Protheus (server side)
+
+Usage: broker-server [options]
+
+Options:
+  -c, --config FILE     appserver.ini to read (default: next to the executable,
+                        or the current directory when run with deno run)
+      --check           validate the configuration, print the effective
+                        settings and exit (0 valid, 2 invalid)
+      --console         log to the console even if CONSOLELOG=0 (TOTVS: -d)
+      --log-level LEVEL debug, info (default), warning or error
+      --log-format FMT  text (default) or json (one JSON object per line)
+  -V, --version         print the version
+  -h, --help            print this help
+
+TOTVS spellings accepted: -balance_smart_client_desktop (ignored: this program
+is always the broker), -d / -debug / -console (same as --console).
+
+appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
+  LOCAL_SERVER_PORT      port broker-clients connect to (required)
+  LOCAL_SERVER_ADDRESS   address to listen on (default 0.0.0.0, every IPv4
+                         interface; "::" for IPv6 too, 127.0.0.1 for loopback)
+  REMOTE_SERVER_<xx>     ERP server "host port" (also host:port, [ipv6]:port);
+                         one or more, any letters/digits as suffix
+  SORT_METHOD            CONNECTION (default) or ROUND_ROBIN
+  SERVICE_NAME           service name, no spaces
+  SERVICE_DISPLAY_NAME   service display name
+  RESUME_TIMEOUT         resume window (default 180 s; "90", "500ms", "3m")
+  HEARTBEAT_INTERVAL     heartbeat on quiet links (default 2 s)
+  LINK_TIMEOUT           silent link declared dead after (default 6 s)
+  HANDSHAKE_TIMEOUT      time a new link has to introduce itself (default 10 s)
+  CONNECT_TIMEOUT        time allowed to connect to an ERP server (default 5 s)
+  REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session and direction
+                         (default 4M; "512K", "16M")
+[GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
+`;
+
+/** The effective settings, as `--check` prints them. */
+export function describeServerConfig(config: ServerConfig): string {
+  const t = config.tuning;
+  const lines = [
+    `Configuration file: ${config.path}`,
+    `Listening on:       ${formatHostPort(config.listen)}`,
+    `ERP servers (${config.remoteServers.length}):`,
+    ...config.remoteServers.map((s) => `  ${s.name.padEnd(20)} ${formatHostPort(s)}`),
+    `Sort method:        ${config.sortMethod}`,
+    `Service:            ${config.serviceName} ("${config.serviceDisplayName}")`,
+    `Console log:        ${config.consoleLog ? "on" : "off (warnings and errors only)"}`,
+    `Resume window:      ${formatDuration(t.resumeTimeoutMs)}`,
+    `Heartbeat:          every ${formatDuration(t.heartbeatIntervalMs)}, link dead after ${
+      formatDuration(t.linkTimeoutMs)
+    } of silence`,
+    `Handshake timeout:  ${formatDuration(t.handshakeTimeoutMs)}`,
+    `Connect timeout:    ${formatDuration(t.connectTimeoutMs)}`,
+    `Replay buffer cap:  ${formatSize(t.replayBufferBytes)} per session and direction`,
+  ];
+  for (const w of config.warnings) lines.push(`Warning: ${w}`);
+  return lines.join("\n");
+}
+
+/** Runs broker-server with `args`; resolves to the process exit code. */
+export async function serverMain(args: string[], options: { signal: AbortSignal }): Promise<number> {
+  let cli: CliOptions;
+  let config: ServerConfig;
+  try {
+    cli = parseCli(args, { driver: false });
+    if (cli.help) {
+      console.log(USAGE);
+      return EXIT_OK;
+    }
+    if (cli.version) {
+      console.log(`broker-server ${VERSION}`);
+      return EXIT_OK;
+    }
+    config = await loadServerConfig(cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation()));
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof ConfigError) {
+      console.error(`broker-server: ${err.message}`);
+      if (err instanceof UsageError) console.error("Run broker-server --help for the options.");
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+  if (cli.check) {
+    console.log(describeServerConfig(config));
+    console.log("Configuration is valid.");
+    return EXIT_OK;
+  }
+  await setupLogging({ console: config.consoleLog || cli.console, level: cli.logLevel, format: cli.logFormat });
+  const log = logger("server");
+  log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
+  for (const w of config.warnings) log.warn(w);
+  const server = new BrokerServer(config);
+  try {
+    server.listen();
+  } catch (err) {
+    log.error((err as Error).message);
+    return EXIT_FAILURE;
+  }
+  await aborted(options.signal);
+  await server.close();
+  return EXIT_OK;
+}

@@ -1,0 +1,379 @@
+/**
+ * broker-server: accepts links from broker-clients, opens a connection to an
+ * ERP server for each new session, and keeps sessions (with their ERP
+ * connections) alive while their clients are away, until the resume window
+ * closes. Ended sessions leave a small tombstone for one window so that a
+ * client that missed the ending learns how it ended.
+ * @module
+ */
+
+import type { RemoteServer, ServerConfig } from "../config/server_config.ts";
+import { formatHostPort, type HostPort } from "../config/values.ts";
+import { logger } from "../ops/log.ts";
+import {
+  decodeProof,
+  encodeChallenge,
+  encodePreface,
+  encodeProof,
+  encodeReject,
+  encodeWelcome,
+  type Frame,
+  FrameType,
+  ID_SIZE,
+  PROTOCOL_VERSION,
+  RejectCode,
+  type RejectCodeValue,
+  toHex,
+} from "../protocol/frames.ts";
+import { createEphemeralKey, deriveResumeKey, randomId, signProof, verifyProof } from "../protocol/resume_auth.ts";
+import { Link } from "../session/link.ts";
+import { ResumeGapError } from "../session/replay_buffer.ts";
+import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
+import { describeError, dialTcp } from "../session/transport.ts";
+
+const log = logger("server");
+
+/** Most tombstones kept; the oldest go first. */
+const MAX_TOMBSTONES = 10_000;
+
+/** A live session as the registry holds it. */
+export interface ServerSessionInfo {
+  /** Hex session id. */
+  id: string;
+  /** Broker-client address of the latest link. */
+  client: string;
+  /** The ERP server it is connected to. */
+  backend: RemoteServer;
+  /** Clock ms when it was opened. */
+  openedAt: number;
+  /** The session itself. */
+  session: Session;
+}
+
+interface Entry extends ServerSessionInfo {
+  key: CryptoKey;
+}
+
+interface Tombstone {
+  key: CryptoKey;
+  end: SessionEnd;
+  received: number;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** Options of a BrokerServer. */
+export interface BrokerServerOptions {
+  /** Clock in ms (injectable). */
+  now?: () => number;
+}
+
+/** The broker-server: listener, handshakes and the session registry. */
+export class BrokerServer {
+  #config: ServerConfig;
+  #now: () => number;
+  #listener: Deno.TcpListener | null = null;
+  #sessions = new Map<string, Entry>();
+  #tombstones = new Map<string, Tombstone>();
+  #handshaking = new Set<Link>();
+  #shutdown = new AbortController();
+  #acceptLoop: Promise<void> | null = null;
+
+  /** Creates a server for `config`; call listen() to start. */
+  constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
+    this.#config = config;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Where the server listens (the real port when configured with 0). */
+  get address(): HostPort {
+    if (!this.#listener) throw new Error("Cannot tell the address of a server that is not listening");
+    const addr = this.#listener.addr as Deno.NetAddr;
+    return { hostname: addr.hostname, port: addr.port };
+  }
+
+  /** Live sessions (not tombstones). */
+  get sessions(): ServerSessionInfo[] {
+    return [...this.#sessions.values()];
+  }
+
+  #timers(): SessionTimers {
+    const t = this.#config.tuning;
+    return {
+      resumeTimeoutMs: t.resumeTimeoutMs,
+      heartbeatIntervalMs: t.heartbeatIntervalMs,
+      linkTimeoutMs: t.linkTimeoutMs,
+      replayBufferBytes: t.replayBufferBytes,
+    };
+  }
+
+  /** Binds the listening socket and starts accepting links. */
+  listen(): void {
+    const { hostname, port } = this.#config.listen;
+    try {
+      this.#listener = Deno.listen({ hostname, port, transport: "tcp" });
+    } catch (err) {
+      const hint = err instanceof Deno.errors.AddrInUse
+        ? "another program (or another broker-server) already uses this port"
+        : describeError(err);
+      throw new Error(`Cannot listen on ${formatHostPort({ hostname, port })}: ${hint}`);
+    }
+    log.info("broker-server listening on {address}; ERP servers: {servers}", {
+      address: formatHostPort(this.address),
+      servers: this.#config.remoteServers.map((s) => `${s.name}=${formatHostPort(s)}`).join(", "),
+    });
+    this.#acceptLoop = this.#accept(this.#listener);
+  }
+
+  async #accept(listener: Deno.TcpListener): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (err) {
+        if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
+        log.error("Cannot accept a link: {error}", { error: describeError(err) });
+        continue;
+      }
+      conn.setNoDelay(true);
+      this.#handshake(conn);
+    }
+  }
+
+  async #handshake(conn: Deno.TcpConn): Promise<void> {
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    const link = new Link(conn, formatHostPort(remote));
+    this.#handshaking.add(link);
+    const deadline = this.#now() + this.#config.tuning.handshakeTimeoutMs;
+    const read = (what: string) => link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
+    try {
+      const preface = await read("preface");
+      if (!preface) return;
+      const version = preface.payload[0];
+      link.send(encodePreface());
+      if (version !== PROTOCOL_VERSION) {
+        await this.#reject(
+          link,
+          RejectCode.Version,
+          `broker-client speaks protocol version ${version}, this broker-server speaks version ${PROTOCOL_VERSION}: install matching versions of both programs`,
+        );
+        return;
+      }
+      const hello = await read("hello");
+      if (!hello) return;
+      if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello);
+      else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
+      else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
+    } catch (err) {
+      log.warn("Dropped link from {peer} during handshake: {reason}", { peer: link.peer, reason: describeError(err) });
+      link.close();
+    } finally {
+      this.#handshaking.delete(link);
+    }
+  }
+
+  async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
+    log.warn("Refused link from {peer}: {reason}", { peer: link.peer, reason });
+    link.send(encodeReject(code, reason));
+    await link.closeAfterFlush();
+  }
+
+  /** Connects to the first ERP server that accepts, in configuration order. */
+  async #connectBackend(): Promise<{ conn: Deno.TcpConn; server: RemoteServer } | { errors: string[] }> {
+    const errors: string[] = [];
+    for (const server of this.#config.remoteServers) {
+      try {
+        const conn = await dialTcp(server.hostname, server.port, {
+          timeoutMs: this.#config.tuning.connectTimeoutMs,
+          signal: this.#shutdown.signal,
+        });
+        return { conn, server };
+      } catch (err) {
+        errors.push(`${server.name}: ${describeError(err)}`);
+      }
+    }
+    return { errors };
+  }
+
+  async #openSession(link: Link, hello: Frame): Promise<void> {
+    const clientPublicKey = hello.payload.slice();
+    const backend = await this.#connectBackend();
+    if ("errors" in backend) {
+      await this.#reject(link, RejectCode.NoBackend, `No ERP server accepted the connection (${backend.errors.join("; ")})`);
+      return;
+    }
+    const own = await createEphemeralKey();
+    const sessionId = randomId();
+    const key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+    if (link.closed || this.#shutdown.signal.aborted) {
+      backend.conn.close();
+      return;
+    }
+    const timers = this.#timers();
+    link.send(encodeWelcome(sessionId, own.publicKey, timers));
+    const id = toHex(sessionId);
+    const entry: Entry = {
+      id,
+      key,
+      client: link.peer,
+      backend: backend.server,
+      openedAt: this.#now(),
+      session: new Session({
+        role: "server",
+        local: backend.conn,
+        timers,
+        events: {
+          detached: (reason) => {
+            log.info("Session {session}: link from {client} lost ({reason}); holding the ERP connection for {window} s", {
+              session: shortId(id),
+              client: entry.client,
+              reason,
+              window: Math.round(timers.resumeTimeoutMs / 1000),
+            });
+          },
+          ended: (end) => this.#ended(entry, end),
+        },
+      }),
+    };
+    this.#sessions.set(id, entry);
+    entry.session.start();
+    entry.session.attach(link, 0);
+    log.info("Session {session} opened: client {client}, ERP {backend} ({address})", {
+      session: shortId(id),
+      client: link.peer,
+      backend: backend.server.name,
+      address: formatHostPort(backend.server),
+    });
+  }
+
+  async #resumeSession(
+    link: Link,
+    hello: Frame,
+    read: (what: string) => Promise<Frame | null>,
+  ): Promise<void> {
+    const sessionId = hello.payload.slice(0, ID_SIZE);
+    const clientNonce = hello.payload.slice(ID_SIZE);
+    const id = toHex(sessionId);
+    const entry = this.#sessions.get(id);
+    const tombstone = entry ? undefined : this.#tombstones.get(id);
+    if (!entry && !tombstone) {
+      await this.#reject(
+        link,
+        RejectCode.UnknownSession,
+        `Session ${shortId(id)} is not known to this broker-server: it expired, or the server was restarted`,
+      );
+      return;
+    }
+    const serverNonce = randomId();
+    link.send(encodeChallenge(serverNonce));
+    const proofFrame = await read("resume proof");
+    if (!proofFrame) return;
+    if (proofFrame.type !== FrameType.Proof) {
+      await this.#reject(link, RejectCode.Protocol, `expected PROOF, got frame type ${proofFrame.type}`);
+      return;
+    }
+    const proof = decodeProof(proofFrame.payload);
+    const key = (entry ?? tombstone as Tombstone).key;
+    const input = { sessionId, clientNonce, serverNonce, receivedOffset: proof.receivedOffset };
+    if (!await verifyProof(key, "client", input, proof.mac)) {
+      await this.#reject(link, RejectCode.BadProof, `Resume proof for session ${shortId(id)} does not verify`);
+      return;
+    }
+    if (!entry) {
+      const ended = tombstone as Tombstone;
+      if (!ended.end.clean) {
+        await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.end.reason}`);
+        return;
+      }
+      // It ended cleanly while the client was away: confirm the final offset and close.
+      const mac = await signProof(key, "server", { ...input, receivedOffset: ended.received });
+      link.send(encodeProof(FrameType.Resumed, mac, ended.received));
+      await link.closeAfterFlush();
+      return;
+    }
+    const session = entry.session;
+    try {
+      session.checkResumable(proof.receivedOffset);
+    } catch (err) {
+      const reason = `cannot resume: ${(err as Error).message}`;
+      await this.#reject(link, err instanceof ResumeGapError ? RejectCode.CannotResume : RejectCode.Protocol, reason);
+      session.abort(reason);
+      return;
+    }
+    // From here the old link (maybe half-open) must not deliver more bytes:
+    // our received offset is what the proof below states.
+    session.detach(`replaced by a new link from ${link.peer}`);
+    const detachedFor = this.#now() - session.detachedAt;
+    const received = session.received;
+    const mac = await signProof(key, "server", { ...input, receivedOffset: received });
+    if (session.state === "closed" || link.closed || session.received !== received) {
+      link.close();
+      return;
+    }
+    link.send(encodeProof(FrameType.Resumed, mac, received));
+    const replayed = session.attach(link, proof.receivedOffset);
+    entry.client = link.peer;
+    log.info(
+      "Session {session} resumed from {client} after {seconds} s: {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
+      {
+        session: shortId(id),
+        client: link.peer,
+        seconds: (detachedFor / 1000).toFixed(1),
+        replayed,
+        clientReceived: proof.receivedOffset,
+        sent: session.stats.bytesFromLocal,
+      },
+    );
+  }
+
+  #ended(entry: Entry, end: SessionEnd): void {
+    this.#sessions.delete(entry.id);
+    const stats = entry.session.stats;
+    const fields = {
+      session: shortId(entry.id),
+      reason: end.reason,
+      toClient: stats.bytesFromLocal,
+      toErp: stats.bytesToLocal,
+      seconds: ((this.#now() - entry.openedAt) / 1000).toFixed(1),
+      resumes: stats.resumes,
+    };
+    const message =
+      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes";
+    if (end.clean) log.info(message, fields);
+    else log.warn(message, fields);
+    if (this.#shutdown.signal.aborted) return;
+    if (this.#tombstones.size >= MAX_TOMBSTONES) {
+      const [oldest] = this.#tombstones.keys();
+      if (oldest !== undefined) this.#dropTombstone(oldest);
+    }
+    this.#tombstones.set(entry.id, {
+      key: entry.key,
+      end,
+      received: entry.session.received,
+      timer: setTimeout(() => this.#dropTombstone(entry.id), this.#config.tuning.resumeTimeoutMs),
+    });
+  }
+
+  #dropTombstone(id: string): void {
+    const t = this.#tombstones.get(id);
+    if (!t) return;
+    clearTimeout(t.timer);
+    this.#tombstones.delete(id);
+  }
+
+  /** Stops listening and ends every session, telling attached clients why. */
+  async close(reason = "broker-server is shutting down"): Promise<void> {
+    if (this.#shutdown.signal.aborted) return;
+    this.#shutdown.abort();
+    this.#listener?.close();
+    await this.#acceptLoop;
+    for (const link of this.#handshaking) link.close();
+    for (const entry of [...this.#sessions.values()]) entry.session.abort(reason);
+    for (const id of [...this.#tombstones.keys()]) this.#dropTombstone(id);
+    log.info("broker-server stopped");
+  }
+}
+
+/** The first 8 hex digits of a session id: enough to tell sessions apart in logs. */
+export function shortId(id: string): string {
+  return id.slice(0, 8);
+}

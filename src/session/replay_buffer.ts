@@ -1,0 +1,136 @@
+/**
+ * The replay buffer: the bytes one side has sent and the other has not yet
+ * acknowledged, addressed by 64-bit stream offsets. It keeps views of the
+ * buffers the bytes were read into (no copies), trims on cumulative
+ * acknowledgement, and hands back what a resuming peer missed, or raises
+ * ResumeGapError when those bytes are gone.
+ * @module
+ */
+
+/** The peer asked for bytes that are no longer buffered: the session cannot resume. */
+export class ResumeGapError extends Error {
+  override name = "ResumeGapError";
+  /** Offset the peer asked for. */
+  readonly requested: number;
+  /** Oldest offset still buffered. */
+  readonly oldest: number;
+
+  /** Creates the error for a request at `requested` when `oldest` is the first byte kept. */
+  constructor(requested: number, oldest: number) {
+    super(
+      `Cannot resume from offset ${requested}: the oldest byte still buffered is at offset ${oldest}`,
+    );
+    this.requested = requested;
+    this.oldest = oldest;
+  }
+}
+
+interface Chunk {
+  start: number;
+  bytes: Uint8Array;
+}
+
+/** Unacknowledged outbound bytes of one session direction. */
+export class ReplayBuffer {
+  #chunks: Chunk[] = [];
+  #head = 0;
+  #start: number;
+  #end: number;
+
+  /** Creates an empty buffer whose next byte has offset `startOffset`. */
+  constructor(startOffset = 0) {
+    if (!Number.isSafeInteger(startOffset) || startOffset < 0) {
+      throw new RangeError(`Cannot start a replay buffer at offset ${startOffset}`);
+    }
+    this.#start = startOffset;
+    this.#end = startOffset;
+  }
+
+  /** Offset of the oldest byte kept (everything below is acknowledged). */
+  get start(): number {
+    return this.#start;
+  }
+
+  /** Offset the next appended byte gets. */
+  get end(): number {
+    return this.#end;
+  }
+
+  /** Bytes kept, i.e. sent but not acknowledged. */
+  get size(): number {
+    return this.#end - this.#start;
+  }
+
+  /** Keeps `bytes` (by reference: the caller must not reuse them); returns their offset. */
+  append(bytes: Uint8Array): number {
+    const offset = this.#end;
+    if (bytes.length === 0) return offset;
+    this.#chunks.push({ start: offset, bytes });
+    this.#end += bytes.length;
+    return offset;
+  }
+
+  /**
+   * Drops every byte below `offset` (a cumulative acknowledgement). Returns
+   * the number of bytes freed. Acknowledging bytes never sent is a RangeError.
+   */
+  ackUpTo(offset: number): number {
+    if (offset > this.#end) {
+      throw new RangeError(`Cannot acknowledge up to offset ${offset}: only ${this.#end} bytes were sent`);
+    }
+    if (offset <= this.#start) return 0;
+    const freed = offset - this.#start;
+    while (this.#head < this.#chunks.length) {
+      const chunk = this.#chunks[this.#head] as Chunk;
+      const chunkEnd = chunk.start + chunk.bytes.length;
+      if (chunkEnd <= offset) {
+        this.#head++;
+        continue;
+      }
+      if (chunk.start < offset) {
+        const cut = offset - chunk.start;
+        this.#chunks[this.#head] = { start: offset, bytes: chunk.bytes.subarray(cut) };
+      }
+      break;
+    }
+    this.#start = offset;
+    this.#compact();
+    return freed;
+  }
+
+  /**
+   * The kept bytes from `offset` on, as views in order (the first may be a
+   * tail of a chunk). Throws ResumeGapError when `offset` was already
+   * acknowledged and dropped, RangeError when it lies beyond what was sent.
+   */
+  *bytesFrom(offset: number): Generator<{ offset: number; bytes: Uint8Array }> {
+    if (offset < this.#start) throw new ResumeGapError(offset, this.#start);
+    if (offset > this.#end) {
+      throw new RangeError(`Cannot replay from offset ${offset}: only ${this.#end} bytes were sent`);
+    }
+    for (let i = this.#head; i < this.#chunks.length; i++) {
+      const chunk = this.#chunks[i] as Chunk;
+      const chunkEnd = chunk.start + chunk.bytes.length;
+      if (chunkEnd <= offset) continue;
+      const skip = Math.max(0, offset - chunk.start);
+      yield { offset: chunk.start + skip, bytes: skip > 0 ? chunk.bytes.subarray(skip) : chunk.bytes };
+    }
+  }
+
+  /** Drops everything (session end). */
+  clear(): void {
+    this.#chunks = [];
+    this.#head = 0;
+    this.#start = this.#end;
+  }
+
+  #compact(): void {
+    if (this.#head === this.#chunks.length) {
+      this.#chunks = [];
+      this.#head = 0;
+    } else if (this.#head > 64 && this.#head * 2 > this.#chunks.length) {
+      this.#chunks = this.#chunks.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+}

@@ -1,0 +1,500 @@
+/**
+ * The session state machine shared by broker-client and broker-server.
+ *
+ * A session joins one local socket (Smart Client's on the client, the ERP's
+ * on the server) to whatever link is currently attached. Each direction is a
+ * byte stream counted by offset; outbound bytes stay in the ReplayBuffer
+ * until the peer acknowledges them, and on every (re)attach the peer's
+ * received offset says exactly where to resume. An application's FIN takes
+ * one offset unit after its last byte, so "acknowledged up to end + 1" means
+ * the FIN arrived.
+ *
+ * States: connecting (client, before the first link) → attached ⇄ detached
+ * → closed. The two sides differ only in who dials (the owner's job) and in
+ * how the final goodbye runs: the server closes the link once both streams
+ * are finished and acknowledged; the client then sees the link end and
+ * finishes too (or resumes to learn that the server finished).
+ * @module
+ */
+
+import {
+  DATA_HEADER_SIZE,
+  decodeText,
+  encodeAbort,
+  encodeData,
+  encodeOffsetFrame,
+  type Frame,
+  FrameType,
+  ProtocolError,
+  readU64,
+  sealDataFrame,
+} from "../protocol/frames.ts";
+import { type Link, ReadSizer } from "./link.ts";
+import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
+import { closeQuietly, describeError, type Transport, WriteQueue } from "./transport.ts";
+
+/** Lifecycle states of a session. */
+export type SessionState = "connecting" | "attached" | "detached" | "closed";
+
+/** Timers and limits a session runs with. */
+export interface SessionTimers {
+  /** Resume window (ms). */
+  resumeTimeoutMs: number;
+  /** Heartbeat interval (ms). */
+  heartbeatIntervalMs: number;
+  /** Silent-link limit (ms). */
+  linkTimeoutMs: number;
+  /** Replay buffer cap (bytes). */
+  replayBufferBytes: number;
+}
+
+/** How a session ended. */
+export interface SessionEnd {
+  /** Why, in words for the log. */
+  reason: string;
+  /** True when both streams finished and were acknowledged. */
+  clean: boolean;
+}
+
+/** Counters a session keeps for logs and status. */
+export interface SessionStats {
+  /** Bytes read from the local socket (sent toward the peer). */
+  bytesFromLocal: number;
+  /** Bytes written to the local socket (received from the peer). */
+  bytesToLocal: number;
+  /** Successful resumes. */
+  resumes: number;
+  /** Bytes sent again on resumes. */
+  bytesReplayed: number;
+}
+
+/** What the session's owner hears. */
+export interface SessionEvents {
+  /** A link was lost; the session waits for another (server) or dials one (client). */
+  detached?(reason: string): void;
+  /** The session is over; the local socket is closed. */
+  ended(end: SessionEnd): void;
+}
+
+/** Options of a Session. */
+export interface SessionOptions {
+  /** Which end this is. */
+  role: "client" | "server";
+  /** The local socket. */
+  local: Transport;
+  /** Timers and limits (the client adopts the server's at welcome). */
+  timers: SessionTimers;
+  /** Callbacks. */
+  events: SessionEvents;
+  /** Clock in ms (injectable). */
+  now?: () => number;
+}
+
+/** Send an ACK at once after this many unacknowledged received bytes. */
+const ACK_EVERY_BYTES = 128 * 1024;
+/** Otherwise acknowledge after this delay (ms). */
+const ACK_DELAY_MS = 20;
+/** Stop reading the local socket while this much is queued on the link. */
+const LINK_HIGH_WATER = 1024 * 1024;
+/** Stop reading the link while this much waits to be written locally. */
+const LOCAL_HIGH_WATER = 1024 * 1024;
+
+/** One resilient session. */
+export class Session {
+  /** Counters for logs and status. */
+  readonly stats: SessionStats = { bytesFromLocal: 0, bytesToLocal: 0, resumes: 0, bytesReplayed: 0 };
+
+  #role: "client" | "server";
+  #local: Transport;
+  #localWriter: WriteQueue;
+  #timers: SessionTimers;
+  #events: SessionEvents;
+  #now: () => number;
+
+  #state: SessionState;
+  #link: Link | null = null;
+  #out = new ReplayBuffer();
+  #received = 0;
+  #localEof = false;
+  #finAcked = false;
+  #peerFin = false;
+  #localFlushed = false;
+  #lastAckSent = 0;
+  #ackTimer: ReturnType<typeof setTimeout> | undefined;
+  #tickTimer: ReturnType<typeof setTimeout> | undefined;
+  #windowTimer: ReturnType<typeof setTimeout> | undefined;
+  #goodbyeTimer: ReturnType<typeof setTimeout> | undefined;
+  #spaceWaiter: (() => void) | null = null;
+  #detachedAt = 0;
+
+  /** Creates a session around an open local socket; call start() to begin reading it. */
+  constructor(options: SessionOptions) {
+    this.#role = options.role;
+    this.#local = options.local;
+    this.#timers = { ...options.timers };
+    this.#events = options.events;
+    this.#now = options.now ?? Date.now;
+    this.#state = options.role === "client" ? "connecting" : "detached";
+    this.#detachedAt = this.#now();
+    this.#localWriter = new WriteQueue(options.local, (err) => {
+      this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
+    });
+  }
+
+  /** Current state. */
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  /** Offset of the peer's stream received so far (FIN counts one). */
+  get received(): number {
+    return this.#received;
+  }
+
+  /** Bytes kept for replay (sent, not acknowledged). */
+  get bufferedBytes(): number {
+    return this.#out.size;
+  }
+
+  /** When the session was last detached (clock ms), meaningful while detached. */
+  get detachedAt(): number {
+    return this.#detachedAt;
+  }
+
+  /** True when the local application closed its side (FIN). */
+  get localEnded(): boolean {
+    return this.#localEof;
+  }
+
+  /** The timers in force. */
+  get timers(): Readonly<SessionTimers> {
+    return this.#timers;
+  }
+
+  /** Adopts new timers (the client takes the server's from WELCOME). */
+  setTimers(timers: Partial<SessionTimers>): void {
+    Object.assign(this.#timers, timers);
+  }
+
+  get #localName(): string {
+    return this.#role === "client" ? "Smart Client" : "ERP server";
+  }
+
+  /** Starts reading the local socket (into the replay buffer, even before a link exists). */
+  start(): void {
+    this.#pump();
+  }
+
+  /**
+   * Makes `link` the session's link, replacing any current one (even one
+   * still believed alive), and retransmits from `peerReceived`, the offset
+   * the peer says it has. Throws ResumeGapError when those bytes are gone
+   * (the caller answers "cannot resume" and aborts), RangeError when the peer
+   * claims bytes never sent. Returns the number of bytes replayed.
+   */
+  attach(link: Link, peerReceived: number): number {
+    this.checkResumable(peerReceived);
+    const resumed = this.#state === "detached" || this.#link !== null;
+    this.#dropLink();
+    clearTimeout(this.#windowTimer);
+    this.#link = link;
+    this.#state = "attached";
+    link.lastReceivedAt = this.#now();
+    link.setBufferReuse(() => this.#localWriter.queuedBytes === 0);
+    this.#applyAck(peerReceived);
+
+    let replayed = 0;
+    for (const { offset, bytes } of this.#out.bytesFrom(peerReceived)) {
+      link.send(encodeData(offset, bytes));
+      replayed += bytes.length;
+    }
+    if (this.#localEof && !this.#finAcked) link.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
+    this.#sendAck(link);
+    if (resumed) {
+      this.stats.resumes++;
+      this.stats.bytesReplayed += replayed;
+    }
+    this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
+    this.#readLoop(link);
+    this.#wakePump();
+    return replayed;
+  }
+
+  /**
+   * Checks that the session can resume for a peer that has received
+   * `peerReceived`: throws ResumeGapError when those bytes were dropped,
+   * RangeError when the peer claims bytes never sent or the session is over.
+   */
+  checkResumable(peerReceived: number): void {
+    if (this.#state === "closed") throw new RangeError("Cannot resume a closed session");
+    const sentEnd = this.#out.end + (this.#localEof ? 1 : 0);
+    if (peerReceived > sentEnd) {
+      throw new RangeError(`Peer claims offset ${peerReceived}, but only ${sentEnd} were sent`);
+    }
+    if (peerReceived < this.#out.start) throw new ResumeGapError(peerReceived, this.#out.start);
+  }
+
+  /**
+   * Ends the session abnormally: tells the peer (when a link is attached),
+   * closes the local socket and frees everything. `fromPeer` when the peer
+   * sent the abort: bytes already received are still delivered first.
+   */
+  abort(reason: string, fromPeer = false): void {
+    if (this.#state === "closed") return;
+    const link = this.#link;
+    if (link && !fromPeer) {
+      link.send(encodeAbort(reason));
+      link.closeAfterFlush();
+    } else {
+      link?.close();
+    }
+    this.#link = null;
+    if (fromPeer) {
+      // Deliver what arrived before the abort, then close.
+      this.#localWriter.flushed().then(() => closeQuietly(this.#local));
+    } else {
+      this.#localWriter.close();
+      closeQuietly(this.#local);
+    }
+    this.#end({ reason, clean: false });
+  }
+
+  /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */
+  detach(reason: string): void {
+    if (this.#link) this.#linkFailed(this.#link, reason);
+  }
+
+  #end(end: SessionEnd): void {
+    this.#state = "closed";
+    clearTimeout(this.#ackTimer);
+    clearInterval(this.#tickTimer);
+    clearTimeout(this.#windowTimer);
+    clearTimeout(this.#goodbyeTimer);
+    this.#out.clear();
+    this.#wakePump();
+    this.#events.ended(end);
+  }
+
+  #dropLink(): void {
+    const old = this.#link;
+    if (!old) return;
+    this.#link = null;
+    clearInterval(this.#tickTimer);
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = undefined;
+    old.close();
+  }
+
+  #linkFailed(link: Link, reason: string): void {
+    if (this.#link !== link) return;
+    this.#dropLink();
+    if (this.#state === "closed") return;
+    if (this.#role === "client" && this.#complete()) {
+      this.#finishClean();
+      return;
+    }
+    this.#state = "detached";
+    this.#detachedAt = this.#now();
+    this.#windowTimer = setTimeout(() => {
+      this.abort(`resume window of ${Math.round(this.#timers.resumeTimeoutMs / 1000)} s expired before the link came back`);
+    }, this.#timers.resumeTimeoutMs);
+    this.#events.detached?.(reason);
+  }
+
+  async #readLoop(link: Link): Promise<void> {
+    try {
+      for (;;) {
+        const frame = await link.readFrame();
+        if (this.#link !== link) return;
+        if (frame === null) {
+          this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
+          return;
+        }
+        await this.#onFrame(link, frame);
+        if (this.#link !== link) return;
+      }
+    } catch (err) {
+      const why = err instanceof ProtocolError ? `protocol error: ${err.message}` : describeError(err);
+      this.#linkFailed(link, link.writeError ? describeError(link.writeError) : why);
+    }
+  }
+
+  async #onFrame(link: Link, frame: Frame): Promise<void> {
+    const payload = frame.payload;
+    switch (frame.type) {
+      case FrameType.Data: {
+        const offset = readU64(payload, 0);
+        if (offset !== this.#received || this.#peerFin) {
+          throw new ProtocolError(
+            `DATA at offset ${offset}, expected ${this.#peerFin ? "none after FIN" : this.#received}`,
+          );
+        }
+        const bytes = payload.subarray(8);
+        this.#received += bytes.length;
+        this.stats.bytesToLocal += bytes.length;
+        this.#localWriter.push(bytes);
+        this.#scheduleAck(link);
+        if (this.#localWriter.queuedBytes >= LOCAL_HIGH_WATER) {
+          link.readPaused = true;
+          await this.#localWriter.waitBelow(LOCAL_HIGH_WATER / 2);
+          link.readPaused = false;
+          link.lastReceivedAt = this.#now();
+        }
+        return;
+      }
+      case FrameType.Ack:
+      case FrameType.Heartbeat:
+        this.#applyAck(readU64(payload, 0));
+        return;
+      case FrameType.Fin: {
+        const offset = readU64(payload, 0);
+        if (this.#peerFin) return;
+        if (offset !== this.#received) {
+          throw new ProtocolError(`FIN at offset ${offset}, expected ${this.#received}`);
+        }
+        this.#peerFin = true;
+        this.#received += 1;
+        this.#sendAck(link);
+        this.#localWriter.endAfterFlush();
+        this.#localWriter.flushed().then(() => {
+          this.#localFlushed = true;
+          this.#checkComplete();
+        });
+        return;
+      }
+      case FrameType.Abort:
+        this.abort(`peer ended the session: ${decodeText(payload)}`, true);
+        return;
+      default:
+        throw new ProtocolError(`Unexpected frame type ${frame.type} on an established link`);
+    }
+  }
+
+  #applyAck(offset: number): void {
+    const sentEnd = this.#out.end + (this.#localEof ? 1 : 0);
+    if (offset > sentEnd) throw new ProtocolError(`ACK for offset ${offset}, but only ${sentEnd} were sent`);
+    this.#out.ackUpTo(Math.min(offset, this.#out.end));
+    if (this.#localEof && offset === sentEnd && !this.#finAcked) {
+      this.#finAcked = true;
+      this.#checkComplete();
+    }
+    this.#wakePump();
+  }
+
+  #scheduleAck(link: Link): void {
+    if (this.#received - this.#lastAckSent >= ACK_EVERY_BYTES) {
+      this.#sendAck(link);
+    } else if (this.#ackTimer === undefined) {
+      this.#ackTimer = setTimeout(() => {
+        this.#ackTimer = undefined;
+        if (this.#link) this.#sendAck(this.#link);
+      }, ACK_DELAY_MS);
+    }
+  }
+
+  #sendAck(link: Link): void {
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = undefined;
+    this.#lastAckSent = this.#received;
+    link.send(encodeOffsetFrame(FrameType.Ack, this.#received));
+  }
+
+  #tick(): void {
+    const link = this.#link;
+    if (!link) return;
+    const now = this.#now();
+    if (!link.readPaused && now - link.lastReceivedAt >= this.#timers.linkTimeoutMs) {
+      this.#linkFailed(
+        link,
+        `link silent for ${((now - link.lastReceivedAt) / 1000).toFixed(1)} s (no data, no heartbeat)`,
+      );
+      return;
+    }
+    if (now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
+      this.#lastAckSent = this.#received;
+      link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#received));
+    }
+  }
+
+  #complete(): boolean {
+    return this.#finAcked && this.#peerFin && this.#localFlushed;
+  }
+
+  #checkComplete(): void {
+    if (this.#state === "closed" || !this.#complete()) return;
+    if (this.#role === "server") {
+      // Our last ACK is queued ahead of the close: the client learns its FIN arrived.
+      this.#link?.closeAfterFlush();
+      this.#link = null;
+      this.#finishClean();
+    } else if (this.#goodbyeTimer === undefined) {
+      // The server closes the link when it has seen our last ACK; if it never
+      // does, do not linger past the dead-link time.
+      this.#goodbyeTimer = setTimeout(() => this.#finishClean(), this.#timers.linkTimeoutMs);
+    }
+  }
+
+  #finishClean(): void {
+    if (this.#state === "closed") return;
+    this.#dropLink();
+    closeQuietly(this.#local);
+    this.#end({ reason: "closed by both ends, all bytes delivered", clean: true });
+  }
+
+  // A method, so the compiler does not narrow the state across awaits.
+  #isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  #wakePump(): void {
+    const waiter = this.#spaceWaiter;
+    this.#spaceWaiter = null;
+    waiter?.();
+  }
+
+  /** Reads the local socket into DATA frames: the buffer read into is the one sent and kept. */
+  async #pump(): Promise<void> {
+    const sizer = new ReadSizer();
+    let buffer = new Uint8Array(DATA_HEADER_SIZE + sizer.size);
+    const cap = this.#timers.replayBufferBytes;
+    while (!this.#isClosed()) {
+      const room = cap - this.#out.size;
+      const link = this.#link;
+      if (room <= 0 || (link && link.writer.queuedBytes >= LINK_HIGH_WATER)) {
+        // Backpressure: wait for an ACK (room) or for the link to drain.
+        await new Promise<void>((resolve) => {
+          this.#spaceWaiter = resolve;
+          if (room > 0 && link) link.writer.waitBelow(LINK_HIGH_WATER / 2).then(() => this.#wakePump());
+        });
+        continue;
+      }
+      const want = Math.min(room, buffer.length - DATA_HEADER_SIZE);
+      let n: number | null;
+      try {
+        n = await this.#local.read(buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + want));
+      } catch (err) {
+        if (!this.#isClosed()) this.abort(`${this.#localName} connection failed: ${describeError(err)}`);
+        return;
+      }
+      if (this.#isClosed()) return;
+      if (n === null) {
+        this.#localEof = true;
+        this.#link?.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
+        return;
+      }
+      let frame: Uint8Array;
+      const size = sizer.update(n);
+      if (n * 4 < buffer.length) {
+        // A small read: keep an exact-size copy so a mostly empty buffer is not retained.
+        frame = buffer.slice(0, DATA_HEADER_SIZE + n);
+        if (buffer.length !== DATA_HEADER_SIZE + size) buffer = new Uint8Array(DATA_HEADER_SIZE + size);
+      } else {
+        frame = buffer.subarray(0, DATA_HEADER_SIZE + n);
+        buffer = new Uint8Array(DATA_HEADER_SIZE + size);
+      }
+      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE));
+      this.stats.bytesFromLocal += n;
+      this.#link?.send(sealDataFrame(frame, offset));
+    }
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * The small transport surface the session logic needs, and the two helpers
+ * built on it: a serial write queue with backpressure, and TCP dialing with a
+ * timeout. Sessions see a Transport, not a socket, so tests can inject faulty
+ * transports and TLS can be slotted in without touching session code.
+ * @module
+ */
+
+/** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
+export interface Transport {
+  /** Reads into `p`; resolves to the count, or null at end of stream. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Writes from `p`; resolves to the count written (maybe fewer). */
+  write(p: Uint8Array): Promise<number>;
+  /** Half-closes: no more writes; reads go on. */
+  closeWrite(): Promise<void>;
+  /** Closes both directions and frees the resource. */
+  close(): void;
+}
+
+/** Writes all of `bytes`, looping over short writes. */
+export async function writeAll(transport: Transport, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    done += await transport.write(done === 0 ? bytes : bytes.subarray(done));
+  }
+}
+
+/** Closes a transport, ignoring "already closed". */
+export function closeQuietly(transport: Transport): void {
+  try {
+    transport.close();
+  } catch {
+    // Closed already: nothing left to free.
+  }
+}
+
+/**
+ * Serializes writes to one transport: producers push buffers without
+ * awaiting; one loop writes them in order. The queue holds references, not
+ * copies. Producers that must not outrun the socket await `waitBelow`.
+ */
+export class WriteQueue {
+  #transport: Transport;
+  #queue: Uint8Array[] = [];
+  #head = 0;
+  #queued = 0;
+  #running = false;
+  #closed = false;
+  #endAfterFlush = false;
+  #waiters: Waiter[] = [];
+  #flushWaiters: (() => void)[] = [];
+  #onError: (err: Error) => void;
+
+  /** Wraps `transport`; `onError` hears the first write failure. */
+  constructor(transport: Transport, onError: (err: Error) => void) {
+    this.#transport = transport;
+    this.#onError = onError;
+  }
+
+  /** Bytes pushed and not yet written. */
+  get queuedBytes(): number {
+    return this.#queued;
+  }
+
+  /** True once closed or failed: pushes are dropped. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Queues `bytes` for writing (by reference). */
+  push(bytes: Uint8Array): void {
+    if (this.#closed || this.#endAfterFlush) return;
+    this.#queue.push(bytes);
+    this.#queued += bytes.length;
+    if (!this.#running) this.#run();
+  }
+
+  /** Resolves when fewer than `limit` bytes are queued, or the queue is closed. */
+  waitBelow(limit: number): Promise<void> {
+    if (this.#queued < limit || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push({ limit, resolve }));
+  }
+
+  /** Resolves when everything queued is written (or the queue closed). */
+  flushed(): Promise<void> {
+    if (this.#queued === 0 || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => this.#flushWaiters.push(resolve));
+  }
+
+  /** Half-closes the transport once everything queued is written. */
+  endAfterFlush(): void {
+    if (this.#closed || this.#endAfterFlush) return;
+    this.#endAfterFlush = true;
+    if (!this.#running) this.#run();
+  }
+
+  /** Drops what is queued and stops; does not close the transport. */
+  close(): void {
+    this.#closed = true;
+    this.#queue = [];
+    this.#head = 0;
+    this.#queued = 0;
+    this.#wake();
+  }
+
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      while (!this.#closed && this.#head < this.#queue.length) {
+        const bytes = this.#queue[this.#head] as Uint8Array;
+        await writeAll(this.#transport, bytes);
+        if (this.#closed) return;
+        this.#queue[this.#head++] = EMPTY;
+        this.#queued -= bytes.length;
+        if (this.#head === this.#queue.length) {
+          this.#queue = [];
+          this.#head = 0;
+        }
+        this.#wake();
+      }
+      if (this.#endAfterFlush && !this.#closed) {
+        this.#closed = true;
+        await this.#transport.closeWrite();
+      }
+    } catch (err) {
+      if (!this.#closed) {
+        this.#closed = true;
+        this.#queue = [];
+        this.#head = 0;
+        this.#queued = 0;
+        this.#wake();
+        this.#onError(err as Error);
+      }
+    } finally {
+      this.#running = false;
+      this.#wake();
+    }
+  }
+
+  #wake(): void {
+    if (this.#waiters.length > 0) {
+      const still: Waiter[] = [];
+      for (const w of this.#waiters) {
+        if (this.#closed || this.#queued < w.limit) w.resolve();
+        else still.push(w);
+      }
+      this.#waiters = still;
+    }
+    if (this.#flushWaiters.length > 0 && (this.#queued === 0 || this.#closed) && !this.#running) {
+      const waiters = this.#flushWaiters;
+      this.#flushWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+interface Waiter {
+  limit: number;
+  resolve: () => void;
+}
+
+/** Options of `dialTcp`. */
+export interface DialOptions {
+  /** Give up after this long (ms). */
+  timeoutMs: number;
+  /** Abort early (shutdown). */
+  signal?: AbortSignal;
+}
+
+/** Connects over TCP with a timeout; the error message says which address and why. */
+export async function dialTcp(hostname: string, port: number, options: DialOptions): Promise<Deno.TcpConn> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), options.timeoutMs);
+  const onAbort = () => controller.abort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    const conn = await Deno.connect({ hostname, port, signal: controller.signal });
+    conn.setNoDelay(true);
+    return conn;
+  } catch (err) {
+    const where = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+    if (controller.signal.aborted && !options.signal?.aborted) {
+      throw new Deno.errors.TimedOut(`Cannot connect to ${where}: no answer within ${options.timeoutMs} ms`);
+    }
+    throw new Error(`Cannot connect to ${where}: ${describeError(err)}`, { cause: err });
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** A short human description of a socket error: "connection refused", "reset by peer". */
+export function describeError(err: unknown): string {
+  if (err instanceof Deno.errors.ConnectionRefused) return "connection refused";
+  if (err instanceof Deno.errors.ConnectionReset) return "connection reset by peer";
+  if (err instanceof Deno.errors.ConnectionAborted) return "connection aborted";
+  if (err instanceof Deno.errors.BrokenPipe) return "broken pipe (peer closed)";
+  if (err instanceof Deno.errors.TimedOut) return (err as Error).message;
+  if (err instanceof Error) return err.message.replace(/ \(os error \d+\)$/, "");
+  return String(err);
+}
