@@ -150,6 +150,8 @@ class SessionRunner {
   #ended: Promise<void>;
   #endedResolve!: () => void;
   #stopped = new AbortController();
+  /** Repeated on every attempt to open this session (see encodeHelloNew). */
+  #openToken = randomId();
 
   constructor(config: ClientConfig, conn: Deno.TcpConn, signal: AbortSignal, now: () => number, done: () => void) {
     this.#config = config;
@@ -241,10 +243,12 @@ class SessionRunner {
         );
         return;
       }
-      if (attempt === 0) log.warn("Session {session}: cannot reach a broker server yet ({summary}); retrying", {
-        session: this.#label,
-        summary,
-      });
+      if (attempt === 0) {
+        log.warn("Session {session}: cannot reach a broker server yet ({summary}); retrying", {
+          session: this.#label,
+          summary,
+        });
+      }
       await sleep(Math.min(left, backoffDelay(attempt)), this.#signal);
     }
   }
@@ -273,7 +277,9 @@ class SessionRunner {
         throw new RejectedError(
           link.peer,
           0,
-          `it speaks protocol version ${version}, this broker-client speaks ${PROTOCOL_VERSION}${reason ? ` (${reason})` : ""}`,
+          `it speaks protocol version ${version}, this broker-client speaks ${PROTOCOL_VERSION}${
+            reason ? ` (${reason})` : ""
+          }`,
         );
       }
       return this.#expect(link, type, what, deadline);
@@ -282,13 +288,15 @@ class SessionRunner {
       const { code, reason } = decodeReject(frame.payload);
       throw new RejectedError(link.peer, code, reason);
     }
-    if (frame.type !== type) throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
+    if (frame.type !== type) {
+      throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
+    }
     return frame;
   }
 
   async #openOn(server: HostPort): Promise<void> {
     const own = await createEphemeralKey();
-    const link = await this.#dial(server, encodeHelloNew(own.publicKey));
+    const link = await this.#dial(server, encodeHelloNew(own.publicKey, this.#openToken));
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const welcome = decodeWelcome((await this.#expect(link, FrameType.Welcome, "WELCOME", deadline)).payload);

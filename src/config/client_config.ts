@@ -14,14 +14,7 @@
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { SectionReader } from "./section.ts";
 import { DEFAULT_TUNING, readDuration, readReplayBufferSize } from "./tuning.ts";
-import {
-  formatHostPort,
-  type HostPort,
-  isLoopback,
-  parseHostPort,
-  parsePort,
-  parseSwitch,
-} from "./values.ts";
+import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
 
 /** Everything broker-client needs from smartclient.ini. */
 export interface ClientConfig {

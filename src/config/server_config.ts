@@ -82,9 +82,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
   const section = new SectionReader(doc, raw, warnings);
 
   const general = doc.sections.get("general");
-  const consoleLog = general
-    ? new SectionReader(doc, general, warnings).value("CONSOLELOG", parseSwitch, true)
-    : true;
+  const consoleLog = general ? new SectionReader(doc, general, warnings).value("CONSOLELOG", parseSwitch, true) : true;
 
   const portEntry = section.entry("LOCAL_SERVER_PORT");
   if (!portEntry) {

@@ -38,6 +38,8 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "json" ? getJsonLinesFormatter() : getTextFormatter({
     timestamp: "date-time-tz",
     category: ".",
+    // Strings as they are: session ids and addresses read better unquoted.
+    value: (v: unknown) => typeof v === "string" ? v : Deno.inspect(v),
   });
   await configure({
     reset: true,

@@ -32,7 +32,7 @@ export const MAC_SIZE = 32;
 export const FrameType = {
   /** Pseudo-frame produced by the decoder for the peer's preface. */
   Preface: 0,
-  /** Client: open a new session; payload is the client's ECDH public key. */
+  /** Client: open a new session; payload is the client's ECDH public key and its open token. */
   HelloNew: 1,
   /** Client: resume a session; payload is the session id and a client nonce. */
   HelloResume: 2,
@@ -52,6 +52,8 @@ export const FrameType = {
   Heartbeat: 18,
   /** The sender's application closed its side; payload is the stream length. */
   Fin: 19,
+  /** Server: both streams are finished and acknowledged; the session is over. No payload. */
+  Close: 20,
   /** The session ends abnormally; payload is the reason (UTF-8). */
   Abort: 32,
   /** A handshake is refused; payload is a code and the reason (UTF-8). */
@@ -99,7 +101,7 @@ export class ProtocolError extends Error {
 
 /** Exact payload sizes of fixed-size frames; -1 means "at least the minimum". */
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
-  [FrameType.HelloNew]: [PUBLIC_KEY_SIZE, true],
+  [FrameType.HelloNew]: [PUBLIC_KEY_SIZE + ID_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
   [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 12, true],
   [FrameType.Challenge]: [ID_SIZE, true],
@@ -109,6 +111,7 @@ const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.Ack]: [8, true],
   [FrameType.Heartbeat]: [8, true],
   [FrameType.Fin]: [8, true],
+  [FrameType.Close]: [0, true],
   [FrameType.Abort]: [0, false],
   [FrameType.Reject]: [1, false],
 };
@@ -163,10 +166,16 @@ function checkSize(what: string, bytes: Uint8Array, size: number): void {
   }
 }
 
-/** HELLO_NEW: the client's ephemeral public key. */
-export function encodeHelloNew(publicKey: Uint8Array): Uint8Array {
+/**
+ * HELLO_NEW: the client's ephemeral public key and its open token, a random
+ * value the client repeats on every attempt to open the same session: a
+ * repeat tells the server that an earlier WELCOME never arrived, so the
+ * session it opened then is an orphan to close at once.
+ */
+export function encodeHelloNew(publicKey: Uint8Array, openToken: Uint8Array): Uint8Array {
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
-  return frameWithBytes(FrameType.HelloNew, publicKey);
+  checkSize("open token", openToken, ID_SIZE);
+  return frameWithBytes(FrameType.HelloNew, publicKey, openToken);
 }
 
 /** HELLO_RESUME: session id and a fresh client nonce. */
@@ -288,6 +297,11 @@ export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
   const out = new Uint8Array(DATA_HEADER_SIZE + bytes.length);
   out.set(bytes, DATA_HEADER_SIZE);
   return sealDataFrame(out, offset);
+}
+
+/** CLOSE: the server's goodbye once the session finished cleanly. */
+export function encodeClose(): Uint8Array {
+  return frame(FrameType.Close, 0).out;
 }
 
 /** ABORT with a reason. */

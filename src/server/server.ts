@@ -13,6 +13,7 @@ import { logger } from "../ops/log.ts";
 import {
   decodeProof,
   encodeChallenge,
+  encodeClose,
   encodePreface,
   encodeProof,
   encodeReject,
@@ -21,6 +22,7 @@ import {
   FrameType,
   ID_SIZE,
   PROTOCOL_VERSION,
+  PUBLIC_KEY_SIZE,
   RejectCode,
   type RejectCodeValue,
   toHex,
@@ -75,6 +77,12 @@ export class BrokerServer {
   #sessions = new Map<string, Entry>();
   #tombstones = new Map<string, Tombstone>();
   #handshaking = new Set<Link>();
+  /**
+   * Open attempts by the client's open token, until the client confirms the
+   * session: the latest attempt number, and the session it opened if any.
+   */
+  #opening = new Map<string, { attempt: number; entry?: Entry }>();
+  #attempts = 0;
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
 
@@ -195,17 +203,33 @@ export class BrokerServer {
   }
 
   async #openSession(link: Link, hello: Frame): Promise<void> {
-    const clientPublicKey = hello.payload.slice();
+    const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
+    // A repeated token means the client never got an earlier WELCOME: the
+    // session that attempt opened (or is opening) is an orphan.
+    const openToken = toHex(hello.payload.subarray(PUBLIC_KEY_SIZE));
+    const attempt = ++this.#attempts;
+    this.#opening.get(openToken)?.entry?.session.abort(
+      "superseded: the client retried opening this session (it never received the welcome)",
+    );
+    this.#opening.set(openToken, { attempt });
+    const isLatest = () => this.#opening.get(openToken)?.attempt === attempt;
     const backend = await this.#connectBackend();
     if ("errors" in backend) {
-      await this.#reject(link, RejectCode.NoBackend, `No ERP server accepted the connection (${backend.errors.join("; ")})`);
+      if (isLatest()) this.#opening.delete(openToken);
+      await this.#reject(
+        link,
+        RejectCode.NoBackend,
+        `No ERP server accepted the connection (${backend.errors.join("; ")})`,
+      );
       return;
     }
     const own = await createEphemeralKey();
     const sessionId = randomId();
     const key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
-    if (link.closed || this.#shutdown.signal.aborted) {
+    if (link.closed || this.#shutdown.signal.aborted || !isLatest()) {
+      if (isLatest()) this.#opening.delete(openToken);
       backend.conn.close();
+      link.close();
       return;
     }
     const timers = this.#timers();
@@ -223,18 +247,28 @@ export class BrokerServer {
         timers,
         events: {
           detached: (reason) => {
-            log.info("Session {session}: link from {client} lost ({reason}); holding the ERP connection for {window} s", {
-              session: shortId(id),
-              client: entry.client,
-              reason,
-              window: Math.round(timers.resumeTimeoutMs / 1000),
-            });
+            log.info(
+              "Session {session}: link from {client} lost ({reason}); holding the ERP connection for {window} s",
+              {
+                session: shortId(id),
+                client: entry.client,
+                reason,
+                window: Math.round(timers.resumeTimeoutMs / 1000),
+              },
+            );
           },
-          ended: (end) => this.#ended(entry, end),
+          confirmed: () => {
+            if (isLatest()) this.#opening.delete(openToken);
+          },
+          ended: (end) => {
+            if (isLatest()) this.#opening.delete(openToken);
+            this.#ended(entry, end);
+          },
         },
       }),
     };
     this.#sessions.set(id, entry);
+    this.#opening.set(openToken, { attempt, entry });
     entry.session.start();
     entry.session.attach(link, 0);
     log.info("Session {session} opened: client {client}, ERP {backend} ({address})", {
@@ -287,6 +321,7 @@ export class BrokerServer {
       // It ended cleanly while the client was away: confirm the final offset and close.
       const mac = await signProof(key, "server", { ...input, receivedOffset: ended.received });
       link.send(encodeProof(FrameType.Resumed, mac, ended.received));
+      link.send(encodeClose());
       await link.closeAfterFlush();
       return;
     }

@@ -9,7 +9,7 @@
  * one offset unit after its last byte, so "acknowledged up to end + 1" means
  * the FIN arrived.
  *
- * States: connecting (client, before the first link) → attached ⇄ detached
+ * States: connecting (before the first link) → attached ⇄ detached
  * → closed. The two sides differ only in who dials (the owner's job) and in
  * how the final goodbye runs: the server closes the link once both streams
  * are finished and acknowledged; the client then sees the link end and
@@ -21,6 +21,7 @@ import {
   DATA_HEADER_SIZE,
   decodeText,
   encodeAbort,
+  encodeClose,
   encodeData,
   encodeOffsetFrame,
   type Frame,
@@ -72,6 +73,8 @@ export interface SessionStats {
 export interface SessionEvents {
   /** A link was lost; the session waits for another (server) or dials one (client). */
   detached?(reason: string): void;
+  /** The peer was heard from for the first time: it has the session. */
+  confirmed?(): void;
   /** The session is over; the local socket is closed. */
   ended(end: SessionEnd): void;
 }
@@ -123,9 +126,9 @@ export class Session {
   #ackTimer: ReturnType<typeof setTimeout> | undefined;
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
   #windowTimer: ReturnType<typeof setTimeout> | undefined;
-  #goodbyeTimer: ReturnType<typeof setTimeout> | undefined;
   #spaceWaiter: (() => void) | null = null;
   #detachedAt = 0;
+  #confirmed = false;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -134,7 +137,7 @@ export class Session {
     this.#timers = { ...options.timers };
     this.#events = options.events;
     this.#now = options.now ?? Date.now;
-    this.#state = options.role === "client" ? "connecting" : "detached";
+    this.#state = "connecting";
     this.#detachedAt = this.#now();
     this.#localWriter = new WriteQueue(options.local, (err) => {
       this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
@@ -204,19 +207,24 @@ export class Session {
     this.#applyAck(peerReceived);
 
     let replayed = 0;
-    for (const { offset, bytes } of this.#out.bytesFrom(peerReceived)) {
+    // A peer that has our FIN (end + 1) needs no data again.
+    for (const { offset, bytes } of this.#out.bytesFrom(Math.min(peerReceived, this.#out.end))) {
       link.send(encodeData(offset, bytes));
       replayed += bytes.length;
     }
     if (this.#localEof && !this.#finAcked) link.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
     this.#sendAck(link);
     if (resumed) {
+      // Only the real client can prove ownership: it knows the session.
+      this.#confirm();
       this.stats.resumes++;
       this.stats.bytesReplayed += replayed;
     }
     this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
     this.#readLoop(link);
     this.#wakePump();
+    // Both streams may have finished while no link was attached.
+    this.#checkComplete();
     return replayed;
   }
 
@@ -269,7 +277,6 @@ export class Session {
     clearTimeout(this.#ackTimer);
     clearInterval(this.#tickTimer);
     clearTimeout(this.#windowTimer);
-    clearTimeout(this.#goodbyeTimer);
     this.#out.clear();
     this.#wakePump();
     this.#events.ended(end);
@@ -289,15 +296,12 @@ export class Session {
     if (this.#link !== link) return;
     this.#dropLink();
     if (this.#state === "closed") return;
-    if (this.#role === "client" && this.#complete()) {
-      this.#finishClean();
-      return;
-    }
     this.#state = "detached";
     this.#detachedAt = this.#now();
+    const window = this.#timers.resumeTimeoutMs;
     this.#windowTimer = setTimeout(() => {
-      this.abort(`resume window of ${Math.round(this.#timers.resumeTimeoutMs / 1000)} s expired before the link came back`);
-    }, this.#timers.resumeTimeoutMs);
+      this.abort(`resume window of ${window / 1000} s expired before the link came back`);
+    }, window);
     this.#events.detached?.(reason);
   }
 
@@ -306,6 +310,7 @@ export class Session {
       for (;;) {
         const frame = await link.readFrame();
         if (this.#link !== link) return;
+        if (frame && !this.#confirmed) this.#confirm();
         if (frame === null) {
           this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
           return;
@@ -362,12 +367,23 @@ export class Session {
         });
         return;
       }
+      case FrameType.Close:
+        if (this.#role !== "client" || !this.#finAcked || !this.#peerFin) {
+          throw new ProtocolError("CLOSE before both streams were finished");
+        }
+        this.#finishClean();
+        return;
       case FrameType.Abort:
         this.abort(`peer ended the session: ${decodeText(payload)}`, true);
         return;
       default:
         throw new ProtocolError(`Unexpected frame type ${frame.type} on an established link`);
     }
+  }
+
+  #confirm(): void {
+    this.#confirmed = true;
+    this.#events.confirmed?.();
   }
 
   #applyAck(offset: number): void {
@@ -422,22 +438,22 @@ export class Session {
 
   #checkComplete(): void {
     if (this.#state === "closed" || !this.#complete()) return;
-    if (this.#role === "server") {
-      // Our last ACK is queued ahead of the close: the client learns its FIN arrived.
-      this.#link?.closeAfterFlush();
+    // The client waits for the server's CLOSE: only then does it know the
+    // server saw our last ACK and will not wait for us to come back.
+    if (this.#role === "server" && this.#link) {
+      const link = this.#link;
       this.#link = null;
+      link.send(encodeClose());
+      link.closeAfterFlush();
       this.#finishClean();
-    } else if (this.#goodbyeTimer === undefined) {
-      // The server closes the link when it has seen our last ACK; if it never
-      // does, do not linger past the dead-link time.
-      this.#goodbyeTimer = setTimeout(() => this.#finishClean(), this.#timers.linkTimeoutMs);
     }
   }
 
   #finishClean(): void {
     if (this.#state === "closed") return;
     this.#dropLink();
-    closeQuietly(this.#local);
+    // The peer's last bytes may still be on their way to the local socket.
+    this.#localWriter.flushed().then(() => closeQuietly(this.#local));
     this.#end({ reason: "closed by both ends, all bytes delivered", clean: true });
   }
 

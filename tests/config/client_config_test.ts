@@ -1,0 +1,138 @@
+import { deepEqual, equal, throws } from "node:assert/strict";
+import { clientConfigFromIni, loadClientConfig } from "../../src/config/client_config.ts";
+import { parseIni } from "../../src/config/ini.ts";
+import { configError } from "./server_config_test.ts";
+
+const parse = (lines: string[], driver?: string) =>
+  clientConfigFromIni(parseIni(lines.join("\n"), "smartclient.ini"), driver);
+
+Deno.test("the TOTVS example: server/port are the broker server, we listen on 127.0.0.1:port and say so", async () => {
+  const config = await loadClientConfig("examples/smartclient.ini");
+  equal(config.driver, "com_broker");
+  deepEqual(config.brokerServers, [{ hostname: "172.16.50.42", port: 4000 }]);
+  deepEqual(config.listen, { hostname: "127.0.0.1", port: 4000 });
+  equal(config.notes.length, 1);
+  equal(config.notes[0]?.includes("point Smart Client at it (server=127.0.0.1, port=4000)"), true);
+  deepEqual(config.warnings, []);
+});
+
+Deno.test("the loopback example: BrokerServer names the broker server, server/port the local listener", async () => {
+  const config = await loadClientConfig("examples/loopback/smartclient.ini");
+  deepEqual(config.listen, { hostname: "127.0.0.1", port: 14001 });
+  deepEqual(config.brokerServers, [{ hostname: "127.0.0.1", port: 14000 }]);
+  deepEqual(config.notes, []);
+});
+
+const base = ["[drivers]", "active=Broker", "[broker]", "server=127.0.0.1", "port=4000", "BrokerProxy=1"];
+
+Deno.test("several broker servers, in order, in every address spelling", () => {
+  const config = parse([...base, "BrokerServer = 10.0.0.1:4000, broker2.local:4001 ,[fd00::1]:4002"]);
+  deepEqual(config.brokerServers, [
+    { hostname: "10.0.0.1", port: 4000 },
+    { hostname: "broker2.local", port: 4001 },
+    { hostname: "fd00::1", port: 4002 },
+  ]);
+  deepEqual(config.listen, { hostname: "127.0.0.1", port: 4000 });
+});
+
+Deno.test("--driver picks another section", () => {
+  const config = parse([
+    ...base,
+    "BrokerServer=10.0.0.1:4000",
+    "[other]",
+    "server=localhost",
+    "port=5000",
+    "BrokerProxy=1",
+    "BrokerServer=10.0.0.2:4000",
+  ], "OTHER");
+  equal(config.driver, "other");
+  deepEqual(config.listen, { hostname: "localhost", port: 5000 });
+});
+
+Deno.test("listening beyond the loopback needs LISTEN_ADDRESS, and then warns", () => {
+  throws(
+    () =>
+      parse([
+        "[drivers]",
+        "active=b",
+        "[b]",
+        "server=10.0.0.9",
+        "port=4000",
+        "BrokerProxy=1",
+        "BrokerServer=10.0.0.1:4000",
+      ]),
+    configError(/^smartclient\.ini:4: Cannot listen on server=10\.0\.0\.9: .* listens on the loopback only/),
+  );
+  const config = parse([...base, "BrokerServer=10.0.0.1:4000", "LISTEN_ADDRESS=0.0.0.0"]);
+  deepEqual(config.listen, { hostname: "0.0.0.0", port: 4000 });
+  deepEqual(config.warnings, [
+    "smartclient.ini:8: broker-client listens on 0.0.0.0:4000, which is not a loopback address: other machines can reach it",
+  ]);
+});
+
+Deno.test("bad input: one clear message naming file, line and key", () => {
+  const cases: [string[], RegExp][] = [
+    [["[config]", "x=1"], /^smartclient\.ini: Cannot find section \[drivers\]/],
+    [["[drivers]", "[b]"], /^smartclient\.ini:1: Cannot find key active in \[drivers\]/],
+    [
+      ["[drivers]", "active=missing", "[b]"],
+      /^smartclient\.ini: Cannot find section \[missing\] named by \[drivers\] active: the sections in this file are \[drivers\], \[b\]/,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "server=127.0.0.1", "port=4000"],
+      /^smartclient\.ini:3: Section \[b\] does not enable the broker: expected "BrokerProxy=1"\. /,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "server=127.0.0.1", "port=4000", "BrokerProxy=0"],
+      /^smartclient\.ini:6: Section \[b\] does not enable the broker: expected "BrokerProxy=1", got "0"/,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "port=4000", "BrokerProxy=1"],
+      /^smartclient\.ini:3: Cannot find key server in \[b\]/,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "server=", "port=4000", "BrokerProxy=1"],
+      /^smartclient\.ini:4: Cannot parse server: expected a host name or address, got ""/,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "server=x", "BrokerProxy=1"],
+      /^smartclient\.ini:3: Cannot find key port in \[b\]/,
+    ],
+    [
+      ["[drivers]", "active=b", "[b]", "server=x", "port=0", "BrokerProxy=1"],
+      /^smartclient\.ini:5: Cannot parse port: expected a port in 1\.\.65535, got "0"/,
+    ],
+    [
+      [...base, "BrokerServer=10.0.0.1"],
+      /^smartclient\.ini:7: Cannot parse BrokerServer: expected "host port", "host:port" or "\[ipv6\]:port", got "10\.0\.0\.1"/,
+    ],
+    [[...base, "BrokerServer= , "], /^smartclient\.ini:7: Cannot parse BrokerServer: expected one or more "host:port"/],
+    [
+      [...base],
+      /^smartclient\.ini:4: Cannot use server=127\.0\.0\.1 port=4000 as the broker server: broker-client itself listens on 127\.0\.0\.1:4000/,
+    ],
+    [
+      [...base, "BrokerServer=a:1", "NEW_SESSION_TIMEOUT=0"],
+      /^smartclient\.ini:8: NEW_SESSION_TIMEOUT must be greater than zero/,
+    ],
+  ];
+  for (const [lines, expected] of cases) throws(() => parse(lines), configError(expected), lines.join(" | "));
+  throws(() => parse(base, "nope"), configError(/Cannot find section \[nope\] named by --driver/));
+});
+
+Deno.test("duplicate keys warn; Smart Client's own keys are left alone; typos of ours are reported", () => {
+  const config = parse([
+    ...base,
+    "BrokerServer=a:1",
+    "BrokerServer=b:2",
+    "lastmainprog=SIGAMDI",
+    "BrokerServr=c:3",
+    "RESUME_TIMEOT=5",
+  ]);
+  deepEqual(config.brokerServers, [{ hostname: "a", port: 1 }]);
+  deepEqual(config.warnings, [
+    'smartclient.ini:8: Duplicate key BrokerServer in [broker]: the first one (line 7, "a:1") wins, this one ("b:2") is ignored',
+    "smartclient.ini:10: Unknown key BrokerServr in [broker] is ignored",
+    "smartclient.ini:11: Unknown key RESUME_TIMEOT in [broker] is ignored",
+  ]);
+});

@@ -1,0 +1,170 @@
+/**
+ * A TCP relay for tests that sits between broker-client and broker-server
+ * and misbehaves on command: reset every connection (RST), close them
+ * cleanly (FIN), freeze them (bytes silently stop, nothing is closed), add
+ * delay, or refuse new connections as an unreachable host would.
+ * Built on node:net because it can send a real RST (resetAndDestroy).
+ * @module
+ */
+
+import net from "node:net";
+
+interface Pair {
+  front: net.Socket;
+  back: net.Socket;
+  frozen: boolean;
+}
+
+/** The relay's fault modes for new connections. */
+export type ChaosMode = "pass" | "refuse" | "blackhole";
+
+/** A misbehaving TCP relay on 127.0.0.1. */
+export class ChaosLink {
+  #server: net.Server;
+  #target: { host: string; port: number };
+  #pairs = new Set<Pair>();
+  #mode: ChaosMode = "pass";
+  #delayMs = 0;
+  /** Counters of faults injected, for test reports. */
+  readonly faults = { resets: 0, closes: 0, freezes: 0 };
+  /** Connections accepted. */
+  connections = 0;
+
+  private constructor(server: net.Server, target: { host: string; port: number }) {
+    this.#server = server;
+    this.#target = target;
+  }
+
+  /** Starts a relay on 127.0.0.1 (port 0) to `target`. */
+  static async start(target: { host: string; port: number }): Promise<ChaosLink> {
+    const server = net.createServer({ noDelay: true });
+    const link = new ChaosLink(server, target);
+    server.on("connection", (socket) => link.#accept(socket));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return link;
+  }
+
+  /** The relay's port: point broker-client here. */
+  get port(): number {
+    return (this.#server.address() as net.AddressInfo).port;
+  }
+
+  /** Open connection pairs. */
+  get openPairs(): number {
+    return this.#pairs.size;
+  }
+
+  /** Changes where new connections go (e.g. a restarted server on a new port). */
+  retarget(target: { host: string; port: number }): void {
+    this.#target = target;
+  }
+
+  /** pass: relay; refuse: reset new connections at once; blackhole: accept and never answer. */
+  setMode(mode: ChaosMode): void {
+    this.#mode = mode;
+  }
+
+  /** Adds `ms` of delay to every chunk in both directions (0: none). */
+  setDelay(ms: number): void {
+    this.#delayMs = ms;
+  }
+
+  #accept(front: net.Socket): void {
+    this.connections++;
+    front.on("error", () => {});
+    if (this.#mode === "refuse") {
+      front.resetAndDestroy();
+      return;
+    }
+    const back = net.connect({ host: this.#target.host, port: this.#target.port, noDelay: true });
+    back.on("error", () => {});
+    const pair: Pair = { front, back, frozen: this.#mode === "blackhole" };
+    this.#pairs.add(pair);
+    const forward = (from: net.Socket, to: net.Socket) => {
+      // Delayed chunks wait in order: a TCP path may be slow, never reordered.
+      const delayed: { at: number; chunk: Uint8Array }[] = [];
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const release = () => {
+        timer = undefined;
+        while (delayed.length > 0 && (delayed[0] as { at: number }).at <= Date.now()) {
+          const { chunk } = delayed.shift() as { chunk: Uint8Array };
+          if (!pair.frozen && !to.destroyed) to.write(chunk);
+        }
+        if (delayed.length > 0) timer = setTimeout(release, (delayed[0] as { at: number }).at - Date.now());
+      };
+      from.on("data", (chunk: Uint8Array) => {
+        if (pair.frozen) return; // a dead Wi-Fi: bytes vanish, nobody is told
+        if (this.#delayMs === 0 && delayed.length === 0) {
+          if (!to.destroyed) to.write(chunk);
+          return;
+        }
+        delayed.push({ at: Date.now() + this.#delayMs, chunk });
+        if (timer === undefined) timer = setTimeout(release, this.#delayMs);
+      });
+      from.on("close", () => clearTimeout(timer));
+      from.on("end", () => {
+        if (!pair.frozen && !to.destroyed) to.end();
+      });
+      from.on("close", (hadError: boolean) => {
+        if (pair.frozen) return;
+        this.#pairs.delete(pair);
+        if (to.destroyed) return;
+        // Pass a reset on as a reset; otherwise let queued bytes drain first.
+        if (hadError) to.resetAndDestroy();
+        else to.end();
+      });
+    };
+    forward(front, back);
+    forward(back, front);
+  }
+
+  /** Resets every open connection (RST both ways), like a crashed router. */
+  resetAll(): void {
+    for (const pair of [...this.#pairs]) {
+      this.faults.resets++;
+      this.#pairs.delete(pair);
+      pair.front.resetAndDestroy();
+      pair.back.resetAndDestroy();
+    }
+  }
+
+  /** Closes every open connection cleanly (FIN both ways). */
+  closeAll(): void {
+    for (const pair of [...this.#pairs]) {
+      this.faults.closes++;
+      this.#pairs.delete(pair);
+      pair.front.end();
+      pair.back.end();
+      pair.front.destroySoon();
+      pair.back.destroySoon();
+    }
+  }
+
+  /** Freezes every open connection: bytes stop, nothing is closed. */
+  freezeAll(): void {
+    for (const pair of this.#pairs) {
+      if (!pair.frozen) this.faults.freezes++;
+      pair.frozen = true;
+    }
+  }
+
+  /** Destroys frozen connections (both ends see them close), keeping live ones. */
+  dropFrozen(): void {
+    for (const pair of [...this.#pairs]) {
+      if (!pair.frozen) continue;
+      this.#pairs.delete(pair);
+      pair.front.destroy();
+      pair.back.destroy();
+    }
+  }
+
+  /** Stops the relay and destroys every connection. */
+  async close(): Promise<void> {
+    for (const pair of this.#pairs) {
+      pair.front.destroy();
+      pair.back.destroy();
+    }
+    this.#pairs.clear();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * Builds brokers for end-to-end tests from INI text (so the tests go
+ * through the same parsing as production), all on 127.0.0.1 with port 0.
+ * @module
+ */
+
+import { BrokerClient } from "../../src/client/client.ts";
+import { type ClientConfig, clientConfigFromIni } from "../../src/config/client_config.ts";
+import { parseIni } from "../../src/config/ini.ts";
+import { type ServerConfig, serverConfigFromIni } from "../../src/config/server_config.ts";
+import { BrokerServer } from "../../src/server/server.ts";
+import { setupLogging } from "../../src/ops/log.ts";
+
+/** Server config for ERP servers at `erpPorts` with extra `KEY = value` lines. */
+export function serverConfig(erpPorts: number[], extra: Record<string, string> = {}): ServerConfig {
+  const lines = [
+    "[BALANCE_SMART_CLIENT_DESKTOP]",
+    "LOCAL_SERVER_ADDRESS = 127.0.0.1",
+    "LOCAL_SERVER_PORT = 1",
+    ...erpPorts.map((p, i) => `REMOTE_SERVER_${String(i + 1).padStart(2, "0")} = 127.0.0.1 ${p}`),
+    ...Object.entries(extra).map(([k, v]) => `${k} = ${v}`),
+  ];
+  const config = serverConfigFromIni(parseIni(lines.join("\n"), "test-appserver.ini"));
+  config.listen.port = 0; // the file needs a valid port; the test wants any free one
+  return config;
+}
+
+/** Client config toward broker servers at `brokerPorts`, listening on a free port. */
+export function clientConfig(brokerPorts: number[], extra: Record<string, string> = {}): ClientConfig {
+  const lines = [
+    "[drivers]",
+    "active=test",
+    "[test]",
+    "server=127.0.0.1",
+    "port=1",
+    "BrokerProxy=1",
+    `BrokerServer=${brokerPorts.map((p) => `127.0.0.1:${p}`).join(",")}`,
+    ...Object.entries(extra).map(([k, v]) => `${k}=${v}`),
+  ];
+  const config = clientConfigFromIni(parseIni(lines.join("\n"), "test-smartclient.ini"));
+  config.listen.port = 0;
+  return config;
+}
+
+/** Starts a server and disposes of it with `await using`. */
+export function startServer(config: ServerConfig): BrokerServer & AsyncDisposable {
+  const server = new BrokerServer(config) as BrokerServer & AsyncDisposable;
+  server.listen();
+  server[Symbol.asyncDispose] = () => server.close();
+  return server;
+}
+
+/** Starts a client and disposes of it with `await using`. */
+export function startClient(config: ClientConfig): BrokerClient & AsyncDisposable {
+  const client = new BrokerClient(config) as BrokerClient & AsyncDisposable;
+  client.listen();
+  client[Symbol.asyncDispose] = () => client.close();
+  return client;
+}
+
+/** A stand-in ERP server on 127.0.0.1:0 that runs `handler` for each connection. */
+export function startErp(handler: (conn: Deno.TcpConn) => Promise<void>): {
+  port: number;
+  connections: number;
+  close(): Promise<void>;
+} & AsyncDisposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const running = new Set<Promise<void>>();
+  const conns = new Set<Deno.TcpConn>();
+  const erp = {
+    port: (listener.addr as Deno.NetAddr).port,
+    connections: 0,
+    async close() {
+      listener.close();
+      await loop;
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* already closed by the handler */ }
+      }
+      await Promise.allSettled([...running]);
+    },
+    [Symbol.asyncDispose]() {
+      return erp.close();
+    },
+  };
+  const loop = (async () => {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      erp.connections++;
+      conns.add(conn);
+      const job = handler(conn).catch(() => {}).finally(() => {
+        conns.delete(conn);
+        running.delete(job);
+      });
+      running.add(job);
+    }
+  })();
+  return erp;
+}
+
+/** Resolves when `condition` holds, polling every few ms; rejects after `ms`. */
+export async function waitFor(condition: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!condition()) {
+    if (Date.now() - start > ms) throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+// BROKER_TEST_LOG=debug (or info) shows the brokers' logs while tests run.
+const testLogLevel = Deno.env.get("BROKER_TEST_LOG");
+if (testLogLevel === "debug" || testLogLevel === "info" || testLogLevel === "warning") {
+  await setupLogging({ console: true, level: testLogLevel, format: "text" });
+}

@@ -1,0 +1,191 @@
+import { deepEqual, equal, throws } from "node:assert/strict";
+import {
+  DATA_HEADER_SIZE,
+  decodeProof,
+  decodeReject,
+  decodeWelcome,
+  encodeAbort,
+  encodeChallenge,
+  encodeClose,
+  encodeData,
+  encodeHelloNew,
+  encodeHelloResume,
+  encodeOffsetFrame,
+  encodePreface,
+  encodeProof,
+  encodeReject,
+  encodeWelcome,
+  type Frame,
+  FrameDecoder,
+  FrameType,
+  ProtocolError,
+  readU64,
+  RejectCode,
+  sealDataFrame,
+  writeU64,
+} from "../../src/protocol/frames.ts";
+
+const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+const fill = (n: number, v: number) => new Uint8Array(n).fill(v);
+
+Deno.test("preface is PBRK and the version", () => {
+  equal(hex(encodePreface()), "5042524b01");
+});
+
+Deno.test("frames encode byte for byte", () => {
+  equal(hex(encodeOffsetFrame(FrameType.Ack, 0x0102030405)), "11" + "00000008" + "0000000102030405");
+  equal(hex(encodeOffsetFrame(FrameType.Heartbeat, 0)), "12" + "00000008" + "0000000000000000");
+  equal(hex(encodeOffsetFrame(FrameType.Fin, 7)), "13" + "00000008" + "0000000000000007");
+  equal(hex(encodeData(0x100000000, new Uint8Array([0xaa, 0xbb]))), "10" + "0000000a" + "0000000100000000" + "aabb");
+  equal(hex(encodeClose()), "14" + "00000000");
+  equal(hex(encodeAbort("bye")), "20" + "00000003" + "627965");
+  equal(hex(encodeReject(RejectCode.BadProof, "no")), "21" + "00000003" + "03" + "6e6f");
+  equal(hex(encodeChallenge(fill(16, 1))), "04" + "00000010" + "01".repeat(16));
+  equal(hex(encodeHelloNew(fill(32, 2), fill(16, 3))), "01" + "00000030" + "02".repeat(32) + "03".repeat(16));
+  equal(hex(encodeHelloResume(fill(16, 4), fill(16, 5))), "02" + "00000020" + "04".repeat(16) + "05".repeat(16));
+  equal(
+    hex(encodeProof(FrameType.Proof, fill(32, 6), 9)),
+    "05" + "00000028" + "06".repeat(32) + "0000000000000009",
+  );
+  equal(
+    hex(
+      encodeWelcome(fill(16, 7), fill(32, 8), {
+        resumeTimeoutMs: 180000,
+        heartbeatIntervalMs: 2000,
+        linkTimeoutMs: 6000,
+      }),
+    ),
+    "03" + "0000003c" + "07".repeat(16) + "08".repeat(32) + "0002bf20" + "000007d0" + "00001770",
+  );
+});
+
+Deno.test("sealDataFrame writes the header in front of bytes read in place", () => {
+  const frame = new Uint8Array(DATA_HEADER_SIZE + 3);
+  frame.set([1, 2, 3], DATA_HEADER_SIZE);
+  equal(hex(sealDataFrame(frame, 5)), "10" + "0000000b" + "0000000000000005" + "010203");
+  throws(() => sealDataFrame(new Uint8Array(DATA_HEADER_SIZE), 0), RangeError);
+});
+
+Deno.test("u64 offsets: exact up to 2^53-1, across the 2^32 boundary; larger values are refused", () => {
+  const buf = new Uint8Array(8);
+  const view = new DataView(buf.buffer);
+  for (const v of [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 53 - 1]) {
+    writeU64(view, 0, v);
+    equal(readU64(buf, 0), v);
+  }
+  throws(() => writeU64(view, 0, 2 ** 53), RangeError);
+  throws(() => writeU64(view, 0, -1), RangeError);
+  buf.set([0x00, 0x20, 0, 0, 0, 0, 0, 0]); // 2^53
+  throws(() => readU64(buf, 0), ProtocolError);
+});
+
+Deno.test("decoded handshake payloads round-trip", () => {
+  const w = decodeWelcome(
+    encodeWelcome(fill(16, 1), fill(32, 2), { resumeTimeoutMs: 5, heartbeatIntervalMs: 6, linkTimeoutMs: 7 })
+      .subarray(5),
+  );
+  deepEqual(
+    { ...w, sessionId: hex(w.sessionId), publicKey: hex(w.publicKey) },
+    {
+      sessionId: "01".repeat(16),
+      publicKey: "02".repeat(32),
+      resumeTimeoutMs: 5,
+      heartbeatIntervalMs: 6,
+      linkTimeoutMs: 7,
+    },
+  );
+  const p = decodeProof(encodeProof(FrameType.Resumed, fill(32, 9), 2 ** 40).subarray(5));
+  equal(hex(p.mac), "09".repeat(32));
+  equal(p.receivedOffset, 2 ** 40);
+  deepEqual(decodeReject(encodeReject(RejectCode.CannotResume, "gone ✓").subarray(5)), {
+    code: RejectCode.CannotResume,
+    reason: "gone ✓",
+  });
+});
+
+function stream(): { bytes: Uint8Array; expected: string[] } {
+  const parts = [
+    encodePreface(),
+    encodeHelloNew(fill(32, 1), fill(16, 2)),
+    encodeData(0, new Uint8Array([1, 2, 3, 4, 5])),
+    encodeOffsetFrame(FrameType.Ack, 77),
+    encodeData(5, fill(300, 9)),
+    encodeClose(),
+    encodeAbort("the end"),
+  ];
+  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  const expected = ["0:01", ...parts.slice(1).map((p) => `${p[0]}:${hex(p.subarray(5))}`)];
+  return { bytes, expected };
+}
+
+function drain(decoder: FrameDecoder, out: string[]): void {
+  for (let f: Frame | null; (f = decoder.next());) out.push(`${f.type}:${hex(f.payload)}`);
+}
+
+Deno.test("decoder yields the same frames whatever the split points", () => {
+  const { bytes, expected } = stream();
+  // Every single split point, and every pair of split points in the first 80 bytes.
+  for (let i = 0; i <= bytes.length; i++) {
+    const d = new FrameDecoder();
+    const out: string[] = [];
+    d.push(bytes.slice(0, i));
+    drain(d, out);
+    d.push(bytes.slice(i));
+    drain(d, out);
+    deepEqual(out, expected, `split at ${i}`);
+  }
+  for (let i = 0; i < 80; i++) {
+    for (let j = i; j < 80; j++) {
+      const d = new FrameDecoder();
+      const out: string[] = [];
+      for (const piece of [bytes.slice(0, i), bytes.slice(i, j), bytes.slice(j)]) {
+        d.push(piece);
+        drain(d, out);
+      }
+      deepEqual(out, expected, `split at ${i} and ${j}`);
+    }
+  }
+  // One byte at a time, into a reused buffer: the decoder must not keep views of it.
+  const d = new FrameDecoder();
+  const out: string[] = [];
+  const scratch = new Uint8Array(1);
+  for (const b of bytes) {
+    scratch[0] = b;
+    d.push(scratch);
+    drain(d, out);
+  }
+  deepEqual(out, expected);
+  equal(d.bufferedBytes, 0);
+});
+
+Deno.test("decoder rejects a wrong magic as soon as it shows", () => {
+  const d = new FrameDecoder();
+  d.push(new TextEncoder().encode("GE"));
+  throws(() => d.next(), /Not a broker peer: expected the preface "PBRK", got bytes 0x4745/);
+});
+
+Deno.test("decoder reports another version through the preface frame", () => {
+  const d = new FrameDecoder();
+  d.push(encodePreface(9));
+  const f = d.next();
+  equal(f?.type, FrameType.Preface);
+  equal(f?.payload[0], 9);
+});
+
+Deno.test("decoder rejects unknown types, oversized and malformed frames", () => {
+  const after = (bytes: number[]) => {
+    const d = new FrameDecoder({ preface: false, maxPayload: 1024 });
+    d.push(new Uint8Array(bytes));
+    return () => d.next();
+  };
+  throws(after([0x7f, 0, 0, 0, 0]), /Unknown frame type 127/);
+  throws(after([0x10, 0, 0, 0x10, 0]), /Frame too large: type 16 with 4096 bytes, limit 1024/);
+  throws(after([0x11, 0, 0, 0, 4, 1, 2, 3, 4]), /Malformed frame: type 17 with a 4-byte payload, expected 8/);
+  throws(after([0x10, 0, 0, 0, 8]), /expected at least 9/);
+  throws(after([0x14, 0, 0, 0, 1, 0]), /Malformed frame: type 20/);
+});

@@ -1,0 +1,49 @@
+import { equal, notDeepEqual } from "node:assert/strict";
+import {
+  createEphemeralKey,
+  deriveResumeKey,
+  randomId,
+  signProof,
+  verifyProof,
+} from "../../src/protocol/resume_auth.ts";
+
+async function pair() {
+  const client = await createEphemeralKey();
+  const server = await createEphemeralKey();
+  const sessionId = randomId();
+  const clientKey = await deriveResumeKey(client, server.publicKey, sessionId, client.publicKey, server.publicKey);
+  const serverKey = await deriveResumeKey(server, client.publicKey, sessionId, client.publicKey, server.publicKey);
+  return { client, server, sessionId, clientKey, serverKey };
+}
+
+Deno.test("both ends derive the same key from public keys alone", async () => {
+  const { sessionId, clientKey, serverKey } = await pair();
+  const input = { sessionId, clientNonce: randomId(), serverNonce: randomId(), receivedOffset: 12345 };
+  const proof = await signProof(clientKey, "client", input);
+  equal(proof.length, 32);
+  equal(await verifyProof(serverKey, "client", input, proof), true);
+});
+
+Deno.test("a proof is bound to the nonces, the offset, the role and the session", async () => {
+  const { sessionId, clientKey, serverKey } = await pair();
+  const input = { sessionId, clientNonce: randomId(), serverNonce: randomId(), receivedOffset: 7 };
+  const proof = await signProof(clientKey, "client", input);
+  // A recorded proof replayed against a fresh server nonce fails.
+  equal(await verifyProof(serverKey, "client", { ...input, serverNonce: randomId() }, proof), false);
+  equal(await verifyProof(serverKey, "client", { ...input, clientNonce: randomId() }, proof), false);
+  equal(await verifyProof(serverKey, "client", { ...input, receivedOffset: 8 }, proof), false);
+  equal(await verifyProof(serverKey, "server", input, proof), false, "a client proof is not a server proof");
+  equal(await verifyProof(serverKey, "client", { ...input, sessionId: randomId() }, proof), false);
+  const tampered = proof.slice();
+  tampered[0] = (tampered[0] as number) ^ 1;
+  equal(await verifyProof(serverKey, "client", input, tampered), false);
+});
+
+Deno.test("another session's key does not verify", async () => {
+  const a = await pair();
+  const b = await pair();
+  const input = { sessionId: a.sessionId, clientNonce: randomId(), serverNonce: randomId(), receivedOffset: 0 };
+  const proof = await signProof(a.clientKey, "client", input);
+  equal(await verifyProof(b.serverKey, "client", input, proof), false);
+  notDeepEqual(a.client.publicKey, b.client.publicKey);
+});
