@@ -87,6 +87,11 @@ export class BrokerClient {
     return this.#runners.size;
   }
 
+  /** The sessions in progress (for status and tests). */
+  get sessions(): Session[] {
+    return [...this.#runners].map((r) => r.session);
+  }
+
   /** Binds the loopback listener and starts accepting Smart Client connections. */
   listen(): void {
     const { hostname, port } = this.#config.listen;
@@ -196,6 +201,11 @@ class SessionRunner {
         },
       },
     });
+  }
+
+  /** The session this runner carries. */
+  get session(): Session {
+    return this.#session;
   }
 
   get #label(): string {

@@ -159,6 +159,11 @@ export class Session {
     return this.#out.size;
   }
 
+  /** Bytes received from the peer and not yet written to the local socket. */
+  get pendingLocalBytes(): number {
+    return this.#localWriter.queuedBytes;
+  }
+
   /** When the session was last detached (clock ms), meaningful while detached. */
   get detachedAt(): number {
     return this.#detachedAt;

@@ -1,0 +1,269 @@
+/**
+ * What arrives on the link that should not: garbage, truncated, oversized
+ * and unknown frames, strangers and other protocol versions, resumes that
+ * must fail, and an ERP that refuses or resets. Each bad link is dropped
+ * with a log line naming the peer; the process and real sessions go on.
+ */
+import net from "node:net";
+import { equal, match, ok } from "node:assert/strict";
+import {
+  decodeReject,
+  encodeData,
+  encodeOffsetFrame,
+  encodePreface,
+  FrameType,
+  RejectCode,
+} from "../../src/protocol/frames.ts";
+import { randomId } from "../../src/protocol/resume_auth.ts";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
+import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+
+async function echo(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(4096);
+  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+  await conn.closeWrite();
+}
+
+async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
+  await app.write(new TextEncoder().encode(text));
+  const out = new Uint8Array(text.length);
+  for (let got = 0; got < out.length;) {
+    const n = await app.read(out.subarray(got));
+    if (n === null) throw new Error("EOF");
+    got += n;
+  }
+  return new TextDecoder().decode(out);
+}
+
+/** A real session through broker-client that must stay healthy meanwhile. */
+async function realSession(serverPort: number) {
+  const client = startClient(clientConfig([serverPort]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(app, "ping"), "ping");
+  return {
+    app,
+    async [Symbol.asyncDispose]() {
+      app.close();
+      await client.close();
+    },
+  };
+}
+
+function bytesOf(...parts: (Uint8Array | number[])[]): Uint8Array {
+  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
+  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of arrays) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
+}
+
+Deno.test("garbage, truncated, oversized and unknown frames drop only their link", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { HANDSHAKE_TIMEOUT: "2s" }));
+  await using real = await realSession(server.address.port);
+
+  const attacks: [string, Uint8Array, RegExp][] = [
+    ["http", new TextEncoder().encode("GET / HTTP/1.1\r\n\r\n"), /Not a broker peer: expected the preface "PBRK"/],
+    ["unknown type", bytesOf(encodePreface(), [0x7e, 0, 0, 0, 0]), /Unknown frame type 126/],
+    ["oversized", bytesOf(encodePreface(), [FrameType.Data, 0x7f, 0xff, 0xff, 0xff]), /Frame too large/],
+    ["malformed hello", bytesOf(encodePreface(), [FrameType.HelloNew, 0, 0, 0, 3, 1, 2, 3]), /Malformed frame: type 1/],
+    [
+      "data before hello",
+      bytesOf(encodePreface(), encodeData(0, new Uint8Array([1]))),
+      /expected HELLO, got frame type 16/,
+    ],
+  ];
+  for (const [name, bytes, expected] of attacks) {
+    const peer = await RawPeer.connect(server.address.port);
+    await peer.writeRaw(bytes);
+    await peer.closedByPeer();
+    peer.close();
+    const line = await logs.waitFor(expected);
+    match(line, /from 127\.0\.0\.1:\d+/, `${name}: the log names the peer`);
+  }
+  // Truncated: a frame cut off by the end of the stream.
+  const truncated = await RawPeer.connect(server.address.port);
+  await truncated.writeRaw(bytesOf(encodePreface(), [FrameType.HelloNew, 0, 0, 0, 48, 1, 2, 3]));
+  truncated.link.close();
+  await logs.waitFor(/Dropped link from 127\.0\.0\.1:\d+ during handshake: .*(inside a frame|reset|closed)/);
+
+  equal(await roundTrip(real.app, "still fine"), "still fine");
+  equal(server.sessions.length, 1);
+});
+
+Deno.test("a bad frame on an established link drops that link only; the session resumes", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  const raw = await openRawSession(server.address.port);
+  // An ACK for bytes the server never sent is a protocol error on this link.
+  raw.peer.link.send(encodeOffsetFrame(FrameType.Ack, 1_000_000));
+  await raw.peer.closedByPeer();
+  await logs.waitFor(/Session \w+: link from .* lost \(protocol error: ACK for offset 1000000, but only 0 were sent\)/);
+  equal(server.sessions.length, 1, "the session waits for its client, untouched");
+  const { peer, answer } = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(answer?.type, FrameType.Resumed);
+  peer.close();
+  raw.peer.close();
+});
+
+Deno.test("another protocol version gets a clear reject on both sides", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  const peer = await RawPeer.connect(server.address.port);
+  await peer.writeRaw(encodePreface(9));
+  const preface = await peer.next();
+  equal(preface?.type, FrameType.Preface);
+  equal(preface?.payload[0], 1);
+  const reject = await peer.next();
+  equal(reject?.type, FrameType.Reject);
+  const { code, reason } = decodeReject(reject?.payload ?? new Uint8Array());
+  equal(code, RejectCode.Version);
+  equal(
+    reason,
+    "broker-client speaks protocol version 9, this broker-server speaks version 1: install matching versions of both programs",
+  );
+  await logs.waitFor(
+    /WARNING broker\.server: Refused link from 127\.0\.0\.1:\d+: broker-client speaks protocol version 9/,
+  );
+  peer.close();
+
+  // The other side: a broker-client facing a server of another version explains and closes Smart Client.
+  const fake = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const fakeServer = (async () => {
+    const conn = await fake.accept();
+    await conn.write(
+      bytesOf(encodePreface(2), [FrameType.Reject, 0, 0, 0, 5, RejectCode.Version], new TextEncoder().encode("v2!!")),
+    );
+    await conn.read(new Uint8Array(1024)).catch(() => null);
+    conn.close();
+  })();
+  await using client = startClient(clientConfig([(fake.addr as Deno.NetAddr).port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
+  await logs.waitFor(
+    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: it speaks protocol version 2, this broker-client speaks 1 \(v2!!\)\)/,
+  );
+  app.close();
+  await fakeServer;
+  fake.close();
+});
+
+Deno.test("resume of an unknown session, or with a wrong proof, is refused; the real session is untouched", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  await using real = await realSession(server.address.port);
+
+  const unknown = await resumeRaw(server.address.port, randomId(), null, 0);
+  equal(unknown.answer?.type, FrameType.Reject);
+  equal(decodeReject(unknown.answer?.payload ?? new Uint8Array()).code, RejectCode.UnknownSession);
+  match(
+    decodeReject(unknown.answer?.payload ?? new Uint8Array()).reason,
+    /is not known to this broker-server: it expired, or the server was restarted/,
+  );
+  unknown.peer.close();
+
+  // A burst of wrong proofs for the live session.
+  const id = server.sessions[0]?.id ?? "";
+  const sessionId = new Uint8Array(id.match(/../g)?.map((h) => parseInt(h, 16)) ?? []);
+  for (let i = 0; i < 20; i++) {
+    const attempt = await resumeRaw(server.address.port, sessionId, null, 0);
+    equal(attempt.answer?.type, FrameType.Reject);
+    equal(decodeReject(attempt.answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
+    attempt.peer.close();
+  }
+  await logs.waitFor(/Refused link from .*: Resume proof for session \w+ does not verify/);
+  equal(server.sessions[0]?.session.state, "attached", "the real link was never detached");
+  equal(server.sessions[0]?.session.stats.resumes, 0);
+  equal(await roundTrip(real.app, "unharmed"), "unharmed");
+});
+
+Deno.test("a resume from an offset no longer buffered gets an explicit 'cannot resume' and the session ends", async () => {
+  await using logs = await captureLogs();
+  let erpEnded: (() => void) | undefined;
+  const ended = new Promise<void>((resolve) => erpEnded = resolve);
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("hello"));
+    await conn.read(new Uint8Array(10)).catch(() => null);
+    erpEnded?.();
+  });
+  await using server = startServer(serverConfig([erp.port]));
+  const raw = await openRawSession(server.address.port);
+  let data = await raw.peer.next();
+  while (data && data.type !== FrameType.Data) data = await raw.peer.next(); // skip ACKs and heartbeats
+  equal(data?.payload.length, 8 + 5, "the ERP's 5 bytes at offset 0");
+  raw.peer.link.send(encodeOffsetFrame(FrameType.Ack, 5)); // the server may now forget those 5 bytes
+  await waitFor(() => server.sessions[0]?.session.bufferedBytes === 0, "the ACK to trim the buffer");
+  raw.peer.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the server to notice");
+
+  const { peer, answer } = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(answer?.type, FrameType.Reject);
+  const { code, reason } = decodeReject(answer?.payload ?? new Uint8Array());
+  equal(code, RejectCode.CannotResume);
+  equal(reason, "cannot resume: Cannot resume from offset 0: the oldest byte still buffered is at offset 5");
+  await ended; // the ERP connection is closed: the session is over on the server too
+  await logs.waitFor(/broker\.server: Session \w+ closed: cannot resume/);
+  equal(server.sessions.length, 0);
+  peer.close();
+});
+
+Deno.test("an ERP that refuses: Smart Client's socket is closed promptly with the reason logged", async () => {
+  await using logs = await captureLogs();
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = (closed.addr as Deno.NetAddr).port;
+  closed.close();
+  await using server = startServer(serverConfig([deadPort]));
+  await using client = startClient(clientConfig([server.address.port]));
+  const started = Date.now();
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null);
+  ok(Date.now() - started < 3_000, "promptly");
+  await logs.waitFor(
+    /broker\.server: Refused link .*No ERP server accepted the connection \(REMOTE_SERVER_01: Cannot connect to 127\.0\.0\.1:\d+: connection refused\)/,
+  );
+  await logs.waitFor(/broker\.client: Session .* closed: no broker server accepted the session/);
+  app.close();
+});
+
+Deno.test("an ERP that resets mid-session ends the session on both sides with the reason", async () => {
+  await using logs = await captureLogs();
+  const erp = net.createServer((socket) => {
+    socket.once("data", () => socket.resetAndDestroy());
+  });
+  await new Promise<void>((resolve) => erp.listen(0, "127.0.0.1", resolve));
+  const erpPort = (erp.address() as net.AddressInfo).port;
+  await using server = startServer(serverConfig([erpPort]));
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await app.write(new TextEncoder().encode("trigger"));
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
+  await logs.waitFor(/broker\.server: Session \w+ closed: ERP server connection failed: connection reset by peer/);
+  await logs.waitFor(
+    /broker\.client: Session \w+ closed: peer ended the session: ERP server connection failed: connection reset by peer/,
+  );
+  app.close();
+  await new Promise<void>((resolve) => erp.close(() => resolve()));
+});
+
+Deno.test("a link that connects and says nothing is dropped after the handshake timeout", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { HANDSHAKE_TIMEOUT: "300ms" }));
+  const started = Date.now();
+  const silent = await RawPeer.connect(server.address.port);
+  await silent.closedByPeer();
+  const took = Date.now() - started;
+  ok(took >= 250 && took < 2_000, `dropped after ${took} ms`);
+  await logs.waitFor(
+    /Dropped link from 127\.0\.0\.1:\d+ during handshake: No preface from 127\.0\.0\.1:\d+ within 300 ms/,
+  );
+  silent.close();
+});

@@ -1,0 +1,233 @@
+/**
+ * Link faults one at a time, each with its own assertion: a silent link, an
+ * outage longer than the window, backpressure, half-closes (with the link
+ * breaking at the worst moment), and TLS carried end to end.
+ */
+import { equal, ok } from "node:assert/strict";
+import { ChaosLink } from "../helpers/chaos_link.ts";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { Digest, receiveAll, sendStream, streamDigest } from "../helpers/streams.ts";
+
+const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
+
+async function echo(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(16 * 1024);
+  for (;;) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    let done = 0;
+    while (done < n) done += await conn.write(buf.subarray(done, n));
+  }
+  await conn.closeWrite();
+}
+
+async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  for (let got = 0; got < n;) {
+    const r = await conn.read(out.subarray(got));
+    if (r === null) throw new Error(`EOF after ${got} of ${n} bytes`);
+    got += r;
+  }
+  return out;
+}
+
+async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
+  await app.write(new TextEncoder().encode(text));
+  return new TextDecoder().decode(await readExactly(app, text.length));
+}
+
+Deno.test("a frozen link (no FIN, no RST) is detected by heartbeats and the session resumes without loss", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], FAST));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(app, "before"), "before");
+
+  chaos.freezeAll();
+  const frozenAt = Date.now();
+  // Written into the void: these bytes must arrive after the resume, exactly once.
+  await app.write(new TextEncoder().encode("during"));
+  await logs.waitFor(/broker\.client: Session \w+: link lost \(link silent for/);
+  await logs.waitFor(/broker\.server: Session \w+ resumed/);
+  const detectedIn = Date.now() - frozenAt;
+  equal(new TextDecoder().decode(await readExactly(app, 6)), "during");
+  equal(await roundTrip(app, "after"), "after");
+  ok(detectedIn < 2_000, `silent link detected and resumed in ${detectedIn} ms (LINK_TIMEOUT 400 ms)`);
+
+  await app.closeWrite();
+  equal(await app.read(new Uint8Array(1)), null);
+  app.close();
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  chaos.dropFrozen();
+  await chaos.close();
+});
+
+Deno.test("an outage longer than the resume window closes both local sockets and leaves nothing behind", async () => {
+  await using logs = await captureLogs();
+  let erpClosed: (() => void) | undefined;
+  const erpSawEnd = new Promise<void>((resolve) => erpClosed = resolve);
+  await using erp = startErp(async (conn) => {
+    await echo(conn).catch(() => {});
+    erpClosed?.();
+  });
+  await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "1s" }));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(app, "hi"), "hi");
+
+  chaos.setMode("refuse");
+  chaos.resetAll();
+  const end = await app.read(new Uint8Array(10)).catch(() => null);
+  equal(end, null, "Smart Client's socket is closed once the window has passed");
+  await erpSawEnd;
+  await logs.waitFor(/broker\.server: Session \w+ closed: resume window of 1 s expired/);
+  await logs.waitFor(/broker\.client: Session \w+ closed: resume window of 1 s expired/);
+  equal(server.sessions.length, 0);
+  equal(client.sessionCount, 0);
+  app.close();
+  await chaos.close();
+});
+
+Deno.test("backpressure: 1 GiB toward an ERP that does not read stays within the replay caps, then completes", async () => {
+  const CAP = 1024 * 1024;
+  const TOTAL = 1024 * 1024 * 1024;
+  let startReading: (() => void) | undefined;
+  const reading = new Promise<void>((resolve) => startReading = resolve);
+  let erpDigest: Digest | undefined;
+  await using erp = startErp(async (conn) => {
+    await reading;
+    erpDigest = await receiveAll(conn);
+    conn.close();
+  });
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: "1M" }));
+  await using client = startClient(clientConfig([server.address.port], { REPLAY_BUFFER_SIZE: "1M" }));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  let sent = 0;
+  const sending = (async () => {
+    await sendStream(app, 7, TOTAL, 256 * 1024);
+    sent = TOTAL;
+    await app.closeWrite();
+  })();
+
+  // Let the pipeline fill up, then look at what each broker holds.
+  await waitFor(() => (client.sessions[0]?.bufferedBytes ?? 0) >= CAP / 2, "the client's replay buffer to fill");
+  let peak = 0;
+  for (let i = 0; i < 50; i++) {
+    const held = [...client.sessions, ...server.sessions.map((s) => s.session)]
+      .map((s) => s.bufferedBytes + s.pendingLocalBytes)
+      .reduce((a, b) => a + b, 0);
+    peak = Math.max(peak, held);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  equal(sent, 0, "the application is held back (it sees a slow network)");
+  ok(
+    peak <= 2 * CAP + 2 * 1024 * 1024,
+    `brokers hold ${peak} bytes: two 1 MiB caps plus at most the 1 MiB local write queue`,
+  );
+  for (const s of client.sessions) ok(s.bufferedBytes <= CAP, `client replay buffer ${s.bufferedBytes} <= cap`);
+  for (const s of server.sessions) ok(s.session.bufferedBytes <= CAP, `server replay buffer <= cap`);
+
+  startReading?.();
+  await sending;
+  await receiveAll(app);
+  app.close();
+  await waitFor(() => erpDigest !== undefined, "the ERP to read everything", 60_000);
+  equal(erpDigest?.bytes, TOTAL);
+  equal(erpDigest?.hex(), streamDigest(7, TOTAL, 256 * 1024));
+});
+
+Deno.test("half-close: Smart Client closes first, the ERP answers after the FIN and its last bytes arrive", async () => {
+  await using erp = startErp(async (conn) => {
+    const got = await receiveAll(conn);
+    await conn.write(new TextEncoder().encode(`got ${got.bytes} bytes`));
+    await conn.closeWrite();
+    conn.close();
+  });
+  await using server = startServer(serverConfig([erp.port], FAST));
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await app.write(new Uint8Array(1000));
+  await app.closeWrite();
+  const reply = new Uint8Array(64);
+  let n = 0;
+  for (let r; (r = await app.read(reply.subarray(n))) !== null;) n += r;
+  equal(new TextDecoder().decode(reply.subarray(0, n)), "got 1000 bytes");
+  app.close();
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+});
+
+Deno.test("half-close: the ERP closes first and its last bytes reach Smart Client although the link breaks right then", async () => {
+  let chaos: ChaosLink | undefined;
+  let erpGot: Digest | undefined;
+  await using erp = startErp(async (conn) => {
+    await readExactly(conn, 2); // "go": the session is up
+    await sendStream(conn, 11, 2 * 1024 * 1024);
+    await conn.closeWrite();
+    chaos?.resetAll(); // the worst moment: right after the ERP's last bytes and FIN
+    erpGot = await receiveAll(conn);
+    conn.close();
+  });
+  await using server = startServer(serverConfig([erp.port], FAST));
+  chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await app.write(new TextEncoder().encode("go"));
+  const received = await receiveAll(app); // to the ERP's FIN
+  equal(received.bytes, 2 * 1024 * 1024);
+  equal(received.hex(), streamDigest(11, 2 * 1024 * 1024));
+  // Smart Client still talks after the ERP half-closed; then closes too.
+  await app.write(new TextEncoder().encode("still here"));
+  await app.closeWrite();
+  app.close();
+  await waitFor(() => erpGot !== undefined, "the ERP to see the end");
+  equal(erpGot?.bytes, 10);
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  await chaos.close();
+});
+
+Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {
+  const cert = await Deno.readTextFile(new URL("../fixtures/test_cert.pem", import.meta.url));
+  const key = await Deno.readTextFile(new URL("../fixtures/test_key.pem", import.meta.url));
+  const tlsListener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
+  const erpPort = (tlsListener.addr as Deno.NetAddr).port;
+  const SIZE = 4 * 1024 * 1024;
+  const erpDone = (async () => {
+    const conn = await tlsListener.accept();
+    const [, got] = await Promise.all([
+      sendStream(conn, 21, SIZE).then(() => conn.closeWrite()),
+      receiveAll(conn),
+    ]);
+    conn.close();
+    return got;
+  })();
+  await using server = startServer(serverConfig([erpPort], FAST));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  let faulting = true;
+  const faults = (async () => {
+    for (let i = 0; faulting; i++) {
+      await new Promise((r) => setTimeout(r, 40));
+      if (i % 2 === 0) chaos.resetAll();
+      else chaos.closeAll();
+    }
+  })();
+  const app = await Deno.connectTls({ hostname: "127.0.0.1", port: client.address.port, caCerts: [cert] });
+  const [, appGot] = await Promise.all([
+    sendStream(app, 22, SIZE).then(() => app.closeWrite()),
+    receiveAll(app),
+  ]);
+  app.close();
+  faulting = false;
+  await faults;
+  const erpGot = await erpDone;
+  tlsListener.close();
+  equal(appGot.hex(), streamDigest(21, SIZE));
+  equal(erpGot.hex(), streamDigest(22, SIZE));
+  ok(chaos.faults.resets + chaos.faults.closes > 0, "faults were injected");
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  await chaos.close();
+});

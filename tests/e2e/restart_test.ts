@@ -1,0 +1,98 @@
+/**
+ * broker-client started before broker-server exists, and broker-server (the
+ * real program, as a child process) crashing and restarting.
+ */
+import { equal, match } from "node:assert/strict";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { clientConfig, startClient, startErp } from "../helpers/setup.ts";
+
+async function echo(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(4096);
+  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+  await conn.closeWrite();
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
+  await app.write(new TextEncoder().encode(text));
+  const out = new Uint8Array(text.length);
+  for (let got = 0; got < out.length;) {
+    const n = await app.read(out.subarray(got));
+    if (n === null) throw new Error("EOF");
+    got += n;
+  }
+  return new TextDecoder().decode(out);
+}
+
+function startServerProcess(configPath: string): Deno.ChildProcess {
+  const serverEntry = new URL("../../server.ts", import.meta.url).pathname.replace(/^\/([A-Za-z]:)/, "$1");
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", serverEntry, "--config", configPath],
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+}
+
+Deno.test("client before server; server crash and restart: old sessions end with a reason, new ones work", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const port = freePort();
+  const dir = await Deno.makeTempDir();
+  const configPath = `${dir}/appserver.ini`;
+  await Deno.writeTextFile(
+    configPath,
+    [
+      "[BALANCE_SMART_CLIENT_DESKTOP]",
+      "LOCAL_SERVER_ADDRESS = 127.0.0.1",
+      `LOCAL_SERVER_PORT = ${port}`,
+      `REMOTE_SERVER_01 = 127.0.0.1 ${erp.port}`,
+      "HEARTBEAT_INTERVAL = 200ms",
+      "LINK_TIMEOUT = 1s",
+    ].join("\r\n"),
+  );
+  await using client = startClient(clientConfig([port]));
+
+  // Smart Client connects while no broker-server runs: the session waits.
+  const first = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await first.write(new TextEncoder().encode("early"));
+  await logs.waitFor(/cannot reach a broker server yet \(127\.0\.0\.1:\d+: Cannot connect to .*connection refused\)/);
+
+  let server = startServerProcess(configPath);
+  const echoed = new Uint8Array(5);
+  for (let got = 0; got < 5;) got += (await first.read(echoed.subarray(got))) ?? 0;
+  equal(new TextDecoder().decode(echoed), "early", "bytes written before the server existed arrive");
+
+  // Crash: no goodbye. The client resumes against the restarted server, which no longer knows the session.
+  server.kill("SIGKILL");
+  await server.status;
+  await logs.waitFor(/broker\.client: Session \w+: link lost/);
+  server = startServerProcess(configPath);
+  equal(await first.read(new Uint8Array(1)).catch(() => null), null, "the old session's Smart Client socket is closed");
+  const reason = await logs.waitFor(/broker\.client: Session \w+ closed: cannot resume/);
+  match(reason, /is not known to this broker-server: it expired, or the server was restarted/);
+  first.close();
+
+  // New sessions work on the restarted server.
+  const second = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(second, "after restart"), "after restart");
+
+  if (Deno.build.os !== "windows") {
+    // A clean stop tells the clients why.
+    server.kill("SIGTERM");
+    await server.status;
+    equal(await second.read(new Uint8Array(1)).catch(() => null), null);
+    await logs.waitFor(/broker\.client: Session \w+ closed: peer ended the session: broker-server is shutting down/);
+  } else {
+    server.kill("SIGKILL");
+    await server.status;
+  }
+  second.close();
+  await Deno.remove(dir, { recursive: true });
+});
