@@ -3,9 +3,9 @@
  * every byte intact through random link faults of every kind.
  */
 import { equal } from "node:assert/strict";
-import { ChaosLink } from "../helpers/chaos_link.ts";
+import { ChaosLink } from "../../tools/chaos_link.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-import { Digest, receiveAll, seededRandom, sendStream, streamDigest } from "../helpers/streams.ts";
+import { Digest, receiveAll, seededRandom, sendStream, streamDigest } from "../../tools/streams.ts";
 
 const SESSIONS = Number(Deno.env.get("INTEGRITY_SESSIONS") ?? 32);
 const BYTES = Number(Deno.env.get("INTEGRITY_MIB") ?? 16) * 1024 * 1024;

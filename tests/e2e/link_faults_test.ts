@@ -4,10 +4,10 @@
  * breaking at the worst moment), and TLS carried end to end.
  */
 import { equal, ok } from "node:assert/strict";
-import { ChaosLink } from "../helpers/chaos_link.ts";
+import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-import { Digest, receiveAll, sendStream, streamDigest } from "../helpers/streams.ts";
+import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
 
 const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
 

@@ -1,6 +1,6 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { backoffDelay, backoffSchedule, sleep } from "../../src/session/backoff.ts";
-import { seededRandom } from "../helpers/streams.ts";
+import { seededRandom } from "../../tools/streams.ts";
 
 Deno.test("full jitter: the ceiling doubles from 100 ms and stops at 2 s", () => {
   const top = () => 0.999999;

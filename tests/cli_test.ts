@@ -1,0 +1,91 @@
+import { deepEqual, equal, match, throws } from "node:assert/strict";
+import { defaultConfigPath, parseCli, UsageError } from "../src/cli.ts";
+
+Deno.test("TOTVS spellings map to ours", () => {
+  const cli = parseCli(["-balance_smart_client_desktop", "-d", "--config", "x.ini"], { driver: false });
+  equal(cli.console, true);
+  equal(cli.config, "x.ini");
+  equal(parseCli(["-console"], { driver: false }).console, true);
+});
+
+Deno.test("bad arguments are a UsageError with a readable message", () => {
+  throws(() => parseCli(["--nope"], { driver: false }), UsageError);
+  throws(() => parseCli(["--driver", "x"], { driver: false }), UsageError, "only broker-client has --driver");
+  throws(() => parseCli(["--log-level", "loud"], { driver: true }), /Cannot use --log-level "loud"/);
+  throws(() => parseCli(["--log-format", "xml"], { driver: true }), /Cannot use --log-format "xml"/);
+  deepEqual(parseCli(["--driver", "AAA", "--check"], { driver: true }).driver, "AAA");
+});
+
+Deno.test("default config: next to the compiled program, or the current directory under deno run", () => {
+  equal(
+    defaultConfigPath("appserver.ini", { execPath: "/opt/broker/broker-server", cwd: "/home/x" }),
+    "/opt/broker/appserver.ini",
+  );
+  equal(defaultConfigPath("appserver.ini", { execPath: "/usr/bin/deno", cwd: "/home/x" }), "/home/x/appserver.ini");
+  equal(
+    defaultConfigPath("smartclient.ini", { execPath: "C:\\TOTVS\\SmartClient\\broker-client.exe", cwd: "C:\\Windows" }),
+    "C:\\TOTVS\\SmartClient\\smartclient.ini",
+  );
+  equal(
+    defaultConfigPath("smartclient.ini", { execPath: "C:\\Program Files\\deno\\deno.exe", cwd: "D:\\work" }).replaceAll(
+      "\\",
+      "/",
+    ),
+    "D:/work/smartclient.ini",
+  );
+});
+
+async function run(entry: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const path = new URL(`../${entry}`, import.meta.url).pathname.replace(/^\/([A-Za-z]:)/, "$1");
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", path, ...args], stdin: "null" }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("--check prints the effective settings and exits 0; a bad file exits 2 naming file and line", async () => {
+  const ok = await run("server.ts", "--check", "--config", "examples/appserver.ini");
+  equal(ok.code, 0);
+  match(
+    ok.stdout,
+    /REMOTE_SERVER_01 +172\.16\.50\.42:5000\n +REMOTE_SERVER_02 +172\.16\.50\.42:5001\n +REMOTE_SERVER_03 +172\.16\.50\.42:5002/,
+  );
+  const client = await run("client.ts", "--check", "--config", "examples/smartclient.ini");
+  equal(client.code, 0);
+  match(client.stdout, /Broker servers \(1\):\n +172\.16\.50\.42:4000/);
+
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    `${dir}/bad.ini`,
+    "[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_PORT = 4000\nREMOTE_SERVER_01 = host\n",
+  );
+  const bad = await run("server.ts", "--check", "--config", `${dir}/bad.ini`);
+  equal(bad.code, 2);
+  match(bad.stderr, /broker-server: .*bad\.ini:3: Cannot parse REMOTE_SERVER_01: expected "host port"/);
+  const missing = await run("client.ts", "--config", `${dir}/none.ini`);
+  equal(missing.code, 2);
+  match(missing.stderr, /broker-client: Cannot read configuration file ".*none\.ini": file not found/);
+  const usage = await run("server.ts", "--bogus");
+  equal(usage.code, 2);
+  match(usage.stderr, /Run broker-server --help for the options/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("--help lists the options and keys; --version prints the version", async () => {
+  const help = await run("server.ts", "--help");
+  equal(help.code, 0);
+  for (
+    const word of [
+      "--config",
+      "--check",
+      "LOCAL_SERVER_PORT",
+      "REMOTE_SERVER_<xx>",
+      "RESUME_TIMEOUT",
+      "-balance_smart_client_desktop",
+    ]
+  ) {
+    equal(help.stdout.includes(word), true, word);
+  }
+  const clientHelp = await run("client.ts", "-h");
+  equal(clientHelp.stdout.includes("BrokerServer"), true);
+  match((await run("client.ts", "--version")).stdout, /^broker-client \d+\.\d+\.\d+/);
+});
