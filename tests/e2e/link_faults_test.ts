@@ -161,18 +161,18 @@ Deno.test("half-close: Smart Client closes first, the ERP answers after the FIN 
 });
 
 Deno.test("half-close: the ERP closes first and its last bytes reach Smart Client although the link breaks right then", async () => {
-  let chaos: ChaosLink | undefined;
+  const relay: { chaos?: ChaosLink } = {};
   let erpGot: Digest | undefined;
   await using erp = startErp(async (conn) => {
     await readExactly(conn, 2); // "go": the session is up
     await sendStream(conn, 11, 2 * 1024 * 1024);
     await conn.closeWrite();
-    chaos?.resetAll(); // the worst moment: right after the ERP's last bytes and FIN
+    relay.chaos?.resetAll(); // the worst moment: right after the ERP's last bytes and FIN
     erpGot = await receiveAll(conn);
     conn.close();
   });
   await using server = startServer(serverConfig([erp.port], FAST));
-  chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const chaos = relay.chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   await app.write(new TextEncoder().encode("go"));

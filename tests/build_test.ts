@@ -1,0 +1,45 @@
+import { deepEqual, equal, match, throws } from "node:assert/strict";
+import { explainCompileFailure, planBuild } from "../tools/build.ts";
+
+Deno.test("the build compiles both programs for Linux and Windows with their permissions", () => {
+  const steps = planBuild(["x86_64-unknown-linux-gnu", "x86_64-pc-windows-msvc"]);
+  deepEqual(steps.map((s) => s.output), [
+    "dist/broker-server-x86_64-unknown-linux-gnu",
+    "dist/broker-client-x86_64-unknown-linux-gnu",
+    "dist/broker-server-x86_64-pc-windows-msvc.exe",
+    "dist/broker-client-x86_64-pc-windows-msvc.exe",
+  ]);
+  deepEqual(steps[2]?.args, [
+    "compile",
+    "--allow-net",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-sys",
+    "--target",
+    "x86_64-pc-windows-msvc",
+    "--output",
+    "dist/broker-server-x86_64-pc-windows-msvc.exe",
+    "server.ts",
+  ]);
+  throws(() => planBuild(["aarch64-apple-darwin"]), /Cannot build for target "aarch64-apple-darwin"/);
+});
+
+Deno.test("a compile that cannot download its runtime is explained, with DENORT_BIN as the way out", () => {
+  const offline =
+    "error: Writing deno compile executable\nCaused by:\n    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-x86_64-pc-windows-msvc.zip): dns error";
+  match(explainCompileFailure(offline, "x86_64-pc-windows-msvc", undefined), /cannot reach it.*DENORT_BIN=\/path\/to\/denort deno task build --target x86_64-pc-windows-msvc/);
+  equal(
+    explainCompileFailure("Caused by:\n 0: Could not find denort at '/x'", "x86_64-unknown-linux-gnu", "/x"),
+    'DENORT_BIN points to "/x", which does not exist: set it to a denort binary for x86_64-unknown-linux-gnu',
+  );
+});
+
+Deno.test("deno task build explains a DENORT_BIN that points nowhere", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "tools/build.ts", "--target", "x86_64-unknown-linux-gnu"],
+    env: { DENORT_BIN: "/nonexistent/denort" },
+  }).output();
+  equal(out.code, 1);
+  match(new TextDecoder().decode(out.stderr), /DENORT_BIN points to "\/nonexistent\/denort", which does not exist/);
+});
