@@ -28,7 +28,10 @@ Deno.test("the build compiles both programs for Linux and Windows with their per
 Deno.test("a compile that cannot download its runtime is explained, with DENORT_BIN as the way out", () => {
   const offline =
     "error: Writing deno compile executable\nCaused by:\n    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-x86_64-pc-windows-msvc.zip): dns error";
-  match(explainCompileFailure(offline, "x86_64-pc-windows-msvc", undefined), /cannot reach it.*DENORT_BIN=\/path\/to\/denort deno task build --target x86_64-pc-windows-msvc/);
+  match(
+    explainCompileFailure(offline, "x86_64-pc-windows-msvc", undefined),
+    /cannot reach it.*DENORT_BIN=\/path\/to\/denort deno task build --target x86_64-pc-windows-msvc/,
+  );
   equal(
     explainCompileFailure("Caused by:\n 0: Could not find denort at '/x'", "x86_64-unknown-linux-gnu", "/x"),
     'DENORT_BIN points to "/x", which does not exist: set it to a denort binary for x86_64-unknown-linux-gnu',

@@ -86,7 +86,11 @@ async function main(): Promise<number> {
     const out = await new Deno.Command(Deno.execPath(), { args: step.args, stdout: "inherit", stderr: "piped" })
       .output();
     if (!out.success) {
-      console.error(`Cannot build ${step.output}: ${explainCompileFailure(new TextDecoder().decode(out.stderr), step.target, denortBin)}`);
+      console.error(
+        `Cannot build ${step.output}: ${
+          explainCompileFailure(new TextDecoder().decode(out.stderr), step.target, denortBin)
+        }`,
+      );
       return 1;
     }
   }

@@ -8,7 +8,7 @@
  */
 
 import type { ClientConfig } from "../config/client_config.ts";
-import { formatHostPort, type HostPort } from "../config/values.ts";
+import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import {
   decodeProof,
@@ -223,6 +223,7 @@ class SessionRunner {
     this.#session.abort(reason);
     await this.#ended;
     await this.#reconnecting;
+    await this.#session.settled;
   }
 
   /** Tries the broker servers in turn, with backoff between rounds, until one welcomes us. */
@@ -249,7 +250,7 @@ class SessionRunner {
       const left = deadline - this.#now();
       if (left <= 0) {
         this.#session.abort(
-          `no broker server reachable within ${Math.round(this.#config.newSessionTimeoutMs / 1000)} s (${summary})`,
+          `no broker server reachable within ${formatDuration(this.#config.newSessionTimeoutMs)} (${summary})`,
         );
         return;
       }
@@ -312,7 +313,10 @@ class SessionRunner {
       const welcome = decodeWelcome((await this.#expect(link, FrameType.Welcome, "WELCOME", deadline)).payload);
       const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
       if (this.#session.state === "closed") {
-        link.close();
+        // Smart Client left while we were opening: tell the server, so it
+        // closes the ERP connection now rather than after the resume window.
+        link.send(encodeAbort("Smart Client closed the connection before the session opened"));
+        await link.closeAfterFlush();
         return;
       }
       this.#identity = { sessionId: welcome.sessionId, key, server };

@@ -402,7 +402,9 @@ export class BrokerServer {
     this.#listener?.close();
     await this.#acceptLoop;
     for (const link of this.#handshaking) link.close();
-    for (const entry of [...this.#sessions.values()]) entry.session.abort(reason);
+    const sessions = [...this.#sessions.values()].map((e) => e.session);
+    for (const session of sessions) session.abort(reason);
+    await Promise.all(sessions.map((s) => s.settled));
     for (const id of [...this.#tombstones.keys()]) this.#dropTombstone(id);
     log.info("broker-server stopped");
   }

@@ -6,7 +6,7 @@
  */
 
 import { type Frame, FrameDecoder, ProtocolError } from "../protocol/frames.ts";
-import { closeQuietly, type Transport, WriteQueue } from "./transport.ts";
+import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Smallest read buffer of a link (an idle link keeps one). */
 export const MIN_READ_SIZE = 16 * 1024;
@@ -147,12 +147,7 @@ export class Link {
 
   /** Sends what is queued, then closes (bounded by `ms`). */
   async closeAfterFlush(ms = 1_000): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.writer.flushed(),
-      new Promise<void>((resolve) => timer = setTimeout(resolve, ms)),
-    ]);
-    clearTimeout(timer);
+    await within(this.writer.flushed(), ms);
     this.close();
   }
 

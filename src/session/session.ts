@@ -30,9 +30,10 @@ import {
   readU64,
   sealDataFrame,
 } from "../protocol/frames.ts";
+import { formatDuration } from "../config/values.ts";
 import { type Link, ReadSizer } from "./link.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
-import { closeQuietly, describeError, type Transport, WriteQueue } from "./transport.ts";
+import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Lifecycle states of a session. */
 export type SessionState = "connecting" | "attached" | "detached" | "closed";
@@ -101,6 +102,8 @@ const ACK_DELAY_MS = 20;
 const LINK_HIGH_WATER = 1024 * 1024;
 /** Stop reading the link while this much waits to be written locally. */
 const LOCAL_HIGH_WATER = 1024 * 1024;
+/** At the end, wait at most this long for the local application to take its last bytes (ms). */
+const LOCAL_LINGER_MS = 5_000;
 
 /** One resilient session. */
 export class Session {
@@ -129,6 +132,7 @@ export class Session {
   #spaceWaiter: (() => void) | null = null;
   #detachedAt = 0;
   #confirmed = false;
+  #settled: Promise<void> = Promise.resolve();
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -142,6 +146,14 @@ export class Session {
     this.#localWriter = new WriteQueue(options.local, (err) => {
       this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
     });
+  }
+
+  /**
+   * Resolves once an ended session has flushed its last frames and bytes
+   * and closed its sockets (a shutdown awaits this before exiting).
+   */
+  get settled(): Promise<void> {
+    return this.#settled;
   }
 
   /** Current state. */
@@ -255,20 +267,23 @@ export class Session {
   abort(reason: string, fromPeer = false): void {
     if (this.#state === "closed") return;
     const link = this.#link;
+    this.#link = null;
+    let linkClosed: Promise<void> = Promise.resolve();
     if (link && !fromPeer) {
       link.send(encodeAbort(reason));
-      link.closeAfterFlush();
+      linkClosed = link.closeAfterFlush();
     } else {
       link?.close();
     }
-    this.#link = null;
+    let localClosed: Promise<void> = Promise.resolve();
     if (fromPeer) {
       // Deliver what arrived before the abort, then close.
-      this.#localWriter.flushed().then(() => closeQuietly(this.#local));
+      localClosed = this.#closeLocalAfterFlush();
     } else {
       this.#localWriter.close();
       closeQuietly(this.#local);
     }
+    this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
     this.#end({ reason, clean: false });
   }
 
@@ -305,7 +320,7 @@ export class Session {
     this.#detachedAt = this.#now();
     const window = this.#timers.resumeTimeoutMs;
     this.#windowTimer = setTimeout(() => {
-      this.abort(`resume window of ${window / 1000} s expired before the link came back`);
+      this.abort(`resume window of ${formatDuration(window)} expired before the link came back`);
     }, window);
     this.#events.detached?.(reason);
   }
@@ -449,17 +464,23 @@ export class Session {
       const link = this.#link;
       this.#link = null;
       link.send(encodeClose());
-      link.closeAfterFlush();
-      this.#finishClean();
+      this.#finishClean(link.closeAfterFlush());
     }
   }
 
-  #finishClean(): void {
+  #finishClean(linkClosed: Promise<void> = Promise.resolve()): void {
     if (this.#state === "closed") return;
     this.#dropLink();
     // The peer's last bytes may still be on their way to the local socket.
-    this.#localWriter.flushed().then(() => closeQuietly(this.#local));
+    this.#settled = Promise.all([linkClosed, this.#closeLocalAfterFlush()]).then(() => {});
     this.#end({ reason: "closed by both ends, all bytes delivered", clean: true });
+  }
+
+  /** Closes the local socket once what is queued for it is written (or after LOCAL_LINGER_MS). */
+  async #closeLocalAfterFlush(): Promise<void> {
+    await within(this.#localWriter.flushed(), LOCAL_LINGER_MS);
+    this.#localWriter.close();
+    closeQuietly(this.#local);
   }
 
   // A method, so the compiler does not narrow the state across awaits.

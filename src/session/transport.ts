@@ -26,6 +26,19 @@ export async function writeAll(transport: Transport, bytes: Uint8Array): Promise
   }
 }
 
+/** Waits for `promise`, but no longer than `ms`; resolves true if it settled in time. */
+export async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise.then(() => true, () => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Closes a transport, ignoring "already closed". */
 export function closeQuietly(transport: Transport): void {
   try {

@@ -267,3 +267,42 @@ Deno.test("a link that connects and says nothing is dropped after the handshake 
   );
   silent.close();
 });
+
+Deno.test("no broker server reachable: the new session gives up after NEW_SESSION_TIMEOUT and says why", async () => {
+  await using logs = await captureLogs();
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = (closed.addr as Deno.NetAddr).port;
+  closed.close();
+  await using client = startClient(clientConfig([deadPort], { NEW_SESSION_TIMEOUT: "600ms" }));
+  const started = Date.now();
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
+  const took = Date.now() - started;
+  ok(took >= 550 && took < 3_000, `gave up after ${took} ms`);
+  await logs.waitFor(
+    /broker\.client: Session .* closed: no broker server reachable within 600 ms \(127\.0\.0\.1:\d+: Cannot connect to 127\.0\.0\.1:\d+: connection refused\)/,
+  );
+  equal(client.sessionCount, 0);
+  app.close();
+});
+
+Deno.test("Smart Client resetting its connection ends the session on both sides at once, even mid-opening", async () => {
+  await using logs = await captureLogs();
+  let erpSawEnd: (() => void) | undefined;
+  const ended = new Promise<void>((resolve) => erpSawEnd = resolve);
+  await using erp = startErp(async (conn) => {
+    await conn.read(new Uint8Array(1)).catch(() => null);
+    erpSawEnd?.();
+  });
+  await using server = startServer(serverConfig([erp.port]));
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = net.connect({ host: "127.0.0.1", port: client.address.port });
+  app.on("error", () => {});
+  await new Promise((resolve) => app.once("connect", resolve));
+  app.resetAndDestroy(); // gone before (or while) the session opens
+  await ended;
+  await logs.waitFor(
+    /broker\.server: Session \w+ closed: peer ended the session: Smart Client (closed the connection before the session opened|connection failed: connection reset by peer)/,
+  );
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "both sides to forget the session");
+});

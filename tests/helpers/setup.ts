@@ -94,9 +94,13 @@ export function startErp(handler: (conn: Deno.TcpConn) => Promise<void>): {
       }
       erp.connections++;
       conns.add(conn);
+      // Like a real server, close the connection when the handler is done with it.
       const job = handler(conn).catch(() => {}).finally(() => {
         conns.delete(conn);
         running.delete(job);
+        try {
+          conn.close();
+        } catch { /* the handler closed it */ }
       });
       running.add(job);
     }
