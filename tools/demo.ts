@@ -67,38 +67,53 @@ async function drain(conn: Deno.Conn, received: Digest): Promise<void> {
 
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 
-// The stand-in ERP: sends its own stream until the app's FIN, hashing both ways.
+// Stand-in ERP servers, one per REMOTE_SERVER of the example: each sends its
+// own stream until the app's FIN, hashing both ways.
 const erpSides: Side[] = [];
 const erpJobs: Promise<void>[] = [];
-const erpListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-const erpLoop = (async () => {
-  for (let index = 0;; index++) {
-    let conn: Deno.TcpConn;
-    try {
-      conn = await erpListener.accept();
-    } catch {
-      return;
-    }
-    const side: Side = { sent: new Digest(), received: new Digest() };
-    erpSides.push(side);
-    const appDone = new AbortController();
-    erpJobs.push(
-      Promise.all([
-        drain(conn, side.received).then(() => appDone.abort()),
-        pump(conn, 1000 + index, appDone.signal, side.sent),
-      ]).then(() => conn.close()).catch((err) => console.error(`ERP stand-in: ${err}`)),
-    );
-  }
-})();
-
 const serverConfig = await loadServerConfig("examples/loopback/appserver.ini");
 serverConfig.listen.port = 0;
-serverConfig.remoteServers = [{
-  name: "REMOTE_SERVER_01",
-  line: 0,
-  hostname: "127.0.0.1",
-  port: (erpListener.addr as Deno.NetAddr).port,
-}];
+const erps = serverConfig.remoteServers.map((remote) => {
+  let listener: Deno.TcpListener;
+  try {
+    listener = Deno.listen({ hostname: remote.hostname, port: 0 });
+  } catch {
+    listener = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // no IPv6 loopback here
+  }
+  const addr = listener.addr as Deno.NetAddr;
+  remote.hostname = addr.hostname;
+  remote.port = addr.port;
+  let sessions = 0;
+  const loop = (async () => {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      const side: Side = { sent: new Digest(), received: new Digest() };
+      const appDone = new AbortController();
+      erpJobs.push(
+        (async () => {
+          // Health probes connect and close at once: only count real sessions.
+          const first = new Uint8Array(64 * 1024);
+          const n = await conn.read(first);
+          if (n === null) return conn.close();
+          sessions++;
+          erpSides.push(side);
+          side.received.update(first.subarray(0, n));
+          await Promise.all([
+            drain(conn, side.received).then(() => appDone.abort()),
+            pump(conn, 1000 + erpSides.length, appDone.signal, side.sent),
+          ]);
+          conn.close();
+        })().catch((err) => console.error(`ERP stand-in: ${err}`)),
+      );
+    }
+  })();
+  return { remote, listener, loop, sessions: () => sessions };
+});
 const server = new BrokerServer(serverConfig);
 server.listen();
 const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
@@ -110,7 +125,7 @@ client.listen();
 
 const t = serverConfig.tuning;
 console.log(
-  `Demo: ${SESSIONS} sessions for ${SECONDS} s: apps -> broker-client 127.0.0.1:${client.address.port} -> link (cut every few seconds) -> broker-server 127.0.0.1:${server.address.port} -> stand-in ERP`,
+  `Demo: ${SESSIONS} sessions for ${SECONDS} s: apps -> broker-client 127.0.0.1:${client.address.port} -> link (cut every few seconds) -> broker-server 127.0.0.1:${server.address.port} -> ${erps.length} stand-in ERP servers`,
 );
 console.log(
   `Settings from examples/loopback/appserver.ini: heartbeat ${t.heartbeatIntervalMs} ms, silent link dead after ${t.linkTimeoutMs} ms, resume window ${
@@ -193,6 +208,11 @@ for (const [i, app] of appSides.entries()) {
 }
 console.log(`  ${cuts} link cuts, ${resumes()} resumes, ${mib(replayed())} replayed (both directions)`);
 console.log(
+  `  balancing (${serverConfig.sortMethod}): ${
+    erps.map((e) => `${e.remote.name} ${e.sessions()} sessions`).join(", ")
+  }`,
+);
+console.log(
   intact
     ? "All bytes intact: the SHA-256 of everything sent equals what arrived, in both directions."
     : "DATA DIFFERS: see above.",
@@ -201,7 +221,9 @@ console.log(
 await client.close();
 await server.close();
 await chaos.close();
-erpListener.close();
-await erpLoop;
+for (const erp of erps) {
+  erp.listener.close();
+  await erp.loop;
+}
 await Promise.all(erpJobs);
 Deno.exit(intact ? 0 : 1);

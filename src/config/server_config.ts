@@ -8,7 +8,7 @@
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
-import { type HostPort, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+import { type HostPort, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
 
 /** Name of the appserver.ini section that configures the broker. */
 export const BROKER_SECTION = "BALANCE_SMART_CLIENT_DESKTOP";
@@ -22,6 +22,20 @@ export interface RemoteServer extends HostPort {
   name: string;
   /** Line of the key in the file. */
   line: number;
+  /** Relative share of new sessions (`weight=N`, default 1). */
+  weight: number;
+  /** Most sessions at once (`max=N`), 0 for no limit. */
+  maxSessions: number;
+}
+
+/** Active health checks of the ERP servers. */
+export interface HealthCheckConfig {
+  /** Interval between TCP connect probes (ms); 0 disables them. */
+  intervalMs: number;
+  /** Good probes in a row that bring a down server back. */
+  rise: number;
+  /** Failed probes in a row that take a server down. */
+  fall: number;
 }
 
 /** Everything broker-server needs from appserver.ini. */
@@ -42,9 +56,14 @@ export interface ServerConfig {
   serviceDisplayName: string;
   /** Session timers and limits. */
   tuning: SessionTuning;
+  /** Active health checks. */
+  health: HealthCheckConfig;
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
+
+/** Health check defaults, as HAProxy's: every 2 s, rise 2, fall 3. */
+export const DEFAULT_HEALTH_CHECK: Readonly<HealthCheckConfig> = Object.freeze({ intervalMs: 2_000, rise: 2, fall: 3 });
 
 /** Default bind address: every IPv4 interface. */
 export const DEFAULT_SERVER_BIND = "0.0.0.0";
@@ -61,6 +80,41 @@ function parseSortMethod(text: string): string {
   throw new SyntaxError(
     `expected CONNECTION, ROUND_ROBIN, ${MONITORED_METHODS.join(", ")}, got "${text}"`,
   );
+}
+
+/**
+ * Parses a REMOTE_SERVER value: the address as TOTVS writes it (`host port`,
+ * or `host:port`, `[ipv6]:port`), optionally followed by `weight=N` and
+ * `max=N`.
+ */
+export function parseRemoteServer(text: string): HostPort & { weight: number; maxSessions: number } {
+  const tokens = text.trim().split(/\s+/);
+  const options = tokens.filter((t) => t.includes("="));
+  const address = tokens.filter((t) => !t.includes("=")).join(" ");
+  let weight = 1;
+  let maxSessions = 0;
+  for (const option of options) {
+    const [name, value = ""] = option.split("=", 2) as [string, string?];
+    const number = /^\d+$/.test(value) ? Number(value) : NaN;
+    if (name.toLowerCase() === "weight") {
+      if (!(number >= 1 && number <= 1000)) throw new RangeError(`expected weight=1..1000, got "${option}"`);
+      weight = number;
+    } else if (name.toLowerCase() === "max") {
+      if (!(number >= 1)) throw new RangeError(`expected max=N with N >= 1, got "${option}"`);
+      maxSessions = number;
+    } else {
+      throw new SyntaxError(`expected "host port" then optional weight=N and max=N, got "${option}"`);
+    }
+  }
+  return { ...parseHostPort(address), weight, maxSessions };
+}
+
+function parseCount(text: string): number {
+  const value = text.trim();
+  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > 100) {
+    throw new RangeError(`expected a count in 1..100, got "${text}"`);
+  }
+  return Number(value);
 }
 
 function parseServiceName(text: string): string {
@@ -107,7 +161,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
         `Cannot parse key ${e.key}: the suffix after REMOTE_SERVER_ must be letters and digits`,
       );
     }
-    return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseHostPort) };
+    return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseRemoteServer) };
   });
   if (remoteServers.length === 0) {
     throw section.error(
@@ -138,6 +192,11 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
     serviceName: section.value("SERVICE_NAME", parseServiceName, DEFAULT_SERVICE_NAME),
     serviceDisplayName: section.value("SERVICE_DISPLAY_NAME", (t) => t, "TOTVS Protheus broker server"),
     tuning: readTuning(section),
+    health: {
+      intervalMs: section.value("HEALTH_CHECK_INTERVAL", parseDuration, DEFAULT_HEALTH_CHECK.intervalMs),
+      rise: section.value("HEALTH_CHECK_RISE", parseCount, DEFAULT_HEALTH_CHECK.rise),
+      fall: section.value("HEALTH_CHECK_FALL", parseCount, DEFAULT_HEALTH_CHECK.fall),
+    },
     warnings,
   };
   section.reportUnknownKeys();

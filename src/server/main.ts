@@ -20,6 +20,7 @@ import { formatDuration, formatHostPort, formatSize } from "../config/values.ts"
 import { logger, setupLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
+import { watchConfig } from "./reload.ts";
 import { BrokerServer } from "./server.ts";
 
 /** The default configuration file name. */
@@ -59,6 +60,15 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   CONNECT_TIMEOUT        time allowed to connect to an ERP server (default 5 s)
   REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session and direction
                          (default 4M; "512K", "16M")
+  HEALTH_CHECK_INTERVAL  TCP connect probe of each ERP server (default 2s;
+                         0 disables probes)
+  HEALTH_CHECK_RISE      good probes that bring a down server back (default 2)
+  HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
+  REMOTE_SERVER_<xx> values may end with weight=N and max=N, e.g.
+  "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
+
+The configuration is reloaded on SIGHUP and when the file changes: added
+servers join, removed ones drain; a new port needs a restart.
 [GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -71,7 +81,11 @@ export function describeServerConfig(config: ServerConfig): string {
     `Configuration file: ${config.path}`,
     `Listening on:       ${formatHostPort(config.listen)}`,
     `ERP servers (${config.remoteServers.length}):`,
-    ...config.remoteServers.map((s) => `  ${s.name.padEnd(20)} ${formatHostPort(s)}`),
+    ...config.remoteServers.map((s) =>
+      `  ${s.name.padEnd(20)} ${formatHostPort(s)}${s.weight !== 1 ? ` weight=${s.weight}` : ""}${
+        s.maxSessions > 0 ? ` max=${s.maxSessions}` : ""
+      }`
+    ),
     `Sort method:        ${config.sortMethod}`,
     `Service:            ${config.serviceName} ("${config.serviceDisplayName}")`,
     `Console log:        ${config.consoleLog ? "on" : "off (warnings and errors only)"}`,
@@ -81,6 +95,11 @@ export function describeServerConfig(config: ServerConfig): string {
     } of silence`,
     `Handshake timeout:  ${formatDuration(t.handshakeTimeoutMs)}`,
     `Connect timeout:    ${formatDuration(t.connectTimeoutMs)}`,
+    `Health checks:      ${
+      config.health.intervalMs > 0
+        ? `every ${formatDuration(config.health.intervalMs)}, rise ${config.health.rise}, fall ${config.health.fall}`
+        : "off (a server that fails a connect is tried last)"
+    }`,
     `Replay buffer cap:  ${formatSize(t.replayBufferBytes)} per session and direction`,
   ];
   for (const w of config.warnings) lines.push(`Warning: ${w}`);
@@ -126,7 +145,9 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     log.error((err as Error).message);
     return EXIT_FAILURE;
   }
+  const watcher = watchConfig(config.path, () => server.reload());
   await aborted(options.signal);
+  await watcher.close();
   await server.close();
   return EXIT_OK;
 }

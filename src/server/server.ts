@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { RemoteServer, ServerConfig } from "../config/server_config.ts";
+import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import {
@@ -32,6 +32,8 @@ import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
+import { type Backend, Balancer } from "./balancer.ts";
+import { HealthChecker } from "./health.ts";
 
 const log = logger("server");
 
@@ -45,7 +47,7 @@ export interface ServerSessionInfo {
   /** Broker-client address of the latest link. */
   client: string;
   /** The ERP server it is connected to. */
-  backend: RemoteServer;
+  backend: Backend;
   /** Clock ms when it was opened. */
   openedAt: number;
   /** The session itself. */
@@ -85,11 +87,65 @@ export class BrokerServer {
   #attempts = 0;
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
+  #balancer: Balancer;
+  #healthChecker: HealthChecker;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
     this.#config = config;
     this.#now = options.now ?? Date.now;
+    this.#balancer = new Balancer(config.sortMethod, config.remoteServers, config.health, this.#now);
+    this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
+  }
+
+  /** The ERP servers with their state and counters. */
+  get backends(): readonly Backend[] {
+    return this.#balancer.backends;
+  }
+
+  /** The configuration in force (changes on reload). */
+  get config(): ServerConfig {
+    return this.#config;
+  }
+
+  /**
+   * Re-reads the configuration file and applies the broker section: added
+   * servers join, removed ones drain, balancing and timers change for new
+   * sessions. An invalid file changes nothing. A new listening address or
+   * port needs a restart and is reported, not half-applied. Resolves true
+   * when the new configuration was applied.
+   */
+  async reload(): Promise<boolean> {
+    let next: ServerConfig;
+    try {
+      next = await loadServerConfig(this.#config.path);
+    } catch (err) {
+      log.error("Configuration reload failed; the running configuration stays as it was: {error}", {
+        error: (err as Error).message,
+      });
+      return false;
+    }
+    for (const w of next.warnings) log.warn(w);
+    const old = this.#config;
+    if (next.listen.hostname !== old.listen.hostname || next.listen.port !== old.listen.port) {
+      log.warn(
+        "The listening address changed from {old} to {new} in {path}: that takes a restart; still listening on {old}",
+        { old: formatHostPort(old.listen), new: formatHostPort(next.listen), path: next.path },
+      );
+      next.listen = old.listen;
+    }
+    const changes = this.#balancer.update(next.sortMethod, next.remoteServers, next.health);
+    if (JSON.stringify(next.tuning) !== JSON.stringify(old.tuning)) {
+      changes.push("session timers and limits (for new sessions)");
+    }
+    if (JSON.stringify(next.health) !== JSON.stringify(old.health)) changes.push("health checks");
+    this.#config = next;
+    if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
+    log.info("Configuration reloaded from {path}: {changes}", {
+      path: next.path,
+      changes: changes.length > 0 ? changes.join("; ") : "no change",
+    });
+    return true;
   }
 
   /** Where the server listens (the real port when configured with 0). */
@@ -130,6 +186,7 @@ export class BrokerServer {
       servers: this.#config.remoteServers.map((s) => `${s.name}=${formatHostPort(s)}`).join(", "),
     });
     this.#acceptLoop = this.#accept(this.#listener);
+    this.#healthChecker.start(this.#config.health.intervalMs);
   }
 
   async #accept(listener: Deno.TcpListener): Promise<void> {
@@ -185,21 +242,46 @@ export class BrokerServer {
     await link.closeAfterFlush();
   }
 
-  /** Connects to the first ERP server that accepts, in configuration order. */
-  async #connectBackend(): Promise<{ conn: Deno.TcpConn; server: RemoteServer } | { errors: string[] }> {
-    const errors: string[] = [];
-    for (const server of this.#config.remoteServers) {
+  /**
+   * Connects a new session to an ERP server: the balancer's candidates in
+   * order, each at most once, each within the connect timeout. A server that
+   * fails is marked down at once (passive health check).
+   */
+  async #connectBackend(): Promise<
+    { conn: Deno.TcpConn; backend: Backend; decision: string } | { errors: string[] }
+  > {
+    const placement = this.#balancer.place();
+    const notes = placement.skipped.map((s) => `${s.backend.server.name}: ${s.reason}`);
+    for (const backend of placement.order) {
+      const server = backend.server;
       try {
         const conn = await dialTcp(server.hostname, server.port, {
           timeoutMs: this.#config.tuning.connectTimeoutMs,
           signal: this.#shutdown.signal,
         });
-        return { conn, server };
+        if (this.#balancer.connectSucceeded(backend)) {
+          log.info("ERP server {server} ({address}) accepts connections again", {
+            server: server.name,
+            address: formatHostPort(server),
+          });
+        }
+        this.#balancer.acquire(backend);
+        const why = backend === placement.order[0] ? placement.why : "the servers before it failed";
+        const decision = notes.length > 0 ? `${why}; skipped ${notes.join("; ")}` : why;
+        return { conn, backend, decision };
       } catch (err) {
-        errors.push(`${server.name}: ${describeError(err)}`);
+        const error = describeError(err);
+        notes.push(`${server.name}: ${error}`);
+        if (this.#balancer.connectFailed(backend, error)) {
+          log.warn("ERP server {server} ({address}) marked down: {error}", {
+            server: server.name,
+            address: formatHostPort(server),
+            error,
+          });
+        }
       }
     }
-    return { errors };
+    return { errors: notes.length > 0 ? notes : ["no ERP server is configured"] };
   }
 
   async #openSession(link: Link, hello: Frame): Promise<void> {
@@ -228,6 +310,7 @@ export class BrokerServer {
     const key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
     if (link.closed || this.#shutdown.signal.aborted || !isLatest()) {
       if (isLatest()) this.#opening.delete(openToken);
+      this.#balancer.release(backend.backend);
       backend.conn.close();
       link.close();
       return;
@@ -239,7 +322,7 @@ export class BrokerServer {
       id,
       key,
       client: link.peer,
-      backend: backend.server,
+      backend: backend.backend,
       openedAt: this.#now(),
       session: new Session({
         role: "server",
@@ -271,11 +354,12 @@ export class BrokerServer {
     this.#opening.set(openToken, { attempt, entry });
     entry.session.start();
     entry.session.attach(link, 0);
-    log.info("Session {session} opened: client {client}, ERP {backend} ({address})", {
+    log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
       session: shortId(id),
       client: link.peer,
-      backend: backend.server.name,
-      address: formatHostPort(backend.server),
+      backend: backend.backend.server.name,
+      address: formatHostPort(backend.backend.server),
+      decision: backend.decision,
     });
   }
 
@@ -362,6 +446,7 @@ export class BrokerServer {
 
   #ended(entry: Entry, end: SessionEnd): void {
     this.#sessions.delete(entry.id);
+    this.#balancer.release(entry.backend);
     const stats = entry.session.stats;
     const fields = {
       session: shortId(entry.id),
@@ -401,6 +486,7 @@ export class BrokerServer {
     this.#shutdown.abort();
     this.#listener?.close();
     await this.#acceptLoop;
+    await this.#healthChecker.stop();
     for (const link of this.#handshaking) link.close();
     const sessions = [...this.#sessions.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);

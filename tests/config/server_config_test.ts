@@ -177,3 +177,29 @@ Deno.test("tuning keys accept units", () => {
   equal(config.listen.hostname, "::");
   equal(config.remoteServers[0]?.hostname, "::1");
 });
+
+Deno.test("REMOTE_SERVER values take optional weight and max; health check keys have HAProxy's defaults", () => {
+  const config = parse(
+    ...section,
+    "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300",
+    "REMOTE_SERVER_02 = [::1]:5001 MAX=10",
+    "REMOTE_SERVER_03 = erp3 5002",
+    "HEALTH_CHECK_INTERVAL = 0",
+    "HEALTH_CHECK_FALL = 5",
+  );
+  deepEqual(
+    config.remoteServers.map((s) => [s.hostname, s.port, s.weight, s.maxSessions]),
+    [["10.0.0.5", 5000, 2, 300], ["::1", 5001, 1, 10], ["erp3", 5002, 1, 0]],
+  );
+  deepEqual(config.health, { intervalMs: 0, rise: 2, fall: 5 });
+  deepEqual(parse(...section, "REMOTE_SERVER_01 = a 1").health, { intervalMs: 2000, rise: 2, fall: 3 });
+  const bad: [string, RegExp][] = [
+    ["REMOTE_SERVER_01 = a 1 weight=0", /expected weight=1\.\.1000, got "weight=0"/],
+    ["REMOTE_SERVER_01 = a 1 max=lots", /expected max=N with N >= 1, got "max=lots"/],
+    ["REMOTE_SERVER_01 = a 1 backup=1", /then optional weight=N and max=N, got "backup=1"/],
+    ["HEALTH_CHECK_RISE = 0", /Cannot parse HEALTH_CHECK_RISE: expected a count in 1\.\.100, got "0"/],
+  ];
+  for (const [line, expected] of bad) {
+    throws(() => parse(...section, "REMOTE_SERVER_09 = z 9", line), configError(expected), line);
+  }
+});
