@@ -7,6 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { basename, dirname, join } from "node:path";
+import { type LogLevelName, parseLogFormat, parseLogLevel } from "./config/logging.ts";
 
 /** Exit code for success. */
 export const EXIT_OK = 0;
@@ -29,10 +30,10 @@ export interface CliOptions {
   version: boolean;
   /** `--console` / TOTVS `-d`: log informational lines to the console whatever the file says. */
   console: boolean;
-  /** `--log-level`. */
-  logLevel: "debug" | "info" | "warning" | "error";
-  /** `--log-format`. */
-  logFormat: "text" | "json";
+  /** `--log-level`, overriding LOG_LEVEL. */
+  logLevel?: LogLevelName;
+  /** `--log-format`, overriding LOG_FORMAT. */
+  logFormat?: "text" | "json";
 }
 
 /** Raised for unusable command-line arguments. */
@@ -50,8 +51,6 @@ const TOTVS_ALIASES: Record<string, string | null> = {
   "-debug": "--console",
   "-console": "--console",
 };
-
-const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
 
 /** Parses command-line arguments; throws UsageError with a readable message. */
 export function parseCli(args: string[], options: { driver: boolean }): CliOptions {
@@ -82,22 +81,25 @@ export function parseCli(args: string[], options: { driver: boolean }): CliOptio
     throw new UsageError((err as Error).message);
   }
   const v = parsed.values as Record<string, string | boolean | undefined>;
-  const logLevel = (v["log-level"] ?? "info") as string;
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new UsageError(`Cannot use --log-level "${logLevel}": expected one of ${LOG_LEVELS.join(", ")}`);
-  }
-  const logFormat = (v["log-format"] ?? "text") as string;
-  if (logFormat !== "text" && logFormat !== "json") {
-    throw new UsageError(`Cannot use --log-format "${logFormat}": expected text or json`);
-  }
   const result: CliOptions = {
     check: v.check === true,
     help: v.help === true,
     version: v.version === true,
     console: v.console === true,
-    logLevel: logLevel as CliOptions["logLevel"],
-    logFormat,
   };
+  const flag = <T>(name: string, parse: (text: string) => T): T | undefined => {
+    const text = v[name];
+    if (typeof text !== "string") return undefined;
+    try {
+      return parse(text);
+    } catch (err) {
+      throw new UsageError(`Cannot use --${name}: ${(err as Error).message}`);
+    }
+  };
+  const logLevel = flag("log-level", parseLogLevel);
+  const logFormat = flag("log-format", parseLogFormat);
+  if (logLevel) result.logLevel = logLevel;
+  if (logFormat) result.logFormat = logFormat;
   if (typeof v.config === "string") result.config = v.config;
   if (typeof v.driver === "string") result.driver = v.driver;
   return result;

@@ -17,7 +17,8 @@ import {
 import { type ClientConfig, loadClientConfig } from "../config/client_config.ts";
 import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
-import { logger, setupLogging } from "../ops/log.ts";
+import { describeLogSettings } from "../config/logging.ts";
+import { logger, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { BrokerClient } from "./client.ts";
@@ -73,6 +74,7 @@ export function describeClientConfig(config: ClientConfig): string {
     `Connect timeout:     ${formatDuration(config.connectTimeoutMs)}`,
     `Handshake timeout:   ${formatDuration(config.handshakeTimeoutMs)}`,
     `Replay buffer cap:   ${formatSize(config.replayBufferBytes)}`,
+    `Log:                 ${describeLogSettings(config.log)}`,
   ];
   for (const n of config.notes) lines.push(`Note: ${n}`);
   for (const w of config.warnings) lines.push(`Warning: ${w}`);
@@ -110,7 +112,17 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  await setupLogging({ console: true, level: cli.logLevel, format: cli.logFormat });
+  try {
+    await setupLogging({
+      console: cli.console || Deno.stdout.isTerminal(),
+      level: cli.logLevel ?? config.log.level,
+      format: cli.logFormat ?? config.log.format,
+      file: config.log.file ? { ...config.log, path: config.log.file } : null,
+    });
+  } catch (err) {
+    console.error(`broker-client: Cannot open the log file "${config.log.file}": ${(err as Error).message}`);
+    return EXIT_FAILURE;
+  }
   const log = logger("client");
   log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
   for (const w of config.warnings) log.warn(w);
@@ -123,5 +135,6 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   }
   await aborted(options.signal);
   await client.close();
+  await teardownLogging();
   return EXIT_OK;
 }

@@ -12,6 +12,7 @@
  */
 
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
+import { type LogSettings, readLogSettings } from "./logging.ts";
 import { SectionReader } from "./section.ts";
 import { DEFAULT_TUNING, readDuration, readReplayBufferSize } from "./tuning.ts";
 import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
@@ -34,11 +35,16 @@ export interface ClientConfig {
   handshakeTimeoutMs: number;
   /** Most unacknowledged bytes kept per session toward the server. */
   replayBufferBytes: number;
+  /** Log level, format and file (by default broker-client.log beside the configuration file). */
+  log: LogSettings;
   /** Plain-language notes for the log: how the file was understood. */
   notes: string[];
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
+
+/** Default log file of broker-client, beside its configuration (a desktop user has no console). */
+export const DEFAULT_CLIENT_LOG_FILE = "broker-client.log";
 
 /** Default for NEW_SESSION_TIMEOUT: how long a new session may wait for a broker server. */
 export const DEFAULT_NEW_SESSION_TIMEOUT_MS = 30_000;
@@ -157,6 +163,7 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
     connectTimeoutMs: readDuration(section, "CONNECT_TIMEOUT", DEFAULT_TUNING.connectTimeoutMs),
     handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
     replayBufferBytes: readReplayBufferSize(section),
+    log: readLogSettings(section, doc.path, DEFAULT_CLIENT_LOG_FILE),
     notes,
     warnings,
   };

@@ -6,6 +6,7 @@
  */
 
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
+import { type LogSettings, readLogSettings } from "./logging.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
 import { type HostPort, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
@@ -58,6 +59,8 @@ export interface ServerConfig {
   tuning: SessionTuning;
   /** Active health checks. */
   health: HealthCheckConfig;
+  /** Log level, format and file. */
+  log: LogSettings;
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
@@ -197,6 +200,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
       rise: section.value("HEALTH_CHECK_RISE", parseCount, DEFAULT_HEALTH_CHECK.rise),
       fall: section.value("HEALTH_CHECK_FALL", parseCount, DEFAULT_HEALTH_CHECK.fall),
     },
+    log: readLogSettings(section, doc.path, null),
     warnings,
   };
   section.reportUnknownKeys();

@@ -1,6 +1,7 @@
 /**
  * Logging setup on LogTape: one place that decides where log lines go and
- * in which format, for both programs.
+ * in which format, for both programs: the console (informational lines only
+ * when wanted; warnings and errors always) and an optional rotating file.
  * @module
  */
 
@@ -11,9 +12,12 @@ import {
   getLogger,
   getTextFormatter,
   type Logger,
-  type LogLevel,
   reset,
+  type Sink,
+  withFilter,
 } from "@logtape/logtape";
+import { getRotatingFileSink } from "@logtape/file";
+import type { LogLevelName } from "../config/logging.ts";
 
 /** Root category of every logger in this product. */
 export const LOG_ROOT = "broker";
@@ -23,9 +27,11 @@ export interface LoggingOptions {
   /** Print informational lines on the console (warnings and errors always are). */
   console: boolean;
   /** Lowest level logged. */
-  level: LogLevel;
+  level: LogLevelName;
   /** `text` for people, `json` for log shippers (one JSON object a line). */
   format: "text" | "json";
+  /** A log file with size-based rotation, if any. */
+  file?: { path: string; maxSizeBytes: number; maxFiles: number } | null;
 }
 
 /** A logger under the product's root category, e.g. `logger("server")`. */
@@ -33,7 +39,7 @@ export function logger(...category: string[]): Logger {
   return getLogger([LOG_ROOT, ...category]);
 }
 
-/** Configures LogTape for the process; call once at start. */
+/** Configures LogTape for the process; call once at start. Throws when the log file cannot be opened. */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "json" ? getJsonLinesFormatter() : getTextFormatter({
     timestamp: "date-time-tz",
@@ -41,21 +47,28 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     // Strings as they are: session ids and addresses read better unquoted.
     value: (v: unknown) => typeof v === "string" ? v : Deno.inspect(v),
   });
+  const sinks: Record<string, Sink> = {
+    console: options.console ? getConsoleSink({ formatter }) : withFilter(getConsoleSink({ formatter }), "warning"),
+  };
+  if (options.file) {
+    await Deno.mkdir(options.file.path.replace(/[\\/][^\\/]*$/, "") || ".", { recursive: true });
+    sinks.file = getRotatingFileSink(options.file.path, {
+      formatter,
+      maxSize: options.file.maxSizeBytes,
+      maxFiles: options.file.maxFiles,
+    });
+  }
   await configure({
     reset: true,
-    sinks: { console: getConsoleSink({ formatter }) },
+    sinks,
     loggers: [
-      {
-        category: [LOG_ROOT],
-        lowestLevel: options.console ? options.level : "warning",
-        sinks: ["console"],
-      },
+      { category: [LOG_ROOT], lowestLevel: options.level, sinks: Object.keys(sinks) },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },
     ],
   });
 }
 
-/** Undoes setupLogging (tests and shutdown). */
+/** Undoes setupLogging, flushing and closing the log file. */
 export async function teardownLogging(): Promise<void> {
   await reset();
 }

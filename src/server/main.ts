@@ -17,7 +17,8 @@ import {
 import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
-import { logger, setupLogging } from "../ops/log.ts";
+import { describeLogSettings } from "../config/logging.ts";
+import { logger, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { watchConfig } from "./reload.ts";
@@ -101,6 +102,7 @@ export function describeServerConfig(config: ServerConfig): string {
         : "off (a server that fails a connect is tried last)"
     }`,
     `Replay buffer cap:  ${formatSize(t.replayBufferBytes)} per session and direction`,
+    `Log:                ${describeLogSettings(config.log)}`,
   ];
   for (const w of config.warnings) lines.push(`Warning: ${w}`);
   return lines.join("\n");
@@ -134,7 +136,17 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  await setupLogging({ console: config.consoleLog || cli.console, level: cli.logLevel, format: cli.logFormat });
+  try {
+    await setupLogging({
+      console: config.consoleLog || cli.console,
+      level: cli.logLevel ?? config.log.level,
+      format: cli.logFormat ?? config.log.format,
+      file: config.log.file ? { ...config.log, path: config.log.file } : null,
+    });
+  } catch (err) {
+    console.error(`broker-server: Cannot open the log file "${config.log.file}": ${(err as Error).message}`);
+    return EXIT_FAILURE;
+  }
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
   for (const w of config.warnings) log.warn(w);
@@ -149,5 +161,6 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   await aborted(options.signal);
   await watcher.close();
   await server.close();
+  await teardownLogging();
   return EXIT_OK;
 }
