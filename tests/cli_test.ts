@@ -11,8 +11,14 @@ Deno.test("TOTVS spellings map to ours", () => {
 Deno.test("bad arguments are a UsageError with a readable message", () => {
   throws(() => parseCli(["--nope"], { driver: false }), UsageError);
   throws(() => parseCli(["--driver", "x"], { driver: false }), UsageError, "only broker-client has --driver");
-  throws(() => parseCli(["--log-level", "loud"], { driver: true }), /Cannot use --log-level: expected one of debug, info, warning, error, got "loud"/);
-  throws(() => parseCli(["--log-format", "xml"], { driver: true }), /Cannot use --log-format: expected text or json, got "xml"/);
+  throws(
+    () => parseCli(["--log-level", "loud"], { driver: true }),
+    /Cannot use --log-level: expected one of debug, info, warning, error, got "loud"/,
+  );
+  throws(
+    () => parseCli(["--log-format", "xml"], { driver: true }),
+    /Cannot use --log-format: expected text or json, got "xml"/,
+  );
   deepEqual(parseCli(["--driver", "AAA", "--check"], { driver: true }).driver, "AAA");
 });
 

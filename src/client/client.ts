@@ -341,7 +341,7 @@ class SessionRunner {
   async #resumeLoop(): Promise<void> {
     const identity = this.#identity;
     if (!identity) return;
-    const deadline = this.#session.detachedAt + this.#session.timers.resumeTimeoutMs;
+    const deadline = this.#session.stateSince + this.#session.timers.resumeTimeoutMs;
     let lastError = "";
     for (let attempt = 0; this.#session.state === "detached" && !this.#signal.aborted; attempt++) {
       const left = deadline - this.#now();
@@ -385,7 +385,7 @@ class SessionRunner {
         link.close();
         return;
       }
-      const away = this.#now() - this.#session.detachedAt;
+      const away = this.#now() - this.#session.stateSince;
       let replayed: number;
       try {
         replayed = this.#session.attach(link, resumed.receivedOffset);

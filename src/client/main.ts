@@ -57,6 +57,11 @@ smartclient.ini: [drivers] active=<section>, and in that section:
   CONNECT_TIMEOUT        one connection attempt (default 5 s)
   HANDSHAKE_TIMEOUT      one handshake (default 10 s)
   REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session (default 4M)
+  LOG_FILE               log file (default broker-client.log beside this file;
+                         empty: none); informational lines also go to the
+                         console when run from a terminal
+  LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
+  LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
 The resume window, heartbeat and dead-link times come from the broker server.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.

@@ -9,7 +9,7 @@ import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
-import { type HostPort, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+import { type HostPort, isLoopback, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
 
 /** Name of the appserver.ini section that configures the broker. */
 export const BROKER_SECTION = "BALANCE_SMART_CLIENT_DESKTOP";
@@ -28,6 +28,19 @@ export interface RemoteServer extends HostPort {
   /** Most sessions at once (`max=N`), 0 for no limit. */
   maxSessions: number;
 }
+
+/** The status page listener. */
+export interface StatusConfig {
+  /** Off with `STATUS_PORT = 0`. */
+  enabled: boolean;
+  /** Address and port. */
+  listen: HostPort;
+  /** Access key required from clients, or null (only allowed on the loopback). */
+  accessKey: string | null;
+}
+
+/** Default status page port (HAProxy's customary stats port). */
+export const DEFAULT_STATUS_PORT = 8404;
 
 /** Active health checks of the ERP servers. */
 export interface HealthCheckConfig {
@@ -61,6 +74,8 @@ export interface ServerConfig {
   health: HealthCheckConfig;
   /** Log level, format and file. */
   log: LogSettings;
+  /** The status page and metrics listener. */
+  status: StatusConfig;
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
@@ -118,6 +133,29 @@ function parseCount(text: string): number {
     throw new RangeError(`expected a count in 1..100, got "${text}"`);
   }
   return Number(value);
+}
+
+function readStatusConfig(section: SectionReader): StatusConfig {
+  const portEntry = section.entry("STATUS_PORT");
+  const port = portEntry
+    ? section.parseEntry(portEntry, (t) => /^\s*(0|off|none)\s*$/i.test(t) ? 0 : parsePort(t))
+    : DEFAULT_STATUS_PORT;
+  const hostname = section.value("STATUS_ADDRESS", (t) => {
+    if (t.trim() === "") throw new SyntaxError(`expected an address, got ""`);
+    return t.trim();
+  }, "127.0.0.1");
+  const keyEntry = section.entry("STATUS_ACCESS_KEY");
+  const accessKey = keyEntry && keyEntry.value !== "" ? keyEntry.value : null;
+  if (accessKey !== null && accessKey.length < 12) {
+    throw section.error(keyEntry?.line, "STATUS_ACCESS_KEY is too short: use at least 12 characters");
+  }
+  if (port > 0 && accessKey === null && !isLoopback(hostname)) {
+    throw section.error(
+      section.entry("STATUS_ADDRESS")?.line,
+      `STATUS_ADDRESS ${hostname} is reachable from other machines: set STATUS_ACCESS_KEY (at least 12 characters) or keep STATUS_ADDRESS = 127.0.0.1`,
+    );
+  }
+  return { enabled: port > 0, listen: { hostname, port }, accessKey };
 }
 
 function parseServiceName(text: string): string {
@@ -201,6 +239,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
       fall: section.value("HEALTH_CHECK_FALL", parseCount, DEFAULT_HEALTH_CHECK.fall),
     },
     log: readLogSettings(section, doc.path, null),
+    status: readStatusConfig(section),
     warnings,
   };
   section.reportUnknownKeys();

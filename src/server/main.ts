@@ -65,6 +65,13 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
                          0 disables probes)
   HEALTH_CHECK_RISE      good probes that bring a down server back (default 2)
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
+  STATUS_PORT            status page, /status.json and /metrics (default 8404;
+                         0 turns it off)
+  STATUS_ADDRESS         its address (default 127.0.0.1)
+  STATUS_ACCESS_KEY      required when STATUS_ADDRESS is not the loopback
+  LOG_FILE               log file (relative to this file's folder; default none)
+  LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
+  LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
   REMOTE_SERVER_<xx> values may end with weight=N and max=N, e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
@@ -103,6 +110,11 @@ export function describeServerConfig(config: ServerConfig): string {
     }`,
     `Replay buffer cap:  ${formatSize(t.replayBufferBytes)} per session and direction`,
     `Log:                ${describeLogSettings(config.log)}`,
+    `Status page:        ${
+      config.status.enabled
+        ? `http://${formatHostPort(config.status.listen)}/${config.status.accessKey ? " (access key set, hidden)" : ""}`
+        : "off"
+    }`,
   ];
   for (const w of config.warnings) lines.push(`Warning: ${w}`);
   return lines.join("\n");

@@ -34,6 +34,9 @@ import { Session, type SessionEnd, type SessionTimers } from "../session/session
 import { describeError, dialTcp } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
+import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
+import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import { VERSION } from "../version.ts";
 
 const log = logger("server");
 
@@ -89,6 +92,8 @@ export class BrokerServer {
   #acceptLoop: Promise<void> | null = null;
   #balancer: Balancer;
   #healthChecker: HealthChecker;
+  #stats: ServerStats;
+  #status: StatusServer | null = null;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -96,6 +101,68 @@ export class BrokerServer {
     this.#now = options.now ?? Date.now;
     this.#balancer = new Balancer(config.sortMethod, config.remoteServers, config.health, this.#now);
     this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
+    this.#stats = new ServerStats(this.#now());
+  }
+
+  /** Where the status page listens, when it does. */
+  get statusAddress(): HostPort | null {
+    return this.#status?.address ?? null;
+  }
+
+  /** The figures of the status page, /status.json and /metrics. */
+  status(): StatusSnapshot {
+    const now = this.#now();
+    const stats = this.#stats;
+    const live = [...this.#sessions.values()];
+    const sum = (pick: (e: Entry) => number) => live.reduce((n, e) => n + pick(e), 0);
+    let cumulative = 0;
+    return {
+      version: VERSION,
+      startedAt: new Date(stats.startedAt).toISOString(),
+      uptimeSeconds: Math.round((now - stats.startedAt) / 1000),
+      listen: this.#listener ? formatHostPort(this.address) : formatHostPort(this.#config.listen),
+      sortMethod: this.#balancer.method,
+      replayBufferBytes: this.#config.tuning.replayBufferBytes,
+      servers: this.#balancer.backends.map((b) => ({
+        name: b.server.name,
+        address: formatHostPort(b.server),
+        state: b.draining ? "draining" : b.health,
+        weight: b.server.weight,
+        maxSessions: b.server.maxSessions,
+        activeSessions: b.active,
+        totalSessions: b.total,
+        lastError: b.lastError ? { message: b.lastError.message, at: new Date(b.lastError.at).toISOString() } : null,
+      })),
+      sessions: live.map((e) => ({
+        id: shortId(e.id),
+        client: e.client,
+        server: e.backend.server.name,
+        state: e.session.state === "attached" ? "attached" : "detached",
+        stateSeconds: Math.round((now - e.session.stateSince) / 1000),
+        ageSeconds: Math.round((now - e.openedAt) / 1000),
+        bytesToClient: e.session.stats.bytesFromLocal,
+        bytesToErp: e.session.stats.bytesToLocal,
+        resumes: e.session.stats.resumes,
+        bufferedBytes: e.session.bufferedBytes,
+      })),
+      totals: {
+        sessionsOpened: stats.sessionsOpened,
+        sessionsActive: live.length,
+        resumes: stats.resumes,
+        sessionsCompleted: stats.sessionsCompleted,
+        sessionsExpired: stats.sessionsExpired,
+        sessionsAborted: stats.sessionsAborted,
+        linksRefused: stats.linksRefused,
+        bytesToClients: stats.endedBytesToClient + sum((e) => e.session.stats.bytesFromLocal),
+        bytesToErp: stats.endedBytesToErp + sum((e) => e.session.stats.bytesToLocal),
+        bytesReplayed: stats.endedBytesReplayed + sum((e) => e.session.stats.bytesReplayed),
+      },
+      resumeDuration: {
+        buckets: RESUME_BUCKETS.map((le, i) => ({ le, count: cumulative += stats.resumeHistogram.buckets[i] ?? 0 })),
+        sum: stats.resumeHistogram.sum,
+        count: stats.resumeHistogram.count,
+      },
+    };
   }
 
   /** The ERP servers with their state and counters. */
@@ -187,6 +254,18 @@ export class BrokerServer {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#healthChecker.start(this.#config.health.intervalMs);
+    if (this.#config.status.enabled) {
+      try {
+        this.#status = startStatusServer({
+          listen: this.#config.status.listen,
+          accessKey: this.#config.status.accessKey,
+          snapshot: () => this.status(),
+        });
+      } catch (err) {
+        // The broker's job matters more than its dashboard: log and go on.
+        log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+      }
+    }
   }
 
   async #accept(listener: Deno.TcpListener): Promise<void> {
@@ -229,6 +308,7 @@ export class BrokerServer {
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
+      this.#stats.linksRefused++;
       log.warn("Dropped link from {peer} during handshake: {reason}", { peer: link.peer, reason: describeError(err) });
       link.close();
     } finally {
@@ -237,6 +317,7 @@ export class BrokerServer {
   }
 
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
+    this.#stats.linksRefused++;
     log.warn("Refused link from {peer}: {reason}", { peer: link.peer, reason });
     link.send(encodeReject(code, reason));
     await link.closeAfterFlush();
@@ -351,6 +432,7 @@ export class BrokerServer {
       }),
     };
     this.#sessions.set(id, entry);
+    this.#stats.sessionsOpened++;
     this.#opening.set(openToken, { attempt, entry });
     entry.session.start();
     entry.session.attach(link, 0);
@@ -421,7 +503,7 @@ export class BrokerServer {
     // From here the old link (maybe half-open) must not deliver more bytes:
     // our received offset is what the proof below states.
     session.detach(`replaced by a new link from ${link.peer}`);
-    const detachedFor = this.#now() - session.detachedAt;
+    const detachedFor = this.#now() - session.stateSince;
     const received = session.received;
     const mac = await signProof(key, "server", { ...input, receivedOffset: received });
     if (session.state === "closed" || link.closed || session.received !== received) {
@@ -430,6 +512,7 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
     const replayed = session.attach(link, proof.receivedOffset);
+    this.#stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;
     log.info(
       "Session {session} resumed from {client} after {seconds} s: {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
@@ -446,6 +529,11 @@ export class BrokerServer {
 
   #ended(entry: Entry, end: SessionEnd): void {
     this.#sessions.delete(entry.id);
+    this.#stats.recordEnd(end.cause, {
+      toClient: entry.session.stats.bytesFromLocal,
+      toErp: entry.session.stats.bytesToLocal,
+      replayed: entry.session.stats.bytesReplayed,
+    });
     this.#balancer.release(entry.backend);
     const stats = entry.session.stats;
     const fields = {
@@ -487,6 +575,7 @@ export class BrokerServer {
     this.#listener?.close();
     await this.#acceptLoop;
     await this.#healthChecker.stop();
+    await this.#status?.shutdown();
     for (const link of this.#handshaking) link.close();
     const sessions = [...this.#sessions.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);

@@ -56,6 +56,8 @@ export interface SessionEnd {
   reason: string;
   /** True when both streams finished and were acknowledged. */
   clean: boolean;
+  /** complete: both streams finished; expired: the resume window passed; aborted: an error or the peer ended it. */
+  cause: "complete" | "expired" | "aborted";
 }
 
 /** Counters a session keeps for logs and status. */
@@ -130,7 +132,7 @@ export class Session {
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
   #windowTimer: ReturnType<typeof setTimeout> | undefined;
   #spaceWaiter: (() => void) | null = null;
-  #detachedAt = 0;
+  #stateSince = 0;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
 
@@ -142,7 +144,7 @@ export class Session {
     this.#events = options.events;
     this.#now = options.now ?? Date.now;
     this.#state = "connecting";
-    this.#detachedAt = this.#now();
+    this.#stateSince = this.#now();
     this.#localWriter = new WriteQueue(options.local, (err) => {
       this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
     });
@@ -154,6 +156,11 @@ export class Session {
    */
   get settled(): Promise<void> {
     return this.#settled;
+  }
+
+  /** When the current state began (clock ms). */
+  get stateSince(): number {
+    return this.#stateSince;
   }
 
   /** Current state. */
@@ -174,11 +181,6 @@ export class Session {
   /** Bytes received from the peer and not yet written to the local socket. */
   get pendingLocalBytes(): number {
     return this.#localWriter.queuedBytes;
-  }
-
-  /** When the session was last detached (clock ms), meaningful while detached. */
-  get detachedAt(): number {
-    return this.#detachedAt;
   }
 
   /** True when the local application closed its side (FIN). */
@@ -219,6 +221,7 @@ export class Session {
     clearTimeout(this.#windowTimer);
     this.#link = link;
     this.#state = "attached";
+    this.#stateSince = this.#now();
     link.lastReceivedAt = this.#now();
     link.setBufferReuse(() => this.#localWriter.queuedBytes === 0);
     this.#applyAck(peerReceived);
@@ -264,7 +267,7 @@ export class Session {
    * closes the local socket and frees everything. `fromPeer` when the peer
    * sent the abort: bytes already received are still delivered first.
    */
-  abort(reason: string, fromPeer = false): void {
+  abort(reason: string, fromPeer = false, cause: SessionEnd["cause"] = "aborted"): void {
     if (this.#state === "closed") return;
     const link = this.#link;
     this.#link = null;
@@ -284,7 +287,7 @@ export class Session {
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
-    this.#end({ reason, clean: false });
+    this.#end({ reason, clean: false, cause });
   }
 
   /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */
@@ -294,6 +297,7 @@ export class Session {
 
   #end(end: SessionEnd): void {
     this.#state = "closed";
+    this.#stateSince = this.#now();
     clearTimeout(this.#ackTimer);
     clearInterval(this.#tickTimer);
     clearTimeout(this.#windowTimer);
@@ -317,10 +321,10 @@ export class Session {
     this.#dropLink();
     if (this.#state === "closed") return;
     this.#state = "detached";
-    this.#detachedAt = this.#now();
+    this.#stateSince = this.#now();
     const window = this.#timers.resumeTimeoutMs;
     this.#windowTimer = setTimeout(() => {
-      this.abort(`resume window of ${formatDuration(window)} expired before the link came back`);
+      this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
     }, window);
     this.#events.detached?.(reason);
   }
@@ -473,7 +477,7 @@ export class Session {
     this.#dropLink();
     // The peer's last bytes may still be on their way to the local socket.
     this.#settled = Promise.all([linkClosed, this.#closeLocalAfterFlush()]).then(() => {});
-    this.#end({ reason: "closed by both ends, all bytes delivered", clean: true });
+    this.#end({ reason: "closed by both ends, all bytes delivered", clean: true, cause: "complete" });
   }
 
   /** Closes the local socket once what is queued for it is written (or after LOCAL_LINGER_MS). */

@@ -203,3 +203,41 @@ Deno.test("REMOTE_SERVER values take optional weight and max; health check keys 
     throws(() => parse(...section, "REMOTE_SERVER_09 = z 9", line), configError(expected), line);
   }
 });
+
+Deno.test("status page: on the loopback by default, off with 0, a key required beyond the loopback", () => {
+  const base = [...section, "REMOTE_SERVER_01 = a 1"];
+  deepEqual(parse(...base).status, { enabled: true, listen: { hostname: "127.0.0.1", port: 8404 }, accessKey: null });
+  equal(parse(...base, "STATUS_PORT = 0").status.enabled, false);
+  equal(parse(...base, "STATUS_PORT = off").status.enabled, false);
+  throws(
+    () => parse(...base, "STATUS_ADDRESS = 0.0.0.0"),
+    configError(/STATUS_ADDRESS 0\.0\.0\.0 is reachable from other machines: set STATUS_ACCESS_KEY/),
+  );
+  throws(() => parse(...base, "STATUS_ACCESS_KEY = short"), configError(/STATUS_ACCESS_KEY is too short/));
+  const open = parse(...base, "STATUS_ADDRESS = 0.0.0.0", "STATUS_PORT = 9000", "STATUS_ACCESS_KEY = long-enough-key");
+  deepEqual(open.status, { enabled: true, listen: { hostname: "0.0.0.0", port: 9000 }, accessKey: "long-enough-key" });
+});
+
+Deno.test("log keys: level, format, file beside the configuration, rotation", () => {
+  const config = parse(
+    ...section,
+    "REMOTE_SERVER_01 = a 1",
+    "LOG_FILE = logs/broker.log",
+    "LOG_MAX_SIZE = 1M",
+    "LOG_FILES = 3",
+    "LOG_LEVEL = warn",
+    "LOG_FORMAT = JSON",
+  );
+  deepEqual(config.log, {
+    level: "warning",
+    format: "json",
+    file: "logs/broker.log",
+    maxSizeBytes: 1048576,
+    maxFiles: 3,
+  });
+  equal(parse(...section, "REMOTE_SERVER_01 = a 1").log.file, null);
+  throws(
+    () => parse(...section, "REMOTE_SERVER_01 = a 1", "LOG_LEVEL = loud"),
+    configError(/Cannot parse LOG_LEVEL: expected one of debug, info, warning, error/),
+  );
+});

@@ -4,7 +4,12 @@ import { logger, setupLogging, teardownLogging } from "../../src/ops/log.ts";
 Deno.test("the log file rotates by size and keeps the configured number of files", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/logs/broker-server.log`;
-  await setupLogging({ console: false, level: "info", format: "text", file: { path, maxSizeBytes: 4096, maxFiles: 2 } });
+  await setupLogging({
+    console: false,
+    level: "info",
+    format: "text",
+    file: { path, maxSizeBytes: 4096, maxFiles: 2 },
+  });
   const log = logger("test");
   for (let i = 0; i < 200; i++) log.info("Session {session} opened: line {i}", { session: "1e33fbd5", i });
   log.debug("below the level: not written");
@@ -22,7 +27,12 @@ Deno.test("the log file rotates by size and keeps the configured number of files
 Deno.test("--log-format json writes one JSON object per line", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/client.log`;
-  await setupLogging({ console: false, level: "debug", format: "json", file: { path, maxSizeBytes: 1 << 20, maxFiles: 1 } });
+  await setupLogging({
+    console: false,
+    level: "debug",
+    format: "json",
+    file: { path, maxSizeBytes: 1 << 20, maxFiles: 1 },
+  });
   logger("client").warn("Session {session} closed: {reason}", { session: "abc", reason: "window expired" });
   await teardownLogging();
   const [line] = (await Deno.readTextFile(path)).trim().split("\n");

@@ -1,0 +1,116 @@
+/**
+ * The status HTTP listener of broker-server, on Deno.serve: `/` (HTML),
+ * `/status.json` and `/metrics` (Prometheus). Bound to the loopback unless
+ * configured otherwise; beyond it an access key is required (Bearer token,
+ * Basic auth password, or `?key=`), and refused requests get a bare 401.
+ * @module
+ */
+
+import { formatHostPort, type HostPort } from "../config/values.ts";
+import type { StatusSnapshot } from "../server/stats.ts";
+import { logger } from "./log.ts";
+import { renderHtml, renderMetrics } from "./status_render.ts";
+
+const log = logger("status");
+
+/** Options of the status listener. */
+export interface StatusServerOptions {
+  /** Address and port (0 for any free port). */
+  listen: HostPort;
+  /** Required access key, or null when open (loopback). */
+  accessKey: string | null;
+  /** Where the figures come from. */
+  snapshot: () => StatusSnapshot;
+}
+
+/** A running status listener. */
+export interface StatusServer {
+  /** Where it listens. */
+  address: HostPort;
+  /** Stops it. */
+  shutdown(): Promise<void>;
+}
+
+async function digest(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+/** Compares two secrets without leaking, through timing, how much of them matched. */
+async function sameSecret(given: string, expected: string): Promise<boolean> {
+  const [a, b] = await Promise.all([digest(given), digest(expected)]);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= (a[i] as number) ^ (b[i] as number);
+  return diff === 0;
+}
+
+/** The key a request presents: Bearer token, Basic password, or `?key=`. */
+export function presentedKey(request: Request): string | null {
+  const auth = request.headers.get("authorization") ?? "";
+  if (/^bearer /i.test(auth)) return auth.slice(7).trim();
+  if (/^basic /i.test(auth)) {
+    try {
+      const decoded = atob(auth.slice(6).trim());
+      return decoded.slice(decoded.indexOf(":") + 1);
+    } catch {
+      return null;
+    }
+  }
+  return new URL(request.url).searchParams.get("key");
+}
+
+/** Handles one request (exported for tests without a socket). */
+export async function handleStatusRequest(request: Request, options: StatusServerOptions): Promise<Response> {
+  if (options.accessKey !== null) {
+    const key = presentedKey(request);
+    if (key === null || !await sameSecret(key, options.accessKey)) {
+      return new Response("Unauthorized\n", {
+        status: 401,
+        headers: { "www-authenticate": 'Basic realm="broker-server"', "content-type": "text/plain" },
+      });
+    }
+  }
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+  }
+  const path = new URL(request.url).pathname;
+  const noStore = { "cache-control": "no-store" };
+  if (path === "/" || path === "/index.html") {
+    return new Response(renderHtml(options.snapshot()), {
+      headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
+    });
+  }
+  if (path === "/status.json") {
+    return new Response(JSON.stringify(options.snapshot(), null, 2), {
+      headers: { ...noStore, "content-type": "application/json" },
+    });
+  }
+  if (path === "/metrics") {
+    return new Response(renderMetrics(options.snapshot()), {
+      headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    });
+  }
+  return new Response("Not found\n", { status: 404, headers: { "content-type": "text/plain" } });
+}
+
+/** Starts the status listener; throws with a clear message when the port is taken. */
+export function startStatusServer(options: StatusServerOptions): StatusServer {
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve(
+      { hostname: options.listen.hostname, port: options.listen.port, onListen: () => {} },
+      (request) => handleStatusRequest(request, options),
+    );
+  } catch (err) {
+    throw new Error(
+      `Cannot listen for the status page on ${formatHostPort(options.listen)}: ${
+        err instanceof Deno.errors.AddrInUse ? "another program already uses this port" : (err as Error).message
+      }`,
+    );
+  }
+  const address = { hostname: server.addr.hostname, port: server.addr.port };
+  log.info("Status page on http://{address}/ (also /status.json and /metrics){auth}", {
+    address: formatHostPort(address),
+    auth: options.accessKey ? ", access key required" : "",
+  });
+  return { address, shutdown: () => server.shutdown() };
+}

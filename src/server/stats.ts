@@ -1,0 +1,142 @@
+/**
+ * broker-server's counters and the status snapshot that the status page,
+ * /status.json and /metrics are rendered from. Pure data: the server feeds
+ * it events and live figures.
+ * @module
+ */
+
+/** Upper bounds (s) of the resume duration histogram buckets. */
+export const RESUME_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 180];
+
+/** Counters since start. */
+export class ServerStats {
+  /** When the server started (clock ms). */
+  readonly startedAt: number;
+  /** Sessions opened. */
+  sessionsOpened = 0;
+  /** Successful resumes. */
+  resumes = 0;
+  /** Sessions ended cleanly (both streams finished). */
+  sessionsCompleted = 0;
+  /** Sessions ended because the resume window passed. */
+  sessionsExpired = 0;
+  /** Sessions ended by an error or by the peer. */
+  sessionsAborted = 0;
+  /** Links refused or dropped during their handshake. */
+  linksRefused = 0;
+  /** Bytes of ended sessions, ERP to client. */
+  endedBytesToClient = 0;
+  /** Bytes of ended sessions, client to ERP. */
+  endedBytesToErp = 0;
+  /** Bytes replayed to clients by ended sessions. */
+  endedBytesReplayed = 0;
+  /** Resume durations: counts per bucket (cumulative on output), sum and count. */
+  readonly resumeHistogram = { buckets: RESUME_BUCKETS.map(() => 0), sum: 0, count: 0 };
+
+  /** Starts counting at `startedAt`. */
+  constructor(startedAt: number) {
+    this.startedAt = startedAt;
+  }
+
+  /** A session resumed after `seconds` away. */
+  recordResume(seconds: number): void {
+    this.resumes++;
+    const h = this.resumeHistogram;
+    h.sum += seconds;
+    h.count++;
+    const i = RESUME_BUCKETS.findIndex((upper) => seconds <= upper);
+    if (i >= 0) h.buckets[i] = (h.buckets[i] ?? 0) + 1;
+  }
+
+  /** A session ended. */
+  recordEnd(
+    cause: "complete" | "expired" | "aborted",
+    bytes: { toClient: number; toErp: number; replayed: number },
+  ): void {
+    if (cause === "complete") this.sessionsCompleted++;
+    else if (cause === "expired") this.sessionsExpired++;
+    else this.sessionsAborted++;
+    this.endedBytesToClient += bytes.toClient;
+    this.endedBytesToErp += bytes.toErp;
+    this.endedBytesReplayed += bytes.replayed;
+  }
+}
+
+/** One ERP server in the status. */
+export interface ServerStatus {
+  /** Key, e.g. REMOTE_SERVER_01. */
+  name: string;
+  /** host:port. */
+  address: string;
+  /** up, down or draining. */
+  state: "up" | "down" | "draining";
+  /** Weight. */
+  weight: number;
+  /** Most sessions, 0 for no limit. */
+  maxSessions: number;
+  /** Sessions now. */
+  activeSessions: number;
+  /** Sessions since start. */
+  totalSessions: number;
+  /** Last connect or probe error. */
+  lastError: { message: string; at: string } | null;
+}
+
+/** One session in the status. */
+export interface SessionStatus {
+  /** Short id (8 hex digits). */
+  id: string;
+  /** Broker-client address of the latest link. */
+  client: string;
+  /** ERP server key. */
+  server: string;
+  /** attached or detached. */
+  state: "attached" | "detached";
+  /** Seconds in that state. */
+  stateSeconds: number;
+  /** Seconds since opened. */
+  ageSeconds: number;
+  /** Bytes ERP to client. */
+  bytesToClient: number;
+  /** Bytes client to ERP. */
+  bytesToErp: number;
+  /** Resumes so far. */
+  resumes: number;
+  /** Replay buffer in use (bytes). */
+  bufferedBytes: number;
+}
+
+/** Everything the status page shows; also /status.json. */
+export interface StatusSnapshot {
+  /** Program version. */
+  version: string;
+  /** Start time (ISO 8601). */
+  startedAt: string;
+  /** Seconds since start. */
+  uptimeSeconds: number;
+  /** Where broker-clients connect. */
+  listen: string;
+  /** Balancing method. */
+  sortMethod: string;
+  /** Replay buffer cap per session and direction (bytes). */
+  replayBufferBytes: number;
+  /** ERP servers. */
+  servers: ServerStatus[];
+  /** Live sessions. */
+  sessions: SessionStatus[];
+  /** Counters since start, including live sessions' bytes. */
+  totals: {
+    sessionsOpened: number;
+    sessionsActive: number;
+    resumes: number;
+    sessionsCompleted: number;
+    sessionsExpired: number;
+    sessionsAborted: number;
+    linksRefused: number;
+    bytesToClients: number;
+    bytesToErp: number;
+    bytesReplayed: number;
+  };
+  /** Resume durations: cumulative counts per `le` bucket (s), sum and count. */
+  resumeDuration: { buckets: { le: number; count: number }[]; sum: number; count: number };
+}
