@@ -177,6 +177,17 @@ class SessionRunner {
       },
       now,
       events: {
+        goingAway: (drainMs, reason) => {
+          log.warn(
+            "Session {session}: broker server {server} is going away ({reason}); the session may end within {seconds} s",
+            {
+              session: this.#label,
+              server: this.#identity ? formatHostPort(this.#identity.server) : "?",
+              reason,
+              seconds: drainMs / 1000,
+            },
+          );
+        },
         detached: (reason) => {
           log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
           this.#reconnecting = this.#resumeLoop();

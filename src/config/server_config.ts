@@ -39,6 +39,9 @@ export interface StatusConfig {
   accessKey: string | null;
 }
 
+/** Default DRAIN_TIMEOUT: live sessions get 10 s to finish when the server stops. */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
+
 /** Default status page port (HAProxy's customary stats port). */
 export const DEFAULT_STATUS_PORT = 8404;
 
@@ -72,6 +75,8 @@ export interface ServerConfig {
   tuning: SessionTuning;
   /** Active health checks. */
   health: HealthCheckConfig;
+  /** On stop, how long live sessions get to finish (ms); 0 ends them at once. */
+  drainTimeoutMs: number;
   /** Log level, format and file. */
   log: LogSettings;
   /** The status page and metrics listener. */
@@ -238,6 +243,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
       rise: section.value("HEALTH_CHECK_RISE", parseCount, DEFAULT_HEALTH_CHECK.rise),
       fall: section.value("HEALTH_CHECK_FALL", parseCount, DEFAULT_HEALTH_CHECK.fall),
     },
+    drainTimeoutMs: section.value("DRAIN_TIMEOUT", parseDuration, DEFAULT_DRAIN_TIMEOUT_MS),
     log: readLogSettings(section, doc.path, null),
     status: readStatusConfig(section),
     warnings,

@@ -58,6 +58,8 @@ export const FrameType = {
   Abort: 32,
   /** A handshake is refused; payload is a code and the reason (UTF-8). */
   Reject: 33,
+  /** Server: shutting down; sessions may go on for the drain period (u32 ms), then end. Payload: ms and reason. */
+  GoAway: 34,
 } as const;
 
 /** A frame type value. */
@@ -114,6 +116,7 @@ const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.Close]: [0, true],
   [FrameType.Abort]: [0, false],
   [FrameType.Reject]: [1, false],
+  [FrameType.GoAway]: [4, false],
 };
 
 /** The preface this side sends. */
@@ -316,6 +319,23 @@ export function encodeReject(code: RejectCodeValue, reason: string): Uint8Array 
     new Uint8Array([code]),
     new TextEncoder().encode(reason.slice(0, 1000)),
   );
+}
+
+/** GOAWAY: the server stops; live sessions have `drainMs` to finish. */
+export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
+  const text = new TextEncoder().encode(reason.slice(0, 1000));
+  const { out, view } = frame(FrameType.GoAway, 4 + text.length);
+  view.setUint32(FRAME_HEADER_SIZE, drainMs);
+  out.set(text, FRAME_HEADER_SIZE + 4);
+  return out;
+}
+
+/** Decodes a GOAWAY payload. */
+export function decodeGoAway(payload: Uint8Array): { drainMs: number; reason: string } {
+  return {
+    drainMs: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0),
+    reason: decodeText(payload.subarray(4)),
+  };
 }
 
 /** Decodes a REJECT payload. */

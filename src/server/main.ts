@@ -65,6 +65,8 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
                          0 disables probes)
   HEALTH_CHECK_RISE      good probes that bring a down server back (default 2)
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
+  DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
+                         10s; 0 ends them at once)
   STATUS_PORT            status page, /status.json and /metrics (default 8404;
                          0 turns it off)
   STATUS_ADDRESS         its address (default 127.0.0.1)
@@ -103,6 +105,7 @@ export function describeServerConfig(config: ServerConfig): string {
     } of silence`,
     `Handshake timeout:  ${formatDuration(t.handshakeTimeoutMs)}`,
     `Connect timeout:    ${formatDuration(t.connectTimeoutMs)}`,
+    `Drain on stop:      ${config.drainTimeoutMs > 0 ? formatDuration(config.drainTimeoutMs) : "none"}`,
     `Health checks:      ${
       config.health.intervalMs > 0
         ? `every ${formatDuration(config.health.intervalMs)}, rise ${config.health.rise}, fall ${config.health.fall}`

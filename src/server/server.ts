@@ -31,7 +31,7 @@ import { createEphemeralKey, deriveResumeKey, randomId, signProof, verifyProof }
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
-import { describeError, dialTcp } from "../session/transport.ts";
+import { describeError, dialTcp, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
@@ -94,6 +94,8 @@ export class BrokerServer {
   #healthChecker: HealthChecker;
   #stats: ServerStats;
   #status: StatusServer | null = null;
+  #stopping = false;
+  #drained: (() => void) | null = null;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -304,7 +306,9 @@ export class BrokerServer {
       }
       const hello = await read("hello");
       if (!hello) return;
-      if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello);
+      if (hello.type === FrameType.HelloNew && this.#stopping) {
+        await this.#reject(link, RejectCode.Unavailable, "broker-server is shutting down and takes no new sessions");
+      } else if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
@@ -512,6 +516,7 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
     const replayed = session.attach(link, proof.receivedOffset);
+    if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;
     log.info(
@@ -548,6 +553,7 @@ export class BrokerServer {
       "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes";
     if (end.clean) log.info(message, fields);
     else log.warn(message, fields);
+    if (this.#sessions.size === 0) this.#drained?.();
     if (this.#shutdown.signal.aborted) return;
     if (this.#tombstones.size >= MAX_TOMBSTONES) {
       const [oldest] = this.#tombstones.keys();
@@ -568,9 +574,27 @@ export class BrokerServer {
     this.#tombstones.delete(id);
   }
 
-  /** Stops listening and ends every session, telling attached clients why. */
-  async close(reason = "broker-server is shutting down"): Promise<void> {
-    if (this.#shutdown.signal.aborted) return;
+  /**
+   * Stops gracefully: new sessions are refused at once, attached clients are
+   * told (GOAWAY), live sessions get `drainMs` (DRAIN_TIMEOUT) to finish and
+   * may still resume meanwhile; then the rest are ended with `reason`.
+   * Resolves to the number of sessions that were still open at the end.
+   */
+  async close(reason = "broker-server is shutting down", drainMs = this.#config.drainTimeoutMs): Promise<number> {
+    if (this.#stopping) return 0;
+    this.#stopping = true;
+    if (drainMs > 0 && this.#sessions.size > 0) {
+      log.info(
+        "Stopping: {count} sessions open; new sessions are refused; waiting up to {seconds} s for them to finish",
+        {
+          count: this.#sessions.size,
+          seconds: drainMs / 1000,
+        },
+      );
+      for (const entry of this.#sessions.values()) entry.session.sendGoAway(drainMs, reason);
+      await within(new Promise<void>((resolve) => this.#drained = resolve), drainMs);
+      this.#drained = null;
+    }
     this.#shutdown.abort();
     this.#listener?.close();
     await this.#acceptLoop;
@@ -581,7 +605,8 @@ export class BrokerServer {
     for (const session of sessions) session.abort(reason);
     await Promise.all(sessions.map((s) => s.settled));
     for (const id of [...this.#tombstones.keys()]) this.#dropTombstone(id);
-    log.info("broker-server stopped");
+    log.info("broker-server stopped; {count} sessions were still open and were closed", { count: sessions.length });
+    return sessions.length;
   }
 }
 

@@ -19,10 +19,12 @@
 
 import {
   DATA_HEADER_SIZE,
+  decodeGoAway,
   decodeText,
   encodeAbort,
   encodeClose,
   encodeData,
+  encodeGoAway,
   encodeOffsetFrame,
   type Frame,
   FrameType,
@@ -76,6 +78,8 @@ export interface SessionStats {
 export interface SessionEvents {
   /** A link was lost; the session waits for another (server) or dials one (client). */
   detached?(reason: string): void;
+  /** The server is shutting down: the session has `drainMs` to finish. */
+  goingAway?(drainMs: number, reason: string): void;
   /** The peer was heard from for the first time: it has the session. */
   confirmed?(): void;
   /** The session is over; the local socket is closed. */
@@ -262,6 +266,11 @@ export class Session {
     if (peerReceived < this.#out.start) throw new ResumeGapError(peerReceived, this.#out.start);
   }
 
+  /** Tells the peer (when attached) that this side stops in `drainMs`. */
+  sendGoAway(drainMs: number, reason: string): void {
+    this.#link?.send(encodeGoAway(drainMs, reason));
+  }
+
   /**
    * Ends the session abnormally: tells the peer (when a link is attached),
    * closes the local socket and frees everything. `fromPeer` when the peer
@@ -389,6 +398,11 @@ export class Session {
           this.#localFlushed = true;
           this.#checkComplete();
         });
+        return;
+      }
+      case FrameType.GoAway: {
+        const { drainMs, reason } = decodeGoAway(payload);
+        this.#events.goingAway?.(drainMs, reason);
         return;
       }
       case FrameType.Close:

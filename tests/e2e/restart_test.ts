@@ -55,6 +55,8 @@ Deno.test("client before server; server crash and restart: old sessions end with
       `REMOTE_SERVER_01 = 127.0.0.1 ${erp.port}`,
       "HEARTBEAT_INTERVAL = 200ms",
       "LINK_TIMEOUT = 1s",
+      "DRAIN_TIMEOUT = 500ms",
+      "STATUS_PORT = 0",
     ].join("\r\n"),
   );
   await using client = startClient(clientConfig([port]));
@@ -86,9 +88,12 @@ Deno.test("client before server; server crash and restart: old sessions end with
   if (Deno.build.os !== "windows") {
     // A clean stop tells the clients why.
     server.kill("SIGTERM");
-    await server.status;
+    await logs.waitFor(
+      /broker\.client: Session \w+: broker server 127\.0\.0\.1:\d+ is going away \(broker-server is shutting down\); the session may end within 0\.5 s/,
+    );
     equal(await second.read(new Uint8Array(1)).catch(() => null), null);
     await logs.waitFor(/broker\.client: Session \w+ closed: peer ended the session: broker-server is shutting down/);
+    equal((await server.status).code, 0, "a clean stop exits 0");
   } else {
     server.kill("SIGKILL");
     await server.status;

@@ -18,9 +18,12 @@ export function serverConfig(erpPorts: number[], extra: Record<string, string> =
     "LOCAL_SERVER_ADDRESS = 127.0.0.1",
     "LOCAL_SERVER_PORT = 1",
     ...erpPorts.map((p, i) => `REMOTE_SERVER_${String(i + 1).padStart(2, "0")} = 127.0.0.1 ${p}`),
-    // Probes would open extra ERP connections in tests that count them, and a fixed
-    // status port would collide: both are on only where a test asks.
-    ...Object.entries({ HEALTH_CHECK_INTERVAL: "0", STATUS_PORT: "0", ...extra }).map(([k, v]) => `${k} = ${v}`),
+    // Probes would open extra ERP connections in tests that count them, a fixed
+    // status port would collide, and a drain would slow every test's end: all
+    // three are on only where a test asks.
+    ...Object.entries({ HEALTH_CHECK_INTERVAL: "0", STATUS_PORT: "0", DRAIN_TIMEOUT: "0", ...extra }).map(([k, v]) =>
+      `${k} = ${v}`
+    ),
   ];
   const config = serverConfigFromIni(parseIni(lines.join("\n"), "test-appserver.ini"));
   config.listen.port = 0; // the file needs a valid port; the test wants any free one
@@ -48,7 +51,9 @@ export function clientConfig(brokerPorts: number[], extra: Record<string, string
 export function startServer(config: ServerConfig): BrokerServer & AsyncDisposable {
   const server = new BrokerServer(config) as BrokerServer & AsyncDisposable;
   server.listen();
-  server[Symbol.asyncDispose] = () => server.close();
+  server[Symbol.asyncDispose] = async () => {
+    await server.close();
+  };
   return server;
 }
 

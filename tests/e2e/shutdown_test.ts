@@ -1,0 +1,62 @@
+/**
+ * Graceful stop: new sessions are refused, clients are told, live sessions
+ * get DRAIN_TIMEOUT to finish, and whatever is left is closed with a reason.
+ */
+import { equal, ok } from "node:assert/strict";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { clientConfig, serverConfig, startClient, startErp, startServer } from "../helpers/setup.ts";
+
+async function echo(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(4096);
+  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+}
+
+async function roundTrip(app: Deno.Conn): Promise<void> {
+  await app.write(new Uint8Array([1]));
+  await app.read(new Uint8Array(1));
+}
+
+Deno.test("a stop lets a session that finishes within the drain period end cleanly", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const server = startServer(serverConfig([erp.port], { DRAIN_TIMEOUT: "5s" }));
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await roundTrip(app);
+
+  const t0 = Date.now();
+  const stopping = server.close();
+  await logs.waitFor(/Stopping: 1 sessions open; new sessions are refused; waiting up to 5 s/);
+  await logs.waitFor(/broker\.client: Session \w+: broker server .* is going away/);
+
+  // A newcomer is refused with the reason.
+  const late = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await late.read(new Uint8Array(1)).catch(() => null), null);
+  late.close();
+  await logs.waitFor(/broker-server is shutting down and takes no new sessions/);
+
+  // The live session still works and then ends on its own.
+  await roundTrip(app);
+  await app.closeWrite();
+  equal(await app.read(new Uint8Array(1)), null);
+  app.close();
+  equal(await stopping, 0, "no session had to be cut");
+  ok(Date.now() - t0 < 4_000, "the stop did not wait for the whole drain period");
+  await logs.waitFor(/broker-server stopped; 0 sessions were still open/);
+});
+
+Deno.test("sessions still open when the drain period ends are closed with the reason", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const server = startServer(serverConfig([erp.port], { DRAIN_TIMEOUT: "300ms" }));
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await roundTrip(app);
+  const t0 = Date.now();
+  equal(await server.close(), 1);
+  ok(Date.now() - t0 >= 250, "it waited for the drain period");
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's connection is closed");
+  await logs.waitFor(/broker\.client: Session \w+ closed: peer ended the session: broker-server is shutting down/);
+  await logs.waitFor(/broker-server stopped; 1 sessions were still open and were closed/);
+  app.close();
+});
