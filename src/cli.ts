@@ -28,6 +28,12 @@ export interface CliOptions {
   help: boolean;
   /** `--version`. */
   version: boolean;
+  /** `--install` (TOTVS `-install`): install as a service (broker-server only). */
+  install: boolean;
+  /** `--uninstall` (TOTVS `-remove`): remove the service (broker-server only). */
+  uninstall: boolean;
+  /** `--service`: started by the Windows Service Control Manager (broker-server only). */
+  service: boolean;
   /** `--console` / TOTVS `-d`: log informational lines to the console whatever the file says. */
   console: boolean;
   /** `--log-level`, overriding LOG_LEVEL. */
@@ -50,10 +56,12 @@ const TOTVS_ALIASES: Record<string, string | null> = {
   "-d": "--console",
   "-debug": "--console",
   "-console": "--console",
+  "-install": "--install",
+  "-remove": "--uninstall",
 };
 
 /** Parses command-line arguments; throws UsageError with a readable message. */
-export function parseCli(args: string[], options: { driver: boolean }): CliOptions {
+export function parseCli(args: string[], options: { driver: boolean; service?: boolean }): CliOptions {
   const mapped: string[] = [];
   for (const arg of args) {
     const alias = TOTVS_ALIASES[arg.toLowerCase()];
@@ -69,6 +77,13 @@ export function parseCli(args: string[], options: { driver: boolean }): CliOptio
       options: {
         config: { type: "string", short: "c" },
         ...(options.driver ? { driver: { type: "string" as const } } : {}),
+        ...(options.service
+          ? {
+            install: { type: "boolean" as const },
+            uninstall: { type: "boolean" as const },
+            service: { type: "boolean" as const },
+          }
+          : {}),
         check: { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
@@ -86,6 +101,9 @@ export function parseCli(args: string[], options: { driver: boolean }): CliOptio
     help: v.help === true,
     version: v.version === true,
     console: v.console === true,
+    install: v.install === true,
+    uninstall: v.uninstall === true,
+    service: v.service === true,
   };
   const flag = <T>(name: string, parse: (text: string) => T): T | undefined => {
     const text = v[name];
@@ -119,12 +137,16 @@ export interface ExecLocation {
  * directory when run from source with `deno run`.
  */
 export function defaultConfigPath(fileName: string, where: ExecLocation): string {
-  const exe = basename(where.execPath.replaceAll("\\", "/")).toLowerCase();
-  const fromSource = exe === "deno" || exe === "deno.exe";
-  if (fromSource) return join(where.cwd, fileName);
+  if (isRunFromSource(where.execPath)) return join(where.cwd, fileName);
   const sep = where.execPath.includes("\\") && !where.execPath.includes("/") ? "\\" : "/";
   const dir = dirname(where.execPath.replaceAll("\\", "/"));
   return sep === "\\" ? `${dir.replaceAll("/", "\\")}\\${fileName}` : join(dir, fileName);
+}
+
+/** True when the program runs from source under the deno binary, false when compiled. */
+export function isRunFromSource(execPath: string): boolean {
+  const exe = basename(execPath.replaceAll("\\", "/")).toLowerCase();
+  return exe === "deno" || exe === "deno.exe";
 }
 
 /** The running process' location. */

@@ -16,6 +16,8 @@ Deno.test("the build compiles both programs for Linux and Windows with their per
     "--allow-write",
     "--allow-env",
     "--allow-sys",
+    "--allow-run",
+    "--allow-ffi",
     "--target",
     "x86_64-pc-windows-msvc",
     "--output",

@@ -18,13 +18,22 @@ import { parseArgs } from "node:util";
 /** Targets we ship. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "x86_64-pc-windows-msvc"] as const;
 
-/** Permissions embedded in the executables: network, config/log files, env and system info. */
+/** Permissions both executables embed: network, config/log files, env and system info. */
 export const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"];
 
-/** The programs: entry file, executable name and the example config shipped beside it. */
+/**
+ * The programs: entry file, executable name, the example config shipped
+ * beside it, and extra permissions (broker-server installs itself as a
+ * service: systemctl/sc.exe, and the Windows service protocol through FFI).
+ */
 export const PROGRAMS = [
-  { entry: "server.ts", name: "broker-server", example: "examples/appserver.ini" },
-  { entry: "client.ts", name: "broker-client", example: "examples/smartclient.ini" },
+  {
+    entry: "server.ts",
+    name: "broker-server",
+    example: "examples/appserver.ini",
+    extra: ["--allow-run", "--allow-ffi"],
+  },
+  { entry: "client.ts", name: "broker-client", example: "examples/smartclient.ini", extra: [] },
 ] as const;
 
 /** One `deno compile` run. */
@@ -50,7 +59,7 @@ export function planBuild(targets: readonly string[], outDir = "dist"): CompileS
       return {
         target,
         output,
-        args: ["compile", ...PERMISSIONS, "--target", target, "--output", output, program.entry],
+        args: ["compile", ...PERMISSIONS, ...program.extra, "--target", target, "--output", output, program.entry],
       };
     })
   );

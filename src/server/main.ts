@@ -11,6 +11,7 @@ import {
   EXIT_FAILURE,
   EXIT_OK,
   EXIT_USAGE,
+  isRunFromSource,
   parseCli,
   UsageError,
 } from "../cli.ts";
@@ -21,6 +22,10 @@ import { describeLogSettings } from "../config/logging.ts";
 import { logger, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
+import { resolve } from "node:path";
+import { selfCommand, type ServiceSpec } from "../ops/service.ts";
+import { installSystemd, realSystemdHost, uninstallSystemd } from "../ops/systemd.ts";
+import { installWindowsService, runAsWindowsService, uninstallWindowsService } from "../ops/windows_service.ts";
 import { watchConfig } from "./reload.ts";
 import { BrokerServer } from "./server.ts";
 
@@ -36,6 +41,10 @@ Options:
                         or the current directory when run with deno run)
       --check           validate the configuration, print the effective
                         settings and exit (0 valid, 2 invalid)
+      --install         install as a service named SERVICE_NAME (Windows:
+                        Service Control Manager, run as administrator;
+                        Linux: systemd unit, run as root)
+      --uninstall       stop and remove that service
       --console         log to the console even if CONSOLELOG=0 (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -43,7 +52,8 @@ Options:
   -h, --help            print this help
 
 TOTVS spellings accepted: -balance_smart_client_desktop (ignored: this program
-is always the broker), -d / -debug / -console (same as --console).
+is always the broker), -d / -debug / -console (same as --console), -install
+and -remove (same as --install and --uninstall).
 
 appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   LOCAL_SERVER_PORT      port broker-clients connect to (required)
@@ -128,7 +138,7 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   let cli: CliOptions;
   let config: ServerConfig;
   try {
-    cli = parseCli(args, { driver: false });
+    cli = parseCli(args, { driver: false, service: true });
     if (cli.help) {
       console.log(USAGE);
       return EXIT_OK;
@@ -151,6 +161,30 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
+  if (cli.install || cli.uninstall) return await manageService(config, cli.install);
+  if (cli.service) {
+    if (Deno.build.os !== "windows") {
+      console.error(
+        "broker-server: --service is for the Windows Service Control Manager; on Linux, systemd runs the program as is",
+      );
+      return EXIT_USAGE;
+    }
+    return await runAsWindowsService(
+      config.serviceName,
+      config.drainTimeoutMs,
+      (signal, onRunning) => runBroker(config, cli, signal, onRunning),
+    );
+  }
+  return await runBroker(config, cli, options.signal);
+}
+
+/** Runs the broker until `signal` aborts; resolves to the exit code. */
+async function runBroker(
+  config: ServerConfig,
+  cli: CliOptions,
+  signal: AbortSignal,
+  onRunning: () => void = () => {},
+): Promise<number> {
   try {
     await setupLogging({
       console: config.consoleLog || cli.console,
@@ -170,12 +204,37 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     server.listen();
   } catch (err) {
     log.error((err as Error).message);
+    await teardownLogging();
     return EXIT_FAILURE;
   }
+  onRunning();
   const watcher = watchConfig(config.path, () => server.reload());
-  await aborted(options.signal);
+  await aborted(signal);
   await watcher.close();
   await server.close();
   await teardownLogging();
   return EXIT_OK;
+}
+
+/** --install / --uninstall: the service named by SERVICE_NAME, on this OS. */
+async function manageService(config: ServerConfig, install: boolean): Promise<number> {
+  const spec: ServiceSpec = {
+    name: config.serviceName,
+    displayName: config.serviceDisplayName,
+    command: selfCommand(Deno.execPath(), Deno.mainModule, isRunFromSource(Deno.execPath())),
+    configPath: resolve(config.path),
+    stopTimeoutMs: config.drainTimeoutMs,
+  };
+  const windows = Deno.build.os === "windows";
+  try {
+    const steps = install
+      ? await (windows ? installWindowsService(spec) : installSystemd(spec, realSystemdHost()))
+      : await (windows ? uninstallWindowsService(spec.name) : uninstallSystemd(spec.name, realSystemdHost()));
+    console.log(`${install ? "Installed" : "Removed"} the service ${spec.name}:`);
+    for (const step of steps) console.log(`  ${step}`);
+    return EXIT_OK;
+  } catch (err) {
+    console.error(`broker-server: ${(err as Error).message}`);
+    return EXIT_FAILURE;
+  }
 }
