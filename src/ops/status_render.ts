@@ -40,7 +40,7 @@ h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.5rem 0 .5rem
 table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{padding:.4rem .6rem;text-align:left;white-space:nowrap;border-bottom:1px solid #e6eaef}
 th{background:#eef2f6;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .up{color:#0a7a32;font-weight:600}.down{color:#c4161c;font-weight:600}.draining{color:#a15c00;font-weight:600}
-.attached{color:#0a7a32}.detached{color:#a15c00;font-weight:600}.empty{color:#5b6b7c;padding:.8rem}
+td.err{white-space:normal;min-width:14rem}.attached{color:#0a7a32}.detached{color:#a15c00;font-weight:600}.empty{color:#5b6b7c;padding:.8rem}
 `;
 
 /** The status page. */
@@ -53,7 +53,7 @@ export function renderHtml(s: StatusSnapshot): string {
     `<td class="n">${b.activeSessions}${
       b.maxSessions > 0 ? ` / ${b.maxSessions}` : ""
     }</td><td class="n">${b.totalSessions}</td>` +
-    `<td class="n">${b.weight}</td><td>${
+    `<td class="n">${b.weight}</td><td class="err">${
       b.lastError ? `${escape(b.lastError.message)} <span class="meta">(${escape(b.lastError.at)})</span>` : ""
     }</td></tr>`
   ).join("");
