@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { basename, dirname, join } from "node:path";
+import { basename } from "node:path";
 import { type LogLevelName, parseLogFormat, parseLogLevel } from "./config/logging.ts";
 
 /** Exit code for success. */
@@ -137,10 +137,16 @@ export interface ExecLocation {
  * directory when run from source with `deno run`.
  */
 export function defaultConfigPath(fileName: string, where: ExecLocation): string {
-  if (isRunFromSource(where.execPath)) return join(where.cwd, fileName);
-  const sep = where.execPath.includes("\\") && !where.execPath.includes("/") ? "\\" : "/";
-  const dir = dirname(where.execPath.replaceAll("\\", "/"));
-  return sep === "\\" ? `${dir.replaceAll("/", "\\")}\\${fileName}` : join(dir, fileName);
+  const dir = isRunFromSource(where.execPath) ? where.cwd : parentFolder(where.execPath);
+  // Keep the path's own style, whatever the OS running this code.
+  const sep = dir.includes("\\") && !dir.includes("/") ? "\\" : "/";
+  return dir.endsWith(sep) ? `${dir}${fileName}` : `${dir}${sep}${fileName}`;
+}
+
+/** The folder part of a path written with / or \\. */
+function parentFolder(path: string): string {
+  const cut = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
+  return cut <= 0 ? path.slice(0, cut + 1) || "." : path.slice(0, cut);
 }
 
 /** True when the program runs from source under the deno binary, false when compiled. */

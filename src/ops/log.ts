@@ -54,6 +54,9 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     await Deno.mkdir(options.file.path.replace(/[\\/][^\\/]*$/, "") || ".", { recursive: true });
     sinks.file = getRotatingFileSink(options.file.path, {
       formatter,
+      // Each line reaches the disk at once: an administrator tailing the log
+      // (or reading it after a crash) must see the latest events.
+      bufferSize: 0,
       maxSize: options.file.maxSizeBytes,
       maxFiles: options.file.maxFiles,
     });

@@ -1,7 +1,7 @@
 import { deepEqual, equal, throws } from "node:assert/strict";
 import { clientConfigFromIni, loadClientConfig } from "../../src/config/client_config.ts";
 import { parseIni } from "../../src/config/ini.ts";
-import { configError } from "./server_config_test.ts";
+import { configError } from "../helpers/assert_config.ts";
 
 const parse = (lines: string[], driver?: string) =>
   clientConfigFromIni(parseIni(lines.join("\n"), "smartclient.ini"), driver);

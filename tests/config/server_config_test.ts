@@ -1,16 +1,10 @@
 import { deepEqual, equal, rejects, throws } from "node:assert/strict";
-import { ConfigError, parseIni } from "../../src/config/ini.ts";
+import { join } from "node:path";
+import { parseIni } from "../../src/config/ini.ts";
+import { configError } from "../helpers/assert_config.ts";
 import { loadServerConfig, serverConfigFromIni } from "../../src/config/server_config.ts";
 
 const parse = (...lines: string[]) => serverConfigFromIni(parseIni(lines.join("\n"), "appserver.ini"));
-/** Matches a ConfigError whose message fits `expected` (and shows the message when it does not). */
-export function configError(expected: RegExp): (err: unknown) => boolean {
-  return (err) => {
-    if (err instanceof ConfigError && expected.test(err.message)) return true;
-    throw new Error(`Expected a ConfigError matching ${expected}, got: ${err}`);
-  };
-}
-
 const section = ["[BALANCE_SMART_CLIENT_DESKTOP]", "LOCAL_SERVER_PORT = 4000"];
 
 Deno.test("the TOTVS example file loads as documented", async () => {
@@ -231,7 +225,7 @@ Deno.test("log keys: level, format, file beside the configuration, rotation", ()
   deepEqual(config.log, {
     level: "warning",
     format: "json",
-    file: "logs/broker.log",
+    file: join("logs", "broker.log"),
     maxSizeBytes: 1048576,
     maxFiles: 3,
   });

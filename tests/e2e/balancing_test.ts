@@ -34,15 +34,20 @@ function deadPort(): number {
   return port;
 }
 
-Deno.test("CONNECTION spreads 300 sessions over 3 ERP servers within one of equal; weights 1:2 give 1:2", async () => {
+/** 300 sessions by default; BALANCE_SESSIONS scales it (the Wine run uses fewer: its socket layer crawls past ~100 sockets). */
+const SESSIONS = Number(Deno.env.get("BALANCE_SESSIONS") ?? 300);
+
+Deno.test(`CONNECTION spreads ${SESSIONS} sessions over 3 ERP servers within one of equal; weights 1:2 give 1:2`, async () => {
   await using a = startErp(echo);
   await using b = startErp(echo);
   await using c = startErp(echo);
   await using server = startServer(serverConfig([a.port, b.port, c.port]));
   await using client = startClient(clientConfig([server.address.port]));
   const apps: Deno.TcpConn[] = [];
-  for (let i = 0; i < 300; i++) apps.push(await openApp(client.address.port));
-  deepEqual([a.connections, b.connections, c.connections], [100, 100, 100]);
+  for (let i = 0; i < SESSIONS; i++) apps.push(await openApp(client.address.port));
+  const counts = [a.connections, b.connections, c.connections];
+  ok(Math.max(...counts) - Math.min(...counts) <= 1, `within one of equal: ${counts}`);
+  equal(counts.reduce((x, y) => x + y), SESSIONS);
   for (const app of apps) app.close();
   await waitFor(() => server.sessions.length === 0, "sessions to end");
 
@@ -54,8 +59,9 @@ Deno.test("CONNECTION spreads 300 sessions over 3 ERP servers within one of equa
   await using server2 = startServer(weighted);
   await using client2 = startClient(clientConfig([server2.address.port]));
   const more: Deno.TcpConn[] = [];
-  for (let i = 0; i < 90; i++) more.push(await openApp(client2.address.port));
-  deepEqual([d.connections, e.connections], [30, 60]);
+  const third = Math.ceil(SESSIONS / 10);
+  for (let i = 0; i < 3 * third; i++) more.push(await openApp(client2.address.port));
+  deepEqual([d.connections, e.connections], [third, 2 * third]);
   for (const app of more) app.close();
   await waitFor(() => server2.sessions.length === 0, "sessions to end");
 });
