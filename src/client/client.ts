@@ -24,7 +24,17 @@ import {
   PROTOCOL_VERSION,
   toHex,
 } from "../protocol/frames.ts";
-import { createEphemeralKey, deriveResumeKey, randomId, signProof, verifyProof } from "../protocol/resume_auth.ts";
+import {
+  createEphemeralKey,
+  deriveResumeKey,
+  importAdmissionKey,
+  randomId,
+  signAdmission,
+  signProof,
+  verifyAdmission,
+  verifyProof,
+} from "../protocol/resume_auth.ts";
+import { dialTls } from "../session/tls_dial.ts";
 import { backoffDelay, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
@@ -68,11 +78,13 @@ export class BrokerClient {
   #runners = new Set<SessionRunner>();
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
+  #admissionKey: Promise<CryptoKey | null>;
 
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
     this.#config = config;
     this.#now = options.now ?? Date.now;
+    this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
   /** Where Smart Client connects (the real port when configured with 0). */
@@ -122,7 +134,7 @@ export class BrokerClient {
         continue;
       }
       conn.setNoDelay(true);
-      const runner = new SessionRunner(this.#config, conn, this.#shutdown.signal, this.#now, () => {
+      const runner = new SessionRunner(this.#config, conn, this.#shutdown.signal, this.#now, this.#admissionKey, () => {
         this.#runners.delete(runner);
       });
       this.#runners.add(runner);
@@ -157,14 +169,23 @@ class SessionRunner {
   #stopped = new AbortController();
   /** Repeated on every attempt to open this session (see encodeHelloNew). */
   #openToken = randomId();
+  #admissionKey: Promise<CryptoKey | null>;
 
-  constructor(config: ClientConfig, conn: Deno.TcpConn, signal: AbortSignal, now: () => number, done: () => void) {
+  constructor(
+    config: ClientConfig,
+    conn: Deno.TcpConn,
+    signal: AbortSignal,
+    now: () => number,
+    admissionKey: Promise<CryptoKey | null>,
+    done: () => void,
+  ) {
     this.#config = config;
     this.#signal = AbortSignal.any([signal, this.#stopped.signal]);
     this.#now = now;
     this.#done = done;
     this.#smartClient = formatHostPort(conn.remoteAddr as Deno.NetAddr);
     this.#openedAt = now();
+    this.#admissionKey = admissionKey;
     this.#ended = new Promise((resolve) => this.#endedResolve = resolve);
     this.#session = new Session({
       role: "client",
@@ -276,10 +297,10 @@ class SessionRunner {
   }
 
   async #dial(server: HostPort, hello: Uint8Array): Promise<Link> {
-    const conn = await dialTcp(server.hostname, server.port, {
-      timeoutMs: this.#config.connectTimeoutMs,
-      signal: this.#signal,
-    });
+    const options = { timeoutMs: this.#config.connectTimeoutMs, signal: this.#signal };
+    const conn = this.#config.tls
+      ? await dialTls(server.hostname, server.port, this.#config.tls, options)
+      : await dialTcp(server.hostname, server.port, options);
     const link = new Link(conn, formatHostPort(server));
     link.send(encodePreface());
     link.send(hello);
@@ -287,7 +308,7 @@ class SessionRunner {
   }
 
   /** Reads the next handshake frame; a REJECT or an unexpected type becomes an error. */
-  async #expect(link: Link, type: number, what: string, deadline: number): Promise<Frame> {
+  async #expect(link: Link, types: number[], what: string, deadline: number): Promise<Frame> {
     const frame = await link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
     if (!frame) throw new Error(`broker server ${link.peer} closed the link during the handshake`);
     if (frame.type === FrameType.Preface) {
@@ -304,13 +325,13 @@ class SessionRunner {
           }`,
         );
       }
-      return this.#expect(link, type, what, deadline);
+      return this.#expect(link, types, what, deadline);
     }
     if (frame.type === FrameType.Reject) {
       const { code, reason } = decodeReject(frame.payload);
       throw new RejectedError(link.peer, code, reason);
     }
-    if (frame.type !== type) {
+    if (!types.includes(frame.type)) {
       throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
     }
     return frame;
@@ -321,7 +342,31 @@ class SessionRunner {
     const link = await this.#dial(server, encodeHelloNew(own.publicKey, this.#openToken));
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
-      const welcome = decodeWelcome((await this.#expect(link, FrameType.Welcome, "WELCOME", deadline)).payload);
+      const admission = await this.#admissionKey;
+      const input = { clientPublicKey: own.publicKey, openToken: this.#openToken, serverNonce: new Uint8Array(0) };
+      let next = await this.#expect(link, [FrameType.Challenge, FrameType.Welcome], "WELCOME", deadline);
+      if (next.type === FrameType.Challenge && !admission) {
+        throw new RejectedError(link.peer, 0, "it requires an admission key: set ADMISSION_KEY in smartclient.ini");
+      }
+      if (next.type === FrameType.Welcome && admission) {
+        throw new RejectedError(
+          link.peer,
+          0,
+          "it does not use an admission key, but ADMISSION_KEY is set here: refusing a server that cannot prove it",
+        );
+      }
+      if (admission) {
+        input.serverNonce = next.payload.slice();
+        link.send(encodeProof(FrameType.Proof, await signAdmission(admission, "client", input), 0));
+        next = await this.#expect(link, [FrameType.Welcome], "WELCOME", deadline);
+      }
+      const welcome = decodeWelcome(next.payload);
+      if (admission) {
+        const body = next.payload.subarray(0, next.payload.length - (welcome.admissionMac?.length ?? 0));
+        const ok = welcome.admissionMac !== null &&
+          await verifyAdmission(admission, "server", { ...input, welcome: body }, welcome.admissionMac);
+        if (!ok) throw new RejectedError(link.peer, 0, "it could not prove the admission key: refusing it");
+      }
       const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
@@ -382,12 +427,12 @@ class SessionRunner {
     const link = await this.#dial(identity.server, encodeHelloResume(identity.sessionId, clientNonce));
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
-      const challenge = await this.#expect(link, FrameType.Challenge, "CHALLENGE", deadline);
+      const challenge = await this.#expect(link, [FrameType.Challenge], "CHALLENGE", deadline);
       const serverNonce = challenge.payload.slice();
       const received = this.#session.received;
       const input = { sessionId: identity.sessionId, clientNonce, serverNonce, receivedOffset: received };
       link.send(encodeProof(FrameType.Proof, await signProof(identity.key, "client", input), received));
-      const resumed = decodeProof((await this.#expect(link, FrameType.Resumed, "RESUMED", deadline)).payload);
+      const resumed = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
       const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
       if (!await verifyProof(identity.key, "server", serverInput, resumed.mac)) {
         throw new Error(`broker server ${link.peer} could not prove that it holds the session`);

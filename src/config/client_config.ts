@@ -13,6 +13,7 @@
 
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
+import { type ClientTls, readAdmissionKey, readClientTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
 import { DEFAULT_TUNING, readDuration, readReplayBufferSize } from "./tuning.ts";
 import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
@@ -37,6 +38,10 @@ export interface ClientConfig {
   replayBufferBytes: number;
   /** Log level, format and file (by default broker-client.log beside the configuration file). */
   log: LogSettings;
+  /** Shared secret proven to broker-servers when opening sessions, or null. */
+  admissionKey: string | null;
+  /** TLS on the link (trusted CA, pinned fingerprint), or null for plain TCP. */
+  tls: ClientTls | null;
   /** Plain-language notes for the log: how the file was understood. */
   notes: string[];
   /** Oddities found while reading, to be logged at start. */
@@ -164,6 +169,8 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
     handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
     replayBufferBytes: readReplayBufferSize(section),
     log: readLogSettings(section, doc.path, DEFAULT_CLIENT_LOG_FILE),
+    admissionKey: readAdmissionKey(section),
+    tls: readClientTls(section, doc.path),
     notes,
     warnings,
   };

@@ -7,6 +7,7 @@
 
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
+import { readAdmissionKey, readLimits, readServerTls, type ServerLimits, type ServerTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
 import { type HostPort, isLoopback, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
@@ -81,6 +82,12 @@ export interface ServerConfig {
   log: LogSettings;
   /** The status page and metrics listener. */
   status: StatusConfig;
+  /** Shared secret that broker-clients must prove to open sessions, or null. */
+  admissionKey: string | null;
+  /** TLS on the link (certificate and key files), or null for plain TCP. */
+  tls: ServerTls | null;
+  /** Limits on sessions, handshakes, rates, frames and buffers. */
+  limits: ServerLimits;
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
@@ -246,6 +253,9 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
     drainTimeoutMs: section.value("DRAIN_TIMEOUT", parseDuration, DEFAULT_DRAIN_TIMEOUT_MS),
     log: readLogSettings(section, doc.path, null),
     status: readStatusConfig(section),
+    admissionKey: readAdmissionKey(section),
+    tls: readServerTls(section, doc.path),
+    limits: readLimits(section),
     warnings,
   };
   section.reportUnknownKeys();

@@ -105,7 +105,7 @@ export class ProtocolError extends Error {
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.HelloNew]: [PUBLIC_KEY_SIZE + ID_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
-  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 12, true],
+  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 12, false],
   [FrameType.Challenge]: [ID_SIZE, true],
   [FrameType.Proof]: [MAC_SIZE + 8, true],
   [FrameType.Resumed]: [MAC_SIZE + 8, true],
@@ -188,6 +188,9 @@ export function encodeHelloResume(sessionId: Uint8Array, clientNonce: Uint8Array
   return frameWithBytes(FrameType.HelloResume, sessionId, clientNonce);
 }
 
+/** Size of a WELCOME payload without the optional admission proof. */
+const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 12;
+
 /** Session parameters the server dictates in WELCOME. */
 export interface WelcomeTimers {
   /** Resume window (ms). */
@@ -203,10 +206,13 @@ export function encodeWelcome(
   sessionId: Uint8Array,
   publicKey: Uint8Array,
   timers: WelcomeTimers,
+  admissionMac: Uint8Array | null = null,
 ): Uint8Array {
   checkSize("session id", sessionId, ID_SIZE);
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
-  const { out, view } = frame(FrameType.Welcome, ID_SIZE + PUBLIC_KEY_SIZE + 12);
+  if (admissionMac) checkSize("admission proof", admissionMac, MAC_SIZE);
+  const { out, view } = frame(FrameType.Welcome, WELCOME_SIZE + (admissionMac ? MAC_SIZE : 0));
+  if (admissionMac) out.set(admissionMac, FRAME_HEADER_SIZE + WELCOME_SIZE);
   out.set(sessionId, FRAME_HEADER_SIZE);
   out.set(publicKey, FRAME_HEADER_SIZE + ID_SIZE);
   const at = FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE;
@@ -222,10 +228,17 @@ export interface Welcome extends WelcomeTimers {
   sessionId: Uint8Array;
   /** The server's ephemeral public key. */
   publicKey: Uint8Array;
+  /** The server's admission proof, when an admission key is in use. */
+  admissionMac: Uint8Array | null;
 }
 
 /** Decodes a WELCOME payload. */
 export function decodeWelcome(payload: Uint8Array): Welcome {
+  if (payload.length !== WELCOME_SIZE && payload.length !== WELCOME_SIZE + MAC_SIZE) {
+    throw new ProtocolError(
+      `Malformed WELCOME: ${payload.length} bytes, expected ${WELCOME_SIZE} or ${WELCOME_SIZE + MAC_SIZE}`,
+    );
+  }
   const view = new DataView(payload.buffer, payload.byteOffset, payload.length);
   const at = ID_SIZE + PUBLIC_KEY_SIZE;
   return {
@@ -234,6 +247,7 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     resumeTimeoutMs: view.getUint32(at),
     heartbeatIntervalMs: view.getUint32(at + 4),
     linkTimeoutMs: view.getUint32(at + 8),
+    admissionMac: payload.length > WELCOME_SIZE ? payload.slice(WELCOME_SIZE) : null,
   };
 }
 

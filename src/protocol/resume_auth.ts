@@ -107,3 +107,51 @@ function concat(...parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+/** An HMAC key from the shared ADMISSION_KEY text. */
+export async function importAdmissionKey(secret: string): Promise<CryptoKey> {
+  return await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret) as BufferSource,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
+}
+
+/**
+ * What an admission proof covers: the client's ECDH key and open token and
+ * the server's fresh nonce (client proof); plus the server's key, the
+ * session id and the timers (server proof). Binding both public keys stops
+ * a man in the middle from substituting his own; the nonce stops replays.
+ */
+export interface AdmissionInput {
+  /** The client's public key from HELLO_NEW. */
+  clientPublicKey: Uint8Array;
+  /** The client's open token from HELLO_NEW. */
+  openToken: Uint8Array;
+  /** The server's nonce from CHALLENGE. */
+  serverNonce: Uint8Array;
+  /** For the server proof: the WELCOME payload without its proof. */
+  welcome?: Uint8Array;
+}
+
+function admissionTranscript(role: ProofRole, input: AdmissionInput): Uint8Array {
+  const label = new TextEncoder().encode(role === "client" ? "admission client" : "admission server");
+  return concat(label, input.clientPublicKey, input.openToken, input.serverNonce, input.welcome ?? new Uint8Array(0));
+}
+
+/** Signs an admission proof. */
+export async function signAdmission(key: CryptoKey, role: ProofRole, input: AdmissionInput): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, admissionTranscript(role, input) as BufferSource));
+}
+
+/** Checks an admission proof in constant time. */
+export async function verifyAdmission(
+  key: CryptoKey,
+  role: ProofRole,
+  input: AdmissionInput,
+  mac: Uint8Array,
+): Promise<boolean> {
+  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, admissionTranscript(role, input) as BufferSource);
+}

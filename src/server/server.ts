@@ -19,6 +19,7 @@ import {
   encodeReject,
   encodeWelcome,
   type Frame,
+  FRAME_HEADER_SIZE,
   FrameType,
   ID_SIZE,
   PROTOCOL_VERSION,
@@ -27,11 +28,21 @@ import {
   type RejectCodeValue,
   toHex,
 } from "../protocol/frames.ts";
-import { createEphemeralKey, deriveResumeKey, randomId, signProof, verifyProof } from "../protocol/resume_auth.ts";
+import {
+  createEphemeralKey,
+  deriveResumeKey,
+  importAdmissionKey,
+  randomId,
+  signAdmission,
+  signProof,
+  verifyAdmission,
+  verifyProof,
+} from "../protocol/resume_auth.ts";
+import { RateLimiter } from "./rate_limit.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
-import { describeError, dialTcp, within } from "../session/transport.ts";
+import { closeQuietly, describeError, dialTcp, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
@@ -78,7 +89,7 @@ export interface BrokerServerOptions {
 export class BrokerServer {
   #config: ServerConfig;
   #now: () => number;
-  #listener: Deno.TcpListener | null = null;
+  #listener: Deno.Listener | null = null;
   #sessions = new Map<string, Entry>();
   #tombstones = new Map<string, Tombstone>();
   #handshaking = new Set<Link>();
@@ -96,6 +107,9 @@ export class BrokerServer {
   #status: StatusServer | null = null;
   #stopping = false;
   #drained: (() => void) | null = null;
+  #rates: RateLimiter;
+  #admissionKey: Promise<CryptoKey | null>;
+  #handshakeLimitLogged = 0;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -104,6 +118,8 @@ export class BrokerServer {
     this.#balancer = new Balancer(config.sortMethod, config.remoteServers, config.health, this.#now);
     this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
     this.#stats = new ServerStats(this.#now());
+    this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
+    this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
   /** Where the status page listens, when it does. */
@@ -203,7 +219,21 @@ export class BrokerServer {
       );
       next.listen = old.listen;
     }
+    if (JSON.stringify(next.tls) !== JSON.stringify(old.tls)) {
+      log.warn("The link's TLS settings changed in {path}: that takes a restart; the running settings stay", {
+        path: next.path,
+      });
+      next.tls = old.tls;
+    }
     const changes = this.#balancer.update(next.sortMethod, next.remoteServers, next.health);
+    if (next.admissionKey !== old.admissionKey) {
+      this.#admissionKey = next.admissionKey ? importAdmissionKey(next.admissionKey) : Promise.resolve(null);
+      changes.push(next.admissionKey ? "admission key set (new sessions)" : "admission key removed");
+    }
+    if (next.limits.newSessionsPerMinute !== old.limits.newSessionsPerMinute) {
+      this.#rates = new RateLimiter(next.limits.newSessionsPerMinute, this.#now);
+    }
+    if (JSON.stringify(next.limits) !== JSON.stringify(old.limits)) changes.push("limits");
     if (JSON.stringify(next.tuning) !== JSON.stringify(old.tuning)) {
       changes.push("session timers and limits (for new sessions)");
     }
@@ -242,16 +272,30 @@ export class BrokerServer {
   /** Binds the listening socket and starts accepting links. */
   listen(): void {
     const { hostname, port } = this.#config.listen;
+    const tls = this.#config.tls;
+    let cert = "";
+    let key = "";
+    if (tls) {
+      try {
+        cert = Deno.readTextFileSync(tls.certFile);
+        key = Deno.readTextFileSync(tls.keyFile);
+      } catch (err) {
+        throw new Error(`Cannot read the link's TLS certificate or key (${(err as Error).message})`);
+      }
+    }
     try {
-      this.#listener = Deno.listen({ hostname, port, transport: "tcp" });
+      this.#listener = tls
+        ? Deno.listenTls({ hostname, port, transport: "tcp", cert, key })
+        : Deno.listen({ hostname, port, transport: "tcp" });
     } catch (err) {
       const hint = err instanceof Deno.errors.AddrInUse
         ? "another program (or another broker-server) already uses this port"
         : describeError(err);
       throw new Error(`Cannot listen on ${formatHostPort({ hostname, port })}: ${hint}`);
     }
-    log.info("broker-server listening on {address}; ERP servers: {servers}", {
+    log.info("broker-server listening on {address}{tls}; ERP servers: {servers}", {
       address: formatHostPort(this.address),
+      tls: tls ? " (TLS)" : "",
       servers: this.#config.remoteServers.map((s) => `${s.name}=${formatHostPort(s)}`).join(", "),
     });
     this.#acceptLoop = this.#accept(this.#listener);
@@ -270,9 +314,9 @@ export class BrokerServer {
     }
   }
 
-  async #accept(listener: Deno.TcpListener): Promise<void> {
+  async #accept(listener: Deno.Listener): Promise<void> {
     for (;;) {
-      let conn: Deno.TcpConn;
+      let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (err) {
@@ -280,14 +324,29 @@ export class BrokerServer {
         log.error("Cannot accept a link: {error}", { error: describeError(err) });
         continue;
       }
-      conn.setNoDelay(true);
+      if (this.#handshaking.size >= this.#config.limits.maxHandshakes) {
+        // Links that connect and say nothing must not crowd out real users.
+        this.#stats.linksRefused++;
+        closeQuietly(conn);
+        if (this.#now() - this.#handshakeLimitLogged > 10_000) {
+          this.#handshakeLimitLogged = this.#now();
+          log.warn(
+            "MAX_HANDSHAKES ({limit}) links are introducing themselves at once: dropping new links until some finish",
+            {
+              limit: this.#config.limits.maxHandshakes,
+            },
+          );
+        }
+        continue;
+      }
+      (conn as Deno.TcpConn).setNoDelay?.(true);
       this.#handshake(conn);
     }
   }
 
-  async #handshake(conn: Deno.TcpConn): Promise<void> {
+  async #handshake(conn: Deno.Conn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const link = new Link(conn, formatHostPort(remote));
+    const link = new Link(conn, formatHostPort(remote), { maxPayload: this.#config.limits.maxFrameBytes });
     this.#handshaking.add(link);
     const deadline = this.#now() + this.#config.tuning.handshakeTimeoutMs;
     const read = (what: string) => link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
@@ -306,18 +365,51 @@ export class BrokerServer {
       }
       const hello = await read("hello");
       if (!hello) return;
-      if (hello.type === FrameType.HelloNew && this.#stopping) {
-        await this.#reject(link, RejectCode.Unavailable, "broker-server is shutting down and takes no new sessions");
-      } else if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello);
+      if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello, read);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
       this.#stats.linksRefused++;
-      log.warn("Dropped link from {peer} during handshake: {reason}", { peer: link.peer, reason: describeError(err) });
+      log.warn("Dropped link from {peer} during handshake: {reason}{hint}", {
+        peer: link.peer,
+        reason: describeError(err),
+        hint: this.#tlsHint(err),
+      });
       link.close();
     } finally {
       this.#handshaking.delete(link);
     }
+  }
+
+  /** A hint when a link failed because one side uses TLS and the other does not. */
+  #tlsHint(err: unknown): string {
+    const message = String((err as Error)?.message ?? err);
+    if (!this.#config.tls && /0x1603/.test(message)) {
+      return " (a TLS client: this broker-server has no LINK_TLS_CERT/LINK_TLS_KEY; set them, or turn LINK_TLS off in smartclient.ini)";
+    }
+    if (this.#config.tls && /tls|handshake|certificate|corrupt|InvalidData|received/i.test(message)) {
+      return " (this broker-server requires TLS on the link: is LINK_TLS set in that smartclient.ini?)";
+    }
+    return "";
+  }
+
+  /** Why a new session must be refused now, or null. */
+  #refuseNewSession(link: Link): string | null {
+    const limits = this.#config.limits;
+    if (this.#stopping) return "broker-server is shutting down and takes no new sessions";
+    if (this.#sessions.size >= limits.maxSessions) {
+      return `broker-server is at its limit of ${limits.maxSessions} sessions (MAX_SESSIONS)`;
+    }
+    const address = link.peer.replace(/:\d+$/, "");
+    if (!this.#rates.take(address)) {
+      return `too many new sessions from ${address}: the limit is ${limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
+    }
+    let buffered = 0;
+    for (const e of this.#sessions.values()) buffered += e.session.bufferedBytes + e.session.pendingLocalBytes;
+    if (buffered >= limits.maxBufferedBytes) {
+      return `broker-server buffers ${buffered} bytes for detached or slow sessions, its limit (MAX_BUFFERED): new sessions wait until that drains`;
+    }
+    return null;
   }
 
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
@@ -369,8 +461,35 @@ export class BrokerServer {
     return { errors: notes.length > 0 ? notes : ["no ERP server is configured"] };
   }
 
-  async #openSession(link: Link, hello: Frame): Promise<void> {
+  async #openSession(link: Link, hello: Frame, read: (what: string) => Promise<Frame | null>): Promise<void> {
     const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
+    const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
+    const refusal = this.#refuseNewSession(link);
+    if (refusal) {
+      await this.#reject(link, RejectCode.Unavailable, refusal);
+      return;
+    }
+    // With an admission key, the client proves it over our fresh nonce and
+    // its own key before anything is spent on it (no ERP connection yet).
+    const admission = await this.#admissionKey;
+    const serverNonce = randomId();
+    if (admission) {
+      link.send(encodeChallenge(serverNonce));
+      const proofFrame = await read("admission proof");
+      if (!proofFrame) return;
+      const input = { clientPublicKey, openToken: openTokenBytes, serverNonce };
+      if (
+        proofFrame.type !== FrameType.Proof ||
+        !await verifyAdmission(admission, "client", input, decodeProof(proofFrame.payload).mac)
+      ) {
+        await this.#reject(
+          link,
+          RejectCode.BadProof,
+          "admission refused: the broker-client did not prove the admission key (ADMISSION_KEY)",
+        );
+        return;
+      }
+    }
     // A repeated token means the client never got an earlier WELCOME: the
     // session that attempt opened (or is opening) is an orphan.
     const openToken = toHex(hello.payload.subarray(PUBLIC_KEY_SIZE));
@@ -401,7 +520,18 @@ export class BrokerServer {
       return;
     }
     const timers = this.#timers();
-    link.send(encodeWelcome(sessionId, own.publicKey, timers));
+    const welcome = encodeWelcome(sessionId, own.publicKey, timers);
+    if (admission) {
+      const input = {
+        clientPublicKey,
+        openToken: openTokenBytes,
+        serverNonce,
+        welcome: welcome.subarray(FRAME_HEADER_SIZE),
+      };
+      link.send(encodeWelcome(sessionId, own.publicKey, timers, await signAdmission(admission, "server", input)));
+    } else {
+      link.send(welcome);
+    }
     const id = toHex(sessionId);
     const entry: Entry = {
       id,

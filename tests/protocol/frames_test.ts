@@ -92,8 +92,13 @@ Deno.test("decoded handshake payloads round-trip", () => {
       resumeTimeoutMs: 5,
       heartbeatIntervalMs: 6,
       linkTimeoutMs: 7,
+      admissionMac: null,
     },
   );
+  const timers = { resumeTimeoutMs: 5, heartbeatIntervalMs: 6, linkTimeoutMs: 7 };
+  const withProof = decodeWelcome(encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3)).subarray(5));
+  equal(hex(withProof.admissionMac ?? new Uint8Array()), "03".repeat(32));
+  throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 60 or 92/);
   const p = decodeProof(encodeProof(FrameType.Resumed, fill(32, 9), 2 ** 40).subarray(5));
   equal(hex(p.mac), "09".repeat(32));
   equal(p.receivedOffset, 2 ** 40);

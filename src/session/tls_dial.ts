@@ -1,0 +1,163 @@
+/**
+ * broker-client's TLS dialer for the link, on node:tls because it can both
+ * trust a CA file and pin the server certificate's SHA-256 fingerprint
+ * (Deno.connectTls cannot show the peer certificate). The socket is adapted
+ * to the Transport interface the session code uses.
+ * @module
+ */
+
+import tls from "node:tls";
+import type { ClientTls } from "../config/security.ts";
+import type { Transport } from "./transport.ts";
+
+/** Stop reading the socket while this much is buffered unread. */
+const HIGH_WATER = 1024 * 1024;
+
+/** A node:net/tls socket seen as a Transport. */
+export class NodeSocketTransport implements Transport {
+  #socket: tls.TLSSocket;
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  #ended = false;
+  #error: Error | null = null;
+  #wake: (() => void) | null = null;
+
+  /** Wraps a connected socket. */
+  constructor(socket: tls.TLSSocket) {
+    this.#socket = socket;
+    socket.on("data", (chunk: Uint8Array) => {
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
+      if (this.#buffered >= HIGH_WATER) socket.pause();
+      this.#notify();
+    });
+    socket.on("end", () => {
+      this.#ended = true;
+      this.#notify();
+    });
+    socket.on("error", (err: Error) => {
+      this.#error = err;
+      this.#notify();
+    });
+    socket.on("close", () => {
+      this.#ended = true;
+      this.#notify();
+    });
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+
+  /** Reads into `p`: a count, or null at end of stream. */
+  async read(p: Uint8Array): Promise<number | null> {
+    while (this.#chunks.length === 0) {
+      if (this.#error) throw this.#error;
+      if (this.#ended) return null;
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    const chunk = this.#chunks[0] as Uint8Array;
+    const n = Math.min(p.length, chunk.length);
+    p.set(chunk.subarray(0, n));
+    if (n === chunk.length) this.#chunks.shift();
+    else this.#chunks[0] = chunk.subarray(n);
+    this.#buffered -= n;
+    if (this.#buffered < HIGH_WATER / 2 && this.#socket.isPaused()) this.#socket.resume();
+    return n;
+  }
+
+  /** Writes all of `p`; resolves when the socket took it. */
+  write(p: Uint8Array): Promise<number> {
+    if (this.#error) return Promise.reject(this.#error);
+    return new Promise((resolve, reject) => {
+      this.#socket.write(p, (err) => err ? reject(err) : resolve(p.length));
+    });
+  }
+
+  /** Half-closes. */
+  closeWrite(): Promise<void> {
+    return new Promise((resolve) => this.#socket.end(() => resolve()));
+  }
+
+  /** Closes at once. */
+  close(): void {
+    this.#socket.destroy();
+    this.#ended = true;
+    this.#notify();
+  }
+}
+
+/** Options of dialTls. */
+export interface TlsDialOptions {
+  /** Give up after this long (ms). */
+  timeoutMs: number;
+  /** Abort early. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Connects with TLS: trusts `settings.caFile` (or the system's CAs) and, with
+ * a fingerprint, accepts exactly the pinned certificate. Errors say plainly
+ * which check failed.
+ */
+export async function dialTls(
+  hostname: string,
+  port: number,
+  settings: ClientTls,
+  options: TlsDialOptions,
+): Promise<Transport> {
+  const where = hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+  const ca = settings.caFile ? [await Deno.readTextFile(settings.caFile)] : undefined;
+  return await new Promise<Transport>((resolve, reject) => {
+    const socket = tls.connect({
+      host: hostname,
+      port,
+      servername: /^[\d.]+$|:/.test(hostname) ? undefined : hostname,
+      ...(ca ? { ca } : {}),
+      // A pinned certificate is checked below, whoever issued it.
+      rejectUnauthorized: settings.fingerprint === null,
+    });
+    const fail = (message: string) => {
+      cleanup();
+      socket.destroy();
+      reject(new Error(`Cannot connect to ${where} over TLS: ${message}`));
+    };
+    const timer = setTimeout(() => fail(`no TLS handshake within ${options.timeoutMs} ms`), options.timeoutMs);
+    const onAbort = () => fail("cancelled");
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    const cleanup = () => {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      socket.removeAllListeners("secureConnect");
+      socket.removeAllListeners("error");
+    };
+    socket.once("error", (err: Error & { code?: string }) => {
+      const untrusted = /certificate|self.signed|verify|CERT_|issuer/i.test(`${err.code ?? ""} ${err.message}`);
+      fail(
+        untrusted
+          ? `the broker server's certificate is not trusted (${err.message}): check LINK_TLS_CA, or pin it with LINK_TLS_FINGERPRINT`
+          : /ECONNRESET|EPIPE|socket disconnected|wrong version|packet length/i.test(`${err.code ?? ""} ${err.message}`)
+          ? `the TLS handshake failed (${err.message}): does the broker server use LINK_TLS_CERT and LINK_TLS_KEY?`
+          : err.message,
+      );
+    });
+    socket.once("secureConnect", () => {
+      if (settings.fingerprint) {
+        const seen = (socket.getPeerCertificate()?.fingerprint256 ?? "").toUpperCase();
+        if (seen !== settings.fingerprint) {
+          fail(
+            `the broker server's certificate has fingerprint ${
+              seen || "(none)"
+            }, not the pinned ${settings.fingerprint}`,
+          );
+          return;
+        }
+      }
+      cleanup();
+      socket.setNoDelay(true);
+      resolve(new NodeSocketTransport(socket));
+    });
+  });
+}
