@@ -65,10 +65,10 @@ chroot "$ROOTFS" /bin/bash -c "
   export WINEDEBUG=-all WINEPREFIX=/root/.wine-broker NO_COLOR=1
   # Wine's socket layer slows to a crawl past ~100 sockets in one process: the
   # heavy tests run at reduced scale here (full scale on Linux and real Windows).
-  export INTEGRITY_SESSIONS=\${INTEGRITY_SESSIONS:-4} INTEGRITY_MIB=\${INTEGRITY_MIB:-4} BALANCE_SESSIONS=\${BALANCE_SESSIONS:-30}
+  export INTEGRITY_SESSIONS=\${INTEGRITY_SESSIONS:-4} INTEGRITY_MIB=\${INTEGRITY_MIB:-4} BALANCE_SESSIONS=\${BALANCE_SESSIONS:-30} FUZZ_CASES=\${FUZZ_CASES:-2000} SLOWLORIS_LINKS=\${SLOWLORIS_LINKS:-200}
   $ca_env
   cd /repo
-  /usr/lib/wine/wine64 'Z:\\opt\\deno\\deno.exe' test -A $args > /tmp/windows-test.log 2>&1 < /dev/null
+  /usr/lib/wine/wine64 'Z:\\opt\\deno\\deno.exe' test --v8-flags=--expose-gc -A $args > /tmp/windows-test.log 2>&1 < /dev/null
   echo \$? > /tmp/windows-test.code
 "
 cat "$out"

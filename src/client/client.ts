@@ -34,7 +34,7 @@ import {
   verifyAdmission,
   verifyProof,
 } from "../protocol/resume_auth.ts";
-import { dialTls } from "../session/tls_dial.ts";
+import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
 import { backoffDelay, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
@@ -270,7 +270,7 @@ class SessionRunner {
           await this.#openOn(server);
           return;
         } catch (err) {
-          if (err instanceof RejectedError) rejections++;
+          if (err instanceof RejectedError || err instanceof TlsTrustError) rejections++;
           errors.set(formatHostPort(server), describeError(err));
         }
       }

@@ -141,6 +141,10 @@ export function renderMetrics(s: StatusSnapshot): string {
     "",
     t.linksRefused,
   ]]);
+  metric("broker_links_handshaking", "gauge", "Links connected and still introducing themselves.", [[
+    "",
+    t.linksInHandshake,
+  ]]);
   metric(
     "broker_replay_buffer_bytes",
     "gauge",

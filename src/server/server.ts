@@ -110,6 +110,7 @@ export class BrokerServer {
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
   #handshakeLimitLogged = 0;
+  #adopted = new WeakSet<Link>();
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -171,6 +172,7 @@ export class BrokerServer {
         sessionsExpired: stats.sessionsExpired,
         sessionsAborted: stats.sessionsAborted,
         linksRefused: stats.linksRefused,
+        linksInHandshake: this.#handshaking.size,
         bytesToClients: stats.endedBytesToClient + sum((e) => e.session.stats.bytesFromLocal),
         bytesToErp: stats.endedBytesToErp + sum((e) => e.session.stats.bytesToLocal),
         bytesReplayed: stats.endedBytesReplayed + sum((e) => e.session.stats.bytesReplayed),
@@ -378,6 +380,9 @@ export class BrokerServer {
       link.close();
     } finally {
       this.#handshaking.delete(link);
+      // A link that did not become a session's (refused, ended, or the peer
+      // went quiet) is closed here, whatever path the handshake took.
+      if (!this.#adopted.has(link)) link.close();
     }
   }
 
@@ -493,6 +498,16 @@ export class BrokerServer {
     // A repeated token means the client never got an earlier WELCOME: the
     // session that attempt opened (or is opening) is an orphan.
     const openToken = toHex(hello.payload.subarray(PUBLIC_KEY_SIZE));
+    // Keys first: a bad public key must not cost an ERP connection.
+    const own = await createEphemeralKey();
+    const sessionId = randomId();
+    let key: CryptoKey;
+    try {
+      key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+    } catch {
+      await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
+      return;
+    }
     const attempt = ++this.#attempts;
     this.#opening.get(openToken)?.entry?.session.abort(
       "superseded: the client retried opening this session (it never received the welcome)",
@@ -509,9 +524,6 @@ export class BrokerServer {
       );
       return;
     }
-    const own = await createEphemeralKey();
-    const sessionId = randomId();
-    const key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
     if (link.closed || this.#shutdown.signal.aborted || !isLatest()) {
       if (isLatest()) this.#opening.delete(openToken);
       this.#balancer.release(backend.backend);
@@ -570,6 +582,7 @@ export class BrokerServer {
     this.#opening.set(openToken, { attempt, entry });
     entry.session.start();
     entry.session.attach(link, 0);
+    this.#adopted.add(link);
     log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
       session: shortId(id),
       client: link.peer,
@@ -646,6 +659,7 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
     const replayed = session.attach(link, proof.receivedOffset);
+    this.#adopted.add(link);
     if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;

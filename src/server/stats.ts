@@ -133,6 +133,7 @@ export interface StatusSnapshot {
     sessionsExpired: number;
     sessionsAborted: number;
     linksRefused: number;
+    linksInHandshake: number;
     bytesToClients: number;
     bytesToErp: number;
     bytesReplayed: number;

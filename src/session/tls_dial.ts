@@ -10,6 +10,14 @@ import tls from "node:tls";
 import type { ClientTls } from "../config/security.ts";
 import type { Transport } from "./transport.ts";
 
+/**
+ * The broker server's certificate is not the one we trust (untrusted issuer
+ * or pin mismatch): retrying will not help, and it may be an impostor.
+ */
+export class TlsTrustError extends Error {
+  override name = "TlsTrustError";
+}
+
 /** Stop reading the socket while this much is buffered unread. */
 const HIGH_WATER = 1024 * 1024;
 
@@ -81,11 +89,18 @@ export class NodeSocketTransport implements Transport {
     return new Promise((resolve) => this.#socket.end(() => resolve()));
   }
 
-  /** Closes at once. */
+  /**
+   * Closes: what was written still goes out (a final ABORT or CLOSE must
+   * reach the peer), and the socket is destroyed once it has, or after 2 s.
+   */
   close(): void {
-    this.#socket.destroy();
+    if (this.#ended && this.#socket.destroyed) return;
     this.#ended = true;
     this.#notify();
+    if (this.#socket.destroyed) return;
+    const timer = setTimeout(() => this.#socket.destroy(), 2_000);
+    this.#socket.once("close", () => clearTimeout(timer));
+    this.#socket.end();
   }
 }
 
@@ -119,10 +134,11 @@ export async function dialTls(
       // A pinned certificate is checked below, whoever issued it.
       rejectUnauthorized: settings.fingerprint === null,
     });
-    const fail = (message: string) => {
+    const fail = (message: string, trust = false) => {
       cleanup();
       socket.destroy();
-      reject(new Error(`Cannot connect to ${where} over TLS: ${message}`));
+      const text = `Cannot connect to ${where} over TLS: ${message}`;
+      reject(trust ? new TlsTrustError(text) : new Error(text));
     };
     const timer = setTimeout(() => fail(`no TLS handshake within ${options.timeoutMs} ms`), options.timeoutMs);
     const onAbort = () => fail("cancelled");
@@ -135,10 +151,18 @@ export async function dialTls(
     };
     socket.once("error", (err: Error & { code?: string }) => {
       const untrusted = /certificate|self.signed|verify|CERT_|issuer/i.test(`${err.code ?? ""} ${err.message}`);
+      if (untrusted) {
+        fail(
+          `the broker server's certificate is not trusted (${err.message}): check LINK_TLS_CA, or pin it with LINK_TLS_FINGERPRINT`,
+          true,
+        );
+        return;
+      }
+      const plainServer = /ECONNRESET|EPIPE|socket disconnected|wrong version|packet length/i.test(
+        `${err.code ?? ""} ${err.message}`,
+      );
       fail(
-        untrusted
-          ? `the broker server's certificate is not trusted (${err.message}): check LINK_TLS_CA, or pin it with LINK_TLS_FINGERPRINT`
-          : /ECONNRESET|EPIPE|socket disconnected|wrong version|packet length/i.test(`${err.code ?? ""} ${err.message}`)
+        plainServer
           ? `the TLS handshake failed (${err.message}): does the broker server use LINK_TLS_CERT and LINK_TLS_KEY?`
           : err.message,
       );
@@ -151,6 +175,7 @@ export async function dialTls(
             `the broker server's certificate has fingerprint ${
               seen || "(none)"
             }, not the pinned ${settings.fingerprint}`,
+            true,
           );
           return;
         }

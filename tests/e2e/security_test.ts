@@ -1,0 +1,333 @@
+/**
+ * Protected links and admission: TLS on the link (trusted CA, pinned
+ * fingerprint, mismatches either way), the admission key (missing, wrong,
+ * replayed), and the limits (sessions, per-address rate, handshakes).
+ */
+import { equal, match, ok } from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import {
+  decodeReject,
+  encodeHelloNew,
+  encodeHelloResume,
+  encodePreface,
+  encodeProof,
+  FrameType,
+  RejectCode,
+} from "../../src/protocol/frames.ts";
+import {
+  createEphemeralKey,
+  importAdmissionKey,
+  randomId,
+  signAdmission,
+  signProof,
+} from "../../src/protocol/resume_auth.ts";
+import { ChaosLink } from "../../tools/chaos_link.ts";
+import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
+import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+
+const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
+const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
+const FINGERPRINT = "7E:6C:AD:39:31:D8:50:86:FF:94:FE:50:47:A0:05:0B:29:DC:5B:01:5C:A6:4B:F0:69:D3:C4:4C:8D:2C:D5:99";
+const ADMISSION = "correct horse battery staple 42";
+
+async function echo(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(16 * 1024);
+  for (let n; (n = await conn.read(buf)) !== null;) {
+    for (let done = 0; done < n;) done += await conn.write(buf.subarray(done, n));
+  }
+  await conn.closeWrite();
+}
+
+async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
+  await app.write(new TextEncoder().encode(text));
+  const out = new Uint8Array(text.length);
+  for (let got = 0; got < out.length;) {
+    const n = await app.read(out.subarray(got));
+    if (n === null) throw new Error("EOF");
+    got += n;
+  }
+  return new TextDecoder().decode(out);
+}
+
+/** Connects an app and expects broker-client to close it (the session could not open). */
+async function refused(port: number): Promise<void> {
+  const app = await Deno.connect({ hostname: "127.0.0.1", port });
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's connection is closed");
+  app.close();
+}
+
+Deno.test("TLS link: data intact through resets and closes; the session resumes over new TLS connections", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], {
+      LINK_TLS_CERT: CERT,
+      LINK_TLS_KEY: KEY,
+      HEARTBEAT_INTERVAL: "100ms",
+      LINK_TIMEOUT: "400ms",
+    }),
+  );
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port], { LINK_TLS_CA: CERT }));
+  const SIZE = 4 * 1024 * 1024;
+  let faulting = true;
+  const faults = (async () => {
+    for (let i = 0; faulting; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      if (i % 2 === 0) chaos.resetAll();
+      else chaos.closeAll();
+    }
+  })();
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  const [, got] = await Promise.all([
+    sendStream(app, 5, SIZE).then(() => app.closeWrite()),
+    receiveAll(app, new Digest()),
+  ]);
+  app.close();
+  faulting = false;
+  await faults;
+  equal(got.bytes, SIZE);
+  equal(got.hex(), streamDigest(5, SIZE));
+  ok(chaos.faults.resets + chaos.faults.closes > 0);
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  await chaos.close();
+});
+
+Deno.test("TLS link: a pinned fingerprint is accepted; a wrong pin or an untrusted CA is refused with the reason", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { LINK_TLS_CERT: CERT, LINK_TLS_KEY: KEY }));
+  {
+    await using pinned = startClient(
+      clientConfig([server.address.port], { LINK_TLS_FINGERPRINT: FINGERPRINT.toLowerCase() }),
+    );
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: pinned.address.port });
+    equal(await roundTrip(app, "pinned"), "pinned");
+    app.close();
+  }
+  const wrong = FINGERPRINT.replace(/^7E/, "00");
+  {
+    await using pinnedWrong = startClient(clientConfig([server.address.port], { LINK_TLS_FINGERPRINT: wrong }));
+    await refused(pinnedWrong.address.port);
+    await logs.waitFor(new RegExp(`certificate has fingerprint ${FINGERPRINT}, not the pinned ${wrong}`));
+  }
+  {
+    await using untrusted = startClient(clientConfig([server.address.port], { LINK_TLS: "1" }));
+    await refused(untrusted.address.port);
+    await logs.waitFor(/the broker server's certificate is not trusted \(.*\): check LINK_TLS_CA/);
+  }
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
+});
+
+Deno.test("TLS on one side only fails fast with a clear message on each side", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  {
+    await using tlsServer = startServer(serverConfig([erp.port], { LINK_TLS_CERT: CERT, LINK_TLS_KEY: KEY }));
+    await using plainClient = startClient(clientConfig([tlsServer.address.port], { NEW_SESSION_TIMEOUT: "1s" }));
+    const t0 = Date.now();
+    await refused(plainClient.address.port);
+    ok(Date.now() - t0 < 3_000, "fails fast");
+    await logs.waitFor(
+      /broker\.server: Dropped link from .* during handshake: .*requires TLS on the link: is LINK_TLS set in that smartclient\.ini\?/,
+    );
+  }
+  {
+    await using plainServer = startServer(serverConfig([erp.port]));
+    await using tlsClient = startClient(
+      clientConfig([plainServer.address.port], { LINK_TLS_CA: CERT, NEW_SESSION_TIMEOUT: "1s" }),
+    );
+    const t0 = Date.now();
+    await refused(tlsClient.address.port);
+    ok(Date.now() - t0 < 3_000, "fails fast");
+    await logs.waitFor(
+      /broker\.server: Dropped link from .* during handshake: Not a broker peer: .*0x1603.* \(a TLS client: this broker-server has no LINK_TLS_CERT/,
+    );
+    await logs.waitFor(/broker\.client: .*does the broker server use LINK_TLS_CERT and LINK_TLS_KEY\?/);
+  }
+});
+
+Deno.test("admission key: the right key opens sessions; none, a wrong one, or a server without it are refused", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { ADMISSION_KEY: ADMISSION }));
+  {
+    await using good = startClient(clientConfig([server.address.port], { ADMISSION_KEY: ADMISSION }));
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: good.address.port });
+    equal(await roundTrip(app, "admitted"), "admitted");
+    app.close();
+  }
+  {
+    await using none = startClient(clientConfig([server.address.port]));
+    await refused(none.address.port);
+    await logs.waitFor(/refused: it requires an admission key: set ADMISSION_KEY in smartclient\.ini/);
+  }
+  {
+    await using wrong = startClient(clientConfig([server.address.port], { ADMISSION_KEY: "a different long secret" }));
+    await refused(wrong.address.port);
+    await logs.waitFor(/admission refused: the broker-client did not prove the admission key/);
+  }
+  equal(erp.connections, 1, "refused clients cost no ERP connection");
+  {
+    await using open = startServer(serverConfig([erp.port]));
+    await using keyed = startClient(clientConfig([open.address.port], { ADMISSION_KEY: ADMISSION }));
+    await refused(keyed.address.port);
+    await logs.waitFor(/it does not use an admission key, but ADMISSION_KEY is set here/);
+  }
+  equal(logs.lines.some((l) => l.includes(ADMISSION)), false, "the key never appears in the logs");
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
+});
+
+Deno.test("admission key: a recorded handshake replayed later is refused", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { ADMISSION_KEY: ADMISSION }));
+  const key = await importAdmissionKey(ADMISSION);
+  const own = await createEphemeralKey();
+  const token = randomId();
+  const hello = encodeHelloNew(own.publicKey, token);
+  // The genuine exchange, recorded.
+  const first = await RawPeer.connect(server.address.port);
+  first.link.send(encodePreface());
+  first.link.send(hello);
+  await first.next();
+  const challenge = await first.next();
+  equal(challenge?.type, FrameType.Challenge);
+  const proof = encodeProof(
+    FrameType.Proof,
+    await signAdmission(key, "client", {
+      clientPublicKey: own.publicKey,
+      openToken: token,
+      serverNonce: challenge?.payload.slice() ?? new Uint8Array(),
+    }),
+    0,
+  );
+  first.link.send(proof);
+  equal((await first.next())?.type, FrameType.Welcome);
+  first.close();
+  // The same bytes replayed: the server's nonce is new, so the old proof fails.
+  const replay = await RawPeer.connect(server.address.port);
+  replay.link.send(encodePreface());
+  replay.link.send(hello);
+  await replay.next();
+  equal((await replay.next())?.type, FrameType.Challenge);
+  replay.link.send(proof);
+  const answer = await replay.next();
+  equal(answer?.type, FrameType.Reject);
+  equal(decodeReject(answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
+  replay.close();
+  await waitFor(() => server.sessions.length <= 1, "only the genuine session");
+});
+
+Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reason; existing sessions carry on", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  {
+    await using server = startServer(serverConfig([erp.port], { MAX_SESSIONS: "3" }));
+    await using client = startClient(clientConfig([server.address.port]));
+    const apps = await Promise.all(
+      [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: client.address.port })),
+    );
+    for (const app of apps) equal(await roundTrip(app, "in"), "in");
+    await refused(client.address.port);
+    await logs.waitFor(/broker-server is at its limit of 3 sessions \(MAX_SESSIONS\)/);
+    equal(await roundTrip(apps[0] as Deno.Conn, "still"), "still");
+    for (const app of apps) app.close();
+    await waitFor(() => server.sessions.length === 0, "sessions to end");
+  }
+  {
+    await using server = startServer(serverConfig([erp.port], { NEW_SESSIONS_PER_MINUTE: "2" }));
+    await using client = startClient(clientConfig([server.address.port]));
+    for (let i = 0; i < 2; i++) {
+      const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+      equal(await roundTrip(app, "ok"), "ok");
+      app.close();
+    }
+    await refused(client.address.port);
+    await logs.waitFor(/too many new sessions from 127\.0\.0\.1: the limit is 2 per minute/);
+    await waitFor(() => server.sessions.length === 0, "sessions to end");
+  }
+});
+
+/** 2,000 by default; SLOWLORIS_LINKS scales it (the Wine run uses fewer). */
+const SLOW_LINKS = Number(Deno.env.get("SLOWLORIS_LINKS") ?? 2000);
+
+Deno.test(`slowloris: ${SLOW_LINKS} links that dribble or say nothing are dropped by the handshake timeout; real users still get in`, async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], { HANDSHAKE_TIMEOUT: "1s", MAX_HANDSHAKES: String(Math.ceil(SLOW_LINKS / 4)) }),
+  );
+  await using client = startClient(clientConfig([server.address.port]));
+  const t0 = Date.now();
+  const slow = await Promise.all(Array.from({ length: SLOW_LINKS }, async (_, i) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.address.port });
+    if (i % 2 === 0) await conn.write(new Uint8Array([0x50])); // "P", then nothing more
+    return conn;
+  }));
+  // A real user while the crowd hangs on.
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(app, "real user"), "real user");
+  // Every slow link the server took is gone within the handshake timeout (plus the time
+  // the kernel's accept queue held some back); none of them got further.
+  await waitFor(() => server.status().totals.linksInHandshake === 0, "the slow links to be dropped", 10_000);
+  const refusedLinks = server.status().totals.linksRefused;
+  ok(refusedLinks >= SLOW_LINKS * 0.75, `${refusedLinks} slow links refused or dropped`);
+  equal(server.sessions.length, 1, "only the real user has a session");
+  ok(Date.now() - t0 < 12_000, `done after ${Date.now() - t0} ms`);
+  await logs.waitFor(/MAX_HANDSHAKES \(\d+\) links are introducing themselves at once/);
+  await logs.waitFor(/No preface from .* within|No hello from .* within/);
+  equal(await roundTrip(app, "still here"), "still here");
+  app.close();
+  for (const conn of slow) conn.close();
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
+});
+
+Deno.test("hijack: a stale proof or another session's proof fails, and the real session is untouched", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  const a = await openRawSession(server.address.port);
+  const b = await openRawSession(server.address.port);
+  // Record a genuine resume of A (its PROOF bytes), then replay them on a new link.
+  const clientNonce = randomId();
+  const genuine = await RawPeer.connect(server.address.port);
+  genuine.link.send(encodePreface());
+  genuine.link.send(encodeHelloResume(a.sessionId, clientNonce));
+  await genuine.next();
+  const challenge = await genuine.next();
+  const recordedProof = encodeProof(
+    FrameType.Proof,
+    await signProof(a.key, "client", {
+      sessionId: a.sessionId,
+      clientNonce,
+      serverNonce: challenge?.payload.slice() ?? new Uint8Array(),
+      receivedOffset: 0,
+    }),
+    0,
+  );
+  genuine.link.send(recordedProof);
+  equal((await genuine.next())?.type, FrameType.Resumed);
+  const replay = await RawPeer.connect(server.address.port);
+  replay.link.send(encodePreface());
+  replay.link.send(encodeHelloResume(a.sessionId, clientNonce));
+  await replay.next();
+  equal((await replay.next())?.type, FrameType.Challenge);
+  replay.link.send(recordedProof);
+  const stale = await replay.next();
+  equal(stale?.type, FrameType.Reject);
+  equal(decodeReject(stale?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
+  replay.close();
+  // B's id with A's key.
+  const crossed = await resumeRaw(server.address.port, b.sessionId, a.key, 0);
+  equal(decodeReject(crossed.answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
+  crossed.peer.close();
+  const bSession = server.sessions.find((s) =>
+    s.id === [...b.sessionId].map((x) => x.toString(16).padStart(2, "0")).join("")
+  );
+  equal(bSession?.session.state, "attached", "B still on its own link");
+  equal(bSession?.session.stats.resumes, 0);
+  // A is attached to the genuine resume, untouched by the replay.
+  genuine.close();
+  a.peer.close();
+  b.peer.close();
+});
