@@ -3,7 +3,7 @@
  * fingerprint, mismatches either way), the admission key (missing, wrong,
  * replayed), and the limits (sessions, per-address rate, handshakes).
  */
-import { equal, match, ok } from "node:assert/strict";
+import { equal, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import {
   decodeReject,
