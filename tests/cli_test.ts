@@ -95,3 +95,18 @@ Deno.test("--help lists the options and keys; --version prints the version", asy
   equal(clientHelp.stdout.includes("BrokerServer"), true);
   match((await run("client.ts", "--version")).stdout, /^broker-client \d+\.\d+\.\d+/);
 });
+
+Deno.test("--check never prints secrets", async () => {
+  const dir = await Deno.makeTempDir();
+  const secret = "very-secret-admission-key-123";
+  await Deno.writeTextFile(
+    `${dir}/appserver.ini`,
+    `[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_PORT = 4000\nREMOTE_SERVER_01 = a 1\nADMISSION_KEY = ${secret}\nSTATUS_ADDRESS = 0.0.0.0\nSTATUS_ACCESS_KEY = another-secret-key\n`,
+  );
+  const out = await run("server.ts", "--check", "--config", `${dir}/appserver.ini`);
+  equal(out.code, 0);
+  match(out.stdout, /admission key set \(hidden\)/);
+  match(out.stdout, /access key set, hidden/);
+  equal(out.stdout.includes(secret) || out.stdout.includes("another-secret-key"), false);
+  await Deno.remove(dir, { recursive: true });
+});

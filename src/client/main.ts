@@ -60,6 +60,10 @@ smartclient.ini: [drivers] active=<section>, and in that section:
   LOG_FILE               log file (default broker-client.log beside this file;
                          empty: none); informational lines also go to the
                          console when run from a terminal
+  ADMISSION_KEY          the broker server's admission key, when it has one
+  LINK_TLS=1             TLS on the link, trusting the system's CAs
+  LINK_TLS_CA            PEM file of the CA (or certificate) to trust
+  LINK_TLS_FINGERPRINT   SHA-256 of the server certificate to pin
   LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
   LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
 The resume window, heartbeat and dead-link times come from the broker server.
@@ -80,6 +84,17 @@ export function describeClientConfig(config: ClientConfig): string {
     `Handshake timeout:   ${formatDuration(config.handshakeTimeoutMs)}`,
     `Replay buffer cap:   ${formatSize(config.replayBufferBytes)}`,
     `Log:                 ${describeLogSettings(config.log)}`,
+    `Link:                ${
+      config.tls
+        ? `TLS, ${
+          config.tls.fingerprint
+            ? `pinned to ${config.tls.fingerprint}`
+            : config.tls.caFile
+            ? `trusting ${config.tls.caFile}`
+            : "trusting the system's CAs"
+        }`
+        : "plain TCP"
+    }; admission key ${config.admissionKey ? "set (hidden)" : "not set"}`,
   ];
   for (const n of config.notes) lines.push(`Note: ${n}`);
   for (const w of config.warnings) lines.push(`Warning: ${w}`);

@@ -75,6 +75,10 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
                          0 disables probes)
   HEALTH_CHECK_RISE      good probes that bring a down server back (default 2)
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
+  ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
+  LINK_TLS_CERT/_KEY     TLS on the link: PEM certificate and key files
+  MAX_SESSIONS (5000), MAX_HANDSHAKES (500), NEW_SESSIONS_PER_MINUTE (600 per
+  source address), MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
   DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
                          10s; 0 ends them at once)
   STATUS_PORT            status page, /status.json and /metrics (default 8404;
@@ -83,8 +87,7 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   STATUS_ACCESS_KEY      required when STATUS_ADDRESS is not the loopback
   LOG_FILE               log file (relative to this file's folder; default none)
   LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
-  LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
-  REMOTE_SERVER_<xx> values may end with weight=N and max=N, e.g.
+X values may end with weight=N and max=N, e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
 The configuration is reloaded on SIGHUP and when the file changes: added
@@ -123,6 +126,12 @@ export function describeServerConfig(config: ServerConfig): string {
     }`,
     `Replay buffer cap:  ${formatSize(t.replayBufferBytes)} per session and direction`,
     `Log:                ${describeLogSettings(config.log)}`,
+    `Link:               ${config.tls ? `TLS (${config.tls.certFile})` : "plain TCP"}; admission key ${
+      config.admissionKey ? "set (hidden)" : "not set"
+    }`,
+    `Limits:             ${config.limits.maxSessions} sessions, ${config.limits.maxHandshakes} handshakes, ${config.limits.newSessionsPerMinute} new sessions/min per address, frames up to ${
+      formatSize(config.limits.maxFrameBytes)
+    }, ${formatSize(config.limits.maxBufferedBytes)} buffered`,
     `Status page:        ${
       config.status.enabled
         ? `http://${formatHostPort(config.status.listen)}/${config.status.accessKey ? " (access key set, hidden)" : ""}`

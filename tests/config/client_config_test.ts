@@ -136,3 +136,17 @@ Deno.test("duplicate keys warn; Smart Client's own keys are left alone; typos of
     "smartclient.ini:11: Unknown key RESUME_TIMEOT in [broker] is ignored",
   ]);
 });
+
+Deno.test("client TLS keys: a CA file or a pinned fingerprint turns TLS on", () => {
+  const tls = (...extra: string[]) => parse([...base, "BrokerServer=a:1", ...extra]).tls;
+  equal(tls(), null);
+  deepEqual(tls("LINK_TLS=1"), { caFile: null, fingerprint: null });
+  deepEqual(
+    tls("LINK_TLS_FINGERPRINT = sha256:7e6cad39 31d85086 ff94fe50 47a0050b 29dc5b01 5ca64bf0 69d3c44c 8d2cd599"),
+    {
+      caFile: null,
+      fingerprint: "7E:6C:AD:39:31:D8:50:86:FF:94:FE:50:47:A0:05:0B:29:DC:5B:01:5C:A6:4B:F0:69:D3:C4:4C:8D:2C:D5:99",
+    },
+  );
+  throws(() => tls("LINK_TLS_FINGERPRINT = 12:34"), configError(/expected a SHA-256 fingerprint \(64 hex digits/));
+});

@@ -235,3 +235,30 @@ Deno.test("log keys: level, format, file beside the configuration, rotation", ()
     configError(/Cannot parse LOG_LEVEL: expected one of debug, info, warning, error/),
   );
 });
+
+Deno.test("security keys: admission key length, TLS files in pairs, limits with sane bounds", () => {
+  const base = [...section, "REMOTE_SERVER_01 = a 1"];
+  equal(parse(...base).admissionKey, null);
+  equal(parse(...base, "ADMISSION_KEY = 0123456789abcdef").admissionKey, "0123456789abcdef");
+  throws(
+    () => parse(...base, "ADMISSION_KEY = short"),
+    configError(/ADMISSION_KEY is too short: use at least 16 characters/),
+  );
+  throws(() => parse(...base, "LINK_TLS_CERT = cert.pem"), configError(/needs both LINK_TLS_CERT .* and LINK_TLS_KEY/));
+  deepEqual(parse(...base, "LINK_TLS_CERT = cert.pem", "LINK_TLS_KEY = /etc/broker/key.pem").tls, {
+    certFile: "cert.pem",
+    keyFile: "/etc/broker/key.pem",
+  });
+  deepEqual(parse(...base).limits, {
+    maxSessions: 5000,
+    maxHandshakes: 500,
+    newSessionsPerMinute: 600,
+    maxFrameBytes: 1048576,
+    maxBufferedBytes: 2 * 1024 ** 3,
+  });
+  throws(() => parse(...base, "MAX_FRAME_SIZE = 64K"), configError(/MAX_FRAME_SIZE must be at least 320K/));
+  throws(
+    () => parse(...base, "MAX_SESSIONS = 0"),
+    configError(/Cannot parse MAX_SESSIONS: expected a whole number of at least 1/),
+  );
+});
