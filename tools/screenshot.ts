@@ -10,15 +10,10 @@ import { loadClientConfig } from "../src/config/client_config.ts";
 import { loadServerConfig } from "../src/config/server_config.ts";
 import { BrokerServer } from "../src/server/server.ts";
 import { ChaosLink } from "./chaos_link.ts";
+import { findChromium, headlessArgs } from "./chromium.ts";
 
 const OUTPUT = "docs/status-page.png";
-const chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => {
-  try {
-    return Deno.statSync(p).isFile;
-  } catch {
-    return false;
-  }
-});
+const chromium = findChromium();
 if (!chromium) {
   console.error("Cannot take the screenshot: install Chromium (Debian: apt-get install chromium)");
   Deno.exit(1);
@@ -82,16 +77,7 @@ await new Promise((r) => setTimeout(r, 1_500));
 const profile = await Deno.makeTempDir();
 const out = await new Deno.Command(chromium, {
   args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    `--user-data-dir=${profile}`,
+    ...headlessArgs(profile),
     "--window-size=1200,900",
     `--screenshot=${Deno.cwd()}/${OUTPUT}`,
     `http://127.0.0.1:${server.statusAddress?.port}/`,

@@ -153,13 +153,9 @@ function frame(type: FrameTypeValue, payloadSize: number): { out: Uint8Array; vi
 }
 
 function frameWithBytes(type: FrameTypeValue, ...parts: Uint8Array[]): Uint8Array {
-  const size = parts.reduce((n, p) => n + p.length, 0);
-  const { out } = frame(type, size);
-  let at = FRAME_HEADER_SIZE;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
+  const body = concatBytes(...parts);
+  const { out } = frame(type, body.length);
+  out.set(body, FRAME_HEADER_SIZE);
   return out;
 }
 
@@ -477,6 +473,17 @@ export class FrameDecoder {
       );
     }
   }
+}
+
+/** The parts one after the other, in a new buffer. */
+export function concatBytes(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
 }
 
 /** Lower-case hex of bytes (session ids in logs). */

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { ID_SIZE, PUBLIC_KEY_SIZE, writeU64 } from "./frames.ts";
+import { concatBytes, ID_SIZE, PUBLIC_KEY_SIZE, writeU64 } from "./frames.ts";
 
 /** An ephemeral key pair with its public half exported. */
 export interface EphemeralKey {
@@ -54,7 +54,7 @@ export async function deriveResumeKey(
   const peer = await crypto.subtle.importKey("raw", peerPublicKey as BufferSource, { name: "X25519" }, false, []);
   const shared = await crypto.subtle.deriveBits({ name: "X25519", public: peer }, own.privateKey, 256);
   const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveKey"]);
-  const info = concat(INFO, clientPublicKey, serverPublicKey);
+  const info = concatBytes(INFO, clientPublicKey, serverPublicKey);
   return await crypto.subtle.deriveKey(
     { name: "HKDF", hash: "SHA-256", salt: sessionId as BufferSource, info: info as BufferSource },
     ikm,
@@ -80,7 +80,7 @@ function transcript(role: ProofRole, input: ProofInput): Uint8Array {
   const offset = new Uint8Array(8);
   writeU64(new DataView(offset.buffer), 0, input.receivedOffset);
   const label = new TextEncoder().encode(role === "client" ? "client proof" : "server proof");
-  return concat(label, input.sessionId, input.clientNonce, input.serverNonce, offset);
+  return concatBytes(label, input.sessionId, input.clientNonce, input.serverNonce, offset);
 }
 
 /** Computes the proof `role` sends. */
@@ -96,16 +96,6 @@ export async function verifyProof(
   mac: Uint8Array,
 ): Promise<boolean> {
   return await crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript(role, input) as BufferSource);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** An HMAC key from the shared ADMISSION_KEY text. */
@@ -138,7 +128,13 @@ export interface AdmissionInput {
 
 function admissionTranscript(role: ProofRole, input: AdmissionInput): Uint8Array {
   const label = new TextEncoder().encode(role === "client" ? "admission client" : "admission server");
-  return concat(label, input.clientPublicKey, input.openToken, input.serverNonce, input.welcome ?? new Uint8Array(0));
+  return concatBytes(
+    label,
+    input.clientPublicKey,
+    input.openToken,
+    input.serverNonce,
+    input.welcome ?? new Uint8Array(0),
+  );
 }
 
 /** Signs an admission proof. */

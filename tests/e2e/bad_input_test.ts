@@ -7,6 +7,7 @@
 import net from "node:net";
 import { equal, match, ok } from "node:assert/strict";
 import {
+  concatBytes,
   decodeReject,
   encodeData,
   encodeOffsetFrame,
@@ -18,23 +19,7 @@ import { randomId } from "../../src/protocol/resume_auth.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-  await conn.closeWrite();
-}
-
-async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
-  await app.write(new TextEncoder().encode(text));
-  const out = new Uint8Array(text.length);
-  for (let got = 0; got < out.length;) {
-    const n = await app.read(out.subarray(got));
-    if (n === null) throw new Error("EOF");
-    got += n;
-  }
-  return new TextDecoder().decode(out);
-}
+import { echo, roundTrip } from "../helpers/apps.ts";
 
 /** A real session through broker-client that must stay healthy meanwhile. */
 async function realSession(serverPort: number) {
@@ -51,14 +36,7 @@ async function realSession(serverPort: number) {
 }
 
 function bytesOf(...parts: (Uint8Array | number[])[]): Uint8Array {
-  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
-  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of arrays) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
+  return concatBytes(...parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p)));
 }
 
 Deno.test("garbage, truncated, oversized and unknown frames drop only their link", async () => {

@@ -8,11 +8,7 @@ import { loadServerConfig } from "../../src/config/server_config.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-}
+import { echo, freePort } from "../helpers/apps.ts";
 
 /** Opens a session through broker-client and proves it carries data. */
 async function openApp(port: number): Promise<Deno.TcpConn> {
@@ -25,13 +21,6 @@ async function openApp(port: number): Promise<Deno.TcpConn> {
     n += r;
   }
   return app;
-}
-
-function deadPort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** 300 sessions by default; BALANCE_SESSIONS scales it (the Wine run uses fewer: its socket layer crawls past ~100 sockets). */
@@ -88,7 +77,7 @@ Deno.test("a refusing server gets no session; every session succeeds elsewhere w
   await using a = startErp(echo);
   await using c = startErp(echo);
   await using server = startServer(
-    serverConfig([a.port, deadPort(), c.port], { CONNECT_TIMEOUT: "1s", HEALTH_CHECK_INTERVAL: "5s" }),
+    serverConfig([a.port, freePort(), c.port], { CONNECT_TIMEOUT: "1s", HEALTH_CHECK_INTERVAL: "5s" }),
   );
   await using client = startClient(clientConfig([server.address.port]));
   const apps: Deno.TcpConn[] = [];
@@ -155,7 +144,7 @@ if (!python) {
 
 Deno.test("all servers down: a clear reject within connect timeout x servers; back after rise probes", async () => {
   await using logs = await captureLogs();
-  const ports = [deadPort(), deadPort()];
+  const ports = [freePort(), freePort()];
   await using server = startServer(
     serverConfig(ports, { CONNECT_TIMEOUT: "300ms", HEALTH_CHECK_INTERVAL: "100ms", HEALTH_CHECK_RISE: "2" }),
   );
@@ -264,7 +253,7 @@ Deno.test("two broker servers, the first down: sessions open on the second and r
   await using erp = startErp(echo);
   await using second = startServer(serverConfig([erp.port], { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" }));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: second.address.port });
-  const firstPort = deadPort();
+  const firstPort = freePort();
   await using client = startClient(clientConfig([firstPort, chaos.port]));
   const app = await openApp(client.address.port);
   equal(second.sessions.length, 1);

@@ -7,6 +7,7 @@
  */
 import { equal, ok } from "node:assert/strict";
 import {
+  concatBytes,
   encodeAbort,
   encodeChallenge,
   encodeData,
@@ -35,33 +36,23 @@ function usedHeap(): number {
   return Deno.memoryUsage().heapUsed;
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /** The fuzz corpus: case `i` of the seeded sequence. */
 function makeCase(random: () => number): Uint8Array {
   const int = (n: number) => Math.floor(random() * n);
   const bytes = (n: number) => Uint8Array.from({ length: n }, () => int(256));
   const valid = [
-    () => concat(encodePreface(), encodeHelloNew(bytes(32), bytes(16))),
-    () => concat(encodePreface(), encodeHelloResume(bytes(16), bytes(16))),
+    () => concatBytes(encodePreface(), encodeHelloNew(bytes(32), bytes(16))),
+    () => concatBytes(encodePreface(), encodeHelloResume(bytes(16), bytes(16))),
     () =>
-      concat(
+      concatBytes(
         encodePreface(),
         encodeHelloResume(bytes(16), bytes(16)),
         encodeProof(FrameType.Proof, bytes(32), int(1e9)),
       ),
-    () => concat(encodePreface(), encodeData(int(1000), bytes(int(64) + 1))),
-    () => concat(encodePreface(), encodeOffsetFrame(FrameType.Ack, int(1e6)), encodeChallenge(bytes(16))),
-    () => concat(encodePreface(), encodeAbort("x".repeat(int(40))), encodeReject(1, "no")),
-    () => concat(encodePreface(int(4)), encodeHelloNew(bytes(32), bytes(16))),
+    () => concatBytes(encodePreface(), encodeData(int(1000), bytes(int(64) + 1))),
+    () => concatBytes(encodePreface(), encodeOffsetFrame(FrameType.Ack, int(1e6)), encodeChallenge(bytes(16))),
+    () => concatBytes(encodePreface(), encodeAbort("x".repeat(int(40))), encodeReject(1, "no")),
+    () => concatBytes(encodePreface(int(4)), encodeHelloNew(bytes(32), bytes(16))),
   ];
   const kind = int(5);
   if (kind === 0) return bytes(int(64)); // noise
@@ -70,13 +61,13 @@ function makeCase(random: () => number): Uint8Array {
     const header = new Uint8Array(5);
     header[0] = int(40);
     new DataView(header.buffer).setUint32(1, random() < 0.5 ? int(64) : int(2 ** 32));
-    return concat(encodePreface(), header, bytes(int(64)));
+    return concatBytes(encodePreface(), header, bytes(int(64)));
   }
   const base = (valid[int(valid.length)] as () => Uint8Array)();
   if (kind === 2) return base.subarray(0, int(base.length)); // truncated
   const mutated = base.slice();
   for (let flips = 1 + int(4); flips > 0; flips--) mutated[int(mutated.length)] = int(256);
-  return kind === 3 ? mutated : concat(mutated, bytes(int(32))); // mutated, with trailing noise
+  return kind === 3 ? mutated : concatBytes(mutated, bytes(int(32))); // mutated, with trailing noise
 }
 
 Deno.test(`fuzz: ${CASES} random, mutated and truncated handshakes and frames against a live broker-server`, async () => {

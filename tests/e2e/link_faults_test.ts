@@ -8,34 +8,9 @@ import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
+import { echo, readExactly, roundTrip } from "../helpers/apps.ts";
 
 const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(16 * 1024);
-  for (;;) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    let done = 0;
-    while (done < n) done += await conn.write(buf.subarray(done, n));
-  }
-  await conn.closeWrite();
-}
-
-async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  for (let got = 0; got < n;) {
-    const r = await conn.read(out.subarray(got));
-    if (r === null) throw new Error(`EOF after ${got} of ${n} bytes`);
-    got += r;
-  }
-  return out;
-}
-
-async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
-  await app.write(new TextEncoder().encode(text));
-  return new TextDecoder().decode(await readExactly(app, text.length));
-}
 
 Deno.test("a frozen link (no FIN, no RST) is detected by heartbeats and the session resumes without loss", async () => {
   await using logs = await captureLogs();

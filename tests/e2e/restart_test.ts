@@ -5,30 +5,7 @@
 import { equal, match } from "node:assert/strict";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, startClient, startErp } from "../helpers/setup.ts";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-  await conn.closeWrite();
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
-  await app.write(new TextEncoder().encode(text));
-  const out = new Uint8Array(text.length);
-  for (let got = 0; got < out.length;) {
-    const n = await app.read(out.subarray(got));
-    if (n === null) throw new Error("EOF");
-    got += n;
-  }
-  return new TextDecoder().decode(out);
-}
+import { echo, freePort, roundTrip } from "../helpers/apps.ts";
 
 function startServerProcess(configPath: string): Deno.ChildProcess {
   const serverEntry = new URL("../../server.ts", import.meta.url).pathname.replace(/^\/([A-Za-z]:)/, "$1");

@@ -26,30 +26,12 @@ import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/stream
 import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { echo, roundTrip } from "../helpers/apps.ts";
 
 const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
 const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
 const FINGERPRINT = "7E:6C:AD:39:31:D8:50:86:FF:94:FE:50:47:A0:05:0B:29:DC:5B:01:5C:A6:4B:F0:69:D3:C4:4C:8D:2C:D5:99";
 const ADMISSION = "correct horse battery staple 42";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(16 * 1024);
-  for (let n; (n = await conn.read(buf)) !== null;) {
-    for (let done = 0; done < n;) done += await conn.write(buf.subarray(done, n));
-  }
-  await conn.closeWrite();
-}
-
-async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
-  await app.write(new TextEncoder().encode(text));
-  const out = new Uint8Array(text.length);
-  for (let got = 0; got < out.length;) {
-    const n = await app.read(out.subarray(got));
-    if (n === null) throw new Error("EOF");
-    got += n;
-  }
-  return new TextDecoder().decode(out);
-}
 
 /** Connects an app and expects broker-client to close it (the session could not open). */
 async function refused(port: number): Promise<void> {

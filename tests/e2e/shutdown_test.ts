@@ -5,11 +5,7 @@
 import { equal, ok } from "node:assert/strict";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer } from "../helpers/setup.ts";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-}
+import { echo } from "../helpers/apps.ts";
 
 async function roundTrip(app: Deno.Conn): Promise<void> {
   await app.write(new Uint8Array([1]));

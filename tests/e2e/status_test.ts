@@ -6,11 +6,8 @@ import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import type { StatusSnapshot } from "../../src/server/stats.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
-
-async function echo(conn: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-}
+import { findChromium, headlessArgs } from "../../tools/chromium.ts";
+import { echo } from "../helpers/apps.ts";
 
 async function exchange(app: Deno.Conn, bytes: number): Promise<void> {
   await app.write(new Uint8Array(bytes));
@@ -120,13 +117,7 @@ Deno.test("with an access key, requests without it get a bare 401", async () => 
   }
 });
 
-const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => {
-  try {
-    return Deno.statSync(p).isFile;
-  } catch {
-    return false;
-  }
-});
+const CHROMIUM = findChromium();
 if (!CHROMIUM) console.log("Skipping the headless Chromium test of the status page: install Debian's chromium package");
 
 Deno.test({
@@ -141,15 +132,7 @@ Deno.test({
     const profile = await Deno.makeTempDir();
     const out = await new Deno.Command(CHROMIUM as string, {
       args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        `--user-data-dir=${profile}`,
+        ...headlessArgs(profile),
         "--dump-dom",
         `http://127.0.0.1:${server.statusAddress?.port}/`,
       ],
