@@ -1,16 +1,22 @@
 /**
- * `deno task bench`: the broker chain measured side by side with direct TCP
- * in the same run, on the loopback. The brokers run as separate processes
- * (the real entry points), so the load generator does not share their
- * event loop.
+ * `deno task bench`: the broker chain measured side by side, in the same
+ * run on the loopback, with
+ *   1. direct TCP (the physical reference),
+ *   2. two socat hops (the plain relay most administrators would reach for),
+ *   3. two HAProxy hops in mode tcp (the strongest general-purpose peer),
+ *   4. broker-client -> broker-server (default settings, separate processes).
+ * socat and HAProxy are installed with apt when missing (as root), or their
+ * column is skipped with a note.
  *
- * Workloads: bulk (one way, MB/s) and interactive (1 KiB request/response
- * round trips, p50/p99). Each figure is the median of --runs repetitions
- * (default 3), with min-max shown. Results also go to bench/results/.
- * Options: --bulk-mib N (default 256), --round-trips N (default 5000).
+ * Workloads: bulk one way (MB/s, every byte checked by SHA-256 at the far
+ * end) and interactive 1 KiB request/response round trips (p50, p99). Each
+ * figure is the median of --runs repetitions with min-max shown. Results go
+ * to bench/results/ as JSON and an SVG bar chart.
+ * Options: --runs N (3), --bulk-mib N (256), --round-trips N (5000).
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
 
 const { values } = parseArgs({
@@ -24,19 +30,33 @@ const { values } = parseArgs({
 const RUNS = Number(values.runs);
 const BULK = Number(values["bulk-mib"]) * 1024 * 1024;
 const ROUND_TRIPS = Number(values["round-trips"]);
+const CHUNK = 256 * 1024;
 
-/** A stand-in ERP: discards bulk uploads, echoes everything else. */
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
+}
+
+/**
+ * The stand-in ERP. First byte "E": echo. Otherwise bulk: hash everything to
+ * the end, then answer with the 32-byte SHA-256.
+ */
 function startSink(): { port: number; close(): void } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   (async () => {
     for await (const conn of listener) {
       (async () => {
-        const buf = new Uint8Array(256 * 1024);
+        const buf = new Uint8Array(CHUNK);
         const first = await conn.read(buf);
         if (first === null) return conn.close();
-        const echo = buf[0] === 0x45; // "E": echo mode; anything else: discard
-        if (echo) await writeAll(conn, buf.subarray(1, first));
-        for (let n; (n = await conn.read(buf)) !== null;) if (echo) await writeAll(conn, buf.subarray(0, n));
+        if (buf[0] === 0x45) {
+          await writeAll(conn, buf.subarray(1, first));
+          for (let n; (n = await conn.read(buf)) !== null;) await writeAll(conn, buf.subarray(0, n));
+        } else {
+          const hash = createHash("sha256");
+          hash.update(buf.subarray(0, first));
+          for (let n; (n = await conn.read(buf)) !== null;) hash.update(buf.subarray(0, n));
+          await writeAll(conn, new Uint8Array(hash.digest()));
+        }
         conn.close();
       })().catch(() => conn.close());
     }
@@ -44,39 +64,57 @@ function startSink(): { port: number; close(): void } {
   return { port: (listener.addr as Deno.NetAddr).port, close: () => listener.close() };
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
+/** The bulk payload: chunks with their index in front, so loss or reordering changes the hash. */
+function bulkChunks(): { chunks: Uint8Array[]; digest: string } {
+  const hash = createHash("sha256");
+  const chunks: Uint8Array[] = [];
+  for (let i = 0; i * CHUNK < BULK; i++) {
+    const chunk = new Uint8Array(Math.min(CHUNK, BULK - i * CHUNK)).fill(0x42);
+    new DataView(chunk.buffer).setUint32(0, i);
+    hash.update(chunk);
+    chunks.push(chunk);
+  }
+  return { chunks, digest: hash.digest("hex") };
 }
+const payload = bulkChunks();
 
 async function bulk(port: number): Promise<number> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.setNoDelay(true);
-  const chunk = new Uint8Array(256 * 1024).fill(0x42);
   const started = performance.now();
-  for (let sent = 0; sent < BULK; sent += chunk.length) await writeAll(conn, chunk);
+  for (const chunk of payload.chunks) await writeAll(conn, chunk);
   await conn.closeWrite();
-  await conn.read(new Uint8Array(1)); // the sink closes after reading everything
+  const digest = new Uint8Array(32);
+  for (let got = 0; got < 32;) {
+    const n = await conn.read(digest.subarray(got));
+    if (n === null) throw new Error("The sink closed without a digest");
+    got += n;
+  }
   const seconds = (performance.now() - started) / 1000;
   conn.close();
+  const hex = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  if (hex !== payload.digest) throw new Error(`Bulk data differs at the far end (SHA-256 ${hex})`);
   return BULK / seconds / 1e6;
 }
 
 async function interactive(port: number): Promise<{ p50: number; p99: number }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.setNoDelay(true);
-  await writeAll(conn, new Uint8Array([0x45])); // "E": echo mode
-  const request = new Uint8Array(1024).fill(7);
+  await writeAll(conn, new Uint8Array([0x45]));
+  const request = new Uint8Array(1024);
   const reply = new Uint8Array(1024);
   const times: number[] = [];
   for (let i = 0; i < ROUND_TRIPS; i++) {
+    new DataView(request.buffer).setUint32(0, i);
     const t0 = performance.now();
     await writeAll(conn, request);
     for (let got = 0; got < reply.length;) {
       const n = await conn.read(reply.subarray(got));
-      if (n === null) throw new Error("Echo closed early");
+      if (n === null) throw new Error("The echo closed early");
       got += n;
     }
     times.push(performance.now() - t0);
+    if (new DataView(reply.buffer).getUint32(0) !== i) throw new Error(`Round trip ${i} came back wrong`);
   }
   conn.close();
   times.sort((a, b) => a - b);
@@ -91,7 +129,7 @@ function freePort(): number {
 }
 
 async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 400; i++) {
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
       return;
@@ -102,37 +140,80 @@ async function waitForPort(port: number): Promise<void> {
   throw new Error(`Nothing listens on 127.0.0.1:${port}`);
 }
 
-/** Starts broker-server and broker-client as processes in front of `erpPort`; returns the client's port. */
-async function startBrokers(erpPort: number, dir: string): Promise<{ port: number; stop(): Promise<void> }> {
+/** A relay chain under test: the port to use, and how to stop it. */
+interface Chain {
+  port: number;
+  stop(): Promise<void>;
+}
+
+function spawn(cmd: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" }).spawn();
+}
+
+async function stopAll(...children: Deno.ChildProcess[]): Promise<void> {
+  for (const child of children) {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* gone */ }
+    await child.status;
+  }
+}
+
+async function haveOrInstall(binary: string, pkg: string): Promise<string | null> {
+  const which = async () => (await new Deno.Command("sh", { args: ["-c", `command -v ${binary}`] }).output()).success;
+  if (await which()) return null;
+  if (Deno.uid() === 0) {
+    console.log(`Installing ${pkg} with apt-get for the comparison...`);
+    await new Deno.Command("sh", {
+      args: ["-c", `apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkg} >/dev/null 2>&1`],
+    }).output();
+    if (await which()) return null;
+  }
+  return `${binary} is not installed and could not be installed here`;
+}
+
+async function socatChain(sinkPort: number): Promise<Chain> {
+  const [p1, p2] = [freePort(), freePort()];
+  const hop = (from: number, to: number) =>
+    spawn("socat", [`TCP-LISTEN:${from},bind=127.0.0.1,fork,reuseaddr,nodelay`, `TCP:127.0.0.1:${to},nodelay`]);
+  const children = [hop(p2, sinkPort), hop(p1, p2)];
+  await waitForPort(p1);
+  await waitForPort(p2);
+  return { port: p1, stop: () => stopAll(...children) };
+}
+
+async function haproxyChain(sinkPort: number, dir: string): Promise<Chain> {
+  const [p1, p2] = [freePort(), freePort()];
+  await Deno.writeTextFile(
+    `${dir}/haproxy.cfg`,
+    `global\n  maxconn 10000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n` +
+      `frontend hop1\n  bind 127.0.0.1:${p1}\n  default_backend to_hop2\nbackend to_hop2\n  server s 127.0.0.1:${p2}\n` +
+      `frontend hop2\n  bind 127.0.0.1:${p2}\n  default_backend to_sink\nbackend to_sink\n  server s 127.0.0.1:${sinkPort}\n`,
+  );
+  const child = spawn("haproxy", ["-db", "-f", `${dir}/haproxy.cfg`]);
+  await waitForPort(p1);
+  return { port: p1, stop: () => stopAll(child) };
+}
+
+async function brokerChain(sinkPort: number, dir: string): Promise<Chain> {
   const serverPort = freePort();
   const clientPort = freePort();
   await Deno.writeTextFile(
     `${dir}/appserver.ini`,
-    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${erpPort}\n`,
+    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=0\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\n`,
   );
   await Deno.writeTextFile(
     `${dir}/smartclient.ini`,
-    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\n`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=\n`,
   );
-  const spawn = (entry: string, config: string) =>
-    new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", entry, "--config", config, "--log-level", "warning"],
-      stdout: "null",
-      stderr: "inherit",
-    }).spawn();
-  const server = spawn("server.ts", `${dir}/appserver.ini`);
-  const client = spawn("client.ts", `${dir}/smartclient.ini`);
+  const deno = Deno.execPath();
+  const children = [
+    spawn(deno, ["run", "-A", "server.ts", "--config", `${dir}/appserver.ini`, "--log-level", "warning"]),
+    spawn(deno, ["run", "-A", "client.ts", "--config", `${dir}/smartclient.ini`, "--log-level", "warning"]),
+  ];
   await waitForPort(serverPort);
   await waitForPort(clientPort);
-  return {
-    port: clientPort,
-    async stop() {
-      for (const p of [client, server]) {
-        p.kill("SIGTERM");
-        await p.status;
-      }
-    },
-  };
+  return { port: clientPort, stop: () => stopAll(...children) };
 }
 
 interface Figures {
@@ -157,46 +238,79 @@ const range = (xs: number[], digits: number) => `${Math.min(...xs).toFixed(digit
 
 const sink = startSink();
 const dir = await Deno.makeTempDir();
-const direct = await measure(sink.port);
-const brokers = await startBrokers(sink.port, dir);
-let chain: Figures;
+const results: { name: string; figures: Figures | null; note?: string }[] = [];
+const peers: [string, () => Promise<Chain> | null, string | null][] = [
+  ["direct TCP", () => null, null],
+  ["socat x2", () => socatChain(sink.port), await haveOrInstall("socat", "socat")],
+  ["HAProxy x2", () => haproxyChain(sink.port, dir), await haveOrInstall("haproxy", "haproxy")],
+  ["broker", () => brokerChain(sink.port, dir), null],
+];
 try {
-  chain = await measure(brokers.port);
+  for (const [name, start, missing] of peers) {
+    if (missing) {
+      results.push({ name, figures: null, note: missing });
+      continue;
+    }
+    const chain = await start();
+    try {
+      console.log(`Measuring ${name}...`);
+      results.push({ name, figures: await measure(chain?.port ?? sink.port) });
+    } finally {
+      await chain?.stop();
+    }
+  }
 } finally {
-  await brokers.stop();
   sink.close();
-  await Deno.remove(dir, { recursive: true });
 }
 
-const rows = [
-  ["workload", "direct TCP", "broker chain", "broker / direct"],
-  [
-    `bulk ${BULK >> 20} MiB one way (MB/s)`,
-    `${median(direct.bulkMBps).toFixed(0)} (${range(direct.bulkMBps, 0)})`,
-    `${median(chain.bulkMBps).toFixed(0)} (${range(chain.bulkMBps, 0)})`,
-    `${(median(chain.bulkMBps) / median(direct.bulkMBps)).toFixed(2)}x`,
-  ],
-  [
-    `${ROUND_TRIPS} x 1 KiB round trips, p50 (ms)`,
-    `${median(direct.p50Ms).toFixed(3)} (${range(direct.p50Ms, 3)})`,
-    `${median(chain.p50Ms).toFixed(3)} (${range(chain.p50Ms, 3)})`,
-    `${(median(chain.p50Ms) / median(direct.p50Ms)).toFixed(2)}x`,
-  ],
-  [
-    `${ROUND_TRIPS} x 1 KiB round trips, p99 (ms)`,
-    `${median(direct.p99Ms).toFixed(3)} (${range(direct.p99Ms, 3)})`,
-    `${median(chain.p99Ms).toFixed(3)} (${range(chain.p99Ms, 3)})`,
-    `${(median(chain.p99Ms) / median(direct.p99Ms)).toFixed(2)}x`,
-  ],
+const ours = results.find((r) => r.name === "broker")?.figures as Figures;
+const measured = results.filter((r) => r.figures) as { name: string; figures: Figures }[];
+const workloads: [string, keyof Figures, number, boolean][] = [
+  [`bulk ${BULK >> 20} MiB one way, MB/s`, "bulkMBps", 0, true],
+  [`${ROUND_TRIPS} x 1 KiB round trips, p50 ms`, "p50Ms", 3, false],
+  [`${ROUND_TRIPS} x 1 KiB round trips, p99 ms`, "p99Ms", 3, false],
 ];
+const rows: string[][] = [["workload", ...measured.map((r) => r.name), ...measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`)]];
+for (const [label, key, digits] of workloads) {
+  rows.push([
+    label,
+    ...measured.map((r) => `${median(r.figures[key]).toFixed(digits)} (${range(r.figures[key], digits)})`),
+    ...measured.filter((r) => r.name !== "broker").map((r) => `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`),
+  ]);
+}
 const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
-console.log(`Median of ${RUNS} runs (min-max in brackets), loopback, same machine, same run:\n`);
+console.log(`\nMedian of ${RUNS} runs (min-max in brackets), loopback, same machine, same run; bulk data verified by SHA-256:\n`);
 for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));
+for (const r of results) if (r.note) console.log(`\n${r.name}: skipped (${r.note})`);
 
+// JSON and an SVG bar chart (one group per workload; bars relative to the group's largest).
 await Deno.mkdir("bench/results", { recursive: true });
 const stamp = new Date().toISOString().replace(/[:.]/g, "-");
 await Deno.writeTextFile(
   `bench/results/bench-${stamp}.json`,
-  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, direct, chain }, null, 2),
+  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results }, null, 2),
 );
-console.log(`\nResults written to bench/results/bench-${stamp}.json`);
+const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#27ae60"];
+let y = 40;
+const bars: string[] = [];
+for (const [label, key, digits, higherIsBetter] of workloads) {
+  bars.push(`<text x="10" y="${y}" font-weight="bold">${label} (${higherIsBetter ? "higher" : "lower"} is better)</text>`);
+  y += 10;
+  const max = Math.max(...measured.map((r) => median(r.figures[key])));
+  measured.forEach((r, i) => {
+    const value = median(r.figures[key]);
+    const width = Math.max(1, (value / max) * 500);
+    bars.push(
+      `<rect x="130" y="${y}" width="${width.toFixed(0)}" height="18" fill="${colors[i % colors.length]}"/>` +
+        `<text x="10" y="${y + 14}">${r.name}</text><text x="${135 + width}" y="${y + 14}">${value.toFixed(digits)}</text>`,
+    );
+    y += 24;
+  });
+  y += 24;
+}
+await Deno.writeTextFile(
+  `bench/results/bench-${stamp}.svg`,
+  `<svg xmlns="http://www.w3.org/2000/svg" width="760" height="${y}" font-family="sans-serif" font-size="13">${bars.join("")}</svg>\n`,
+);
+console.log(`\nResults written to bench/results/bench-${stamp}.json and .svg`);
+await Deno.remove(dir, { recursive: true });

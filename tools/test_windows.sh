@@ -24,6 +24,9 @@ if ! home=$(bash tools/windows_env.sh 2>"$env_log" | tail -n 1); then
 fi
 rm -f "$env_log"
 ROOTFS=$home/trixie
+# One run at a time per machine: runs share the Wine folder and its mounts.
+exec 9>"$home/.test-lock"
+flock -w 1800 9 || { echo "Another Windows test run holds $home/.test-lock" >&2; exit 1; }
 DENO_VERSION=$(deno --version | head -n 1 | awk '{print $2}')
 DENO_EXE=$home/deno-$DENO_VERSION/deno.exe
 
