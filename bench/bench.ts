@@ -186,7 +186,7 @@ async function haproxyChain(sinkPort: number, dir: string): Promise<Chain> {
   const [p1, p2] = [freePort(), freePort()];
   await Deno.writeTextFile(
     `${dir}/haproxy.cfg`,
-    `global\n  maxconn 10000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n` +
+    `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n` +
       `frontend hop1\n  bind 127.0.0.1:${p1}\n  default_backend to_hop2\nbackend to_hop2\n  server s 127.0.0.1:${p2}\n` +
       `frontend hop2\n  bind 127.0.0.1:${p2}\n  default_backend to_sink\nbackend to_sink\n  server s 127.0.0.1:${sinkPort}\n`,
   );
