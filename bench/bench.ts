@@ -165,7 +165,10 @@ async function haveOrInstall(binary: string, pkg: string): Promise<string | null
   if (Deno.uid() === 0) {
     console.log(`Installing ${pkg} with apt-get for the comparison...`);
     await new Deno.Command("sh", {
-      args: ["-c", `apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkg} >/dev/null 2>&1`],
+      args: [
+        "-c",
+        `apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkg} >/dev/null 2>&1`,
+      ],
     }).output();
     if (await which()) return null;
   }
@@ -270,16 +273,24 @@ const workloads: [string, keyof Figures, number, boolean][] = [
   [`${ROUND_TRIPS} x 1 KiB round trips, p50 ms`, "p50Ms", 3, false],
   [`${ROUND_TRIPS} x 1 KiB round trips, p99 ms`, "p99Ms", 3, false],
 ];
-const rows: string[][] = [["workload", ...measured.map((r) => r.name), ...measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`)]];
+const rows: string[][] = [[
+  "workload",
+  ...measured.map((r) => r.name),
+  ...measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`),
+]];
 for (const [label, key, digits] of workloads) {
   rows.push([
     label,
     ...measured.map((r) => `${median(r.figures[key]).toFixed(digits)} (${range(r.figures[key], digits)})`),
-    ...measured.filter((r) => r.name !== "broker").map((r) => `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`),
+    ...measured.filter((r) => r.name !== "broker").map((r) =>
+      `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`
+    ),
   ]);
 }
 const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
-console.log(`\nMedian of ${RUNS} runs (min-max in brackets), loopback, same machine, same run; bulk data verified by SHA-256:\n`);
+console.log(
+  `\nMedian of ${RUNS} runs (min-max in brackets), loopback, same machine, same run; bulk data verified by SHA-256:\n`,
+);
 for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));
 for (const r of results) if (r.note) console.log(`\n${r.name}: skipped (${r.note})`);
 
@@ -294,7 +305,9 @@ const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#27ae60"];
 let y = 40;
 const bars: string[] = [];
 for (const [label, key, digits, higherIsBetter] of workloads) {
-  bars.push(`<text x="10" y="${y}" font-weight="bold">${label} (${higherIsBetter ? "higher" : "lower"} is better)</text>`);
+  bars.push(
+    `<text x="10" y="${y}" font-weight="bold">${label} (${higherIsBetter ? "higher" : "lower"} is better)</text>`,
+  );
   y += 10;
   const max = Math.max(...measured.map((r) => median(r.figures[key])));
   measured.forEach((r, i) => {
@@ -302,7 +315,9 @@ for (const [label, key, digits, higherIsBetter] of workloads) {
     const width = Math.max(1, (value / max) * 500);
     bars.push(
       `<rect x="130" y="${y}" width="${width.toFixed(0)}" height="18" fill="${colors[i % colors.length]}"/>` +
-        `<text x="10" y="${y + 14}">${r.name}</text><text x="${135 + width}" y="${y + 14}">${value.toFixed(digits)}</text>`,
+        `<text x="10" y="${y + 14}">${r.name}</text><text x="${135 + width}" y="${y + 14}">${
+          value.toFixed(digits)
+        }</text>`,
     );
     y += 24;
   });
@@ -310,7 +325,9 @@ for (const [label, key, digits, higherIsBetter] of workloads) {
 }
 await Deno.writeTextFile(
   `bench/results/bench-${stamp}.svg`,
-  `<svg xmlns="http://www.w3.org/2000/svg" width="760" height="${y}" font-family="sans-serif" font-size="13">${bars.join("")}</svg>\n`,
+  `<svg xmlns="http://www.w3.org/2000/svg" width="760" height="${y}" font-family="sans-serif" font-size="13">${
+    bars.join("")
+  }</svg>\n`,
 );
 console.log(`\nResults written to bench/results/bench-${stamp}.json and .svg`);
 await Deno.remove(dir, { recursive: true });
