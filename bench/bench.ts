@@ -12,11 +12,17 @@
  * end) and interactive 1 KiB request/response round trips (p50, p99). Each
  * figure is the median of --runs repetitions with min-max shown. Results go
  * to bench/results/ as JSON and an SVG bar chart.
+ * Many users: --users sessions (2000) held open, 10% of them exchanging a
+ * small message every second for --users-seconds (30): resident memory and
+ * CPU seconds of the relay processes, and p99 round trip. Resume storm:
+ * --storm-sessions (1000) with traffic, every link cut at once and restored
+ * after 2 s: time until every session moved data again, and bytes lost.
  * Options: --runs N (3), --bulk-mib N (256), --round-trips N (5000).
  * @module
  */
 
 import { createHash } from "node:crypto";
+import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
 
 const { values } = parseArgs({
@@ -25,8 +31,14 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     "bulk-mib": { type: "string", default: "256" },
     "round-trips": { type: "string", default: "5000" },
+    users: { type: "string", default: "2000" },
+    "users-seconds": { type: "string", default: "30" },
+    "storm-sessions": { type: "string", default: "1000" },
   },
 });
+const USERS = Number(values.users);
+const USERS_SECONDS = Number(values["users-seconds"]);
+const STORM = Number(values["storm-sessions"]);
 const RUNS = Number(values.runs);
 const BULK = Number(values["bulk-mib"]) * 1024 * 1024;
 const ROUND_TRIPS = Number(values["round-trips"]);
@@ -140,9 +152,10 @@ async function waitForPort(port: number): Promise<void> {
   throw new Error(`Nothing listens on 127.0.0.1:${port}`);
 }
 
-/** A relay chain under test: the port to use, and how to stop it. */
+/** A relay chain under test: the port to use, its processes, and how to stop it. */
 interface Chain {
   port: number;
+  pids?: number[];
   stop(): Promise<void>;
 }
 
@@ -195,28 +208,48 @@ async function haproxyChain(sinkPort: number, dir: string): Promise<Chain> {
   );
   const child = spawn("haproxy", ["-db", "-f", `${dir}/haproxy.cfg`]);
   await waitForPort(p1);
-  return { port: p1, stop: () => stopAll(child) };
+  return { port: p1, pids: [child.pid], stop: () => stopAll(child) };
 }
 
-async function brokerChain(sinkPort: number, dir: string): Promise<Chain> {
+async function brokerChain(
+  sinkPort: number,
+  dir: string,
+  relay?: (serverPort: number) => Promise<number>,
+): Promise<Chain> {
   const serverPort = freePort();
   const clientPort = freePort();
   await Deno.writeTextFile(
     `${dir}/appserver.ini`,
-    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=0\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\n`,
+    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=0\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n`,
   );
   await Deno.writeTextFile(
     `${dir}/smartclient.ini`,
     `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=\n`,
   );
   const deno = Deno.execPath();
-  const children = [
-    spawn(deno, ["run", "-A", "server.ts", "--config", `${dir}/appserver.ini`, "--log-level", "warning"]),
-    spawn(deno, ["run", "-A", "client.ts", "--config", `${dir}/smartclient.ini`, "--log-level", "warning"]),
-  ];
+  const server = spawn(deno, ["run", "-A", "server.ts", "--config", `${dir}/appserver.ini`, "--log-level", "warning"]);
   await waitForPort(serverPort);
+  if (relay) {
+    const linkPort = await relay(serverPort);
+    await Deno.writeTextFile(
+      `${dir}/smartclient.ini`,
+      (await Deno.readTextFile(`${dir}/smartclient.ini`)).replace(
+        `BrokerServer=127.0.0.1:${serverPort}`,
+        `BrokerServer=127.0.0.1:${linkPort}`,
+      ),
+    );
+  }
+  const client = spawn(deno, [
+    "run",
+    "-A",
+    "client.ts",
+    "--config",
+    `${dir}/smartclient.ini`,
+    "--log-level",
+    "warning",
+  ]);
   await waitForPort(clientPort);
-  return { port: clientPort, stop: () => stopAll(...children) };
+  return { port: clientPort, pids: [server.pid, client.pid], stop: () => stopAll(client, server) };
 }
 
 interface Figures {
@@ -242,6 +275,8 @@ const range = (xs: number[], digits: number) => `${Math.min(...xs).toFixed(digit
 const sink = startSink();
 const dir = await Deno.makeTempDir();
 const results: { name: string; figures: Figures | null; note?: string }[] = [];
+const users: { name: string; figures: UsersFigures }[] = [];
+let storm: { recoverMs: number; wrong: number; sessions: number } | null = null;
 const peers: [string, () => Promise<Chain> | null, string | null][] = [
   ["direct TCP", () => null, null],
   ["socat x2", () => socatChain(sink.port), await haveOrInstall("socat", "socat")],
@@ -262,8 +297,147 @@ try {
       await chain?.stop();
     }
   }
+  // Many users: the relays that run as a few processes (socat forks one per connection).
+  for (
+    const [name, start] of [["HAProxy x2", () => haproxyChain(sink.port, dir)], [
+      "broker",
+      () => brokerChain(sink.port, dir),
+    ]] as const
+  ) {
+    if (results.find((r) => r.name === name)?.note) continue;
+    console.log(`Many users through ${name}: ${USERS} sessions, 10% active, ${USERS_SECONDS} s...`);
+    const chain = await start();
+    try {
+      users.push({ name, figures: await manyUsers(chain) });
+    } finally {
+      await chain.stop();
+    }
+  }
+  console.log(`Resume storm: ${STORM} sessions, every link cut for 2 s...`);
+  storm = await resumeStorm(sink.port, dir);
 } finally {
   sink.close();
+}
+
+/** Resident memory (bytes) and CPU seconds of processes, from /proc (Linux). */
+function processUsage(pids: number[]): { rss: number; cpu: number } {
+  let rss = 0;
+  let cpu = 0;
+  for (const pid of pids) {
+    try {
+      const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+      rss += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
+      const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]?.split(" ") ?? [];
+      cpu += (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks
+    } catch { /* not Linux, or gone */ }
+  }
+  return { rss, cpu };
+}
+
+/** One echoed message with a sequence number; false if it came back wrong. */
+async function ping(conn: Deno.Conn, seq: number, size: number): Promise<boolean> {
+  const msg = new Uint8Array(size);
+  new DataView(msg.buffer).setUint32(0, seq);
+  await writeAll(conn, msg);
+  const back = new Uint8Array(size);
+  for (let got = 0; got < size;) {
+    const n = await conn.read(back.subarray(got));
+    if (n === null) throw new Error("The session was closed");
+    got += n;
+  }
+  return new DataView(back.buffer).getUint32(0) === seq;
+}
+
+/** Opens an echo session and waits until it carries data (the broker opens its session then). */
+async function openEcho(port: number): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  conn.setNoDelay(true);
+  await writeAll(conn, new Uint8Array([0x45]));
+  if (!await ping(conn, 0xffffffff, 16)) throw new Error("The first echo came back wrong");
+  return conn;
+}
+
+interface UsersFigures {
+  rssMiB: number;
+  cpuSeconds: number;
+  p99Ms: number;
+  wrong: number;
+}
+
+/** USERS sessions held open, 10% sending 128 bytes a second for USERS_SECONDS. */
+async function manyUsers(chain: Chain): Promise<UsersFigures> {
+  const conns: Deno.TcpConn[] = [];
+  for (let i = 0; i < USERS; i++) conns.push(await openEcho(chain.port));
+  const before = processUsage(chain.pids ?? []);
+  const active = conns.filter((_, i) => i % 10 === 0);
+  const times: number[] = [];
+  let wrong = 0;
+  const end = Date.now() + USERS_SECONDS * 1000;
+  await Promise.all(active.map(async (conn, i) => {
+    await new Promise((r) => setTimeout(r, (i * 1000) / active.length)); // spread over the second
+    for (let seq = 0; Date.now() < end; seq++) {
+      const t0 = performance.now();
+      if (!await ping(conn, seq, 128)) wrong++;
+      times.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (performance.now() - t0))));
+    }
+  }));
+  const after = processUsage(chain.pids ?? []);
+  for (const conn of conns) conn.close();
+  times.sort((a, b) => a - b);
+  return {
+    rssMiB: after.rss / 2 ** 20,
+    cpuSeconds: after.cpu - before.cpu,
+    p99Ms: times[Math.floor(times.length * 0.99)] ?? 0,
+    wrong,
+  };
+}
+
+/** STORM sessions with traffic; every link cut at once, restored 2 s later. */
+async function resumeStorm(
+  sinkPort: number,
+  dir: string,
+): Promise<{ recoverMs: number; wrong: number; sessions: number }> {
+  let chaos: ChaosLink | null = null;
+  const chain = await brokerChain(sinkPort, dir, async (serverPort) => {
+    chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
+    return chaos.port;
+  });
+  const link = chaos as unknown as ChaosLink;
+  try {
+    const conns: Deno.TcpConn[] = [];
+    for (let i = 0; i < STORM; i++) conns.push(await openEcho(chain.port));
+    let wrong = 0;
+    let restoredAt = Infinity;
+    const recovered: number[] = [];
+    let stopping = false;
+    const traffic = conns.map(async (conn, i) => {
+      for (let seq = 0; !stopping; seq++) {
+        const t0 = Date.now();
+        if (!await ping(conn, seq, 256)) wrong++;
+        if (t0 >= restoredAt && recovered[i] === undefined) recovered[i] = Date.now() - restoredAt;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    link.setMode("refuse");
+    link.resetAll();
+    await new Promise((r) => setTimeout(r, 2000));
+    link.setMode("pass");
+    restoredAt = Date.now();
+    const deadline = Date.now() + 60_000;
+    while (recovered.filter((x) => x !== undefined).length < STORM && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    stopping = true;
+    await Promise.all(traffic);
+    for (const conn of conns) conn.close();
+    const done = recovered.filter((x) => x !== undefined);
+    return { recoverMs: done.length === STORM ? Math.max(...done) : Infinity, wrong, sessions: done.length };
+  } finally {
+    await chain.stop();
+    await link.close();
+  }
 }
 
 const ours = results.find((r) => r.name === "broker")?.figures as Figures;
@@ -293,13 +467,27 @@ console.log(
 );
 for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));
 for (const r of results) if (r.note) console.log(`\n${r.name}: skipped (${r.note})`);
+for (const u of users) {
+  console.log(
+    `\nMany users, ${u.name}: RSS ${u.figures.rssMiB.toFixed(0)} MiB, CPU ${u.figures.cpuSeconds.toFixed(1)} s, p99 ${
+      u.figures.p99Ms.toFixed(2)
+    } ms, ${u.figures.wrong} wrong replies`,
+  );
+}
+if (storm) {
+  console.log(
+    `\nResume storm, broker: ${storm.sessions} of ${STORM} sessions moving again ${
+      Number.isFinite(storm.recoverMs) ? `${(storm.recoverMs / 1000).toFixed(2)} s` : "(not all within 60 s)"
+    } after the link returned; ${storm.wrong} wrong replies (lost or reordered bytes)`,
+  );
+}
 
 // JSON and an SVG bar chart (one group per workload; bars relative to the group's largest).
 await Deno.mkdir("bench/results", { recursive: true });
 const stamp = new Date().toISOString().replace(/[:.]/g, "-");
 await Deno.writeTextFile(
   `bench/results/bench-${stamp}.json`,
-  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results }, null, 2),
+  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results, users, storm }, null, 2),
 );
 const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#27ae60"];
 let y = 40;

@@ -22,6 +22,7 @@ import {
   type Frame,
   FrameType,
   PROTOCOL_VERSION,
+  RejectCode,
   toHex,
 } from "../protocol/frames.ts";
 import {
@@ -270,7 +271,9 @@ class SessionRunner {
           await this.#openOn(server);
           return;
         } catch (err) {
-          if (err instanceof RejectedError || err instanceof TlsTrustError) rejections++;
+          // A server at a limit or stopping may take us a moment later: only other refusals are final.
+          const transient = err instanceof RejectedError && err.code === RejectCode.Unavailable;
+          if ((err instanceof RejectedError && !transient) || err instanceof TlsTrustError) rejections++;
           errors.set(formatHostPort(server), describeError(err));
         }
       }

@@ -42,7 +42,7 @@ export interface ServerLimits {
 export const DEFAULT_LIMITS: Readonly<ServerLimits> = Object.freeze({
   maxSessions: 5_000,
   maxHandshakes: 500,
-  newSessionsPerMinute: 600,
+  newSessionsPerMinute: 6_000,
   maxFrameBytes: 1024 * 1024,
   maxBufferedBytes: 2 * 1024 * 1024 * 1024,
 });

@@ -77,7 +77,7 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
   ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
   LINK_TLS_CERT/_KEY     TLS on the link: PEM certificate and key files
-  MAX_SESSIONS (5000), MAX_HANDSHAKES (500), NEW_SESSIONS_PER_MINUTE (600 per
+  MAX_SESSIONS (5000), MAX_HANDSHAKES (500), NEW_SESSIONS_PER_MINUTE (6000 per
   source address), MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
   DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
                          10s; 0 ends them at once)

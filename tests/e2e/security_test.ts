@@ -208,7 +208,7 @@ Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reas
   await using erp = startErp(echo);
   {
     await using server = startServer(serverConfig([erp.port], { MAX_SESSIONS: "3" }));
-    await using client = startClient(clientConfig([server.address.port]));
+    await using client = startClient(clientConfig([server.address.port], { NEW_SESSION_TIMEOUT: "1s" }));
     const apps = await Promise.all(
       [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: client.address.port })),
     );
@@ -221,7 +221,7 @@ Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reas
   }
   {
     await using server = startServer(serverConfig([erp.port], { NEW_SESSIONS_PER_MINUTE: "2" }));
-    await using client = startClient(clientConfig([server.address.port]));
+    await using client = startClient(clientConfig([server.address.port], { NEW_SESSION_TIMEOUT: "1s" }));
     for (let i = 0; i < 2; i++) {
       const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
       equal(await roundTrip(app, "ok"), "ok");

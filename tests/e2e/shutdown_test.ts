@@ -16,7 +16,7 @@ Deno.test("a stop lets a session that finishes within the drain period end clean
   await using logs = await captureLogs();
   await using erp = startErp(echo);
   const server = startServer(serverConfig([erp.port], { DRAIN_TIMEOUT: "5s" }));
-  await using client = startClient(clientConfig([server.address.port]));
+  await using client = startClient(clientConfig([server.address.port], { NEW_SESSION_TIMEOUT: "1s" }));
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   await roundTrip(app);
 
