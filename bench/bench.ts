@@ -359,6 +359,8 @@ async function openEcho(port: number): Promise<Deno.TcpConn> {
 
 interface UsersFigures {
   rssMiB: number;
+  /** RSS of each process (for the broker: server, then client). */
+  rssPerProcessMiB: number[];
   cpuSeconds: number;
   p99Ms: number;
   wrong: number;
@@ -383,10 +385,12 @@ async function manyUsers(chain: Chain): Promise<UsersFigures> {
     }
   }));
   const after = processUsage(chain.pids ?? []);
+  const perProcess = (chain.pids ?? []).map((pid) => processUsage([pid]).rss / 2 ** 20);
   for (const conn of conns) conn.close();
   times.sort((a, b) => a - b);
   return {
     rssMiB: after.rss / 2 ** 20,
+    rssPerProcessMiB: perProcess,
     cpuSeconds: after.cpu - before.cpu,
     p99Ms: times[Math.floor(times.length * 0.99)] ?? 0,
     wrong,
@@ -469,7 +473,9 @@ for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?
 for (const r of results) if (r.note) console.log(`\n${r.name}: skipped (${r.note})`);
 for (const u of users) {
   console.log(
-    `\nMany users, ${u.name}: RSS ${u.figures.rssMiB.toFixed(0)} MiB, CPU ${u.figures.cpuSeconds.toFixed(1)} s, p99 ${
+    `\nMany users, ${u.name}: RSS ${u.figures.rssMiB.toFixed(0)} MiB (${
+      u.figures.rssPerProcessMiB.map((x) => x.toFixed(0)).join(" + ")
+    }), CPU ${u.figures.cpuSeconds.toFixed(1)} s, p99 ${
       u.figures.p99Ms.toFixed(2)
     } ms, ${u.figures.wrong} wrong replies`,
   );
