@@ -71,7 +71,7 @@ chroot "$ROOTFS" /bin/bash -c "
   export INTEGRITY_SESSIONS=\${INTEGRITY_SESSIONS:-4} INTEGRITY_MIB=\${INTEGRITY_MIB:-4} BALANCE_SESSIONS=\${BALANCE_SESSIONS:-30} FUZZ_CASES=\${FUZZ_CASES:-2000} SLOWLORIS_LINKS=\${SLOWLORIS_LINKS:-200}
   $ca_env
   cd /repo
-  /usr/lib/wine/wine64 'Z:\\opt\\deno\\deno.exe' test --v8-flags=--expose-gc -A $args > /tmp/windows-test.log 2>&1 < /dev/null
+  timeout ${WINDOWS_TEST_TIMEOUT:-1800} /usr/lib/wine/wine64 'Z:\\opt\\deno\\deno.exe' test --v8-flags=--expose-gc -A $args > /tmp/windows-test.log 2>&1 < /dev/null
   echo \$? > /tmp/windows-test.code
 "
 cat "$out"
