@@ -9,7 +9,7 @@ import { type Frame, FrameDecoder, ProtocolError } from "../protocol/frames.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Smallest read buffer of a link (an idle link keeps one). */
-export const MIN_READ_SIZE = 16 * 1024;
+export const MIN_READ_SIZE = 4 * 1024;
 /** Largest read buffer: bulk transfers grow to it. */
 export const MAX_READ_SIZE = 256 * 1024;
 
