@@ -36,7 +36,7 @@ import {
   verifyProof,
 } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { backoffDelay, sleep } from "../session/backoff.ts";
+import { backoffSchedule, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session } from "../session/session.ts";
@@ -261,7 +261,7 @@ class SessionRunner {
 
   /** Tries the broker servers in turn, with backoff between rounds, until one welcomes us. */
   async #openLoop(): Promise<void> {
-    const deadline = this.#now() + this.#config.newSessionTimeoutMs;
+    const retries = backoffSchedule(this.#now() + this.#config.newSessionTimeoutMs, this.#now);
     const errors = new Map<string, string>();
     for (let attempt = 0;; attempt++) {
       let rejections = 0;
@@ -282,8 +282,8 @@ class SessionRunner {
         this.#session.abort(`no broker server accepted the session (${summary})`);
         return;
       }
-      const left = deadline - this.#now();
-      if (left <= 0) {
+      const wait = retries.next();
+      if (wait.done) {
         this.#session.abort(
           `no broker server reachable within ${formatDuration(this.#config.newSessionTimeoutMs)} (${summary})`,
         );
@@ -295,7 +295,7 @@ class SessionRunner {
           summary,
         });
       }
-      await sleep(Math.min(left, backoffDelay(attempt)), this.#signal);
+      await sleep(wait.value, this.#signal);
     }
   }
 
@@ -402,10 +402,8 @@ class SessionRunner {
     if (!identity) return;
     const deadline = this.#session.stateSince + this.#session.timers.resumeTimeoutMs;
     let lastError = "";
-    for (let attempt = 0; this.#session.state === "detached" && !this.#signal.aborted; attempt++) {
-      const left = deadline - this.#now();
-      if (left <= 0) return;
-      if (!await sleep(Math.min(left, backoffDelay(attempt)), this.#signal)) return;
+    for (const wait of backoffSchedule(deadline, this.#now)) {
+      if (!await sleep(wait, this.#signal)) return;
       if (this.#session.state !== "detached") return;
       try {
         await this.#resumeOn(identity);

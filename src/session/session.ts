@@ -123,7 +123,7 @@ export class Session {
   #events: SessionEvents;
   #now: () => number;
 
-  #state: SessionState;
+  #state: SessionState = "connecting";
   #link: Link | null = null;
   #out = new ReplayBuffer();
   #received = 0;
@@ -136,7 +136,7 @@ export class Session {
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
   #windowTimer: ReturnType<typeof setTimeout> | undefined;
   #spaceWaiter: (() => void) | null = null;
-  #stateSince = 0;
+  #stateSince: number;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
 
@@ -147,7 +147,6 @@ export class Session {
     this.#timers = { ...options.timers };
     this.#events = options.events;
     this.#now = options.now ?? Date.now;
-    this.#state = "connecting";
     this.#stateSince = this.#now();
     this.#localWriter = new WriteQueue(options.local, (err) => {
       this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
@@ -187,11 +186,6 @@ export class Session {
     return this.#localWriter.queuedBytes;
   }
 
-  /** True when the local application closed its side (FIN). */
-  get localEnded(): boolean {
-    return this.#localEof;
-  }
-
   /** The timers in force. */
   get timers(): Readonly<SessionTimers> {
     return this.#timers;
@@ -224,8 +218,7 @@ export class Session {
     this.#dropLink();
     clearTimeout(this.#windowTimer);
     this.#link = link;
-    this.#state = "attached";
-    this.#stateSince = this.#now();
+    this.#setState("attached");
     link.lastReceivedAt = this.#now();
     link.setBufferReuse(() => this.#localWriter.queuedBytes === 0);
     this.#applyAck(peerReceived);
@@ -305,8 +298,7 @@ export class Session {
   }
 
   #end(end: SessionEnd): void {
-    this.#state = "closed";
-    this.#stateSince = this.#now();
+    this.#setState("closed");
     clearTimeout(this.#ackTimer);
     clearInterval(this.#tickTimer);
     clearTimeout(this.#windowTimer);
@@ -329,8 +321,7 @@ export class Session {
     if (this.#link !== link) return;
     this.#dropLink();
     if (this.#state === "closed") return;
-    this.#state = "detached";
-    this.#stateSince = this.#now();
+    this.#setState("detached");
     const window = this.#timers.resumeTimeoutMs;
     this.#windowTimer = setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
@@ -499,6 +490,11 @@ export class Session {
     await within(this.#localWriter.flushed(), LOCAL_LINGER_MS);
     this.#localWriter.close();
     closeQuietly(this.#local);
+  }
+
+  #setState(state: SessionState): void {
+    this.#state = state;
+    this.#stateSince = this.#now();
   }
 
   // A method, so the compiler does not narrow the state across awaits.
