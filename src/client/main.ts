@@ -18,7 +18,7 @@ import { type ClientConfig, loadClientConfig } from "../config/client_config.ts"
 import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
-import { logger, setupLogging, teardownLogging } from "../ops/log.ts";
+import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { BrokerClient } from "./client.ts";
@@ -133,14 +133,9 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
     return EXIT_OK;
   }
   try {
-    await setupLogging({
-      console: cli.console || Deno.stdout.isTerminal(),
-      level: cli.logLevel ?? config.log.level,
-      format: cli.logFormat ?? config.log.format,
-      file: config.log.file ? { ...config.log, path: config.log.file } : null,
-    });
+    await setupLogging(loggingFrom(config.log, cli.console || Deno.stdout.isTerminal(), cli));
   } catch (err) {
-    console.error(`broker-client: Cannot open the log file "${config.log.file}": ${(err as Error).message}`);
+    console.error(`broker-client: ${(err as Error).message}`);
     return EXIT_FAILURE;
   }
   const log = logger("client");

@@ -17,7 +17,8 @@ import {
   withFilter,
 } from "@logtape/logtape";
 import { getRotatingFileSink } from "@logtape/file";
-import type { LogLevelName } from "../config/logging.ts";
+import { dirname } from "node:path";
+import type { LogLevelName, LogSettings } from "../config/logging.ts";
 
 /** Root category of every logger in this product. */
 export const LOG_ROOT = "broker";
@@ -39,6 +40,25 @@ export function logger(...category: string[]): Logger {
   return getLogger([LOG_ROOT, ...category]);
 }
 
+/**
+ * The logging options for a program from its configured LogSettings, with
+ * `--log-level` / `--log-format` taking precedence when given.
+ */
+export function loggingFrom(
+  settings: LogSettings,
+  console: boolean,
+  overrides: { logLevel?: LogLevelName; logFormat?: "text" | "json" },
+): LoggingOptions {
+  return {
+    console,
+    level: overrides.logLevel ?? settings.level,
+    format: overrides.logFormat ?? settings.format,
+    file: settings.file
+      ? { path: settings.file, maxSizeBytes: settings.maxSizeBytes, maxFiles: settings.maxFiles }
+      : null,
+  };
+}
+
 /** Configures LogTape for the process; call once at start. Throws when the log file cannot be opened. */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "json" ? getJsonLinesFormatter() : getTextFormatter({
@@ -51,15 +71,20 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     console: options.console ? getConsoleSink({ formatter }) : withFilter(getConsoleSink({ formatter }), "warning"),
   };
   if (options.file) {
-    await Deno.mkdir(options.file.path.replace(/[\\/][^\\/]*$/, "") || ".", { recursive: true });
-    sinks.file = getRotatingFileSink(options.file.path, {
-      formatter,
-      // Each line reaches the disk at once: an administrator tailing the log
-      // (or reading it after a crash) must see the latest events.
-      bufferSize: 0,
-      maxSize: options.file.maxSizeBytes,
-      maxFiles: options.file.maxFiles,
-    });
+    const { path, maxSizeBytes, maxFiles } = options.file;
+    try {
+      await Deno.mkdir(dirname(path), { recursive: true });
+      sinks.file = getRotatingFileSink(path, {
+        formatter,
+        // Each line reaches the disk at once: an administrator tailing the log
+        // (or reading it after a crash) must see the latest events.
+        bufferSize: 0,
+        maxSize: maxSizeBytes,
+        maxFiles,
+      });
+    } catch (err) {
+      throw new Error(`Cannot open the log file "${path}": ${(err as Error).message}`);
+    }
   }
   await configure({
     reset: true,

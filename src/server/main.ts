@@ -19,7 +19,7 @@ import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
-import { logger, setupLogging, teardownLogging } from "../ops/log.ts";
+import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { resolve } from "node:path";
@@ -195,14 +195,9 @@ async function runBroker(
   onRunning: () => void = () => {},
 ): Promise<number> {
   try {
-    await setupLogging({
-      console: config.consoleLog || cli.console,
-      level: cli.logLevel ?? config.log.level,
-      format: cli.logFormat ?? config.log.format,
-      file: config.log.file ? { ...config.log, path: config.log.file } : null,
-    });
+    await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
   } catch (err) {
-    console.error(`broker-server: Cannot open the log file "${config.log.file}": ${(err as Error).message}`);
+    console.error(`broker-server: ${(err as Error).message}`);
     return EXIT_FAILURE;
   }
   const log = logger("server");
