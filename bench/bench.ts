@@ -8,16 +8,20 @@
  * socat and HAProxy are installed with apt when missing (as root), or their
  * column is skipped with a note.
  *
- * Workloads: bulk one way (MB/s, every byte checked by SHA-256 at the far
- * end) and interactive 1 KiB request/response round trips (p50, p99). Each
- * figure is the median of --runs repetitions with min-max shown. Results go
- * to bench/results/ as JSON and an SVG bar chart.
+ * Workloads: bulk one way, then both ways at once (MB/s, every byte checked
+ * by SHA-256 at the far end, and on the way back at the near end) and
+ * interactive 1 KiB request/response round trips (p50, p99). Each figure is
+ * the median of --runs repetitions with min-max shown. Results go to
+ * bench/results/ as JSON and an SVG bar chart.
  * Many users: --users sessions (2000) held open, 10% of them exchanging a
  * small message every second for --users-seconds (30): resident memory and
  * CPU seconds of the relay processes, and p99 round trip. Resume storm:
  * --storm-sessions (1000) with traffic, every link cut at once and restored
  * after 2 s: time until every session moved data again, and bytes lost.
- * Options: --runs N (3), --bulk-mib N (256), --round-trips N (5000).
+ * Options: --runs N (3), --bulk-mib N (1024), --round-trips N (20000),
+ * --only LIST (bulk,duplex,rtt,users,storm: all by default), --peers LIST
+ * (direct,socat,haproxy,broker), --profile DIR (run broker-client and
+ * broker-server under `--cpu-prof`, profiles written to DIR).
  * @module
  */
 
@@ -29,8 +33,11 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     runs: { type: "string", default: "3" },
-    "bulk-mib": { type: "string", default: "256" },
-    "round-trips": { type: "string", default: "5000" },
+    "bulk-mib": { type: "string", default: "1024" },
+    "round-trips": { type: "string", default: "20000" },
+    only: { type: "string", default: "bulk,duplex,rtt,users,storm" },
+    peers: { type: "string", default: "direct,socat,haproxy,broker" },
+    profile: { type: "string" },
     users: { type: "string", default: "2000" },
     "users-seconds": { type: "string", default: "30" },
     "storm-sessions": { type: "string", default: "1000" },
@@ -43,14 +50,24 @@ const RUNS = Number(values.runs);
 const BULK = Number(values["bulk-mib"]) * 1024 * 1024;
 const ROUND_TRIPS = Number(values["round-trips"]);
 const CHUNK = 256 * 1024;
+const ONLY = new Set(values.only.split(","));
+const PEERS = new Set(values.peers.split(","));
+const PROFILE_DIR = values.profile ? await Deno.realPath(await ensureDir(values.profile)) : null;
+
+async function ensureDir(path: string): Promise<string> {
+  await Deno.mkdir(path, { recursive: true });
+  return path;
+}
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
 }
 
 /**
- * The stand-in ERP. First byte "E": echo. Otherwise bulk: hash everything to
- * the end, then answer with the 32-byte SHA-256.
+ * The stand-in ERP. First byte "E": echo. First byte "D": both ways at once:
+ * send the bulk payload back while hashing what arrives, then append the
+ * 32-byte SHA-256 of what arrived. Otherwise bulk: hash everything to the
+ * end, then answer with the 32-byte SHA-256.
  */
 function startSink(): { port: number; close(): void } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -63,6 +80,13 @@ function startSink(): { port: number; close(): void } {
         if (buf[0] === 0x45) {
           await writeAll(conn, buf.subarray(1, first));
           for (let n; (n = await conn.read(buf)) !== null;) await writeAll(conn, buf.subarray(0, n));
+        } else if (buf[0] === 0x44) {
+          const sending = sendPayload(conn);
+          const hash = createHash("sha256");
+          hash.update(buf.subarray(1, first));
+          for (let n; (n = await conn.read(buf)) !== null;) hash.update(buf.subarray(0, n));
+          await sending;
+          await writeAll(conn, new Uint8Array(hash.digest()));
         } else {
           const hash = createHash("sha256");
           hash.update(buf.subarray(0, first));
@@ -76,37 +100,84 @@ function startSink(): { port: number; close(): void } {
   return { port: (listener.addr as Deno.NetAddr).port, close: () => listener.close() };
 }
 
-/** The bulk payload: chunks with their index in front, so loss or reordering changes the hash. */
-function bulkChunks(): { chunks: Uint8Array[]; digest: string } {
-  const hash = createHash("sha256");
-  const chunks: Uint8Array[] = [];
+/**
+ * The bulk payload, CHUNK bytes at a time, each chunk with its index in
+ * front so that loss or reordering changes the hash. One buffer is reused:
+ * a write has copied it to the kernel when it resolves.
+ */
+function* payloadChunks(): Generator<Uint8Array> {
+  const chunk = new Uint8Array(CHUNK).fill(0x42);
+  const view = new DataView(chunk.buffer);
   for (let i = 0; i * CHUNK < BULK; i++) {
-    const chunk = new Uint8Array(Math.min(CHUNK, BULK - i * CHUNK)).fill(0x42);
-    new DataView(chunk.buffer).setUint32(0, i);
-    hash.update(chunk);
-    chunks.push(chunk);
+    view.setUint32(0, i);
+    yield chunk.subarray(0, Math.min(CHUNK, BULK - i * CHUNK));
   }
-  return { chunks, digest: hash.digest("hex") };
 }
-const payload = bulkChunks();
+const PAYLOAD_DIGEST = (() => {
+  const hash = createHash("sha256");
+  for (const chunk of payloadChunks()) hash.update(chunk);
+  return hash.digest("hex");
+})();
+const hex = (bytes: Uint8Array) => [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 
+async function sendPayload(conn: Deno.Conn): Promise<void> {
+  for (const chunk of payloadChunks()) await writeAll(conn, chunk);
+}
+
+/** Reads to the end; returns the SHA-256 of everything but the last 32 bytes, and those 32 bytes. */
+async function readPayloadAndDigest(conn: Deno.Conn): Promise<{ payload: string; digest: string; bytes: number }> {
+  const hash = createHash("sha256");
+  const buf = new Uint8Array(CHUNK + 32);
+  let held = 0; // bytes at the start of buf not yet hashed (the possible trailing digest)
+  let total = 0;
+  for (;;) {
+    const n = await conn.read(buf.subarray(held));
+    if (n === null) break;
+    held += n;
+    total += n;
+    if (held > 32) {
+      hash.update(buf.subarray(0, held - 32));
+      buf.copyWithin(0, held - 32, held);
+      held = 32;
+    }
+  }
+  if (held < 32) throw new Error("The sink closed without a digest");
+  return { payload: hash.digest("hex"), digest: hex(buf.subarray(0, 32)), bytes: total - 32 };
+}
+
+/** BULK bytes one way; the sink answers with the SHA-256 of what it got. */
 async function bulk(port: number): Promise<number> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.setNoDelay(true);
   const started = performance.now();
-  for (const chunk of payload.chunks) await writeAll(conn, chunk);
+  await sendPayload(conn);
   await conn.closeWrite();
-  const digest = new Uint8Array(32);
-  for (let got = 0; got < 32;) {
-    const n = await conn.read(digest.subarray(got));
-    if (n === null) throw new Error("The sink closed without a digest");
-    got += n;
-  }
+  const back = await readPayloadAndDigest(conn);
   const seconds = (performance.now() - started) / 1000;
   conn.close();
-  const hex = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
-  if (hex !== payload.digest) throw new Error(`Bulk data differs at the far end (SHA-256 ${hex})`);
+  if (back.digest !== PAYLOAD_DIGEST || back.bytes !== 0) {
+    throw new Error(`Bulk data differs at the far end (SHA-256 ${back.digest}, ${back.bytes} unexpected bytes back)`);
+  }
   return BULK / seconds / 1e6;
+}
+
+/** BULK bytes each way at once; MB/s counts both directions. Both streams are checked. */
+async function duplex(port: number): Promise<number> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  conn.setNoDelay(true);
+  const started = performance.now();
+  const receiving = readPayloadAndDigest(conn);
+  await writeAll(conn, new Uint8Array([0x44]));
+  await sendPayload(conn);
+  await conn.closeWrite();
+  const back = await receiving;
+  const seconds = (performance.now() - started) / 1000;
+  conn.close();
+  if (back.digest !== PAYLOAD_DIGEST) throw new Error(`Bulk data differs at the far end (SHA-256 ${back.digest})`);
+  if (back.payload !== PAYLOAD_DIGEST || back.bytes !== BULK) {
+    throw new Error(`Bulk data from the far end differs (${back.bytes} bytes, SHA-256 ${back.payload})`);
+  }
+  return (2 * BULK) / seconds / 1e6;
 }
 
 async function interactive(port: number): Promise<{ p50: number; p99: number }> {
@@ -227,7 +298,17 @@ async function brokerChain(
     `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=\n`,
   );
   const deno = Deno.execPath();
-  const server = spawn(deno, ["run", "-A", "server.ts", "--config", `${dir}/appserver.ini`, "--log-level", "warning"]);
+  const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+  const server = spawn(deno, [
+    "run",
+    ...profile,
+    "-A",
+    "server.ts",
+    "--config",
+    `${dir}/appserver.ini`,
+    "--log-level",
+    "warning",
+  ]);
   await waitForPort(serverPort);
   if (relay) {
     const linkPort = await relay(serverPort);
@@ -241,6 +322,7 @@ async function brokerChain(
   }
   const client = spawn(deno, [
     "run",
+    ...profile,
     "-A",
     "client.ts",
     "--config",
@@ -254,17 +336,21 @@ async function brokerChain(
 
 interface Figures {
   bulkMBps: number[];
+  duplexMBps: number[];
   p50Ms: number[];
   p99Ms: number[];
 }
 
 async function measure(port: number): Promise<Figures> {
-  const figures: Figures = { bulkMBps: [], p50Ms: [], p99Ms: [] };
+  const figures: Figures = { bulkMBps: [], duplexMBps: [], p50Ms: [], p99Ms: [] };
   for (let i = 0; i < RUNS; i++) {
-    figures.bulkMBps.push(await bulk(port));
-    const rt = await interactive(port);
-    figures.p50Ms.push(rt.p50);
-    figures.p99Ms.push(rt.p99);
+    if (ONLY.has("bulk")) figures.bulkMBps.push(await bulk(port));
+    if (ONLY.has("duplex")) figures.duplexMBps.push(await duplex(port));
+    if (ONLY.has("rtt")) {
+      const rt = await interactive(port);
+      figures.p50Ms.push(rt.p50);
+      figures.p99Ms.push(rt.p99);
+    }
   }
   return figures;
 }
@@ -272,19 +358,31 @@ async function measure(port: number): Promise<Figures> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 const range = (xs: number[], digits: number) => `${Math.min(...xs).toFixed(digits)}-${Math.max(...xs).toFixed(digits)}`;
 
+const PEER_KEYS: Record<string, string> = {
+  "direct TCP": "direct",
+  "socat x2": "socat",
+  "HAProxy x2": "haproxy",
+  "broker": "broker",
+};
 const sink = startSink();
 const dir = await Deno.makeTempDir();
 const results: { name: string; figures: Figures | null; note?: string }[] = [];
 const users: { name: string; figures: UsersFigures }[] = [];
 let storm: { recoverMs: number; wrong: number; sessions: number } | null = null;
-const peers: [string, () => Promise<Chain> | null, string | null][] = [
+type Peer = [string, () => Promise<Chain> | null, string | null];
+const peers = ([
   ["direct TCP", () => null, null],
-  ["socat x2", () => socatChain(sink.port), await haveOrInstall("socat", "socat")],
-  ["HAProxy x2", () => haproxyChain(sink.port, dir), await haveOrInstall("haproxy", "haproxy")],
+  ["socat x2", () => socatChain(sink.port), PEERS.has("socat") ? await haveOrInstall("socat", "socat") : null],
+  [
+    "HAProxy x2",
+    () => haproxyChain(sink.port, dir),
+    PEERS.has("haproxy") ? await haveOrInstall("haproxy", "haproxy") : null,
+  ],
   ["broker", () => brokerChain(sink.port, dir), null],
-];
+] as Peer[]).filter(([name]) => PEERS.has(PEER_KEYS[name] ?? ""));
+const streamWorkloads = ["bulk", "duplex", "rtt"].some((w) => ONLY.has(w));
 try {
-  for (const [name, start, missing] of peers) {
+  for (const [name, start, missing] of streamWorkloads ? peers : []) {
     if (missing) {
       results.push({ name, figures: null, note: missing });
       continue;
@@ -304,6 +402,7 @@ try {
       () => brokerChain(sink.port, dir),
     ]] as const
   ) {
+    if (!ONLY.has("users") || !PEERS.has(PEER_KEYS[name] ?? "")) continue;
     if (results.find((r) => r.name === name)?.note) continue;
     console.log(`Many users through ${name}: ${USERS} sessions, 10% active, ${USERS_SECONDS} s...`);
     const chain = await start();
@@ -313,8 +412,10 @@ try {
       await chain.stop();
     }
   }
-  console.log(`Resume storm: ${STORM} sessions, every link cut for 2 s...`);
-  storm = await resumeStorm(sink.port, dir);
+  if (ONLY.has("storm")) {
+    console.log(`Resume storm: ${STORM} sessions, every link cut for 2 s...`);
+    storm = await resumeStorm(sink.port, dir);
+  }
 } finally {
   sink.close();
 }
@@ -444,25 +545,28 @@ async function resumeStorm(
   }
 }
 
-const ours = results.find((r) => r.name === "broker")?.figures as Figures;
+const ours = results.find((r) => r.name === "broker")?.figures;
 const measured = results.filter((r) => r.figures) as { name: string; figures: Figures }[];
-const workloads: [string, keyof Figures, number, boolean][] = [
+const workloads = ([
   [`bulk ${BULK >> 20} MiB one way, MB/s`, "bulkMBps", 0, true],
+  [`bulk ${BULK >> 20} MiB each way at once, MB/s (both directions)`, "duplexMBps", 0, true],
   [`${ROUND_TRIPS} x 1 KiB round trips, p50 ms`, "p50Ms", 3, false],
   [`${ROUND_TRIPS} x 1 KiB round trips, p99 ms`, "p99Ms", 3, false],
-];
+] as [string, keyof Figures, number, boolean][]).filter(([, key]) => measured.some((r) => r.figures[key].length > 0));
 const rows: string[][] = [[
   "workload",
   ...measured.map((r) => r.name),
-  ...measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`),
+  ...(ours ? measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`) : []),
 ]];
 for (const [label, key, digits] of workloads) {
   rows.push([
     label,
     ...measured.map((r) => `${median(r.figures[key]).toFixed(digits)} (${range(r.figures[key], digits)})`),
-    ...measured.filter((r) => r.name !== "broker").map((r) =>
-      `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`
-    ),
+    ...(ours
+      ? measured.filter((r) => r.name !== "broker").map((r) =>
+        `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`
+      )
+      : []),
   ]);
 }
 const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
