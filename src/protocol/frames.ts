@@ -358,12 +358,22 @@ export function decodeText(payload: Uint8Array): string {
   return new TextDecoder().decode(payload);
 }
 
+const EMPTY = new Uint8Array(0);
+
 /** Options of a FrameDecoder. */
 export interface FrameDecoderOptions {
   /** Largest payload accepted (default 1 MiB). */
   maxPayload?: number;
   /** Expect the peer's 5-byte preface first (default true). */
   preface?: boolean;
+  /**
+   * The caller carries incomplete frames itself (default false): next()
+   * leaves them pending as views into the last chunk pushed, and the caller
+   * takes them with takePending() and pushes them again, completed, in one
+   * chunk. A link does this to read the rest of a frame right behind its
+   * beginning instead of having the decoder assemble a copy.
+   */
+  carry?: boolean;
 }
 
 /**
@@ -374,7 +384,8 @@ export interface FrameDecoderOptions {
 export class FrameDecoder {
   #maxPayload: number;
   #needPreface: boolean;
-  #pending: Uint8Array = new Uint8Array(0);
+  #carry: boolean;
+  #pending: Uint8Array = EMPTY;
   #partial: Uint8Array | null = null;
   #partialFilled = 0;
 
@@ -382,11 +393,30 @@ export class FrameDecoder {
   constructor(options: FrameDecoderOptions = {}) {
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#needPreface = options.preface ?? true;
+    this.#carry = options.carry ?? false;
   }
 
   /** Bytes held that do not yet form a frame. */
   get bufferedBytes(): number {
     return this.#pending.length + this.#partialFilled;
+  }
+
+  /**
+   * Size of the frame (or preface) the pending bytes begin, header included,
+   * or 0 while its length is not known yet. Valid after next() returned null.
+   */
+  get pendingFrameSize(): number {
+    if (this.#needPreface) return PREFACE_SIZE;
+    const bytes = this.#pending;
+    if (bytes.length < FRAME_HEADER_SIZE) return 0;
+    return FRAME_HEADER_SIZE + new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0);
+  }
+
+  /** Carry mode: hands over the pending (incomplete) bytes and forgets them. */
+  takePending(): Uint8Array {
+    const bytes = this.#pending;
+    this.#pending = EMPTY;
+    return bytes;
   }
 
   /** Adds received bytes. The decoder keeps views of `chunk`: do not reuse it until its frames are consumed. */
@@ -443,11 +473,12 @@ export class FrameDecoder {
       this.#pending = bytes.subarray(total);
       return { type: type as FrameTypeValue, payload: bytes.subarray(FRAME_HEADER_SIZE, total) };
     }
+    if (this.#carry) return null;
     // Split frame: assemble it in a buffer of its exact size, copying each byte once.
     this.#partial = new Uint8Array(total);
     this.#partial.set(bytes);
     this.#partialFilled = bytes.length;
-    this.#pending = new Uint8Array(0);
+    this.#pending = EMPTY;
     return null;
   }
 
@@ -456,7 +487,7 @@ export class FrameDecoder {
    * may reuse its read buffer once next() has returned null.
    */
   #keepRest(): null {
-    if (this.#pending.length > 0) this.#pending = this.#pending.slice();
+    if (this.#pending.length > 0 && !this.#carry) this.#pending = this.#pending.slice();
     return null;
   }
 

@@ -6,31 +6,46 @@
  */
 
 import { type Frame, FrameDecoder, ProtocolError } from "../protocol/frames.ts";
+import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
-/** Smallest read buffer of a link (an idle link keeps one). */
+/** Smallest read buffer (an idle socket keeps one). */
 export const MIN_READ_SIZE = 4 * 1024;
-/** Largest read buffer: bulk transfers grow to it. */
+/** Largest read buffer of a local socket: bulk transfers grow to it (and DATA frames are at most this big). */
 export const MAX_READ_SIZE = 256 * 1024;
+/** Largest read buffer of a link: room for several of the largest DATA frames per read. */
+export const MAX_LINK_READ_SIZE = 1024 * 1024;
 
 /**
  * Picks read sizes: doubles after a read that filled the buffer, halves
- * after reads that used little of it, between MIN_READ_SIZE and MAX_READ_SIZE.
+ * after reads that used little of it, between MIN_READ_SIZE and `max`.
+ * Sizes are powers of two, so pooled buffers fit many readers.
  */
 export class ReadSizer {
   #size = MIN_READ_SIZE;
+  #max: number;
+
+  /** A sizer growing up to `max` bytes. */
+  constructor(max = MAX_READ_SIZE) {
+    this.#max = max;
+  }
 
   /** The current read size. */
   get size(): number {
     return this.#size;
   }
 
-  /** Adjusts the size after a read of `n` bytes; returns the new size. */
+  /** Adjusts the size after a read that filled `n` of `size` bytes; returns the new size. */
   update(n: number): number {
-    if (n >= this.#size && this.#size < MAX_READ_SIZE) this.#size *= 2;
+    if (n >= this.#size && this.#size < this.#max) this.#size *= 2;
     else if (n < this.#size / 8 && this.#size > MIN_READ_SIZE) this.#size /= 2;
     return this.#size;
   }
+}
+
+/** The smallest power of two that is at least `n`. */
+export function powerOfTwoAtLeast(n: number): number {
+  return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
 }
 
 /** Options of a Link. */
@@ -39,6 +54,12 @@ export interface LinkOptions {
   maxPayload?: number;
   /** Clock in ms (injectable). */
   now?: () => number;
+}
+
+/** A read buffer the link moved on from, and how much had been pushed locally when it did. */
+interface Retired {
+  buffer: Uint8Array;
+  mark: number;
 }
 
 /** A framed connection between the two brokers. */
@@ -56,19 +77,23 @@ export class Link {
 
   #transport: Transport;
   #decoder: FrameDecoder;
-  #sizer = new ReadSizer();
+  #sizer = new ReadSizer(MAX_LINK_READ_SIZE);
   #buffer: Uint8Array | null = null;
+  #retired: Retired[] = [];
+  #local: WriteProgress | null = null;
   #closed = false;
   #now: () => number;
   #writeError: Error | null = null;
-  #canReuse: () => boolean = () => false;
 
   /** Wraps an open transport to `peer`. */
   constructor(transport: Transport, peer: string, options: LinkOptions = {}) {
     this.peer = peer;
     this.#transport = transport;
     this.#now = options.now ?? Date.now;
-    this.#decoder = new FrameDecoder(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload });
+    this.#decoder = new FrameDecoder({
+      carry: true,
+      ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
+    });
     this.writer = new WriteQueue(transport, (err) => {
       this.#writeError = err;
       this.close();
@@ -88,45 +113,71 @@ export class Link {
   }
 
   /**
-   * Tells the link when its last read buffer may be reused: frames handed
-   * out are views into it, so it may only be overwritten once the consumer
-   * holds none of them.
+   * Tells the link where the DATA it hands out goes: frames are views into
+   * its read buffers, and a buffer is recycled only once `local` (the
+   * session's local write queue) has written everything pushed while the
+   * buffer was in use. Until this is called (the handshake, whose frames
+   * may be kept), buffers are never recycled; the one in use now never is.
    */
-  setBufferReuse(canReuse: () => boolean): void {
-    this.#canReuse = canReuse;
+  recycleBuffersAfter(local: WriteProgress): void {
+    this.#local = local;
+    this.#buffer = null;
   }
 
-  /** Queues a frame. */
-  send(frame: Uint8Array): void {
+  /** Queues a frame; `owner` is released once it is written. */
+  send(frame: Uint8Array, owner?: Releasable): void {
     this.lastSentAt = this.#now();
-    this.writer.push(frame);
+    this.writer.push(frame, owner);
   }
 
   /**
    * The next frame, or null when the peer closed the link cleanly. Throws
    * ProtocolError for malformed input or a stream cut inside a frame, and
-   * the transport's error when the connection fails.
+   * the transport's error when the connection fails. The frame's payload is
+   * a view into a read buffer: see recycleBuffersAfter.
    */
   async readFrame(): Promise<Frame | null> {
     for (;;) {
       const frame = this.#decoder.next();
       if (frame) return frame;
       if (this.#closed) return null;
-      const size = this.#sizer.size;
-      if (!this.#buffer || this.#buffer.length !== size || !this.#canReuse()) {
-        this.#buffer = new Uint8Array(size);
-      }
-      const n = await this.#transport.read(this.#buffer);
+      // The rest of an incomplete frame is read right behind its beginning.
+      const frameSize = this.#decoder.pendingFrameSize;
+      const carried = this.#decoder.takePending();
+      const size = Math.max(this.#sizer.size, powerOfTwoAtLeast(Math.max(frameSize, carried.length + 1)));
+      const buffer = this.#readBuffer(size, carried);
+      const n = await this.#transport.read(buffer.subarray(carried.length));
       if (n === null) {
-        if (this.#decoder.bufferedBytes > 0) {
-          throw new ProtocolError(`Link closed inside a frame (${this.#decoder.bufferedBytes} bytes pending)`);
+        if (carried.length > 0) {
+          throw new ProtocolError(`Link closed inside a frame (${carried.length} bytes pending)`);
         }
         return null;
       }
       this.lastReceivedAt = this.#now();
-      this.#sizer.update(n);
-      this.#decoder.push(this.#buffer.subarray(0, n));
+      this.#sizer.update(carried.length + n);
+      this.#decoder.push(buffer.subarray(0, carried.length + n));
     }
+  }
+
+  /** A buffer of `size` bytes starting with the `carried` bytes: the current one when free, else a recycled one. */
+  #readBuffer(size: number, carried: Uint8Array): Uint8Array {
+    const local = this.#local;
+    const current = this.#buffer;
+    if (current && local && local.writtenTotal >= local.pushedTotal && current.length === size) {
+      // Nothing holds views into it any more: read into it again.
+      if (carried.length > 0) current.copyWithin(0, carried.byteOffset, carried.byteOffset + carried.length);
+      return current;
+    }
+    if (local) {
+      if (current) this.#retired.push({ buffer: current, mark: local.pushedTotal });
+      while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= local.writtenTotal) {
+        readBufferPool.give((this.#retired.shift() as Retired).buffer);
+      }
+    }
+    const next = local ? readBufferPool.take(size) : new Uint8Array(size);
+    next.set(carried);
+    this.#buffer = next;
+    return next;
   }
 
   /** Like readFrame, but closes the link and throws TimedOut after `ms`. */

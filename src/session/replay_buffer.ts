@@ -25,10 +25,15 @@ export class ResumeGapError extends Error {
   }
 }
 
+import type { Releasable } from "./buffer_pool.ts";
+
 interface Chunk {
   start: number;
   bytes: Uint8Array;
+  owner: Releasable | undefined;
 }
+
+const DROPPED: Chunk = { start: 0, bytes: new Uint8Array(0), owner: undefined };
 
 /** Unacknowledged outbound bytes of one session direction. */
 export class ReplayBuffer {
@@ -61,11 +66,15 @@ export class ReplayBuffer {
     return this.#end - this.#start;
   }
 
-  /** Keeps `bytes` (by reference: the caller must not reuse them); returns their offset. */
-  append(bytes: Uint8Array): number {
+  /**
+   * Keeps `bytes` (by reference: the caller must not reuse them); returns
+   * their offset. `owner` is released once all of them are acknowledged
+   * (not when the buffer is cleared: the bytes may still be on their way).
+   */
+  append(bytes: Uint8Array, owner?: Releasable): number {
     const offset = this.#end;
     if (bytes.length === 0) return offset;
-    this.#chunks.push({ start: offset, bytes });
+    this.#chunks.push({ start: offset, bytes, owner });
     this.#end += bytes.length;
     return offset;
   }
@@ -84,12 +93,14 @@ export class ReplayBuffer {
       const chunk = this.#chunks[this.#head] as Chunk;
       const chunkEnd = chunk.start + chunk.bytes.length;
       if (chunkEnd <= offset) {
-        this.#head++;
+        this.#chunks[this.#head++] = DROPPED;
+        chunk.owner?.release();
         continue;
       }
       if (chunk.start < offset) {
         const cut = offset - chunk.start;
-        this.#chunks[this.#head] = { start: offset, bytes: chunk.bytes.subarray(cut) };
+        chunk.bytes = chunk.bytes.subarray(cut);
+        chunk.start = offset;
       }
       break;
     }
@@ -126,7 +137,7 @@ export class ReplayBuffer {
 
   #compact(): void {
     if (this.#head === this.#chunks.length) {
-      this.#chunks = [];
+      this.#chunks.length = 0;
       this.#head = 0;
     } else if (this.#head > 64 && this.#head * 2 > this.#chunks.length) {
       this.#chunks = this.#chunks.slice(this.#head);

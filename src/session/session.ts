@@ -33,7 +33,8 @@ import {
   sealDataFrame,
 } from "../protocol/frames.ts";
 import { formatDuration } from "../config/values.ts";
-import { type Link, ReadSizer } from "./link.ts";
+import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
+import { PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
@@ -220,7 +221,7 @@ export class Session {
     this.#link = link;
     this.#setState("attached");
     link.lastReceivedAt = this.#now();
-    link.setBufferReuse(() => this.#localWriter.queuedBytes === 0);
+    link.recycleBuffersAfter(this.#localWriter);
     this.#applyAck(peerReceived);
 
     let replayed = 0;
@@ -508,10 +509,16 @@ export class Session {
     waiter?.();
   }
 
-  /** Reads the local socket into DATA frames: the buffer read into is the one sent and kept. */
+  /**
+   * Reads the local socket into DATA frames: the buffer read into is the one
+   * sent and kept. Buffers come from the pool and go back once the peer
+   * acknowledged their bytes and the link wrote them (a lease with two
+   * holders); a small read is copied out instead, so that the buffer it
+   * used is read into again at once.
+   */
   async #pump(): Promise<void> {
-    const sizer = new ReadSizer();
-    let buffer = new Uint8Array(DATA_HEADER_SIZE + sizer.size);
+    const sizer = new ReadSizer(MAX_READ_SIZE);
+    let buffer = readBufferPool.take(sizer.size);
     const cap = this.#timers.replayBufferBytes;
     while (!this.#isClosed()) {
       const room = cap - this.#out.size;
@@ -529,28 +536,35 @@ export class Session {
       try {
         n = await this.#local.read(buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + want));
       } catch (err) {
+        readBufferPool.give(buffer);
         if (!this.#isClosed()) this.abort(`${this.#localName} connection failed: ${describeError(err)}`);
         return;
       }
+      if (this.#isClosed() || n === null) readBufferPool.give(buffer);
       if (this.#isClosed()) return;
       if (n === null) {
         this.#localEof = true;
         this.#link?.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
         return;
       }
+      const size = sizer.update(DATA_HEADER_SIZE + n);
       let frame: Uint8Array;
-      const size = sizer.update(n);
+      let lease: PoolLease | undefined;
       if (n * 4 < buffer.length) {
-        // A small read: keep an exact-size copy so a mostly empty buffer is not retained.
+        // A small read: send and keep an exact copy; the buffer is read into again.
         frame = buffer.slice(0, DATA_HEADER_SIZE + n);
-        if (buffer.length !== DATA_HEADER_SIZE + size) buffer = new Uint8Array(DATA_HEADER_SIZE + size);
+        if (buffer.length !== size) {
+          readBufferPool.give(buffer);
+          buffer = readBufferPool.take(size);
+        }
       } else {
         frame = buffer.subarray(0, DATA_HEADER_SIZE + n);
-        buffer = new Uint8Array(DATA_HEADER_SIZE + size);
+        lease = new PoolLease(buffer, readBufferPool, this.#link ? 2 : 1);
+        buffer = readBufferPool.take(size);
       }
-      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE));
+      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease);
       this.stats.bytesFromLocal += n;
-      this.#link?.send(sealDataFrame(frame, offset));
+      this.#link?.send(sealDataFrame(frame, offset), lease);
     }
   }
 }

@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { Releasable, WriteProgress } from "./buffer_pool.ts";
+
 /** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
 export interface Transport {
   /** Reads into `p`; resolves to the count, or null at end of stream. */
@@ -52,12 +54,17 @@ export function closeQuietly(transport: Transport): void {
  * Serializes writes to one transport: producers push buffers without
  * awaiting; one loop writes them in order. The queue holds references, not
  * copies. Producers that must not outrun the socket await `waitBelow`.
+ * A pushed buffer may come with an owner to release once it is written
+ * (pooled buffers); buffers dropped on close are never released.
  */
-export class WriteQueue {
+export class WriteQueue implements WriteProgress {
   #transport: Transport;
   #queue: Uint8Array[] = [];
+  #owners: (Releasable | undefined)[] = [];
   #head = 0;
   #queued = 0;
+  #pushedTotal = 0;
+  #writtenTotal = 0;
   #running = false;
   #closed = false;
   #endAfterFlush = false;
@@ -76,16 +83,28 @@ export class WriteQueue {
     return this.#queued;
   }
 
+  /** Bytes pushed since the queue was made. */
+  get pushedTotal(): number {
+    return this.#pushedTotal;
+  }
+
+  /** Bytes written since the queue was made. */
+  get writtenTotal(): number {
+    return this.#writtenTotal;
+  }
+
   /** True once closed or failed: pushes are dropped. */
   get closed(): boolean {
     return this.#closed;
   }
 
-  /** Queues `bytes` for writing (by reference). */
-  push(bytes: Uint8Array): void {
+  /** Queues `bytes` for writing (by reference); `owner` is released once they are written. */
+  push(bytes: Uint8Array, owner?: Releasable): void {
     if (this.#closed || this.#endAfterFlush) return;
     this.#queue.push(bytes);
+    this.#owners.push(owner);
     this.#queued += bytes.length;
+    this.#pushedTotal += bytes.length;
     if (!this.#running) this.#run();
   }
 
@@ -111,10 +130,15 @@ export class WriteQueue {
   /** Drops what is queued and stops; does not close the transport. */
   close(): void {
     this.#closed = true;
+    this.#drop();
+    this.#wake();
+  }
+
+  #drop(): void {
     this.#queue = [];
+    this.#owners = [];
     this.#head = 0;
     this.#queued = 0;
-    this.#wake();
   }
 
   async #run(): Promise<void> {
@@ -124,10 +148,15 @@ export class WriteQueue {
         const bytes = this.#queue[this.#head] as Uint8Array;
         await writeAll(this.#transport, bytes);
         if (this.#closed) return;
+        const owner = this.#owners[this.#head];
+        this.#owners[this.#head] = undefined;
         this.#queue[this.#head++] = EMPTY;
         this.#queued -= bytes.length;
+        this.#writtenTotal += bytes.length;
+        owner?.release();
         if (this.#head === this.#queue.length) {
-          this.#queue = [];
+          this.#queue.length = 0;
+          this.#owners.length = 0;
           this.#head = 0;
         }
         this.#wake();
@@ -139,9 +168,7 @@ export class WriteQueue {
     } catch (err) {
       if (!this.#closed) {
         this.#closed = true;
-        this.#queue = [];
-        this.#head = 0;
-        this.#queued = 0;
+        this.#drop();
         this.#wake();
         this.#onError(err as Error);
       }

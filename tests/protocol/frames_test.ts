@@ -194,3 +194,26 @@ Deno.test("decoder rejects unknown types, oversized and malformed frames", () =>
   throws(after([0x10, 0, 0, 0, 8]), /expected at least 9/);
   throws(after([0x14, 0, 0, 0, 1, 0]), /Malformed frame: type 20/);
 });
+
+Deno.test("decoder in carry mode leaves split frames to the caller, who completes them in one chunk", () => {
+  const { bytes, expected } = stream();
+  for (let i = 0; i <= bytes.length; i += 3) {
+    const d = new FrameDecoder({ carry: true });
+    const out: string[] = [];
+    d.push(bytes.subarray(0, i));
+    drain(d, out);
+    const size = d.pendingFrameSize;
+    const carried = d.takePending();
+    equal(d.bufferedBytes, 0);
+    if (carried.length > 0) {
+      equal(carried.buffer, bytes.buffer, "the pending bytes are a view, not a copy");
+      if (size > 0 && i > 5) equal(new DataView(carried.buffer, carried.byteOffset + 1, 4).getUint32(0) + 5, size);
+    }
+    const next = new Uint8Array(carried.length + bytes.length - i);
+    next.set(carried);
+    next.set(bytes.subarray(i), carried.length);
+    d.push(next);
+    drain(d, out);
+    deepEqual(out, expected, `split at ${i}`);
+  }
+});
