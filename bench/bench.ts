@@ -4,7 +4,9 @@
  *   1. direct TCP (the physical reference),
  *   2. two socat hops (the plain relay most administrators would reach for),
  *   3. two HAProxy hops in mode tcp (the strongest general-purpose peer),
- *   4. broker-client -> broker-server (default settings, separate processes).
+ *   4. two minimal Deno relays (bench/deno_relay.ts): the runtime's floor,
+ *      what any two-hop relay on Deno costs before doing anything useful;
+ *   5. broker-client -> broker-server (default settings, separate processes).
  * socat and HAProxy are installed with apt when missing (as root), or their
  * column is skipped with a note.
  *
@@ -20,14 +22,17 @@
  * after 2 s: time until every session moved data again, and bytes lost.
  * Options: --runs N (3), --bulk-mib N (1024), --round-trips N (20000),
  * --only LIST (bulk,duplex,rtt,users,storm: all by default), --peers LIST
- * (direct,socat,haproxy,broker), --profile DIR (run broker-client and
- * broker-server under `--cpu-prof`, profiles written to DIR).
+ * (direct,socat,haproxy,deno,broker), --profile DIR (run broker-client and
+ * broker-server under `--cpu-prof`, profiles written to DIR),
+ * --broker-v8-flags FLAGS (default: the V8 flags the programs ship with,
+ * src/runtime_flags.ts; "" for V8's defaults).
  * @module
  */
 
 import { createHash } from "node:crypto";
 import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
+import { V8_FLAGS } from "../src/runtime_flags.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -36,8 +41,9 @@ const { values } = parseArgs({
     "bulk-mib": { type: "string", default: "1024" },
     "round-trips": { type: "string", default: "20000" },
     only: { type: "string", default: "bulk,duplex,rtt,users,storm" },
-    peers: { type: "string", default: "direct,socat,haproxy,broker" },
+    peers: { type: "string", default: "direct,socat,haproxy,deno,broker" },
     profile: { type: "string" },
+    "broker-v8-flags": { type: "string", default: V8_FLAGS },
     users: { type: "string", default: "2000" },
     "users-seconds": { type: "string", default: "30" },
     "storm-sessions": { type: "string", default: "1000" },
@@ -51,6 +57,7 @@ const BULK = Number(values["bulk-mib"]) * 1024 * 1024;
 const ROUND_TRIPS = Number(values["round-trips"]);
 const CHUNK = 256 * 1024;
 const ONLY = new Set(values.only.split(","));
+const BROKER_V8_FLAGS = values["broker-v8-flags"];
 const PEERS = new Set(values.peers.split(","));
 const PROFILE_DIR = values.profile ? await Deno.realPath(await ensureDir(values.profile)) : null;
 
@@ -269,6 +276,16 @@ async function socatChain(sinkPort: number): Promise<Chain> {
   return { port: p1, stop: () => stopAll(...children) };
 }
 
+async function denoRelayChain(sinkPort: number): Promise<Chain> {
+  const [p1, p2] = [freePort(), freePort()];
+  const hop = (from: number, to: number) =>
+    spawn(Deno.execPath(), ["run", "--allow-net", "bench/deno_relay.ts", String(from), String(to)]);
+  const children = [hop(p2, sinkPort), hop(p1, p2)];
+  await waitForPort(p1);
+  await waitForPort(p2);
+  return { port: p1, pids: children.map((c) => c.pid), stop: () => stopAll(...children) };
+}
+
 async function haproxyChain(sinkPort: number, dir: string): Promise<Chain> {
   const [p1, p2] = [freePort(), freePort()];
   await Deno.writeTextFile(
@@ -299,6 +316,7 @@ async function brokerChain(
   );
   const deno = Deno.execPath();
   const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+  if (BROKER_V8_FLAGS) profile.push(`--v8-flags=${BROKER_V8_FLAGS}`);
   const server = spawn(deno, [
     "run",
     ...profile,
@@ -362,6 +380,7 @@ const PEER_KEYS: Record<string, string> = {
   "direct TCP": "direct",
   "socat x2": "socat",
   "HAProxy x2": "haproxy",
+  "Deno relay x2": "deno",
   "broker": "broker",
 };
 const sink = startSink();
@@ -378,6 +397,7 @@ const peers = ([
     () => haproxyChain(sink.port, dir),
     PEERS.has("haproxy") ? await haveOrInstall("haproxy", "haproxy") : null,
   ],
+  ["Deno relay x2", () => denoRelayChain(sink.port), null],
   ["broker", () => brokerChain(sink.port, dir), null],
 ] as Peer[]).filter(([name]) => PEERS.has(PEER_KEYS[name] ?? ""));
 const streamWorkloads = ["bulk", "duplex", "rtt"].some((w) => ONLY.has(w));
@@ -397,10 +417,10 @@ try {
   }
   // Many users: the relays that run as a few processes (socat forks one per connection).
   for (
-    const [name, start] of [["HAProxy x2", () => haproxyChain(sink.port, dir)], [
-      "broker",
-      () => brokerChain(sink.port, dir),
-    ]] as const
+    const [name, start] of [
+      ["HAProxy x2", () => haproxyChain(sink.port, dir)],
+      ["broker", () => brokerChain(sink.port, dir)],
+    ] as const
   ) {
     if (!ONLY.has("users") || !PEERS.has(PEER_KEYS[name] ?? "")) continue;
     if (results.find((r) => r.name === name)?.note) continue;
@@ -599,7 +619,7 @@ await Deno.writeTextFile(
   `bench/results/bench-${stamp}.json`,
   JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results, users, storm }, null, 2),
 );
-const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#27ae60"];
+const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#d35400", "#27ae60"];
 let y = 40;
 const bars: string[] = [];
 for (const [label, key, digits, higherIsBetter] of workloads) {

@@ -14,6 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { V8_FLAGS_ARG } from "../src/runtime_flags.ts";
 
 /** Targets we ship. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "x86_64-pc-windows-msvc"] as const;
@@ -59,7 +60,17 @@ export function planBuild(targets: readonly string[], outDir = "dist"): CompileS
       return {
         target,
         output,
-        args: ["compile", ...PERMISSIONS, ...program.extra, "--target", target, "--output", output, program.entry],
+        args: [
+          "compile",
+          ...PERMISSIONS,
+          ...program.extra,
+          V8_FLAGS_ARG,
+          "--target",
+          target,
+          "--output",
+          output,
+          program.entry,
+        ],
       };
     })
   );

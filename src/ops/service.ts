@@ -5,6 +5,8 @@
  * @module
  */
 
+import { V8_FLAGS_ARG } from "../runtime_flags.ts";
+
 /** What a service runs and how it is named. */
 export interface ServiceSpec {
   /** SERVICE_NAME. */
@@ -21,8 +23,8 @@ export interface ServiceSpec {
 
 /**
  * The command that starts this program again: the compiled executable
- * itself, or `deno run` with the same permissions and entry file when run
- * from source.
+ * itself (its V8 flags are embedded), or `deno run` with the same V8 flags,
+ * permissions and entry file when run from source.
  */
 export function selfCommand(execPath: string, mainModule: string, fromSource: boolean): string[] {
   if (!fromSource) return [execPath];
@@ -31,6 +33,7 @@ export function selfCommand(execPath: string, mainModule: string, fromSource: bo
   return [
     execPath,
     "run",
+    V8_FLAGS_ARG,
     "--allow-net",
     "--allow-read",
     "--allow-write",

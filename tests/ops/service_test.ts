@@ -1,5 +1,6 @@
 import { deepEqual, equal, match, rejects } from "node:assert/strict";
 import { selfCommand, type ServiceSpec } from "../../src/ops/service.ts";
+import { V8_FLAGS_ARG } from "../../src/runtime_flags.ts";
 import {
   installSystemd,
   type SystemdHost,
@@ -106,12 +107,13 @@ Deno.test("install refuses without root and leaves nothing behind when systemctl
   await Deno.remove(root, { recursive: true });
 });
 
-Deno.test("the service runs the compiled program, or deno run with the entry file", () => {
+Deno.test("the service runs the compiled program, or deno run with the V8 flags and the entry file", () => {
   deepEqual(selfCommand("/opt/broker/broker-server", "file:///snapshot/server.ts", false), [
     "/opt/broker/broker-server",
   ]);
   const fromSource = selfCommand("/usr/bin/deno", "file:///work/main/server.ts", true);
   equal(fromSource[0], "/usr/bin/deno");
+  deepEqual(fromSource.slice(1, 3), ["run", V8_FLAGS_ARG]);
   equal(fromSource.at(-1), "/work/main/server.ts");
   equal(selfCommand("C:\\deno\\deno.exe", "file:///C:/broker/server.ts", true).at(-1), "C:\\broker\\server.ts");
 });
