@@ -136,12 +136,25 @@ export function writeU64(view: DataView, at: number, value: number): void {
   view.setUint32(at + 4, value >>> 0);
 }
 
+/** Reads a u32 big-endian (byte arithmetic: no DataView per call on the hot path). */
+export function readU32(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] as number) * 0x100_0000) +
+    (((bytes[at + 1] as number) << 16) | ((bytes[at + 2] as number) << 8) | (bytes[at + 3] as number));
+}
+
+/** Writes a u32 big-endian. */
+function writeU32(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value >>> 24;
+  bytes[at + 1] = value >>> 16;
+  bytes[at + 2] = value >>> 8;
+  bytes[at + 3] = value;
+}
+
 /** Reads a u64 big-endian offset, rejecting values beyond 2^53-1. */
 export function readU64(bytes: Uint8Array, at: number): number {
-  const view = new DataView(bytes.buffer, bytes.byteOffset + at, 8);
-  const high = view.getUint32(0);
+  const high = readU32(bytes, at);
   if (high > 0x1f_ffff) throw new ProtocolError(`Offset too large: high word ${high} exceeds 2^53`);
-  return high * 0x1_0000_0000 + view.getUint32(4);
+  return high * 0x1_0000_0000 + readU32(bytes, at + 4);
 }
 
 function frame(type: FrameTypeValue, payloadSize: number): { out: Uint8Array; view: DataView } {
@@ -298,10 +311,13 @@ export function sealDataFrame(frame: Uint8Array, offset: number): Uint8Array {
   if (frame.length <= DATA_HEADER_SIZE) {
     throw new RangeError(`Cannot seal a DATA frame of ${frame.length} bytes: it carries no data`);
   }
-  const view = new DataView(frame.buffer, frame.byteOffset, DATA_HEADER_SIZE);
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new RangeError(`Cannot encode offset ${offset}: expected an integer in 0..2^53-1`);
+  }
   frame[0] = FrameType.Data;
-  view.setUint32(1, frame.length - FRAME_HEADER_SIZE);
-  writeU64(view, FRAME_HEADER_SIZE, offset);
+  writeU32(frame, 1, frame.length - FRAME_HEADER_SIZE);
+  writeU32(frame, FRAME_HEADER_SIZE, Math.floor(offset / 0x1_0000_0000));
+  writeU32(frame, FRAME_HEADER_SIZE + 4, offset >>> 0);
   return frame;
 }
 
@@ -409,7 +425,7 @@ export class FrameDecoder {
     if (this.#needPreface) return PREFACE_SIZE;
     const bytes = this.#pending;
     if (bytes.length < FRAME_HEADER_SIZE) return 0;
-    return FRAME_HEADER_SIZE + new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0);
+    return FRAME_HEADER_SIZE + readU32(bytes, 1);
   }
 
   /** Carry mode: hands over the pending (incomplete) bytes and forgets them. */
@@ -466,7 +482,7 @@ export class FrameDecoder {
     }
     if (bytes.length < FRAME_HEADER_SIZE) return this.#keepRest();
     const type = bytes[0] as number;
-    const length = new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0);
+    const length = readU32(bytes, 1);
     this.#validate(type, length);
     const total = FRAME_HEADER_SIZE + length;
     if (bytes.length >= total) {

@@ -340,7 +340,9 @@ export class Session {
           this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
           return;
         }
-        await this.#onFrame(link, frame);
+        // Only DATA under local backpressure returns a promise: most frames cost no extra turn.
+        const paused = this.#onFrame(link, frame);
+        if (paused) await paused;
         if (this.#link !== link) return;
       }
     } catch (err) {
@@ -349,7 +351,8 @@ export class Session {
     }
   }
 
-  async #onFrame(link: Link, frame: Frame): Promise<void> {
+  /** Handles one frame; returns a promise only while the local socket is too far behind to read on. */
+  #onFrame(link: Link, frame: Frame): Promise<void> | undefined {
     const payload = frame.payload;
     switch (frame.type) {
       case FrameType.Data: {
@@ -366,9 +369,10 @@ export class Session {
         this.#scheduleAck(link);
         if (this.#localWriter.queuedBytes >= LOCAL_HIGH_WATER) {
           link.readPaused = true;
-          await this.#localWriter.waitBelow(LOCAL_HIGH_WATER / 2);
-          link.readPaused = false;
-          link.lastReceivedAt = this.#now();
+          return this.#localWriter.waitBelow(LOCAL_HIGH_WATER / 2).then(() => {
+            link.readPaused = false;
+            link.lastReceivedAt = this.#now();
+          });
         }
         return;
       }

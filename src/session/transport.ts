@@ -146,7 +146,10 @@ export class WriteQueue implements WriteProgress {
     try {
       while (!this.#closed && this.#head < this.#queue.length) {
         const bytes = this.#queue[this.#head] as Uint8Array;
-        await writeAll(this.#transport, bytes);
+        // writeAll, inlined: one promise less per write on the hot path.
+        for (let done = 0; done < bytes.length;) {
+          done += await this.#transport.write(done === 0 ? bytes : bytes.subarray(done));
+        }
         if (this.#closed) return;
         const owner = this.#owners[this.#head];
         this.#owners[this.#head] = undefined;
