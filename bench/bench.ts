@@ -387,7 +387,15 @@ const sink = startSink();
 const dir = await Deno.makeTempDir();
 const results: { name: string; figures: Figures | null; note?: string }[] = [];
 const users: { name: string; figures: UsersFigures }[] = [];
-let storm: { recoverMs: number; wrong: number; sessions: number } | null = null;
+/** Resume storm: when the last, the median and the 90th percentile session moved again (ms after the link returned). */
+interface StormFigures {
+  recoverMs: number;
+  medianMs: number;
+  p90Ms: number;
+  wrong: number;
+  sessions: number;
+}
+let storm: StormFigures | null = null;
 type Peer = [string, () => Promise<Chain> | null, string | null];
 const peers = ([
   ["direct TCP", () => null, null],
@@ -522,7 +530,7 @@ async function manyUsers(chain: Chain): Promise<UsersFigures> {
 async function resumeStorm(
   sinkPort: number,
   dir: string,
-): Promise<{ recoverMs: number; wrong: number; sessions: number }> {
+): Promise<StormFigures> {
   let chaos: ChaosLink | null = null;
   const chain = await brokerChain(sinkPort, dir, async (serverPort) => {
     chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
@@ -557,8 +565,14 @@ async function resumeStorm(
     stopping = true;
     await Promise.all(traffic);
     for (const conn of conns) conn.close();
-    const done = recovered.filter((x) => x !== undefined);
-    return { recoverMs: done.length === STORM ? Math.max(...done) : Infinity, wrong, sessions: done.length };
+    const done = recovered.filter((x) => x !== undefined).sort((a, b) => a - b);
+    return {
+      recoverMs: done.length === STORM ? Math.max(...done) : Infinity,
+      medianMs: done[Math.floor(done.length / 2)] ?? Infinity,
+      p90Ms: done[Math.floor(done.length * 0.9)] ?? Infinity,
+      wrong,
+      sessions: done.length,
+    };
   } finally {
     await chain.stop();
     await link.close();
@@ -608,7 +622,9 @@ if (storm) {
   console.log(
     `\nResume storm, broker: ${storm.sessions} of ${STORM} sessions moving again ${
       Number.isFinite(storm.recoverMs) ? `${(storm.recoverMs / 1000).toFixed(2)} s` : "(not all within 60 s)"
-    } after the link returned; ${storm.wrong} wrong replies (lost or reordered bytes)`,
+    } after the link returned (half of them within ${(storm.medianMs / 1000).toFixed(2)} s, 90% within ${
+      (storm.p90Ms / 1000).toFixed(2)
+    } s); ${storm.wrong} wrong replies (lost or reordered bytes)`,
   );
 }
 

@@ -2,22 +2,23 @@ import { deepEqual, equal, ok } from "node:assert/strict";
 import { backoffDelay, backoffSchedule, sleep } from "../../src/session/backoff.ts";
 import { seededRandom } from "../../tools/streams.ts";
 
-Deno.test("full jitter: the ceiling doubles from 100 ms and stops at 2 s", () => {
+Deno.test("full jitter: the ceiling doubles from 100 ms and stops at 1 s", () => {
   const top = () => 0.999999;
   deepEqual(
-    Array.from({ length: 8 }, (_, i) => backoffDelay(i, { random: top })),
-    [99, 199, 399, 799, 1599, 1999, 1999, 1999],
+    Array.from({ length: 7 }, (_, i) => backoffDelay(i, { random: top })),
+    [99, 199, 399, 799, 999, 999, 999],
   );
   equal(backoffDelay(0, { random: () => 0 }), 0, "a retry may come at once");
-  equal(backoffDelay(1000, { random: top }), 1999, "huge attempt counts do not overflow");
+  equal(backoffDelay(1000, { random: top }), 999, "huge attempt counts do not overflow");
+  equal(backoffDelay(6, { random: top, capMs: 2000 }), 1999, "the cap is an option");
 });
 
 Deno.test("full jitter: delays are spread over the whole range (seeded)", () => {
   const random = seededRandom(42);
   const delays = Array.from({ length: 2000 }, () => backoffDelay(10, { random }));
-  ok(delays.every((d) => d >= 0 && d < 2000));
-  const low = delays.filter((d) => d < 1000).length;
-  ok(low > 900 && low < 1100, `about half below 1 s, got ${low}`);
+  ok(delays.every((d) => d >= 0 && d < 1000));
+  const low = delays.filter((d) => d < 500).length;
+  ok(low > 900 && low < 1100, `about half below 0.5 s, got ${low}`);
 });
 
 Deno.test("schedule stops at the deadline and shortens the last wait (fake clock)", () => {
