@@ -10,7 +10,7 @@ import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_po
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Smallest read buffer (an idle socket keeps one). */
-export const MIN_READ_SIZE = 4 * 1024;
+export const MIN_READ_SIZE = 2 * 1024;
 /** Largest read buffer of a local socket: bulk transfers grow to it (and DATA frames are at most this big). */
 export const MAX_READ_SIZE = 256 * 1024;
 /** Largest read buffer of a link: room for several of the largest DATA frames per read. */
