@@ -110,6 +110,7 @@ export class BrokerServer {
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
   #handshakeLimitLogged = 0;
+  #bufferedSum = { at: -Infinity, bytes: 0 };
   #adopted = new WeakSet<Link>();
 
   /** Creates a server for `config`; call listen() to start. */
@@ -398,6 +399,21 @@ export class BrokerServer {
     return "";
   }
 
+  /**
+   * Bytes held for all sessions (replay buffers and bytes waiting for the
+   * ERP), summed at most every 100 ms: a burst of logins with thousands of
+   * sessions open must not walk all of them for each new one.
+   */
+  #bufferedBytes(): number {
+    const now = this.#now();
+    if (now - this.#bufferedSum.at >= 100 || now < this.#bufferedSum.at) {
+      let sum = 0;
+      for (const e of this.#sessions.values()) sum += e.session.bufferedBytes + e.session.pendingLocalBytes;
+      this.#bufferedSum = { at: now, bytes: sum };
+    }
+    return this.#bufferedSum.bytes;
+  }
+
   /** Why a new session must be refused now, or null. */
   #refuseNewSession(link: Link): string | null {
     const limits = this.#config.limits;
@@ -409,8 +425,7 @@ export class BrokerServer {
     if (!this.#rates.take(address)) {
       return `too many new sessions from ${address}: the limit is ${limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
     }
-    let buffered = 0;
-    for (const e of this.#sessions.values()) buffered += e.session.bufferedBytes + e.session.pendingLocalBytes;
+    const buffered = this.#bufferedBytes();
     if (buffered >= limits.maxBufferedBytes) {
       return `broker-server buffers ${buffered} bytes for detached or slow sessions, its limit (MAX_BUFFERED): new sessions wait until that drains`;
     }

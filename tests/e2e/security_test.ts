@@ -34,10 +34,17 @@ const FINGERPRINT = "7E:6C:AD:39:31:D8:50:86:FF:94:FE:50:47:A0:05:0B:29:DC:5B:01
 const ADMISSION = "correct horse battery staple 42";
 
 /** Connects an app and expects broker-client to close it (the session could not open). */
+/** Expects a new Smart Client connection to be closed, within 10 s (a session that opens instead fails the test). */
 async function refused(port: number): Promise<void> {
   const app = await Deno.connect({ hostname: "127.0.0.1", port });
-  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's connection is closed");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const answer = await Promise.race([
+    app.read(new Uint8Array(1)).catch(() => null),
+    new Promise<string>((resolve) => timer = setTimeout(() => resolve("still open after 10 s"), 10_000)),
+  ]);
+  clearTimeout(timer);
   app.close();
+  equal(answer, null, "Smart Client's connection is closed");
 }
 
 Deno.test("TLS link: data intact through resets and closes; the session resumes over new TLS connections", async () => {
@@ -231,6 +238,49 @@ Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reas
     await logs.waitFor(/too many new sessions from 127\.0\.0\.1: the limit is 2 per minute/);
     await waitFor(() => server.sessions.length === 0, "sessions to end");
   }
+});
+
+Deno.test("limits: MAX_BUFFERED refuses new sessions while bytes pile up for a slow ERP server, and admits them again", async () => {
+  await using logs = await captureLogs();
+  let opened = 0;
+  let release: () => void = () => {};
+  const released = new Promise<void>((resolve) => release = resolve);
+  await using erp = startErp(async (conn) => {
+    // The first ERP connection reads nothing until the test says so; the others echo.
+    if (opened++ === 0) await released;
+    await echo(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], { MAX_BUFFERED: "256KB" }));
+  await using client = startClient(clientConfig([server.address.port], { NEW_SESSION_TIMEOUT: "1s" }));
+  const slow = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  // Far more than the kernel's socket buffers hold: the rest waits in broker-server.
+  const sending = sendStream(slow, 7, 32 * 1024 * 1024);
+  await waitFor(
+    () =>
+      (server.sessions[0]?.session.pendingLocalBytes ?? 0) + (server.sessions[0]?.session.bufferedBytes ?? 0) >=
+        256 * 1024,
+    "bytes to pile up in broker-server",
+  );
+  await new Promise((r) => setTimeout(r, 150)); // the server sums buffered bytes at most every 100 ms
+  await refused(client.address.port);
+  await logs.waitFor(/buffers \d+ bytes for detached or slow sessions, its limit \(MAX_BUFFERED\)/);
+  release();
+  const echoed = new Digest();
+  const buf = new Uint8Array(64 * 1024);
+  while (echoed.bytes < 32 * 1024 * 1024) {
+    const n = await slow.read(buf);
+    if (n === null) throw new Error(`The slow session ended after ${echoed.bytes} bytes`);
+    echoed.update(buf.subarray(0, n));
+  }
+  await sending;
+  equal(echoed.hex(), streamDigest(7, 32 * 1024 * 1024), "the slow session's bytes all came back, in order");
+  await waitFor(() => (server.sessions[0]?.session.pendingLocalBytes ?? 1) === 0, "the backlog to drain");
+  await new Promise((r) => setTimeout(r, 150));
+  const late = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await roundTrip(late, "admitted"), "admitted");
+  late.close();
+  slow.close();
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
 });
 
 /** 2,000 by default; SLOWLORIS_LINKS scales it (the Wine run uses fewer). */
