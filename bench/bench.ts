@@ -487,9 +487,12 @@ async function openEcho(port: number): Promise<Deno.TcpConn> {
 }
 
 interface UsersFigures {
+  /** Sum of the processes' median RSS over the run. */
   rssMiB: number;
-  /** RSS of each process (for the broker: server, then client). */
+  /** Median RSS of each process over the run, sampled every second (for the broker: server, then client). */
   rssPerProcessMiB: number[];
+  /** Highest RSS sample of each process. */
+  peakRssPerProcessMiB: number[];
   cpuSeconds: number;
   p99Ms: number;
   wrong: number;
@@ -500,6 +503,12 @@ async function manyUsers(chain: Chain): Promise<UsersFigures> {
   const conns: Deno.TcpConn[] = [];
   for (let i = 0; i < USERS; i++) conns.push(await openEcho(chain.port));
   const before = processUsage(chain.pids ?? []);
+  // RSS rises and falls with garbage collection: sample it every second, per process.
+  const samples: number[][] = (chain.pids ?? []).map(() => []);
+  const sampler = setInterval(
+    () => (chain.pids ?? []).forEach((pid, i) => samples[i]?.push(processUsage([pid]).rss)),
+    1000,
+  );
   const active = conns.filter((_, i) => i % 10 === 0);
   const times: number[] = [];
   let wrong = 0;
@@ -513,13 +522,16 @@ async function manyUsers(chain: Chain): Promise<UsersFigures> {
       await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (performance.now() - t0))));
     }
   }));
+  clearInterval(sampler);
   const after = processUsage(chain.pids ?? []);
-  const perProcess = (chain.pids ?? []).map((pid) => processUsage([pid]).rss / 2 ** 20);
+  const perProcess = samples.map((xs) => median(xs) / 2 ** 20);
+  const peakPerProcess = samples.map((xs) => Math.max(...xs) / 2 ** 20);
   for (const conn of conns) conn.close();
   times.sort((a, b) => a - b);
   return {
-    rssMiB: after.rss / 2 ** 20,
+    rssMiB: perProcess.reduce((a, b) => a + b, 0),
     rssPerProcessMiB: perProcess,
+    peakRssPerProcessMiB: peakPerProcess,
     cpuSeconds: after.cpu - before.cpu,
     p99Ms: times[Math.floor(times.length * 0.99)] ?? 0,
     wrong,
@@ -613,9 +625,9 @@ for (const u of users) {
   console.log(
     `\nMany users, ${u.name}: RSS ${u.figures.rssMiB.toFixed(0)} MiB (${
       u.figures.rssPerProcessMiB.map((x) => x.toFixed(0)).join(" + ")
-    }), CPU ${u.figures.cpuSeconds.toFixed(1)} s, p99 ${
-      u.figures.p99Ms.toFixed(2)
-    } ms, ${u.figures.wrong} wrong replies`,
+    }; median of 1 s samples, peak ${u.figures.peakRssPerProcessMiB.map((x) => x.toFixed(0)).join(" + ")}), CPU ${
+      u.figures.cpuSeconds.toFixed(1)
+    } s, p99 ${u.figures.p99Ms.toFixed(2)} ms, ${u.figures.wrong} wrong replies`,
   );
 }
 if (storm) {

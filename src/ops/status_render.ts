@@ -74,7 +74,9 @@ export function renderHtml(s: StatusSnapshot): string {
 <h1>Protheus broker-server</h1>
 <div class="meta">version ${escape(s.version)} · up ${escape(formatAge(s.uptimeSeconds))} · listening on ${
     escape(s.listen)
-  } · balancing ${escape(s.sortMethod)} · refreshes every ${REFRESH_SECONDS} s</div>
+  } · balancing ${escape(s.sortMethod)} · memory ${
+    escape(formatBytes(s.memory.rss))
+  } · refreshes every ${REFRESH_SECONDS} s</div>
 <div class="cards">${card("Active sessions", t.sessionsActive)}${card("Opened", t.sessionsOpened)}${
     card("Resumes", t.resumes)
   }${card("Expired", t.sessionsExpired)}${card("Ended by error", t.sessionsAborted)}${
@@ -110,6 +112,12 @@ export function renderMetrics(s: StatusSnapshot): string {
   const t = s.totals;
   metric("broker_info", "gauge", "Version of broker-server.", [[`{version="${label(s.version)}"}`, 1]]);
   metric("broker_uptime_seconds", "gauge", "Seconds since broker-server started.", [["", s.uptimeSeconds]]);
+  metric("broker_process_memory_bytes", "gauge", "Memory of the broker-server process, by kind.", [
+    ['{kind="rss"}', s.memory.rss],
+    ['{kind="heap_used"}', s.memory.heapUsed],
+    ['{kind="heap_total"}', s.memory.heapTotal],
+    ['{kind="external"}', s.memory.external],
+  ]);
   const attached = s.sessions.filter((x) => x.state === "attached").length;
   metric("broker_sessions", "gauge", "Live sessions by state.", [
     ['{state="attached"}', attached],

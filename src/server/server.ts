@@ -54,6 +54,16 @@ const log = logger("server");
 /** Most tombstones kept; the oldest go first. */
 const MAX_TOMBSTONES = 10_000;
 
+/** The process's memory figures; zeros where the platform cannot tell. */
+function processMemory(): StatusSnapshot["memory"] {
+  try {
+    const { rss, heapUsed, heapTotal, external } = Deno.memoryUsage();
+    return { rss, heapUsed, heapTotal, external };
+  } catch {
+    return { rss: 0, heapUsed: 0, heapTotal: 0, external: 0 };
+  }
+}
+
 /** A live session as the registry holds it. */
 export interface ServerSessionInfo {
   /** Hex session id. */
@@ -141,6 +151,7 @@ export class BrokerServer {
       startedAt: new Date(stats.startedAt).toISOString(),
       uptimeSeconds: Math.round((now - stats.startedAt) / 1000),
       listen: this.#listener ? formatHostPort(this.address) : formatHostPort(this.#config.listen),
+      memory: processMemory(),
       sortMethod: this.#balancer.method,
       replayBufferBytes: this.#config.tuning.replayBufferBytes,
       servers: this.#balancer.backends.map((b) => ({

@@ -116,6 +116,17 @@ export interface StatusSnapshot {
   uptimeSeconds: number;
   /** Where broker-clients connect. */
   listen: string;
+  /** Memory of the broker-server process (bytes), as Deno.memoryUsage() reports it. */
+  memory: {
+    /** Resident set size: what the operating system charges the process. */
+    rss: number;
+    /** JavaScript heap in use. */
+    heapUsed: number;
+    /** JavaScript heap reserved. */
+    heapTotal: number;
+    /** Memory outside the heap held by JavaScript objects (read buffers, mostly). */
+    external: number;
+  };
   /** Balancing method. */
   sortMethod: string;
   /** Replay buffer cap per session and direction (bytes). */

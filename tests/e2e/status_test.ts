@@ -64,6 +64,8 @@ Deno.test("status.json, metrics and the HTML page describe the live broker", asy
   equal(status.totals.resumes, 2);
   equal(status.totals.bytesToErp, 3000);
   equal(status.resumeDuration.count, 2);
+  ok(status.memory.rss > 10 * 2 ** 20 && status.memory.rss < 2 ** 32, `a plausible RSS: ${status.memory.rss}`);
+  ok(status.memory.heapUsed > 0 && status.memory.heapUsed <= status.memory.heapTotal);
 
   const metrics = await (await fetch(`${base}/metrics`)).text();
   for (
@@ -78,6 +80,7 @@ Deno.test("status.json, metrics and the HTML page describe the live broker", asy
       "# TYPE broker_resume_duration_seconds histogram",
     ]
   ) ok(metrics.includes(`${line}\n`), `metrics has "${line}"`);
+  match(metrics, /^broker_process_memory_bytes\{kind="rss"\} \d{7,}$/m);
 
   const html = await (await fetch(`${base}/`)).text();
   ok(html.includes('<meta http-equiv="refresh"'));
