@@ -79,6 +79,8 @@ export class Link {
   #decoder: FrameDecoder;
   #sizer = new ReadSizer(MAX_LINK_READ_SIZE);
   #buffer: Uint8Array | null = null;
+  #target: Uint8Array | null = null;
+  #carried = 0;
   #retired: Retired[] = [];
   #local: WriteProgress | null = null;
   #closed = false;
@@ -138,25 +140,53 @@ export class Link {
    */
   async readFrame(): Promise<Frame | null> {
     for (;;) {
-      const frame = this.#decoder.next();
+      const frame = this.nextFrame();
       if (frame) return frame;
-      if (this.#closed) return null;
-      // The rest of an incomplete frame is read right behind its beginning.
-      const frameSize = this.#decoder.pendingFrameSize;
-      const carried = this.#decoder.takePending();
-      const size = Math.max(this.#sizer.size, powerOfTwoAtLeast(Math.max(frameSize, carried.length + 1)));
-      const buffer = this.#readBuffer(size, carried);
-      const n = await this.#transport.read(buffer.subarray(carried.length));
-      if (n === null) {
-        if (carried.length > 0) {
-          throw new ProtocolError(`Link closed inside a frame (${carried.length} bytes pending)`);
-        }
-        return null;
-      }
-      this.lastReceivedAt = this.#now();
-      this.#sizer.update(carried.length + n);
-      this.#decoder.push(buffer.subarray(0, carried.length + n));
+      if (this.#closed || !this.afterRead(await this.readMore())) return null;
     }
+  }
+
+  /**
+   * The next frame among the bytes already received, or null: then call
+   * readMore and afterRead. Throws ProtocolError for malformed input. The
+   * session's read loop uses these three instead of readFrame, so that a
+   * read pending for a whole heartbeat interval holds no async frame of its
+   * own: with thousands of idle sessions those frames outlive V8's young
+   * generation and pile up as old garbage between full collections.
+   */
+  nextFrame(): Frame | null {
+    return this.#decoder.next();
+  }
+
+  /**
+   * Reads more bytes (after nextFrame returned null): the rest of an
+   * incomplete frame lands right behind its beginning. Pass the result to
+   * afterRead.
+   */
+  readMore(): Promise<number | null> {
+    const frameSize = this.#decoder.pendingFrameSize;
+    const carried = this.#decoder.takePending();
+    const size = Math.max(this.#sizer.size, powerOfTwoAtLeast(Math.max(frameSize, carried.length + 1)));
+    const buffer = this.#readBuffer(size, carried);
+    this.#carried = carried.length;
+    this.#target = buffer;
+    return this.#transport.read(carried.length === 0 ? buffer : buffer.subarray(carried.length));
+  }
+
+  /**
+   * Takes the result of readMore: true when bytes arrived, false at a clean
+   * end of stream; throws ProtocolError when the stream ended inside a frame.
+   */
+  afterRead(n: number | null): boolean {
+    const carried = this.#carried;
+    if (n === null) {
+      if (carried > 0) throw new ProtocolError(`Link closed inside a frame (${carried} bytes pending)`);
+      return false;
+    }
+    this.lastReceivedAt = this.#now();
+    this.#sizer.update(carried + n);
+    this.#decoder.push((this.#target as Uint8Array).subarray(0, carried + n));
+    return true;
   }
 
   /** A buffer of `size` bytes starting with the `carried` bytes: the current one when free, else a recycled one. */

@@ -333,13 +333,18 @@ export class Session {
   async #readLoop(link: Link): Promise<void> {
     try {
       for (;;) {
-        const frame = await link.readFrame();
-        if (this.#link !== link) return;
-        if (frame && !this.#confirmed) this.#confirm();
+        const frame = link.nextFrame();
         if (frame === null) {
-          this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
-          return;
+          // Between frames: wait for bytes (no async frame per read, see Link.nextFrame).
+          const more = !link.closed && link.afterRead(await link.readMore());
+          if (this.#link !== link) return;
+          if (!more) {
+            this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
+            return;
+          }
+          continue;
         }
+        if (!this.#confirmed) this.#confirm();
         // Only DATA under local backpressure returns a promise: most frames cost no extra turn.
         const paused = this.#onFrame(link, frame);
         if (paused) await paused;
