@@ -165,6 +165,7 @@ Deno.test("half-close: the ERP closes first and its last bytes reach Smart Clien
 });
 
 Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {
+  await using logs = await captureLogs();
   const cert = await Deno.readTextFile(new URL("../fixtures/test_cert.pem", import.meta.url));
   const key = await Deno.readTextFile(new URL("../fixtures/test_key.pem", import.meta.url));
   const tlsListener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
@@ -178,7 +179,7 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
     ]);
     conn.close();
     return got;
-  })();
+  })().catch((err: Error) => err); // judged below, with the brokers' log lines for context
   await using server = startServer(serverConfig([erpPort], FAST));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
@@ -202,6 +203,11 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   await faults;
   const erpGot = await erpDone;
   tlsListener.close();
+  if (erpGot instanceof Error) {
+    throw new Error(
+      `The ERP side failed (${erpGot.name}: ${erpGot.message}); the brokers said:\n${logs.lines.join("\n")}`,
+    );
+  }
   equal(appGot.hex(), streamDigest(21, SIZE));
   equal(erpGot.hex(), streamDigest(22, SIZE));
   ok(chaos.faults.resets + chaos.faults.closes > 0, "faults were injected");
