@@ -33,6 +33,7 @@ import { createHash } from "node:crypto";
 import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
 import { V8_FLAGS } from "../src/runtime_flags.ts";
+import { writeAll } from "../src/session/transport.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -64,10 +65,6 @@ const PROFILE_DIR = values.profile ? await Deno.realPath(await ensureDir(values.
 async function ensureDir(path: string): Promise<string> {
   await Deno.mkdir(path, { recursive: true });
   return path;
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
 }
 
 /**

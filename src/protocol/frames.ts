@@ -127,15 +127,6 @@ export function encodePreface(version: number = PROTOCOL_VERSION): Uint8Array {
   return out;
 }
 
-/** Writes an unsigned offset as u64 big-endian. */
-export function writeU64(view: DataView, at: number, value: number): void {
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new RangeError(`Cannot encode offset ${value}: expected an integer in 0..2^53-1`);
-  }
-  view.setUint32(at, Math.floor(value / 0x1_0000_0000));
-  view.setUint32(at + 4, value >>> 0);
-}
-
 /** Reads a u32 big-endian (byte arithmetic: no DataView per call on the hot path). */
 export function readU32(bytes: Uint8Array, at: number): number {
   return ((bytes[at] as number) * 0x100_0000) +
@@ -150,6 +141,15 @@ function writeU32(bytes: Uint8Array, at: number, value: number): void {
   bytes[at + 3] = value;
 }
 
+/** Writes an unsigned offset as u64 big-endian. */
+export function writeU64(bytes: Uint8Array, at: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`Cannot encode offset ${value}: expected an integer in 0..2^53-1`);
+  }
+  writeU32(bytes, at, Math.floor(value / 0x1_0000_0000));
+  writeU32(bytes, at + 4, value >>> 0);
+}
+
 /** Reads a u64 big-endian offset, rejecting values beyond 2^53-1. */
 export function readU64(bytes: Uint8Array, at: number): number {
   const high = readU32(bytes, at);
@@ -157,17 +157,17 @@ export function readU64(bytes: Uint8Array, at: number): number {
   return high * 0x1_0000_0000 + readU32(bytes, at + 4);
 }
 
-function frame(type: FrameTypeValue, payloadSize: number): { out: Uint8Array; view: DataView } {
+/** A frame of `type` with room for `payloadSize` bytes after its header. */
+function frame(type: FrameTypeValue, payloadSize: number): Uint8Array {
   const out = new Uint8Array(FRAME_HEADER_SIZE + payloadSize);
-  const view = new DataView(out.buffer);
   out[0] = type;
-  view.setUint32(1, payloadSize);
-  return { out, view };
+  writeU32(out, 1, payloadSize);
+  return out;
 }
 
 function frameWithBytes(type: FrameTypeValue, ...parts: Uint8Array[]): Uint8Array {
   const body = concatBytes(...parts);
-  const { out } = frame(type, body.length);
+  const out = frame(type, body.length);
   out.set(body, FRAME_HEADER_SIZE);
   return out;
 }
@@ -220,14 +220,14 @@ export function encodeWelcome(
   checkSize("session id", sessionId, ID_SIZE);
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
   if (admissionMac) checkSize("admission proof", admissionMac, MAC_SIZE);
-  const { out, view } = frame(FrameType.Welcome, WELCOME_SIZE + (admissionMac ? MAC_SIZE : 0));
+  const out = frame(FrameType.Welcome, WELCOME_SIZE + (admissionMac ? MAC_SIZE : 0));
   if (admissionMac) out.set(admissionMac, FRAME_HEADER_SIZE + WELCOME_SIZE);
   out.set(sessionId, FRAME_HEADER_SIZE);
   out.set(publicKey, FRAME_HEADER_SIZE + ID_SIZE);
   const at = FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE;
-  view.setUint32(at, timers.resumeTimeoutMs);
-  view.setUint32(at + 4, timers.heartbeatIntervalMs);
-  view.setUint32(at + 8, timers.linkTimeoutMs);
+  writeU32(out, at, timers.resumeTimeoutMs);
+  writeU32(out, at + 4, timers.heartbeatIntervalMs);
+  writeU32(out, at + 8, timers.linkTimeoutMs);
   return out;
 }
 
@@ -273,9 +273,9 @@ export function encodeProof(
   receivedOffset: number,
 ): Uint8Array {
   checkSize("proof", mac, MAC_SIZE);
-  const { out, view } = frame(type, MAC_SIZE + 8);
+  const out = frame(type, MAC_SIZE + 8);
   out.set(mac, FRAME_HEADER_SIZE);
-  writeU64(view, FRAME_HEADER_SIZE + MAC_SIZE, receivedOffset);
+  writeU64(out, FRAME_HEADER_SIZE + MAC_SIZE, receivedOffset);
   return out;
 }
 
@@ -297,8 +297,8 @@ export function encodeOffsetFrame(
   type: typeof FrameType.Ack | typeof FrameType.Heartbeat | typeof FrameType.Fin,
   offset: number,
 ): Uint8Array {
-  const { out, view } = frame(type, 8);
-  writeU64(view, FRAME_HEADER_SIZE, offset);
+  const out = frame(type, 8);
+  writeU64(out, FRAME_HEADER_SIZE, offset);
   return out;
 }
 
@@ -311,13 +311,9 @@ export function sealDataFrame(frame: Uint8Array, offset: number): Uint8Array {
   if (frame.length <= DATA_HEADER_SIZE) {
     throw new RangeError(`Cannot seal a DATA frame of ${frame.length} bytes: it carries no data`);
   }
-  if (!Number.isSafeInteger(offset) || offset < 0) {
-    throw new RangeError(`Cannot encode offset ${offset}: expected an integer in 0..2^53-1`);
-  }
   frame[0] = FrameType.Data;
   writeU32(frame, 1, frame.length - FRAME_HEADER_SIZE);
-  writeU32(frame, FRAME_HEADER_SIZE, Math.floor(offset / 0x1_0000_0000));
-  writeU32(frame, FRAME_HEADER_SIZE + 4, offset >>> 0);
+  writeU64(frame, FRAME_HEADER_SIZE, offset);
   return frame;
 }
 
@@ -330,7 +326,7 @@ export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
 
 /** CLOSE: the server's goodbye once the session finished cleanly. */
 export function encodeClose(): Uint8Array {
-  return frame(FrameType.Close, 0).out;
+  return frame(FrameType.Close, 0);
 }
 
 /** ABORT with a reason. */
@@ -350,8 +346,8 @@ export function encodeReject(code: RejectCodeValue, reason: string): Uint8Array 
 /** GOAWAY: the server stops; live sessions have `drainMs` to finish. */
 export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
   const text = new TextEncoder().encode(reason.slice(0, 1000));
-  const { out, view } = frame(FrameType.GoAway, 4 + text.length);
-  view.setUint32(FRAME_HEADER_SIZE, drainMs);
+  const out = frame(FrameType.GoAway, 4 + text.length);
+  writeU32(out, FRAME_HEADER_SIZE, drainMs);
   out.set(text, FRAME_HEADER_SIZE + 4);
   return out;
 }

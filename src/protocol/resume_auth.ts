@@ -78,7 +78,7 @@ export interface ProofInput {
 
 function transcript(role: ProofRole, input: ProofInput): Uint8Array {
   const offset = new Uint8Array(8);
-  writeU64(new DataView(offset.buffer), 0, input.receivedOffset);
+  writeU64(offset, 0, input.receivedOffset);
   const label = new TextEncoder().encode(role === "client" ? "client proof" : "server proof");
   return concatBytes(label, input.sessionId, input.clientNonce, input.serverNonce, offset);
 }
