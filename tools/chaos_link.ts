@@ -140,6 +140,26 @@ export class ChaosLink {
     }
   }
 
+  /**
+   * Cuts every connection every `ms`, alternating resets and clean closes,
+   * until the returned function is called (it resolves once the loop ended).
+   */
+  cutEvery(ms: number): () => Promise<void> {
+    let cutting = true;
+    const loop = (async () => {
+      for (let i = 0; cutting; i++) {
+        await new Promise((r) => setTimeout(r, ms));
+        if (!cutting) return;
+        if (i % 2 === 0) this.resetAll();
+        else this.closeAll();
+      }
+    })();
+    return () => {
+      cutting = false;
+      return loop;
+    };
+  }
+
   /** Freezes every open connection: bytes stop, nothing is closed. */
   freezeAll(): void {
     for (const pair of this.#pairs) {

@@ -183,14 +183,7 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   await using server = startServer(serverConfig([erpPort], FAST));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
-  let faulting = true;
-  const faults = (async () => {
-    for (let i = 0; faulting; i++) {
-      await new Promise((r) => setTimeout(r, 40));
-      if (i % 2 === 0) chaos.resetAll();
-      else chaos.closeAll();
-    }
-  })();
+  const stopCutting = chaos.cutEvery(40);
   const app = await Deno.connectTls({ hostname: "127.0.0.1", port: client.address.port, caCerts: [cert] });
   await app.handshake(); // the TLS session now lives inside the broker session
   chaos.resetAll(); // at least one fault, whatever the timing of the loop above
@@ -199,8 +192,7 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
     receiveAll(app),
   ]);
   app.close();
-  faulting = false;
-  await faults;
+  await stopCutting();
   const erpGot = await erpDone;
   tlsListener.close();
   if (erpGot instanceof Error) {

@@ -34,6 +34,20 @@ const FINGERPRINT = "7E:6C:AD:39:31:D8:50:86:FF:94:FE:50:47:A0:05:0B:29:DC:5B:01
 const ADMISSION = "correct horse battery staple 42";
 
 /** Connects an app and expects broker-client to close it (the session could not open). */
+/** Sends a recorded HELLO_RESUME and, after the server's fresh CHALLENGE, a recorded PROOF: it must be refused. */
+async function recordedResumeIsRefused(port: number, hello: Uint8Array, proof: Uint8Array): Promise<void> {
+  const replay = await RawPeer.connect(port);
+  replay.link.send(encodePreface());
+  replay.link.send(hello);
+  await replay.next();
+  equal((await replay.next())?.type, FrameType.Challenge);
+  replay.link.send(proof);
+  const answer = await replay.next();
+  equal(answer?.type, FrameType.Reject);
+  equal(decodeReject(answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
+  replay.close();
+}
+
 /** Expects a new Smart Client connection to be closed, within 10 s (a session that opens instead fails the test). */
 async function refused(port: number): Promise<void> {
   const app = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -60,14 +74,7 @@ Deno.test("TLS link: data intact through resets and closes; the session resumes 
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port], { LINK_TLS_CA: CERT }));
   const SIZE = 4 * 1024 * 1024;
-  let faulting = true;
-  const faults = (async () => {
-    for (let i = 0; faulting; i++) {
-      await new Promise((r) => setTimeout(r, 200));
-      if (i % 2 === 0) chaos.resetAll();
-      else chaos.closeAll();
-    }
-  })();
+  const stopCutting = chaos.cutEvery(200);
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   equal(await roundTrip(app, "up"), "up");
   chaos.resetAll(); // at least one fault, whatever the timing of the loop above
@@ -76,8 +83,7 @@ Deno.test("TLS link: data intact through resets and closes; the session resumes 
     receiveAll(app, new Digest()),
   ]);
   app.close();
-  faulting = false;
-  await faults;
+  await stopCutting();
   equal(got.bytes, SIZE);
   equal(got.hex(), streamDigest(5, SIZE));
   ok(chaos.faults.resets + chaos.faults.closes > 0);
@@ -197,16 +203,7 @@ Deno.test("admission key: a recorded handshake replayed later is refused", async
   equal((await first.next())?.type, FrameType.Welcome);
   first.close();
   // The same bytes replayed: the server's nonce is new, so the old proof fails.
-  const replay = await RawPeer.connect(server.address.port);
-  replay.link.send(encodePreface());
-  replay.link.send(hello);
-  await replay.next();
-  equal((await replay.next())?.type, FrameType.Challenge);
-  replay.link.send(proof);
-  const answer = await replay.next();
-  equal(answer?.type, FrameType.Reject);
-  equal(decodeReject(answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
-  replay.close();
+  await recordedResumeIsRefused(server.address.port, hello, proof);
   await waitFor(() => server.sessions.length <= 1, "only the genuine session");
 });
 
@@ -341,16 +338,7 @@ Deno.test("hijack: a stale proof or another session's proof fails, and the real 
   );
   genuine.link.send(recordedProof);
   equal((await genuine.next())?.type, FrameType.Resumed);
-  const replay = await RawPeer.connect(server.address.port);
-  replay.link.send(encodePreface());
-  replay.link.send(encodeHelloResume(a.sessionId, clientNonce));
-  await replay.next();
-  equal((await replay.next())?.type, FrameType.Challenge);
-  replay.link.send(recordedProof);
-  const stale = await replay.next();
-  equal(stale?.type, FrameType.Reject);
-  equal(decodeReject(stale?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
-  replay.close();
+  await recordedResumeIsRefused(server.address.port, encodeHelloResume(a.sessionId, clientNonce), recordedProof);
   // B's id with A's key.
   const crossed = await resumeRaw(server.address.port, b.sessionId, a.key, 0);
   equal(decodeReject(crossed.answer?.payload ?? new Uint8Array()).code, RejectCode.BadProof);
