@@ -124,6 +124,23 @@ export async function waitFor(condition: () => boolean, what: string, ms = 10_00
   }
 }
 
+/**
+ * Settles like `promise`, or rejects after `ms` with the message `what()`
+ * returns then (so a hang fails the test with its context instead of
+ * stalling the run).
+ */
+export async function deadline<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${what()}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 // BROKER_TEST_LOG=debug (or info) shows the brokers' logs while tests run.
 const testLogLevel = Deno.env.get("BROKER_TEST_LOG");
 if (testLogLevel === "debug" || testLogLevel === "info" || testLogLevel === "warning") {
