@@ -4,7 +4,7 @@
  */
 import { equal } from "node:assert/strict";
 import { ChaosLink } from "../../tools/chaos_link.ts";
-import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { Digest, receiveAll, seededRandom, sendStream, streamDigest } from "../../tools/streams.ts";
 
 const SESSIONS = Number(Deno.env.get("INTEGRITY_SESSIONS") ?? 32);
@@ -55,24 +55,33 @@ Deno.test(`${SESSIONS} sessions x ${BYTES >> 20} MiB each way survive random res
     }
   })();
 
-  const results = await Promise.all(
-    Array.from({ length: SESSIONS }, async (_, index) => {
+  // What each Smart Client has received so far, to say where a stalled session stopped.
+  const received = Array.from({ length: SESSIONS }, () => new Digest());
+  const stalled = () =>
+    `sessions still receiving (index: bytes of ${BYTES}): ${
+      received.flatMap((d, i) => d.bytes < BYTES ? [`${i}: ${d.bytes}`] : []).join(", ") || "none"
+    }; broker-server sessions: ${
+      server.sessions.map((s) => `${s.id.slice(0, 8)} ${s.session.state}`).join(", ") || "none"
+    }; faults so far ${JSON.stringify(chaos.faults)}`;
+  const results = await deadline(
+    Promise.all(Array.from({ length: SESSIONS }, async (_, index) => {
       const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
       const header = new Uint8Array(4);
       new DataView(header.buffer).setUint32(0, index);
       await app.write(header);
       const [, digest] = await Promise.all([
         sendStream(app, index * 2 + 1, BYTES).then(() => app.closeWrite()),
-        receiveAll(app, new Digest()),
+        receiveAll(app, received[index]),
       ]).catch((err) => {
         const port = (app.localAddr as Deno.NetAddr).port;
         throw new Error(`Session ${index} (Smart Client port ${port}) failed: ${err}`);
       });
       app.close();
       return { index, bytes: digest.bytes, hex: digest.hex() };
-    }),
-  );
-  running = false;
+    })),
+    120_000,
+    stalled,
+  ).finally(() => running = false);
   await faults;
   console.log(
     `faults injected: ${chaos.faults.resets} resets, ${chaos.faults.closes} closes, ${chaos.faults.freezes} freezes; ${chaos.connections} links`,
