@@ -79,7 +79,11 @@ export interface ServerSessionInfo {
 }
 
 interface Entry extends ServerSessionInfo {
+  /** The session id's bytes (the hex of `id`). */
+  sessionId: Uint8Array;
   key: CryptoKey;
+  /** The timers its WELCOME announced. */
+  timers: SessionTimers;
 }
 
 interface Tombstone {
@@ -495,7 +499,17 @@ export class BrokerServer {
   async #openSession(link: Link, hello: Frame, read: (what: string) => Promise<Frame | null>): Promise<void> {
     const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
     const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
-    const refusal = this.#refuseNewSession(link);
+    // A repeated token means the client never got an earlier WELCOME. If that
+    // attempt's session exists, this link takes it over (the same ERP
+    // connection: the ERP sees nothing of the retry); if it is still
+    // connecting, that attempt gives way to this one.
+    const openToken = toHex(openTokenBytes);
+    const orphan = () => {
+      const entry = this.#opening.get(openToken)?.entry;
+      return entry && !entry.session.confirmed && entry.session.state !== "closed" ? entry : undefined;
+    };
+    // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
+    const refusal = orphan() ? null : this.#refuseNewSession(link);
     if (refusal) {
       await this.#reject(link, RejectCode.Unavailable, refusal);
       return;
@@ -521,17 +535,46 @@ export class BrokerServer {
         return;
       }
     }
-    // A repeated token means the client never got an earlier WELCOME: the
-    // session that attempt opened (or is opening) is an orphan.
-    const openToken = toHex(hello.payload.subarray(PUBLIC_KEY_SIZE));
-    // Keys first: a bad public key must not cost an ERP connection.
+    // Keys first: a bad public key must not cost an ERP connection. A retaken
+    // session keeps its id (the client never learnt it) but gets a new key.
+    const retaken = orphan();
     const own = await createEphemeralKey();
-    const sessionId = randomId();
+    const sessionId = retaken ? retaken.sessionId : randomId();
     let key: CryptoKey;
     try {
       key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
     } catch {
       await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
+      return;
+    }
+    const welcome = (timers: SessionTimers) => {
+      const plain = encodeWelcome(sessionId, own.publicKey, timers);
+      if (!admission) return Promise.resolve(plain);
+      const input = {
+        clientPublicKey,
+        openToken: openTokenBytes,
+        serverNonce,
+        welcome: plain.subarray(FRAME_HEADER_SIZE),
+      };
+      return signAdmission(admission, "server", input).then((mac) =>
+        encodeWelcome(sessionId, own.publicKey, timers, mac)
+      );
+    };
+    if (retaken) {
+      const frame = await welcome(retaken.timers);
+      if (orphan() !== retaken || link.closed || this.#shutdown.signal.aborted) {
+        link.close(); // it changed meanwhile: the client retries, and finds out afresh
+        return;
+      }
+      link.send(frame);
+      retaken.key = key;
+      retaken.client = link.peer;
+      retaken.session.attach(link, 0, true);
+      this.#adopted.add(link);
+      log.info(
+        "Session {session}: the client retried opening it (the welcome was lost); {client} carries on with the same ERP connection",
+        { session: shortId(retaken.id), client: link.peer },
+      );
       return;
     }
     const attempt = ++this.#attempts;
@@ -558,22 +601,13 @@ export class BrokerServer {
       return;
     }
     const timers = this.#timers();
-    const welcome = encodeWelcome(sessionId, own.publicKey, timers);
-    if (admission) {
-      const input = {
-        clientPublicKey,
-        openToken: openTokenBytes,
-        serverNonce,
-        welcome: welcome.subarray(FRAME_HEADER_SIZE),
-      };
-      link.send(encodeWelcome(sessionId, own.publicKey, timers, await signAdmission(admission, "server", input)));
-    } else {
-      link.send(welcome);
-    }
+    link.send(await welcome(timers));
     const id = toHex(sessionId);
     const entry: Entry = {
       id,
+      sessionId,
       key,
+      timers,
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),

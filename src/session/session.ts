@@ -167,6 +167,11 @@ export class Session {
     return this.#stateSince;
   }
 
+  /** Whether the peer has shown it knows the session (a frame after the welcome, or a resume). */
+  get confirmed(): boolean {
+    return this.#confirmed;
+  }
+
   /** Current state. */
   get state(): SessionState {
     return this.#state;
@@ -212,10 +217,13 @@ export class Session {
    * the peer says it has. Throws ResumeGapError when those bytes are gone
    * (the caller answers "cannot resume" and aborts), RangeError when the peer
    * claims bytes never sent. Returns the number of bytes replayed.
+   * `reopened`: the link belongs to a client that retried opening this
+   * (still unconfirmed) session, not to one resuming it: it starts from 0
+   * and is neither a resume nor a confirmation.
    */
-  attach(link: Link, peerReceived: number): number {
+  attach(link: Link, peerReceived: number, reopened = false): number {
     this.checkResumable(peerReceived);
-    const resumed = this.#state === "detached" || this.#link !== null;
+    const resumed = !reopened && (this.#state === "detached" || this.#link !== null);
     this.#dropLink();
     clearTimeout(this.#windowTimer);
     this.#link = link;

@@ -3,7 +3,10 @@
  * outage longer than the window, backpressure, half-closes (with the link
  * breaking at the worst moment), and TLS carried end to end.
  */
-import { equal, ok } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
+import { randomId } from "../../src/protocol/resume_auth.ts";
+import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
@@ -162,6 +165,42 @@ Deno.test("half-close: the ERP closes first and its last bytes reach Smart Clien
   equal(erpGot?.bytes, 10);
   await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
   await chaos.close();
+});
+
+Deno.test("a lost WELCOME: the retried opening takes over the same ERP connection, first bytes included", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("greeting")); // an ERP that speaks first
+    await echo(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], FAST));
+  const token = randomId();
+  // The WELCOME reaches the link, but the client never sees it: the link dies.
+  const first = await openRawSession(server.address.port, token);
+  await waitFor(() => erp.connections === 1, "the ERP connection");
+  first.peer.close();
+  const retry = await openRawSession(server.address.port, token);
+  equal(toHex(retry.sessionId), toHex(first.sessionId), "the client never learnt the id: the session keeps it");
+  const nextData = async () => {
+    let frame = await retry.peer.next();
+    while (frame && frame.type !== FrameType.Data) frame = await retry.peer.next(); // skip ACKs and heartbeats
+    ok(frame, "a DATA frame");
+    return { offset: readU64(frame.payload, 0), text: new TextDecoder().decode(frame.payload.subarray(8)) };
+  };
+  deepEqual(await nextData(), { offset: 0, text: "greeting" }, "what the ERP sent before the retry arrives, once");
+  retry.peer.link.send(encodeData(0, new TextEncoder().encode("ping")));
+  deepEqual(await nextData(), { offset: 8, text: "ping" });
+  equal(erp.connections, 1, "the ERP saw one connection");
+  equal(server.sessions.length, 1);
+  await logs.waitFor(/Session \w+: the client retried opening it \(the welcome was lost\)/);
+  // The session's key is now the retry's: the first attempt's key cannot resume it.
+  const stale = await resumeRaw(server.address.port, first.sessionId, first.key, 0);
+  equal(stale.answer?.type, FrameType.Reject);
+  stale.peer.close();
+  const resumed = await resumeRaw(server.address.port, retry.sessionId, retry.key, 12);
+  equal(resumed.answer?.type, FrameType.Resumed);
+  resumed.peer.close();
+  retry.peer.close();
 });
 
 Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {

@@ -69,12 +69,15 @@ export interface RawSession {
   key: CryptoKey;
 }
 
-/** Opens a session the way broker-client does. */
-export async function openRawSession(port: number): Promise<RawSession> {
+/**
+ * Opens a session the way broker-client does; a client retrying an opening
+ * whose WELCOME it never got sends the same `openToken` again.
+ */
+export async function openRawSession(port: number, openToken = randomId()): Promise<RawSession> {
   const peer = await RawPeer.connect(port);
   const own = await createEphemeralKey();
   peer.link.send(encodePreface());
-  peer.link.send(encodeHelloNew(own.publicKey, randomId()));
+  peer.link.send(encodeHelloNew(own.publicKey, openToken));
   const preface = await peer.next();
   if (preface?.type !== FrameType.Preface) throw new Error("expected the server's preface");
   const welcomeFrame = await peer.next();
