@@ -21,6 +21,7 @@ import {
   encodeProof,
   type Frame,
   FrameType,
+  type Proof,
   PROTOCOL_VERSION,
   RejectCode,
   toHex,
@@ -77,6 +78,8 @@ export class BrokerClient {
   #now: () => number;
   #listener: Deno.TcpListener | null = null;
   #runners = new Set<SessionRunner>();
+  /** Sessions that ended here while their link was down, still trying to tell their server. */
+  #farewells = new Set<Promise<void>>();
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
@@ -135,9 +138,19 @@ export class BrokerClient {
         continue;
       }
       conn.setNoDelay(true);
-      const runner = new SessionRunner(this.#config, conn, this.#shutdown.signal, this.#now, this.#admissionKey, () => {
-        this.#runners.delete(runner);
-      });
+      const runner = new SessionRunner(
+        this.#config,
+        conn,
+        this.#shutdown.signal,
+        this.#now,
+        this.#admissionKey,
+        (farewell) => {
+          this.#runners.delete(runner);
+          if (!farewell) return;
+          this.#farewells.add(farewell);
+          farewell.finally(() => this.#farewells.delete(farewell));
+        },
+      );
       this.#runners.add(runner);
       runner.run();
     }
@@ -150,6 +163,7 @@ export class BrokerClient {
     this.#listener?.close();
     await this.#acceptLoop;
     await Promise.all([...this.#runners].map((r) => r.stop(reason)));
+    await Promise.all([...this.#farewells]);
     log.info("broker-client stopped");
   }
 }
@@ -158,13 +172,18 @@ export class BrokerClient {
 class SessionRunner {
   #config: ClientConfig;
   #signal: AbortSignal;
+  #shutdownSignal: AbortSignal;
   #now: () => number;
   #session: Session;
+  /** When the current link was lost (clock ms). */
+  #detachedAt = 0;
+  /** The server already knows the session is over (it refused a resume, or was sent ABORT). */
+  #serverKnows = false;
   #identity: Identity | null = null;
   #smartClient: string;
   #openedAt: number;
   #reconnecting: Promise<void> | null = null;
-  #done: () => void;
+  #done: (farewell?: Promise<void>) => void;
   #ended: Promise<void>;
   #endedResolve!: () => void;
   #stopped = new AbortController();
@@ -178,9 +197,10 @@ class SessionRunner {
     signal: AbortSignal,
     now: () => number,
     admissionKey: Promise<CryptoKey | null>,
-    done: () => void,
+    done: (farewell?: Promise<void>) => void,
   ) {
     this.#config = config;
+    this.#shutdownSignal = signal;
     this.#signal = AbortSignal.any([signal, this.#stopped.signal]);
     this.#now = now;
     this.#done = done;
@@ -211,6 +231,7 @@ class SessionRunner {
           );
         },
         detached: (reason) => {
+          this.#detachedAt = this.#now();
           log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
           this.#reconnecting = this.#resumeLoop();
         },
@@ -228,8 +249,12 @@ class SessionRunner {
           };
           if (end.clean) log.info(message, fields);
           else log.warn(message, fields);
+          const identity = this.#identity;
+          const farewell = end.unannounced && identity && !this.#serverKnows && !this.#shutdownSignal.aborted
+            ? this.#tellServer(identity, end.reason)
+            : undefined;
           this.#stopped.abort();
-          this.#done();
+          this.#done(farewell);
           this.#endedResolve();
         },
       },
@@ -410,6 +435,7 @@ class SessionRunner {
         return;
       } catch (err) {
         if (err instanceof RejectedError) {
+          this.#serverKnows = true;
           this.#session.abort(`cannot resume: ${err.message}`);
           return;
         }
@@ -422,15 +448,14 @@ class SessionRunner {
     }
   }
 
-  async #resumeOn(identity: Identity): Promise<void> {
+  /** Dials the session's server and proves both ways that each holds it; throws RejectedError on REJECT. */
+  async #resumeHandshake(identity: Identity, received: number): Promise<{ link: Link; resumed: Proof }> {
     const clientNonce = randomId();
-    const started = this.#now();
     const link = await this.#dial(identity.server, encodeHelloResume(identity.sessionId, clientNonce));
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const challenge = await this.#expect(link, [FrameType.Challenge], "CHALLENGE", deadline);
       const serverNonce = challenge.payload.slice();
-      const received = this.#session.received;
       const input = { sessionId: identity.sessionId, clientNonce, serverNonce, receivedOffset: received };
       link.send(encodeProof(FrameType.Proof, await signProof(identity.key, "client", input), received));
       const resumed = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
@@ -438,6 +463,18 @@ class SessionRunner {
       if (!await verifyProof(identity.key, "server", serverInput, resumed.mac)) {
         throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
       }
+      return { link, resumed };
+    } catch (err) {
+      link.close();
+      throw err;
+    }
+  }
+
+  async #resumeOn(identity: Identity): Promise<void> {
+    const started = this.#now();
+    const received = this.#session.received;
+    const { link, resumed } = await this.#resumeHandshake(identity, received);
+    try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
         return;
@@ -449,6 +486,7 @@ class SessionRunner {
       } catch (err) {
         const reason = `cannot resume: ${(err as Error).message}`;
         if (err instanceof ResumeGapError || err instanceof RangeError) {
+          this.#serverKnows = true;
           link.send(encodeAbort(reason));
           await link.closeAfterFlush();
           this.#session.abort(reason);
@@ -468,6 +506,38 @@ class SessionRunner {
     } catch (err) {
       link.close();
       throw err;
+    }
+  }
+
+  /**
+   * The session ended here while its link was down (Smart Client reset, say).
+   * The server would hold the ERP connection for the rest of its resume
+   * window: until then, keep redialing to tell it, so that it frees the ERP
+   * connection as soon as the network is back.
+   */
+  async #tellServer(identity: Identity, reason: string): Promise<void> {
+    const deadline = this.#detachedAt + this.#session.timers.resumeTimeoutMs;
+    for (const wait of backoffSchedule(deadline, this.#now)) {
+      if (!await sleep(wait, this.#shutdownSignal)) return;
+      let link: Link;
+      try {
+        ({ link } = await this.#resumeHandshake(identity, this.#session.received));
+      } catch (err) {
+        if (err instanceof RejectedError) return; // it no longer holds the session
+        continue;
+      }
+      link.send(encodeAbort(reason));
+      // The server closes the link once it has the ABORT; what it replays meanwhile is dropped.
+      try {
+        while (await link.readFrameWithin(this.#config.handshakeTimeoutMs, "close after ABORT") !== null) { /* drop */ }
+      } catch { /* closed or reset: done either way */ }
+      link.close();
+      log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
+        session: this.#label,
+        server: formatHostPort(identity.server),
+        reason,
+      });
+      return;
     }
   }
 }

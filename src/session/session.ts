@@ -61,6 +61,8 @@ export interface SessionEnd {
   clean: boolean;
   /** complete: both streams finished; expired: the resume window passed; aborted: an error or the peer ended it. */
   cause: "complete" | "expired" | "aborted";
+  /** Ended here, by this side, while no link could tell the peer. */
+  unannounced?: boolean;
 }
 
 /** Counters a session keeps for logs and status. */
@@ -298,7 +300,7 @@ export class Session {
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
-    this.#end({ reason, clean: false, cause });
+    this.#end({ reason, clean: false, cause, unannounced: !link && !fromPeer && cause === "aborted" });
   }
 
   /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */

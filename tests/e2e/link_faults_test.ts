@@ -3,9 +3,11 @@
  * outage longer than the window, backpressure, half-closes (with the link
  * breaking at the worst moment), and TLS carried end to end.
  */
+import net from "node:net";
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
+import { within } from "../../src/session/transport.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
@@ -67,6 +69,39 @@ Deno.test("an outage longer than the resume window closes both local sockets and
   equal(server.sessions.length, 0);
   equal(client.sessionCount, 0);
   app.close();
+  await chaos.close();
+});
+
+Deno.test("Smart Client resetting during an outage: once the network is back the server is told, and frees the ERP connection", async () => {
+  await using logs = await captureLogs();
+  let erpSawEnd: (() => void) | undefined;
+  const erpEnded = new Promise<void>((resolve) => erpSawEnd = resolve);
+  await using erp = startErp(async (conn) => {
+    await echo(conn).catch(() => {});
+    erpSawEnd?.();
+  });
+  await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "60s" }));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = net.connect({ host: "127.0.0.1", port: client.address.port });
+  app.on("error", () => {});
+  const echoed = new Promise((resolve) => app.once("data", resolve));
+  app.write("hello");
+  equal(String(await echoed), "hello");
+
+  chaos.setMode("refuse");
+  chaos.resetAll();
+  await logs.waitFor(/broker\.client: Session \w+: link lost/);
+  app.resetAndDestroy(); // Smart Client is gone while the link is down
+  await waitFor(() => client.sessionCount === 0, "broker-client to end the session");
+  equal(server.sessions.length, 1, "the server still holds the session: nobody could tell it");
+  const outageEnded = Date.now();
+  chaos.setMode("pass");
+  ok(await within(erpEnded, 10_000), "the ERP connection is closed well before the 60 s window");
+  await logs.waitFor(/broker\.server: Session \w+ closed: peer ended the session: Smart Client connection failed/);
+  await logs.waitFor(/broker\.client: Session \w+: told broker server .* that the session had ended/);
+  equal(server.sessions.length, 0);
+  ok(Date.now() - outageEnded < 10_000);
   await chaos.close();
 });
 
