@@ -504,12 +504,8 @@ export class BrokerServer {
     // connection: the ERP sees nothing of the retry); if it is still
     // connecting, that attempt gives way to this one.
     const openToken = toHex(openTokenBytes);
-    const orphan = () => {
-      const entry = this.#opening.get(openToken)?.entry;
-      return entry && !entry.session.confirmed && entry.session.state !== "closed" ? entry : undefined;
-    };
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
-    const refusal = orphan() ? null : this.#refuseNewSession(link);
+    const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(link);
     if (refusal) {
       await this.#reject(link, RejectCode.Unavailable, refusal);
       return;
@@ -537,7 +533,7 @@ export class BrokerServer {
     }
     // Keys first: a bad public key must not cost an ERP connection. A retaken
     // session keeps its id (the client never learnt it) but gets a new key.
-    const retaken = orphan();
+    const retaken = this.#orphan(openToken);
     const own = await createEphemeralKey();
     const sessionId = retaken ? retaken.sessionId : randomId();
     let key: CryptoKey;
@@ -547,22 +543,12 @@ export class BrokerServer {
       await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
       return;
     }
-    const welcome = (timers: SessionTimers) => {
-      const plain = encodeWelcome(sessionId, own.publicKey, timers);
-      if (!admission) return Promise.resolve(plain);
-      const input = {
-        clientPublicKey,
-        openToken: openTokenBytes,
-        serverNonce,
-        welcome: plain.subarray(FRAME_HEADER_SIZE),
-      };
-      return signAdmission(admission, "server", input).then((mac) =>
-        encodeWelcome(sessionId, own.publicKey, timers, mac)
-      );
-    };
+    // (A method, not a closure here: the session's event closures below share
+    // this scope, and would keep the key pair and nonces alive for its life.)
+    const signed = admission ? { admission, clientPublicKey, openToken: openTokenBytes, serverNonce } : null;
     if (retaken) {
-      const frame = await welcome(retaken.timers);
-      if (orphan() !== retaken || link.closed || this.#shutdown.signal.aborted) {
+      const frame = await this.#welcome(sessionId, own.publicKey, retaken.timers, signed);
+      if (this.#orphan(openToken) !== retaken || link.closed || this.#shutdown.signal.aborted) {
         link.close(); // it changed meanwhile: the client retries, and finds out afresh
         return;
       }
@@ -601,7 +587,7 @@ export class BrokerServer {
       return;
     }
     const timers = this.#timers();
-    link.send(await welcome(timers));
+    link.send(await this.#welcome(sessionId, own.publicKey, timers, signed));
     const id = toHex(sessionId);
     const entry: Entry = {
       id,
@@ -650,6 +636,28 @@ export class BrokerServer {
       address: formatHostPort(backend.backend.server),
       decision: backend.decision,
     });
+  }
+
+  /** The unconfirmed session an earlier attempt with `openToken` opened, if it is still there. */
+  #orphan(openToken: string): Entry | undefined {
+    const entry = this.#opening.get(openToken)?.entry;
+    return entry && !entry.session.confirmed && entry.session.state !== "closed" ? entry : undefined;
+  }
+
+  /** A WELCOME frame; with an admission key, signed over the opening it answers and the welcome itself. */
+  async #welcome(
+    sessionId: Uint8Array,
+    publicKey: Uint8Array,
+    timers: SessionTimers,
+    signed:
+      | { admission: CryptoKey; clientPublicKey: Uint8Array; openToken: Uint8Array; serverNonce: Uint8Array }
+      | null,
+  ): Promise<Uint8Array> {
+    const plain = encodeWelcome(sessionId, publicKey, timers);
+    if (!signed) return plain;
+    const { admission, ...opening } = signed;
+    const mac = await signAdmission(admission, "server", { ...opening, welcome: plain.subarray(FRAME_HEADER_SIZE) });
+    return encodeWelcome(sessionId, publicKey, timers, mac);
   }
 
   async #resumeSession(
