@@ -79,25 +79,25 @@ function startSink(): { port: number; close(): void } {
   (async () => {
     for await (const conn of listener) {
       (async () => {
-        const buf = new Uint8Array(CHUNK);
-        const first = await conn.read(buf);
+        // Echo sessions (thousands of them in the many-users run) keep a small
+        // buffer; only bulk transfers get a large one.
+        const small = new Uint8Array(16 * 1024);
+        const first = await conn.read(small);
         if (first === null) return conn.close();
-        if (buf[0] === 0x45) {
-          await writeAll(conn, buf.subarray(1, first));
-          for (let n; (n = await conn.read(buf)) !== null;) await writeAll(conn, buf.subarray(0, n));
-        } else if (buf[0] === 0x44) {
-          const sending = sendPayload(conn);
-          const hash = createHash("sha256");
-          hash.update(buf.subarray(1, first));
-          for (let n; (n = await conn.read(buf)) !== null;) hash.update(buf.subarray(0, n));
-          await sending;
-          await writeAll(conn, new Uint8Array(hash.digest()));
-        } else {
-          const hash = createHash("sha256");
-          hash.update(buf.subarray(0, first));
-          for (let n; (n = await conn.read(buf)) !== null;) hash.update(buf.subarray(0, n));
-          await writeAll(conn, new Uint8Array(hash.digest()));
+        if (small[0] === 0x45) {
+          await writeAll(conn, small.subarray(1, first));
+          for (let n; (n = await conn.read(small)) !== null;) await writeAll(conn, small.subarray(0, n));
+          conn.close();
+          return;
         }
+        // 0x44: both ways at once (send the payload while hashing); otherwise one way.
+        const sending = small[0] === 0x44 ? sendPayload(conn) : undefined;
+        const hash = createHash("sha256");
+        hash.update(small.subarray(sending ? 1 : 0, first));
+        const buf = new Uint8Array(CHUNK);
+        for (let n; (n = await conn.read(buf)) !== null;) hash.update(buf.subarray(0, n));
+        await sending;
+        await writeAll(conn, new Uint8Array(hash.digest()));
         conn.close();
       })().catch(() => conn.close());
     }
