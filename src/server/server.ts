@@ -82,8 +82,6 @@ interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
   key: CryptoKey;
-  /** The timers its WELCOME announced. */
-  timers: SessionTimers;
 }
 
 interface Tombstone {
@@ -547,7 +545,7 @@ export class BrokerServer {
     // this scope, and would keep the key pair and nonces alive for its life.)
     const signed = admission ? { admission, clientPublicKey, openToken: openTokenBytes, serverNonce } : null;
     if (retaken) {
-      const frame = await this.#welcome(sessionId, own.publicKey, retaken.timers, signed);
+      const frame = await this.#welcome(sessionId, own.publicKey, retaken.session.timers, signed);
       if (this.#orphan(openToken) !== retaken || link.closed || this.#shutdown.signal.aborted) {
         link.close(); // it changed meanwhile: the client retries, and finds out afresh
         return;
@@ -593,7 +591,6 @@ export class BrokerServer {
       id,
       sessionId,
       key,
-      timers,
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),

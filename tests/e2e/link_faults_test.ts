@@ -47,12 +47,7 @@ Deno.test("a frozen link (no FIN, no RST) is detected by heartbeats and the sess
 
 Deno.test("an outage longer than the resume window closes both local sockets and leaves nothing behind", async () => {
   await using logs = await captureLogs();
-  let erpClosed: (() => void) | undefined;
-  const erpSawEnd = new Promise<void>((resolve) => erpClosed = resolve);
-  await using erp = startErp(async (conn) => {
-    await echo(conn).catch(() => {});
-    erpClosed?.();
-  });
+  await using erp = startErp(echo);
   await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "1s" }));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
@@ -63,7 +58,7 @@ Deno.test("an outage longer than the resume window closes both local sockets and
   chaos.resetAll();
   const end = await app.read(new Uint8Array(10)).catch(() => null);
   equal(end, null, "Smart Client's socket is closed once the window has passed");
-  await erpSawEnd;
+  await erp.firstEnded;
   await logs.waitFor(/broker\.server: Session \w+ closed: resume window of 1 s expired/);
   await logs.waitFor(/broker\.client: Session \w+ closed: resume window of 1 s expired/);
   equal(server.sessions.length, 0);
@@ -74,12 +69,7 @@ Deno.test("an outage longer than the resume window closes both local sockets and
 
 Deno.test("Smart Client resetting during an outage: once the network is back the server is told, and frees the ERP connection", async () => {
   await using logs = await captureLogs();
-  let erpSawEnd: (() => void) | undefined;
-  const erpEnded = new Promise<void>((resolve) => erpSawEnd = resolve);
-  await using erp = startErp(async (conn) => {
-    await echo(conn).catch(() => {});
-    erpSawEnd?.();
-  });
+  await using erp = startErp(echo);
   await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "60s" }));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
@@ -97,7 +87,7 @@ Deno.test("Smart Client resetting during an outage: once the network is back the
   equal(server.sessions.length, 1, "the server still holds the session: nobody could tell it");
   const outageEnded = Date.now();
   chaos.setMode("pass");
-  ok(await within(erpEnded, 10_000), "the ERP connection is closed well before the 60 s window");
+  ok(await within(erp.firstEnded, 10_000), "the ERP connection is closed well before the 60 s window");
   await logs.waitFor(/broker\.server: Session \w+ closed: peer ended the session: Smart Client connection failed/);
   await logs.waitFor(/broker\.client: Session \w+: told broker server .* that the session had ended/);
   equal(server.sessions.length, 0);

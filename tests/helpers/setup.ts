@@ -65,18 +65,25 @@ export function startClient(config: ClientConfig): BrokerClient & AsyncDisposabl
   return client;
 }
 
-/** A stand-in ERP server on 127.0.0.1:0 that runs `handler` for each connection. */
+/**
+ * A stand-in ERP server on 127.0.0.1:0 that runs `handler` for each
+ * connection; `firstEnded` settles once the first connection's handler is
+ * done and the connection closed (the ERP "saw the session end").
+ */
 export function startErp(handler: (conn: Deno.TcpConn) => Promise<void>): {
   port: number;
   connections: number;
+  firstEnded: Promise<void>;
   close(): Promise<void>;
 } & AsyncDisposable {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const running = new Set<Promise<void>>();
   const conns = new Set<Deno.TcpConn>();
+  let firstDone: (() => void) | undefined;
   const erp = {
     port: (listener.addr as Deno.NetAddr).port,
     connections: 0,
+    firstEnded: new Promise<void>((resolve) => firstDone = resolve),
     async close() {
       listener.close();
       await loop;
@@ -108,6 +115,7 @@ export function startErp(handler: (conn: Deno.TcpConn) => Promise<void>): {
         try {
           conn.close();
         } catch { /* the handler closed it */ }
+        firstDone?.();
       });
       running.add(job);
     }
