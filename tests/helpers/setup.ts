@@ -133,17 +133,20 @@ export async function waitFor(condition: () => boolean, what: string, ms = 10_00
 }
 
 /**
- * Settles like `promise`, or rejects after `ms` with the message `what()`
+ * Resolves like `promise`, or rejects after `ms` with the message `what()`
  * returns then (so a hang fails the test with its context instead of
- * stalling the run).
+ * stalling the run). A rejection of `promise` gets that context too.
  */
 export async function deadline<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`Timed out after ${ms} ms: ${what()}`)), ms);
   });
+  const failed = promise.catch((err: Error) => {
+    throw new Error(`${err.name}: ${err.message}, during ${what()}`, { cause: err });
+  });
   try {
-    return await Promise.race([promise, expired]);
+    return await Promise.race([failed, expired]);
   } finally {
     clearTimeout(timer);
   }
