@@ -5,7 +5,7 @@
  */
 import net from "node:net";
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
+import { concatBytes, encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
 import { within } from "../../src/session/transport.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
@@ -14,7 +14,7 @@ import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
 import { echo, readExactly, roundTrip } from "../helpers/apps.ts";
-import { compareStreams, joined, Tap, type TapRecording } from "../helpers/tap.ts";
+import { byteCount, compareStreams, Tap, type TapRecording } from "../helpers/tap.ts";
 
 const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
 
@@ -265,13 +265,13 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   const streams = () => {
     const app = appTap.connections[0];
     const erp = erpTap.connections.reduce<TapRecording | undefined>(
-      (best, c) => (best && joined(best.toTarget).length >= joined(c.toTarget).length ? best : c),
+      (best, c) => (best && byteCount(best.toTarget) >= byteCount(c.toTarget) ? best : c),
       undefined,
     );
     if (!app || !erp) return null;
     return {
-      toApp: compareStreams(joined(erp.fromTarget), joined(app.fromTarget)),
-      toErp: compareStreams(joined(app.toTarget), joined(erp.toTarget)),
+      toApp: compareStreams(concatBytes(...erp.fromTarget), concatBytes(...app.fromTarget)),
+      toErp: compareStreams(concatBytes(...app.toTarget), concatBytes(...erp.toTarget)),
       ends: JSON.stringify({ smartClient: app.ends, erp: erp.ends }),
     };
   };

@@ -46,7 +46,8 @@ export class Tap {
       this.#conns.add(front);
       const back = await Deno.connect({ hostname: "127.0.0.1", port: targetPort }).catch(() => null);
       if (!back) {
-        front.close();
+        this.#conns.delete(front);
+        closeQuietly(front);
         continue;
       }
       this.#conns.add(back);
@@ -94,15 +95,9 @@ export class Tap {
   }
 }
 
-/** The chunks joined into one buffer. */
-export function joined(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+/** Bytes in a recording's direction. */
+export function byteCount(chunks: Uint8Array[]): number {
+  return chunks.reduce((n, c) => n + c.length, 0);
 }
 
 /**
@@ -116,7 +111,9 @@ export function compareStreams(sent: Uint8Array, received: Uint8Array): string {
   if (at === common && sent.length === received.length) return `identical (${sent.length} bytes)`;
   const hex = (b: Uint8Array) => [...b.subarray(at, at + 16)].map((x) => x.toString(16).padStart(2, "0")).join("");
   if (at === common) {
-    return `${received.length} of ${sent.length} bytes received, all of them right`;
+    return received.length < sent.length
+      ? `${received.length} of ${sent.length} bytes received, all of them right`
+      : `${received.length} bytes received of ${sent.length} sent: the first ${sent.length} right, then extra bytes`;
   }
   // Where else do the received bytes at the difference appear in what was sent (a replay from the wrong offset)?
   const probe = received.subarray(at, at + 16);
