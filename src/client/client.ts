@@ -41,7 +41,7 @@ import { backoffSchedule, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session } from "../session/session.ts";
-import { DEFAULT_TUNING } from "../config/tuning.ts";
+import { DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
 
 const log = logger("client");
@@ -215,7 +215,10 @@ class SessionRunner {
         resumeTimeoutMs: DEFAULT_TUNING.resumeTimeoutMs,
         heartbeatIntervalMs: DEFAULT_TUNING.heartbeatIntervalMs,
         linkTimeoutMs: DEFAULT_TUNING.linkTimeoutMs,
-        replayBufferBytes: config.replayBufferBytes,
+        // Until the server states its cap in WELCOME, keep no more than the
+        // smallest cap any server may have, and expect no DATA.
+        replayBufferBytes: Math.min(config.replayBufferBytes, MIN_REPLAY_BUFFER_BYTES),
+        receiveWindowBytes: 0,
       },
       now,
       events: {
@@ -389,6 +392,13 @@ class SessionRunner {
         next = await this.#expect(link, [FrameType.Welcome], "WELCOME", deadline);
       }
       const welcome = decodeWelcome(next.payload);
+      if (welcome.replayBufferBytes < MIN_REPLAY_BUFFER_BYTES) {
+        throw new RejectedError(
+          link.peer,
+          0,
+          `its replay buffer cap of ${welcome.replayBufferBytes} bytes is below the minimum of ${MIN_REPLAY_BUFFER_BYTES}`,
+        );
+      }
       if (admission) {
         const body = next.payload.subarray(0, next.payload.length - (welcome.admissionMac?.length ?? 0));
         const ok = welcome.admissionMac !== null &&
@@ -408,6 +418,9 @@ class SessionRunner {
         resumeTimeoutMs: welcome.resumeTimeoutMs,
         heartbeatIntervalMs: welcome.heartbeatIntervalMs,
         linkTimeoutMs: welcome.linkTimeoutMs,
+        // Flow control: neither side may have more in flight than the smaller cap.
+        replayBufferBytes: Math.min(this.#config.replayBufferBytes, welcome.replayBufferBytes),
+        receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);
       log.info("Session {session} opened for Smart Client {client} on broker server {server}", {

@@ -43,13 +43,16 @@ export function readDuration(section: SectionReader, key: string, fallback: numb
   return value;
 }
 
-/** Reads REPLAY_BUFFER_SIZE, which must be at least 64 KiB. */
+/** Largest REPLAY_BUFFER_SIZE (WELCOME carries it as a u32, and one session should never hold more). */
+export const MAX_REPLAY_BUFFER_BYTES = 1024 * 1024 * 1024;
+
+/** Reads REPLAY_BUFFER_SIZE, which must be at least 64 KiB and at most 1 GiB. */
 export function readReplayBufferSize(section: SectionReader): number {
   const value = section.value("REPLAY_BUFFER_SIZE", parseSize, DEFAULT_TUNING.replayBufferBytes);
-  if (value < MIN_REPLAY_BUFFER_BYTES) {
+  if (value < MIN_REPLAY_BUFFER_BYTES || value > MAX_REPLAY_BUFFER_BYTES) {
     throw section.error(
       section.entry("REPLAY_BUFFER_SIZE")?.line,
-      `REPLAY_BUFFER_SIZE must be at least ${MIN_REPLAY_BUFFER_BYTES} bytes (64K), got ${value}`,
+      `REPLAY_BUFFER_SIZE must be between ${MIN_REPLAY_BUFFER_BYTES} bytes (64K) and ${MAX_REPLAY_BUFFER_BYTES} (1G), got ${value}`,
     );
   }
   return value;

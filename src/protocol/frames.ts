@@ -12,7 +12,7 @@
 /** The four magic bytes that open every link: "PBRK". */
 export const MAGIC = new Uint8Array([0x50, 0x42, 0x52, 0x4b]);
 /** Version of this wire format; both ends must speak the same. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 /** Size of the preface: magic and version. */
 export const PREFACE_SIZE = 5;
 /** Size of a frame header: type and payload length. */
@@ -105,7 +105,7 @@ export class ProtocolError extends Error {
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.HelloNew]: [PUBLIC_KEY_SIZE + ID_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
-  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 12, false],
+  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 16, false],
   [FrameType.Challenge]: [ID_SIZE, true],
   [FrameType.Proof]: [MAC_SIZE + 8, true],
   [FrameType.Resumed]: [MAC_SIZE + 8, true],
@@ -198,7 +198,7 @@ export function encodeHelloResume(sessionId: Uint8Array, clientNonce: Uint8Array
 }
 
 /** Size of a WELCOME payload without the optional admission proof. */
-const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 12;
+const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 16;
 
 /** Session parameters the server dictates in WELCOME. */
 export interface WelcomeTimers {
@@ -208,9 +208,11 @@ export interface WelcomeTimers {
   heartbeatIntervalMs: number;
   /** Silent-link limit (ms). */
   linkTimeoutMs: number;
+  /** The server's replay buffer cap: the most it keeps unacknowledged, and the most the client may (bytes). */
+  replayBufferBytes: number;
 }
 
-/** WELCOME: session id, server public key and the server's timers. */
+/** WELCOME: session id, server public key, the server's timers and cap. */
 export function encodeWelcome(
   sessionId: Uint8Array,
   publicKey: Uint8Array,
@@ -228,6 +230,7 @@ export function encodeWelcome(
   writeU32(out, at, timers.resumeTimeoutMs);
   writeU32(out, at + 4, timers.heartbeatIntervalMs);
   writeU32(out, at + 8, timers.linkTimeoutMs);
+  writeU32(out, at + 12, timers.replayBufferBytes);
   return out;
 }
 
@@ -256,6 +259,7 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     resumeTimeoutMs: view.getUint32(at),
     heartbeatIntervalMs: view.getUint32(at + 4),
     linkTimeoutMs: view.getUint32(at + 8),
+    replayBufferBytes: view.getUint32(at + 12),
     admissionMac: payload.length > WELCOME_SIZE ? payload.slice(WELCOME_SIZE) : null,
   };
 }
@@ -317,7 +321,21 @@ export function sealDataFrame(frame: Uint8Array, offset: number): Uint8Array {
   return frame;
 }
 
-/** DATA with a copy of `bytes` (retransmission; the hot path uses sealDataFrame). */
+/**
+ * The header of a DATA frame of `length` bytes at `offset`: sent right
+ * before the bytes themselves, so that a retransmission sends the kept bytes
+ * without copying them.
+ */
+export function encodeDataHeader(offset: number, length: number): Uint8Array {
+  if (length <= 0) throw new RangeError(`Cannot encode a DATA header for ${length} bytes: it carries no data`);
+  const out = new Uint8Array(DATA_HEADER_SIZE);
+  out[0] = FrameType.Data;
+  writeU32(out, 1, 8 + length);
+  writeU64(out, FRAME_HEADER_SIZE, offset);
+  return out;
+}
+
+/** DATA with a copy of `bytes` (tests and tools; the brokers use sealDataFrame and encodeDataHeader). */
 export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
   const out = new Uint8Array(DATA_HEADER_SIZE + bytes.length);
   out.set(bytes, DATA_HEADER_SIZE);

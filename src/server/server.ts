@@ -282,6 +282,8 @@ export class BrokerServer {
       heartbeatIntervalMs: t.heartbeatIntervalMs,
       linkTimeoutMs: t.linkTimeoutMs,
       replayBufferBytes: t.replayBufferBytes,
+      // The client's cap is at most ours (WELCOME tells it ours).
+      receiveWindowBytes: t.replayBufferBytes,
     };
   }
 

@@ -66,13 +66,19 @@ export interface Releasable {
   release(): void;
 }
 
+/** A Releasable that more holders can join (a resume queues kept bytes on a new link). */
+export interface Shared extends Releasable {
+  /** One more owner holds the buffer; it calls release() too. */
+  retain(): void;
+}
+
 /**
  * A pooled buffer shared by `holders` owners (e.g. the replay buffer and a
  * link's write queue): it returns to the pool once all of them released it.
  * An owner that is dropped without releasing (a closed link) keeps the
  * buffer out of the pool for good, which is the safe outcome.
  */
-export class PoolLease implements Releasable {
+export class PoolLease implements Shared {
   #buffer: Uint8Array;
   #pool: BufferPool;
   #holders: number;
@@ -82,6 +88,11 @@ export class PoolLease implements Releasable {
     this.#buffer = buffer;
     this.#pool = pool;
     this.#holders = holders;
+  }
+
+  /** One more owner holds the buffer. */
+  retain(): void {
+    this.#holders++;
   }
 
   /** One owner is done; the last one hands the buffer back. */

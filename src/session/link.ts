@@ -56,9 +56,10 @@ export interface LinkOptions {
   now?: () => number;
 }
 
-/** A read buffer the link moved on from, and how much had been pushed locally when it did. */
+/** A read buffer the link moved on from while the local queue still held views into it. */
 interface Retired {
   buffer: Uint8Array;
+  /** The local queue's pushedTotal when it was retired: once that much is written, nothing refers to it. */
   mark: number;
 }
 
@@ -72,8 +73,6 @@ export class Link {
   lastReceivedAt: number;
   /** Clock time of the last frame queued (heartbeat pacing). */
   lastSentAt: number;
-  /** Set while the reader deliberately stops reading (local backpressure): silence is then not death. */
-  readPaused = false;
 
   #transport: Transport;
   #decoder: FrameDecoder;
@@ -82,6 +81,8 @@ export class Link {
   #target: Uint8Array | null = null;
   #carried = 0;
   #retired: Retired[] = [];
+  #retiredBytes = 0;
+  #lent = false;
   #local: WriteProgress | null = null;
   #closed = false;
   #now: () => number;
@@ -116,14 +117,35 @@ export class Link {
 
   /**
    * Tells the link where the DATA it hands out goes: frames are views into
-   * its read buffers, and a buffer is recycled only once `local` (the
-   * session's local write queue) has written everything pushed while the
-   * buffer was in use. Until this is called (the handshake, whose frames
-   * may be kept), buffers are never recycled; the one in use now never is.
+   * its read buffers, and a buffer whose views were lent (see
+   * lendReadBuffer) is recycled only once `local` (the session's local
+   * write queue) has written everything pushed while the buffer was in use.
+   * Until this is called (the handshake, whose frames may be kept), buffers
+   * are never recycled.
    */
   recycleBuffersAfter(local: WriteProgress): void {
     this.#local = local;
     this.#buffer = null;
+    this.#lent = false;
+  }
+
+  /**
+   * The session pushed views into the current read buffer (DATA payloads)
+   * to its local write queue: the buffer must outlive them.
+   */
+  lendReadBuffer(): void {
+    this.#lent = true;
+  }
+
+  /**
+   * Bytes of read buffers kept only because the local write queue still
+   * refers to them. The session copies payloads instead of lending more
+   * buffers once this passes its budget, so that a slow local reader (or a
+   * peer that sends one DATA byte per buffer) cannot make the link keep
+   * more buffers than the bytes they hold would justify.
+   */
+  get retiredBytes(): number {
+    return this.#retiredBytes;
   }
 
   /** Queues a frame; `owner` is released once it is written. */
@@ -189,24 +211,43 @@ export class Link {
     return true;
   }
 
-  /** A buffer of `size` bytes starting with the `carried` bytes: the current one when free, else a recycled one. */
+  /**
+   * A buffer of `size` bytes starting with the `carried` bytes (a view into
+   * the current buffer): the current one when nothing refers to it and it
+   * has the right size, else a pooled one. A current buffer with lent views
+   * is retired until the local queue has written them; one without goes
+   * back to the pool at once.
+   */
   #readBuffer(size: number, carried: Uint8Array): Uint8Array {
     const local = this.#local;
+    if (!local) {
+      // Handshake: its frames may be kept, so every read gets a fresh buffer.
+      const fresh = new Uint8Array(size);
+      fresh.set(carried);
+      return fresh;
+    }
+    while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= local.writtenTotal) {
+      const done = this.#retired.shift() as Retired;
+      this.#retiredBytes -= done.buffer.length;
+      readBufferPool.give(done.buffer);
+    }
     const current = this.#buffer;
-    if (current && local && local.writtenTotal >= local.pushedTotal && current.length === size) {
-      // Nothing holds views into it any more: read into it again.
+    const free = current !== null && (!this.#lent || local.writtenTotal >= local.pushedTotal);
+    if (current && free && current.length === size) {
       if (carried.length > 0) current.copyWithin(0, carried.byteOffset, carried.byteOffset + carried.length);
+      this.#lent = false;
       return current;
     }
-    if (local) {
-      if (current) this.#retired.push({ buffer: current, mark: local.pushedTotal });
-      while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= local.writtenTotal) {
-        readBufferPool.give((this.#retired.shift() as Retired).buffer);
-      }
+    if (current && !free) {
+      this.#retired.push({ buffer: current, mark: local.pushedTotal });
+      this.#retiredBytes += current.length;
     }
-    const next = local ? readBufferPool.take(size) : new Uint8Array(size);
+    const next = readBufferPool.take(size);
     next.set(carried);
+    // Copied out of it above: a free buffer of the wrong size goes back now.
+    if (current && free) readBufferPool.give(current);
     this.#buffer = next;
+    this.#lent = false;
     return next;
   }
 

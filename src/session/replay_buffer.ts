@@ -25,12 +25,12 @@ export class ResumeGapError extends Error {
   }
 }
 
-import type { Releasable } from "./buffer_pool.ts";
+import type { Shared } from "./buffer_pool.ts";
 
 interface Chunk {
   start: number;
   bytes: Uint8Array;
-  owner: Releasable | undefined;
+  owner: Shared | undefined;
 }
 
 const DROPPED: Chunk = { start: 0, bytes: new Uint8Array(0), owner: undefined };
@@ -71,7 +71,7 @@ export class ReplayBuffer {
    * their offset. `owner` is released once all of them are acknowledged
    * (not when the buffer is cleared: the bytes may still be on their way).
    */
-  append(bytes: Uint8Array, owner?: Releasable): number {
+  append(bytes: Uint8Array, owner?: Shared): number {
     const offset = this.#end;
     if (bytes.length === 0) return offset;
     this.#chunks.push({ start: offset, bytes, owner });
@@ -111,10 +111,12 @@ export class ReplayBuffer {
 
   /**
    * The kept bytes from `offset` on, as views in order (the first may be a
-   * tail of a chunk). Throws ResumeGapError when `offset` was already
+   * tail of a chunk), each with the owner of its buffer: a caller that keeps
+   * a view beyond the next acknowledgement retains the owner and releases
+   * it when done. Throws ResumeGapError when `offset` was already
    * acknowledged and dropped, RangeError when it lies beyond what was sent.
    */
-  *bytesFrom(offset: number): Generator<{ offset: number; bytes: Uint8Array }> {
+  *bytesFrom(offset: number): Generator<{ offset: number; bytes: Uint8Array; owner: Shared | undefined }> {
     if (offset < this.#start) throw new ResumeGapError(offset, this.#start);
     if (offset > this.#end) {
       throw new RangeError(`Cannot replay from offset ${offset}: only ${this.#end} bytes were sent`);
@@ -124,7 +126,11 @@ export class ReplayBuffer {
       const chunkEnd = chunk.start + chunk.bytes.length;
       if (chunkEnd <= offset) continue;
       const skip = Math.max(0, offset - chunk.start);
-      yield { offset: chunk.start + skip, bytes: skip > 0 ? chunk.bytes.subarray(skip) : chunk.bytes };
+      yield {
+        offset: chunk.start + skip,
+        bytes: skip > 0 ? chunk.bytes.subarray(skip) : chunk.bytes,
+        owner: chunk.owner,
+      };
     }
   }
 

@@ -9,6 +9,14 @@
  * one offset unit after its last byte, so "acknowledged up to end + 1" means
  * the FIN arrived.
  *
+ * Flow control is end to end and never pauses the link: a receiver
+ * acknowledges bytes once its local socket has taken them (not when they
+ * arrive), and a sender keeps at most its cap unacknowledged. So the bytes
+ * waiting for a slow local application are bounded by the peer's cap, the
+ * link is always read, and ACK, HEARTBEAT, CLOSE and ABORT frames are acted
+ * on whatever the local sockets do. A peer that sends beyond the window
+ * breaks the protocol and loses its link.
+ *
  * States: connecting (before the first link) → attached ⇄ detached
  * → closed. The two sides differ only in who dials (the owner's job) and in
  * how the final goodbye runs: the server closes the link once both streams
@@ -23,7 +31,7 @@ import {
   decodeText,
   encodeAbort,
   encodeClose,
-  encodeData,
+  encodeDataHeader,
   encodeGoAway,
   encodeOffsetFrame,
   type Frame,
@@ -49,8 +57,13 @@ export interface SessionTimers {
   heartbeatIntervalMs: number;
   /** Silent-link limit (ms). */
   linkTimeoutMs: number;
-  /** Replay buffer cap (bytes). */
+  /** Replay buffer cap (bytes): at most this much sent and not yet acknowledged. */
   replayBufferBytes: number;
+  /**
+   * Receive window (bytes): at most this much may arrive and wait for the
+   * local socket (the peer's cap). 0 while no DATA may arrive yet.
+   */
+  receiveWindowBytes: number;
 }
 
 /** How a session ended. */
@@ -103,14 +116,19 @@ export interface SessionOptions {
   now?: () => number;
 }
 
-/** Send an ACK at once after this many unacknowledged received bytes. */
+/** Send an ACK at once after this many delivered, unacknowledged bytes (or a quarter of the window, if less). */
 const ACK_EVERY_BYTES = 128 * 1024;
 /** Otherwise acknowledge after this delay (ms). */
 const ACK_DELAY_MS = 20;
 /** Stop reading the local socket while this much is queued on the link. */
 const LINK_HIGH_WATER = 1024 * 1024;
-/** Stop reading the link while this much waits to be written locally. */
-const LOCAL_HIGH_WATER = 1024 * 1024;
+/**
+ * Lend link read buffers to the local write queue (no copy) only while the
+ * buffers it keeps alive stay below this; beyond it payloads are copied.
+ */
+const LENT_BUFFERS_BUDGET = 2 * 1024 * 1024;
+/** An unconfirmed session (the client never showed it got the WELCOME) waits at most this long for its client (ms). */
+export const UNCONFIRMED_WINDOW_MS = 30_000;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 
@@ -151,9 +169,11 @@ export class Session {
     this.#events = options.events;
     this.#now = options.now ?? Date.now;
     this.#stateSince = this.#now();
-    this.#localWriter = new WriteQueue(options.local, (err) => {
-      this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`);
-    });
+    this.#localWriter = new WriteQueue(
+      options.local,
+      (err) => this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`),
+      () => this.#onDelivered(),
+    );
   }
 
   /**
@@ -202,6 +222,7 @@ export class Session {
   /** Adopts new timers (the client takes the server's from WELCOME). */
   setTimers(timers: Partial<SessionTimers>): void {
     Object.assign(this.#timers, timers);
+    this.#wakePump(); // a larger cap is room to read into
   }
 
   get #localName(): string {
@@ -232,12 +253,18 @@ export class Session {
     this.#setState("attached");
     link.lastReceivedAt = this.#now();
     link.recycleBuffersAfter(this.#localWriter);
-    this.#applyAck(peerReceived);
+    // The peer's received offset says where to resume, not what it has
+    // delivered: the replay buffer is trimmed by its ACKs only, so that what
+    // waits for its local socket stays counted against the cap.
 
     let replayed = 0;
-    // A peer that has our FIN (end + 1) needs no data again.
-    for (const { offset, bytes } of this.#out.bytesFrom(Math.min(peerReceived, this.#out.end))) {
-      link.send(encodeData(offset, bytes));
+    // A peer that has our FIN (end + 1) needs no data again. The kept bytes
+    // are queued as they are (a header, then a view), not copied: the link
+    // holds their buffer until written.
+    for (const { offset, bytes, owner } of this.#out.bytesFrom(Math.min(peerReceived, this.#out.end))) {
+      owner?.retain();
+      link.send(encodeDataHeader(offset, bytes.length));
+      link.send(bytes, owner);
       replayed += bytes.length;
     }
     if (this.#localEof && !this.#finAcked) link.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
@@ -251,7 +278,8 @@ export class Session {
     this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
     this.#readLoop(link);
     this.#wakePump();
-    // Both streams may have finished while no link was attached.
+    // Both streams may have finished while no link was attached (ending
+    // here clears the timer armed above).
     this.#checkComplete();
     return replayed;
   }
@@ -333,7 +361,11 @@ export class Session {
     this.#dropLink();
     if (this.#state === "closed") return;
     this.#setState("detached");
-    const window = this.#timers.resumeTimeoutMs;
+    // A session its client never confirmed may belong to a client that went
+    // elsewhere: it does not hold an ERP connection for the whole window.
+    const window = this.#confirmed
+      ? this.#timers.resumeTimeoutMs
+      : Math.min(this.#timers.resumeTimeoutMs, UNCONFIRMED_WINDOW_MS);
     this.#windowTimer = setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
     }, window);
@@ -355,9 +387,7 @@ export class Session {
           continue;
         }
         if (!this.#confirmed) this.#confirm();
-        // Only DATA under local backpressure returns a promise: most frames cost no extra turn.
-        const paused = this.#onFrame(link, frame);
-        if (paused) await paused;
+        this.#onFrame(link, frame);
         if (this.#link !== link) return;
       }
     } catch (err) {
@@ -366,8 +396,8 @@ export class Session {
     }
   }
 
-  /** Handles one frame; returns a promise only while the local socket is too far behind to read on. */
-  #onFrame(link: Link, frame: Frame): Promise<void> | undefined {
+  /** Handles one frame (synchronously: the link is never left unread). */
+  #onFrame(link: Link, frame: Frame): void {
     const payload = frame.payload;
     switch (frame.type) {
       case FrameType.Data: {
@@ -378,16 +408,20 @@ export class Session {
           );
         }
         const bytes = payload.subarray(8);
+        const waiting = this.#received + bytes.length - this.#localWriter.writtenTotal;
+        if (waiting > this.#timers.receiveWindowBytes) {
+          throw new ProtocolError(
+            `DATA beyond the window: ${waiting} bytes would wait for the ${this.#localName}, the window is ${this.#timers.receiveWindowBytes}`,
+          );
+        }
         this.#received += bytes.length;
         this.stats.bytesToLocal += bytes.length;
-        this.#localWriter.push(bytes);
-        this.#scheduleAck(link);
-        if (this.#localWriter.queuedBytes >= LOCAL_HIGH_WATER) {
-          link.readPaused = true;
-          return this.#localWriter.waitBelow(LOCAL_HIGH_WATER / 2).then(() => {
-            link.readPaused = false;
-            link.lastReceivedAt = this.#now();
-          });
+        if (link.retiredBytes < LENT_BUFFERS_BUDGET) {
+          this.#localWriter.push(bytes);
+          link.lendReadBuffer();
+        } else {
+          // The local socket is far behind: keep a copy, not the link's buffer.
+          this.#localWriter.push(bytes.slice());
         }
         return;
       }
@@ -403,10 +437,11 @@ export class Session {
         }
         this.#peerFin = true;
         this.#received += 1;
-        this.#sendAck(link);
         this.#localWriter.endAfterFlush();
         this.#localWriter.flushed().then(() => {
           this.#localFlushed = true;
+          // The FIN is delivered: acknowledge it at once, the peer may be waiting to finish.
+          if (this.#link) this.#sendAck(this.#link);
           this.#checkComplete();
         });
         return;
@@ -446,10 +481,22 @@ export class Session {
     this.#wakePump();
   }
 
-  #scheduleAck(link: Link): void {
-    if (this.#received - this.#lastAckSent >= ACK_EVERY_BYTES) {
+  /**
+   * The offset acknowledged to the peer: what the local socket has taken
+   * (its FIN counts once the half-close is done), not merely what arrived.
+   */
+  #delivered(): number {
+    return this.#localWriter.writtenTotal + (this.#localFlushed ? 1 : 0);
+  }
+
+  /** The local socket took more bytes: acknowledge them soon (at once after a batch). */
+  #onDelivered(): void {
+    const link = this.#link;
+    if (!link) return;
+    const pending = this.#localWriter.writtenTotal - this.#lastAckSent;
+    if (pending >= Math.min(ACK_EVERY_BYTES, this.#timers.receiveWindowBytes / 4)) {
       this.#sendAck(link);
-    } else if (this.#ackTimer === undefined) {
+    } else if (pending > 0 && this.#ackTimer === undefined) {
       this.#ackTimer = setTimeout(() => {
         this.#ackTimer = undefined;
         if (this.#link) this.#sendAck(this.#link);
@@ -460,15 +507,15 @@ export class Session {
   #sendAck(link: Link): void {
     clearTimeout(this.#ackTimer);
     this.#ackTimer = undefined;
-    this.#lastAckSent = this.#received;
-    link.send(encodeOffsetFrame(FrameType.Ack, this.#received));
+    this.#lastAckSent = this.#delivered();
+    link.send(encodeOffsetFrame(FrameType.Ack, this.#lastAckSent));
   }
 
   #tick(): void {
     const link = this.#link;
     if (!link) return;
     const now = this.#now();
-    if (!link.readPaused && now - link.lastReceivedAt >= this.#timers.linkTimeoutMs) {
+    if (now - link.lastReceivedAt >= this.#timers.linkTimeoutMs) {
       this.#linkFailed(
         link,
         `link silent for ${((now - link.lastReceivedAt) / 1000).toFixed(1)} s (no data, no heartbeat)`,
@@ -476,8 +523,8 @@ export class Session {
       return;
     }
     if (now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
-      this.#lastAckSent = this.#received;
-      link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#received));
+      this.#lastAckSent = this.#delivered();
+      link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#lastAckSent));
     }
   }
 
@@ -538,9 +585,9 @@ export class Session {
   async #pump(): Promise<void> {
     const sizer = new ReadSizer(MAX_READ_SIZE);
     let buffer = readBufferPool.take(sizer.size);
-    const cap = this.#timers.replayBufferBytes;
     while (!this.#isClosed()) {
-      const room = cap - this.#out.size;
+      // Read each time: the client adopts the server's cap at WELCOME.
+      const room = this.#timers.replayBufferBytes - this.#out.size;
       const link = this.#link;
       if (room <= 0 || (link && link.writer.queuedBytes >= LINK_HIGH_WATER)) {
         // Backpressure: wait for an ACK (room) or for the link to drain.

@@ -71,11 +71,16 @@ export class WriteQueue implements WriteProgress {
   #waiters: Waiter[] = [];
   #flushWaiters: (() => void)[] = [];
   #onError: (err: Error) => void;
+  #onWritten: (() => void) | undefined;
 
-  /** Wraps `transport`; `onError` hears the first write failure. */
-  constructor(transport: Transport, onError: (err: Error) => void) {
+  /**
+   * Wraps `transport`; `onError` hears the first write failure, `onWritten`
+   * (optional) each completed write (flow control acknowledges on it).
+   */
+  constructor(transport: Transport, onError: (err: Error) => void, onWritten?: () => void) {
     this.#transport = transport;
     this.#onError = onError;
+    this.#onWritten = onWritten;
   }
 
   /** Bytes pushed and not yet written. */
@@ -163,6 +168,7 @@ export class WriteQueue implements WriteProgress {
           this.#head = 0;
         }
         this.#wake();
+        this.#onWritten?.();
       }
       if (this.#endAfterFlush && !this.#closed) {
         this.#closed = true;

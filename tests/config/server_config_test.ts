@@ -107,7 +107,7 @@ Deno.test("bad input: one clear message naming file, line and key", () => {
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "REPLAY_BUFFER_SIZE = 1K"],
-      /^appserver\.ini:4: REPLAY_BUFFER_SIZE must be at least 65536 bytes/,
+      /^appserver\.ini:4: REPLAY_BUFFER_SIZE must be between 65536 bytes \(64K\) and 1073741824 \(1G\), got 1024/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "CONSOLELOG 1"],

@@ -1,5 +1,6 @@
 import { deepEqual, equal, throws } from "node:assert/strict";
 import {
+  concatBytes,
   DATA_HEADER_SIZE,
   decodeProof,
   decodeReject,
@@ -8,6 +9,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeData,
+  encodeDataHeader,
   encodeHelloNew,
   encodeHelloResume,
   encodeOffsetFrame,
@@ -18,6 +20,7 @@ import {
   type Frame,
   FrameDecoder,
   FrameType,
+  PROTOCOL_VERSION,
   ProtocolError,
   readU64,
   RejectCode,
@@ -29,7 +32,7 @@ const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")
 const fill = (n: number, v: number) => new Uint8Array(n).fill(v);
 
 Deno.test("preface is PBRK and the version", () => {
-  equal(hex(encodePreface()), "5042524b01");
+  equal(hex(encodePreface()), "5042524b02");
 });
 
 Deno.test("frames encode byte for byte", () => {
@@ -53,10 +56,17 @@ Deno.test("frames encode byte for byte", () => {
         resumeTimeoutMs: 180000,
         heartbeatIntervalMs: 2000,
         linkTimeoutMs: 6000,
+        replayBufferBytes: 4 * 1024 * 1024,
       }),
     ),
-    "03" + "0000003c" + "07".repeat(16) + "08".repeat(32) + "0002bf20" + "000007d0" + "00001770",
+    "03" + "00000040" + "07".repeat(16) + "08".repeat(32) + "0002bf20" + "000007d0" + "00001770" + "00400000",
   );
+});
+
+Deno.test("encodeDataHeader followed by the bytes is the same DATA frame as encodeData", () => {
+  const bytes = new Uint8Array([7, 8, 9, 10]);
+  equal(hex(concatBytes(encodeDataHeader(2 ** 33, bytes.length), bytes)), hex(encodeData(2 ** 33, bytes)));
+  throws(() => encodeDataHeader(0, 0), RangeError);
 });
 
 Deno.test("sealDataFrame writes the header in front of bytes read in place", () => {
@@ -80,7 +90,12 @@ Deno.test("u64 offsets: exact up to 2^53-1, across the 2^32 boundary; larger val
 
 Deno.test("decoded handshake payloads round-trip", () => {
   const w = decodeWelcome(
-    encodeWelcome(fill(16, 1), fill(32, 2), { resumeTimeoutMs: 5, heartbeatIntervalMs: 6, linkTimeoutMs: 7 })
+    encodeWelcome(fill(16, 1), fill(32, 2), {
+      resumeTimeoutMs: 5,
+      heartbeatIntervalMs: 6,
+      linkTimeoutMs: 7,
+      replayBufferBytes: 8,
+    })
       .subarray(5),
   );
   deepEqual(
@@ -91,13 +106,14 @@ Deno.test("decoded handshake payloads round-trip", () => {
       resumeTimeoutMs: 5,
       heartbeatIntervalMs: 6,
       linkTimeoutMs: 7,
+      replayBufferBytes: 8,
       admissionMac: null,
     },
   );
-  const timers = { resumeTimeoutMs: 5, heartbeatIntervalMs: 6, linkTimeoutMs: 7 };
+  const timers = { resumeTimeoutMs: 5, heartbeatIntervalMs: 6, linkTimeoutMs: 7, replayBufferBytes: 8 };
   const withProof = decodeWelcome(encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3)).subarray(5));
   equal(hex(withProof.admissionMac ?? new Uint8Array()), "03".repeat(32));
-  throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 60 or 92/);
+  throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 64 or 96/);
   const p = decodeProof(encodeProof(FrameType.Resumed, fill(32, 9), 2 ** 40).subarray(5));
   equal(hex(p.mac), "09".repeat(32));
   equal(p.receivedOffset, 2 ** 40);
@@ -123,7 +139,7 @@ function stream(): { bytes: Uint8Array; expected: string[] } {
     bytes.set(p, at);
     at += p.length;
   }
-  const expected = ["0:01", ...parts.slice(1).map((p) => `${p[0]}:${hex(p.subarray(5))}`)];
+  const expected = [`0:0${PROTOCOL_VERSION}`, ...parts.slice(1).map((p) => `${p[0]}:${hex(p.subarray(5))}`)];
   return { bytes, expected };
 }
 

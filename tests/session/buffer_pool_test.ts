@@ -3,7 +3,7 @@ import { BufferPool, PoolLease } from "../../src/session/buffer_pool.ts";
 import { type Transport, WriteQueue } from "../../src/session/transport.ts";
 import { ReplayBuffer } from "../../src/session/replay_buffer.ts";
 import { Link } from "../../src/session/link.ts";
-import { encodeData, encodePreface, FrameType } from "../../src/protocol/frames.ts";
+import { encodeData, encodeOffsetFrame, encodePreface, FrameType, readU64 } from "../../src/protocol/frames.ts";
 import { readBufferPool } from "../../src/session/buffer_pool.ts";
 
 Deno.test("the pool hands back buffers of the exact length asked, reused before allocated", () => {
@@ -92,9 +92,9 @@ Deno.test("a closed write queue never releases what it dropped", async () => {
 Deno.test("the replay buffer releases a chunk's owner once all of its bytes are acknowledged, not on clear", () => {
   const buf = new ReplayBuffer();
   const released: string[] = [];
-  buf.append(new Uint8Array(4), { release: () => released.push("a") });
-  buf.append(new Uint8Array(4), { release: () => released.push("b") });
-  buf.append(new Uint8Array(4), { release: () => released.push("c") });
+  buf.append(new Uint8Array(4), { retain: () => {}, release: () => released.push("a") });
+  buf.append(new Uint8Array(4), { retain: () => {}, release: () => released.push("b") });
+  buf.append(new Uint8Array(4), { retain: () => {}, release: () => released.push("c") });
   buf.ackUpTo(2);
   equal(released.length, 0, "a partly acknowledged chunk is still needed");
   buf.ackUpTo(6);
@@ -136,6 +136,7 @@ Deno.test("a link never reads into a buffer whose DATA the local side has not wr
     const payload = frame?.payload.subarray(8) as Uint8Array;
     held.push(payload);
     local.pushedTotal += payload.length;
+    link.lendReadBuffer();
     if (i % 10 === 9) {
       // The local socket catches up only now and then: earlier payloads must be intact meanwhile.
       for (const [j, bytes] of held.entries()) deepEqual(bytes, new Uint8Array(1000).fill(i - held.length + 1 + j));
@@ -158,9 +159,46 @@ Deno.test("a link reuses its read buffers once the local side wrote what they ca
     const frame = await link.readFrame();
     equal(frame?.payload[8], i & 0xff, `frame ${i} intact`);
     local.pushedTotal += 3000;
+    link.lendReadBuffer();
     local.writtenTotal = local.pushedTotal; // written at once
   }
   const allocated = readBufferPool.counts.allocated - before;
   equal(allocated <= 4, true, `200 frames split across reads needed only ${allocated} new buffers`);
+  link.close();
+});
+
+Deno.test("a link whose local side is stuck keeps no buffer for frames it did not lend (control frames, copies)", async () => {
+  // The local socket never takes anything (pushedTotal > writtenTotal for good): every
+  // read used to retire the buffer, so a stream of ACKs and heartbeats grew memory without end.
+  const frames = Array.from({ length: 2000 }, (_, i) => encodeOffsetFrame(FrameType.Heartbeat, i));
+  const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
+  const local = { pushedTotal: 1000, writtenTotal: 0 };
+  await link.readFrame();
+  link.recycleBuffersAfter(local);
+  const before = readBufferPool.counts.allocated + readBufferPool.counts.reused;
+  for (let i = 0; i < 2000; i++) equal(readU64((await link.readFrame())?.payload as Uint8Array, 0), i);
+  equal(link.retiredBytes, 0, "no buffer is kept for the stuck local side");
+  const taken = readBufferPool.counts.allocated + readBufferPool.counts.reused - before;
+  equal(taken <= 8, true, `2000 control frames took ${taken} buffers`);
+  link.close();
+});
+
+Deno.test("a link keeps a lent buffer until the local side wrote past it, and counts what it keeps", async () => {
+  const frames = Array.from({ length: 8 }, (_, i) => encodeData(i * 1000, new Uint8Array(1000).fill(i)));
+  const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
+  const local = { pushedTotal: 0, writtenTotal: 0 };
+  await link.readFrame();
+  link.recycleBuffersAfter(local);
+  const held: Uint8Array[] = [];
+  for (let i = 0; i < 8; i++) {
+    held.push(((await link.readFrame())?.payload as Uint8Array).subarray(8));
+    local.pushedTotal += 1000;
+    link.lendReadBuffer();
+  }
+  equal(link.retiredBytes > 0, true, "buffers holding unwritten DATA are kept and counted");
+  for (const [i, bytes] of held.entries()) deepEqual(bytes, new Uint8Array(1000).fill(i), `payload ${i} intact`);
+  local.writtenTotal = local.pushedTotal;
+  equal(await link.readFrame(), null);
+  equal(link.retiredBytes, 0, "all handed back once written");
   link.close();
 });

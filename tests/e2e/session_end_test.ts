@@ -1,0 +1,63 @@
+/**
+ * Every way a session ends leaves nothing behind: no timer (the test
+ * sanitizers fail a test that leaks one), no registry entry, no ERP
+ * connection.
+ */
+import { equal } from "node:assert/strict";
+import { encodeOffsetFrame, FrameType, readU64 } from "../../src/protocol/frames.ts";
+import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
+import { serverConfig, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { readExactly } from "../helpers/apps.ts";
+
+Deno.test("a resume that acknowledges the final FIN ends the session and arms no timer on it", async () => {
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("bye"));
+    await conn.closeWrite();
+    while (await conn.read(new Uint8Array(64)) !== null) { /* to the client's FIN */ }
+  });
+  await using server = startServer(serverConfig([erp.port], { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" }));
+  const raw = await openRawSession(server.address.port);
+  // Take the ERP's bytes and its FIN, answer with our own FIN, but acknowledge nothing.
+  let fin = -1;
+  while (fin < 0) {
+    const frame = await raw.peer.next();
+    if (frame?.type === FrameType.Fin) fin = readU64(frame.payload, 0);
+  }
+  equal(fin, 3);
+  raw.peer.link.send(encodeOffsetFrame(FrameType.Fin, 0));
+  await erp.firstEnded; // the ERP got our FIN: only our acknowledgement is missing
+  // The link drops before our ACK could leave.
+  raw.peer.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the server to see the link go");
+
+  // Resume having received everything and the FIN (3 bytes + 1), and acknowledge it.
+  const { peer, answer } = await resumeRaw(server.address.port, raw.sessionId, raw.key, 4);
+  equal(answer?.type, FrameType.Resumed);
+  peer.link.send(encodeOffsetFrame(FrameType.Ack, 4));
+  const seen: number[] = [];
+  for (let f; (f = await peer.next()) !== null;) seen.push(f.type);
+  equal(seen.at(-1), FrameType.Close, `the server says goodbye (frames: ${seen.join(",")})`);
+  equal(seen.includes(FrameType.Data), false, "nothing is replayed to a client that has it all");
+  await waitFor(() => server.sessions.length === 0, "the session to leave the registry");
+  peer.close();
+  // Leaving the test with a heartbeat interval still armed fails it (Deno's sanitizer).
+});
+
+Deno.test("an unconfirmed session whose client vanished frees its ERP connection long before the resume window", async () => {
+  await using erp = startErp(async (conn) => {
+    await readExactly(conn, 1).catch(() => {});
+  });
+  await using server = startServer(
+    serverConfig([erp.port], { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms", RESUME_TIMEOUT: "10m" }),
+  );
+  const raw = await openRawSession(server.address.port);
+  // The client never says a word after the WELCOME (it went to another broker server, say).
+  raw.peer.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the link loss");
+  equal(server.sessions[0]?.session.confirmed, false);
+  const detachedAt = Date.now();
+  await waitFor(() => server.sessions.length === 0, "the unconfirmed session to end", 40_000);
+  const held = Date.now() - detachedAt;
+  equal(held < 35_000, true, `held ${held} ms, not the 10 min window`);
+  await erp.firstEnded;
+});
