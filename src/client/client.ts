@@ -14,6 +14,7 @@ import {
   decodeProof,
   decodeReject,
   decodeWelcome,
+  decodeWelcomeBack,
   encodeAbort,
   encodeHelloNew,
   encodeHelloResume,
@@ -29,12 +30,15 @@ import {
 import {
   createEphemeralKey,
   deriveResumeKey,
+  type EphemeralKey,
   importAdmissionKey,
   randomId,
   signAdmission,
   signProof,
+  signRetake,
   verifyAdmission,
   verifyProof,
+  verifyRetake,
 } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
 import { backoffSchedule, sleep } from "../session/backoff.ts";
@@ -189,6 +193,8 @@ class SessionRunner {
   #stopped = new AbortController();
   /** Repeated on every attempt to open this session (see encodeHelloNew). */
   #openToken = randomId();
+  /** The ephemeral key pair of every attempt to open this session. */
+  #openKey: Promise<EphemeralKey> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
 
   constructor(
@@ -366,17 +372,21 @@ class SessionRunner {
   }
 
   async #openOn(server: HostPort): Promise<void> {
-    const own = await createEphemeralKey();
+    // One key pair for every attempt of this opening: if an earlier attempt's
+    // WELCOME was lost, proving the key derived from it is what gets us the
+    // session it opened (WELCOME_BACK), where the token alone would not.
+    const own = await (this.#openKey ??= createEphemeralKey());
     const link = await this.#dial(server, encodeHelloNew(own.publicKey, this.#openToken));
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const admission = await this.#admissionKey;
       const input = { clientPublicKey: own.publicKey, openToken: this.#openToken, serverNonce: new Uint8Array(0) };
-      let next = await this.#expect(link, [FrameType.Challenge, FrameType.Welcome], "WELCOME", deadline);
+      const welcomes = [FrameType.Welcome, FrameType.WelcomeBack];
+      let next = await this.#expect(link, [FrameType.Challenge, ...welcomes], "WELCOME", deadline);
       if (next.type === FrameType.Challenge && !admission) {
         throw new RejectedError(link.peer, 0, "it requires an admission key: set ADMISSION_KEY in smartclient.ini");
       }
-      if (next.type === FrameType.Welcome && admission) {
+      if (next.type !== FrameType.Challenge && admission) {
         throw new RejectedError(
           link.peer,
           0,
@@ -386,16 +396,27 @@ class SessionRunner {
       if (admission) {
         input.serverNonce = next.payload.slice();
         link.send(encodeProof(FrameType.Proof, await signAdmission(admission, "client", input), 0));
-        next = await this.#expect(link, [FrameType.Welcome], "WELCOME", deadline);
+        next = await this.#expect(link, welcomes, "WELCOME", deadline);
       }
-      const welcome = decodeWelcome(next.payload);
+      const back = next.type === FrameType.WelcomeBack ? decodeWelcomeBack(next.payload) : null;
+      const welcomePayload = back ? back.welcomePayload : next.payload;
+      const welcome = back ? back.welcome : decodeWelcome(welcomePayload);
       if (admission) {
-        const body = next.payload.subarray(0, next.payload.length - (welcome.admissionMac?.length ?? 0));
+        const body = welcomePayload.subarray(0, welcomePayload.length - (welcome.admissionMac?.length ?? 0));
         const ok = welcome.admissionMac !== null &&
           await verifyAdmission(admission, "server", { ...input, welcome: body }, welcome.admissionMac);
         if (!ok) throw new RejectedError(link.peer, 0, "it could not prove the admission key: refusing it");
       }
       const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
+      if (back) {
+        // An earlier attempt opened the session: prove that we made it.
+        const retake = { sessionId: welcome.sessionId, openToken: this.#openToken, serverNonce: back.serverNonce };
+        link.send(encodeProof(FrameType.Proof, await signRetake(key, "client", retake), 0));
+        const answer = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
+        if (!await verifyRetake(key, "server", retake, answer.mac)) {
+          throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
+        }
+      }
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
         // closes the ERP connection now rather than after the resume window.

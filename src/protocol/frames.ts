@@ -6,13 +6,21 @@
  * Offsets are unsigned 64-bit big-endian on the wire; inside the program they
  * are JavaScript numbers, exact up to 2^53 bytes (8 PiB) per direction, and a
  * larger value on the wire is rejected as malformed.
+ *
+ * Handshakes (client → server, ← server's answers):
+ * - open: HELLO_NEW → [← CHALLENGE, PROOF: with an admission key] ← WELCOME.
+ * - retried open, when an earlier attempt with the same token and key already
+ *   opened the session: HELLO_NEW → [admission as above] ← WELCOME_BACK →
+ *   PROOF ← RESUMED; the link carries the session only after the proof.
+ * - resume: HELLO_RESUME ← CHALLENGE → PROOF ← RESUMED.
+ * Any step may be answered by REJECT instead.
  * @module
  */
 
 /** The four magic bytes that open every link: "PBRK". */
 export const MAGIC = new Uint8Array([0x50, 0x42, 0x52, 0x4b]);
 /** Version of this wire format; both ends must speak the same. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 /** Size of the preface: magic and version. */
 export const PREFACE_SIZE = 5;
 /** Size of a frame header: type and payload length. */
@@ -42,8 +50,15 @@ export const FrameType = {
   Challenge: 4,
   /** Client: resume proof and the offset the client has received. */
   Proof: 5,
-  /** Server: resume accepted; server proof and the offset the server has received. */
+  /** Server: resume (or retaken opening) accepted; server proof and the offset the server has received. */
   Resumed: 6,
+  /**
+   * Server: this opening was retried and an earlier attempt already opened
+   * the session; payload is a fresh server nonce, then the original WELCOME
+   * payload. The client answers PROOF (see resume_auth's signRetake); only
+   * then does the link carry the session, confirmed by RESUMED.
+   */
+  WelcomeBack: 7,
   /** Application bytes at an offset. */
   Data: 16,
   /** Cumulative acknowledgement: every byte below the offset was received. */
@@ -109,6 +124,7 @@ const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.Challenge]: [ID_SIZE, true],
   [FrameType.Proof]: [MAC_SIZE + 8, true],
   [FrameType.Resumed]: [MAC_SIZE + 8, true],
+  [FrameType.WelcomeBack]: [ID_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12, false],
   [FrameType.Data]: [9, false],
   [FrameType.Ack]: [8, true],
   [FrameType.Heartbeat]: [8, true],
@@ -180,9 +196,10 @@ function checkSize(what: string, bytes: Uint8Array, size: number): void {
 
 /**
  * HELLO_NEW: the client's ephemeral public key and its open token, a random
- * value the client repeats on every attempt to open the same session: a
- * repeat tells the server that an earlier WELCOME never arrived, so the
- * session it opened then is an orphan to close at once.
+ * value the client repeats, with the same key, on every attempt to open the
+ * same session: a repeat tells the server that an earlier WELCOME may never
+ * have arrived. Both travel in clear, so a repeat proves nothing by itself:
+ * the server answers it with WELCOME_BACK and a proof is required.
  */
 export function encodeHelloNew(publicKey: Uint8Array, openToken: Uint8Array): Uint8Array {
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
@@ -258,6 +275,31 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     linkTimeoutMs: view.getUint32(at + 8),
     admissionMac: payload.length > WELCOME_SIZE ? payload.slice(WELCOME_SIZE) : null,
   };
+}
+
+/** WELCOME_BACK: a fresh server nonce and the WELCOME `welcome` (a whole frame) of the session's first attempt. */
+export function encodeWelcomeBack(serverNonce: Uint8Array, welcome: Uint8Array): Uint8Array {
+  checkSize("server nonce", serverNonce, ID_SIZE);
+  if (welcome[0] !== FrameType.Welcome) {
+    throw new RangeError(`Cannot encode WELCOME_BACK around frame type ${welcome[0]}`);
+  }
+  return frameWithBytes(FrameType.WelcomeBack, serverNonce, welcome.subarray(FRAME_HEADER_SIZE));
+}
+
+/** A decoded WELCOME_BACK. */
+export interface WelcomeBack {
+  /** The server's nonce for the retake proof. */
+  serverNonce: Uint8Array;
+  /** The WELCOME payload, as sent (an admission proof covers it without its own proof). */
+  welcomePayload: Uint8Array;
+  /** The WELCOME, decoded. */
+  welcome: Welcome;
+}
+
+/** Decodes a WELCOME_BACK payload. */
+export function decodeWelcomeBack(payload: Uint8Array): WelcomeBack {
+  const welcomePayload = payload.subarray(ID_SIZE);
+  return { serverNonce: payload.slice(0, ID_SIZE), welcomePayload, welcome: decodeWelcome(welcomePayload) };
 }
 
 /** CHALLENGE: a fresh server nonce. */

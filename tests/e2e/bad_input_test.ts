@@ -13,6 +13,7 @@ import {
   encodeOffsetFrame,
   encodePreface,
   FrameType,
+  PROTOCOL_VERSION,
   RejectCode,
 } from "../../src/protocol/frames.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
@@ -99,14 +100,14 @@ Deno.test("another protocol version gets a clear reject on both sides", async ()
   await peer.writeRaw(encodePreface(9));
   const preface = await peer.next();
   equal(preface?.type, FrameType.Preface);
-  equal(preface?.payload[0], 1);
+  equal(preface?.payload[0], PROTOCOL_VERSION);
   const reject = await peer.next();
   equal(reject?.type, FrameType.Reject);
   const { code, reason } = decodeReject(reject?.payload ?? new Uint8Array());
   equal(code, RejectCode.Version);
   equal(
     reason,
-    "broker-client speaks protocol version 9, this broker-server speaks version 1: install matching versions of both programs",
+    `broker-client speaks protocol version 9, this broker-server speaks version ${PROTOCOL_VERSION}: install matching versions of both programs`,
   );
   await logs.waitFor(
     /WARNING broker\.server: Refused link from 127\.0\.0\.1:\d+: broker-client speaks protocol version 9/,
@@ -118,7 +119,7 @@ Deno.test("another protocol version gets a clear reject on both sides", async ()
   const fakeServer = (async () => {
     const conn = await fake.accept();
     await conn.write(
-      bytesOf(encodePreface(2), [FrameType.Reject, 0, 0, 0, 5, RejectCode.Version], new TextEncoder().encode("v2!!")),
+      bytesOf(encodePreface(99), [FrameType.Reject, 0, 0, 0, 5, RejectCode.Version], new TextEncoder().encode("v99!")),
     );
     await conn.read(new Uint8Array(1024)).catch(() => null);
     conn.close();
@@ -127,7 +128,7 @@ Deno.test("another protocol version gets a clear reject on both sides", async ()
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
   await logs.waitFor(
-    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: it speaks protocol version 2, this broker-client speaks 1 \(v2!!\)\)/,
+    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: it speaks protocol version 99, this broker-client speaks 2 \(v99!\)\)/,
   );
   app.close();
   await fakeServer;

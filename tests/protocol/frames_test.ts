@@ -4,6 +4,7 @@ import {
   decodeProof,
   decodeReject,
   decodeWelcome,
+  decodeWelcomeBack,
   encodeAbort,
   encodeChallenge,
   encodeClose,
@@ -15,6 +16,7 @@ import {
   encodeProof,
   encodeReject,
   encodeWelcome,
+  encodeWelcomeBack,
   type Frame,
   FrameDecoder,
   FrameType,
@@ -29,7 +31,7 @@ const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")
 const fill = (n: number, v: number) => new Uint8Array(n).fill(v);
 
 Deno.test("preface is PBRK and the version", () => {
-  equal(hex(encodePreface()), "5042524b01");
+  equal(hex(encodePreface()), "5042524b02");
 });
 
 Deno.test("frames encode byte for byte", () => {
@@ -98,6 +100,15 @@ Deno.test("decoded handshake payloads round-trip", () => {
   const withProof = decodeWelcome(encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3)).subarray(5));
   equal(hex(withProof.admissionMac ?? new Uint8Array()), "03".repeat(32));
   throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 60 or 92/);
+  // WELCOME_BACK: the server's nonce, then the WELCOME payload as it was, admission proof included.
+  const welcome = encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3));
+  const back = encodeWelcomeBack(fill(16, 4), welcome);
+  equal(hex(back), "07" + "0000006c" + "04".repeat(16) + hex(welcome.subarray(5)));
+  const decoded = decodeWelcomeBack(back.subarray(5));
+  equal(hex(decoded.serverNonce), "04".repeat(16));
+  equal(hex(decoded.welcomePayload), hex(welcome.subarray(5)));
+  deepEqual(decoded.welcome, decodeWelcome(welcome.subarray(5)));
+  throws(() => encodeWelcomeBack(fill(16, 4), encodeChallenge(fill(16, 1))), /around frame type 4/);
   const p = decodeProof(encodeProof(FrameType.Resumed, fill(32, 9), 2 ** 40).subarray(5));
   equal(hex(p.mac), "09".repeat(32));
   equal(p.receivedOffset, 2 ** 40);
@@ -123,7 +134,7 @@ function stream(): { bytes: Uint8Array; expected: string[] } {
     bytes.set(p, at);
     at += p.length;
   }
-  const expected = ["0:01", ...parts.slice(1).map((p) => `${p[0]}:${hex(p.subarray(5))}`)];
+  const expected = ["0:02", ...parts.slice(1).map((p) => `${p[0]}:${hex(p.subarray(5))}`)];
   return { bytes, expected };
 }
 
