@@ -5,9 +5,19 @@
  */
 import net from "node:net";
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { concatBytes, encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
+import {
+  concatBytes,
+  encodeData,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  ID_SIZE,
+  PREFACE_SIZE,
+  PUBLIC_KEY_SIZE,
+  readU64,
+  toHex,
+} from "../../src/protocol/frames.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
-import { within } from "../../src/session/transport.ts";
+import { closeQuietly, within, writeAll } from "../../src/session/transport.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
@@ -225,6 +235,73 @@ Deno.test("a lost WELCOME: the retried opening takes over the same ERP connectio
   equal(resumed.answer?.type, FrameType.Resumed);
   resumed.peer.close();
   retry.peer.close();
+});
+
+/**
+ * A relay to 127.0.0.1:`port` whose first connection carries the client's
+ * bytes but swallows the server's, and is cut once the server has sent its
+ * preface and WELCOME: a WELCOME lost with its link.
+ */
+function welcomeLosingRelay(port: number): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const pipes: Promise<void>[] = [];
+  const closeAll = () => conns.forEach((c) => closeQuietly(c));
+  const pipe = async (from: Deno.Conn, to: Deno.Conn, swallowUpTo: number) => {
+    const buf = new Uint8Array(64 * 1024);
+    let swallowed = 0;
+    try {
+      for (let n = await from.read(buf); n !== null; n = await from.read(buf)) {
+        if (swallowUpTo > 0) {
+          swallowed += n;
+          if (swallowed >= swallowUpTo) break;
+          continue;
+        }
+        await writeAll(to, buf.subarray(0, n));
+      }
+    } catch { /* the other side closed */ }
+    closeQuietly(from);
+    closeQuietly(to);
+  };
+  const accepting = (async () => {
+    for (let first = true;; first = false) {
+      const front = await listener.accept().catch(() => null);
+      if (!front) return;
+      const back = await Deno.connect({ hostname: "127.0.0.1", port });
+      conns.push(front, back);
+      const welcome = PREFACE_SIZE + FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12;
+      pipes.push(pipe(front, back, 0), pipe(back, front, first ? welcome : 0));
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async close() {
+      listener.close();
+      await accepting;
+      closeAll();
+      await Promise.all(pipes);
+    },
+  };
+}
+
+Deno.test("a lost WELCOME with a real broker-client: its retry proves the first attempt's key and gets the same ERP connection", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("greeting"));
+    await echo(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], FAST));
+  const relay = welcomeLosingRelay(server.address.port);
+  await using client = startClient(clientConfig([relay.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(new TextDecoder().decode(await readExactly(app, 8)), "greeting", "the ERP's first bytes, once");
+  equal(await roundTrip(app, "after the retry"), "after the retry");
+  await logs.waitFor(/Session \w+: the client retried opening it \(the welcome was lost\) and proved it/);
+  equal(erp.connections, 1, "the ERP saw one connection");
+  equal(server.sessions.length, 1);
+  app.close();
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  await relay.close();
 });
 
 Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {
