@@ -85,6 +85,8 @@ interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
   key: CryptoKey;
+  /** Links attached so far: a resume proven for an older count was overtaken by a newer link. */
+  attaches: number;
 }
 
 interface Tombstone {
@@ -620,6 +622,7 @@ export class BrokerServer {
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),
+      attaches: 1,
       session: new Session({
         role: "server",
         local: backend.conn,
@@ -706,6 +709,7 @@ export class BrokerServer {
     link.send(encodeProof(FrameType.Resumed, mac, 0));
     entry.client = link.peer;
     entry.session.attach(link, 0, true);
+    entry.attaches++;
     this.#adopted.add(link);
     log.info(
       "Session {session}: the client retried opening it (the welcome was lost) and proved it; {client} carries on with the same ERP connection",
@@ -761,6 +765,7 @@ export class BrokerServer {
       );
       return;
     }
+    const attachesAtChallenge = entry?.attaches;
     const serverNonce = randomId();
     link.send(encodeChallenge(serverNonce));
     const proofFrame = await read("resume proof");
@@ -793,6 +798,19 @@ export class BrokerServer {
     try {
       session.checkResumable(proof.receivedOffset);
     } catch (err) {
+      if (entry.attaches !== attachesAtChallenge && session.state !== "closed") {
+        // A valid proof that a newer link overtook (an attempt the client gave
+        // up on, delivered late): what it claims is stale, not a gap. Only
+        // this link ends; the session carries on with the newer one.
+        await this.#reject(
+          link,
+          RejectCode.CannotResume,
+          `stale resume of session ${shortId(id)}: a newer link took over while it was being proven (${
+            (err as Error).message
+          }); the session carries on`,
+        );
+        return;
+      }
       const reason = `cannot resume: ${(err as Error).message}`;
       await this.#reject(link, err instanceof ResumeGapError ? RejectCode.CannotResume : RejectCode.Protocol, reason);
       session.abort(reason);
@@ -810,6 +828,7 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
     const replayed = session.attach(link, proof.receivedOffset);
+    entry.attaches++;
     this.#adopted.add(link);
     if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);

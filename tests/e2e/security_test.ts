@@ -10,6 +10,7 @@ import {
   encodeData,
   encodeHelloNew,
   encodeHelloResume,
+  encodeOffsetFrame,
   encodePreface,
   encodeProof,
   FrameType,
@@ -448,4 +449,46 @@ Deno.test("sniffed open token: a replayed or re-keyed HELLO_NEW cannot take over
   equal(erp.connections, 2, "no ERP connection for the thieves");
   retry.peer.close();
   await waitFor(() => server.sessions.length === 2, "two sessions");
+});
+
+Deno.test("a delayed, valid but stale PROOF from an abandoned resume attempt ends only its own link", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  const port = server.address.port;
+  const { sessionId, key, peer: first } = await openRawSession(port);
+  first.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the link loss to be seen");
+  // Attempt A gets its challenge, then its PROOF is held up in the network: the client gives up on it.
+  const abandoned = await RawPeer.connect(port);
+  const clientNonce = randomId();
+  abandoned.link.send(encodePreface());
+  abandoned.link.send(encodeHelloResume(sessionId, clientNonce));
+  await abandoned.next();
+  const challenge = await abandoned.next();
+  equal(challenge?.type, FrameType.Challenge);
+  const input = {
+    sessionId,
+    clientNonce,
+    serverNonce: challenge?.payload.slice() ?? new Uint8Array(),
+    receivedOffset: 0,
+  };
+  const staleProof = encodeProof(FrameType.Proof, await signProof(key, "client", input), 0);
+  // Attempt B resumes, and the session moves on: bytes both ways, acknowledged.
+  const { peer: live, answer } = await resumeRaw(port, sessionId, key, 0);
+  equal(answer?.type, FrameType.Resumed);
+  live.link.send(encodeData(0, new TextEncoder().encode("ping")));
+  deepEqual(await readText(live, "ping"), { offset: 0, text: "ping" });
+  live.link.send(encodeOffsetFrame(FrameType.Ack, 4));
+  await waitFor(() => server.sessions[0]?.session.bufferedBytes === 0, "the server to drop what the client has");
+  // A's PROOF arrives at last: it is valid, but claims offset 0, which is gone.
+  abandoned.link.send(staleProof);
+  const late = await abandoned.next();
+  equal(late?.type, FrameType.Reject, "the stale attempt is refused");
+  await abandoned.closedByPeer();
+  abandoned.close();
+  live.link.send(encodeData(4, new TextEncoder().encode("pong")));
+  deepEqual(await readText(live, "pong"), { offset: 4, text: "pong" }, "the live link still carries the session");
+  equal(server.sessions.length, 1);
+  equal(server.sessions[0]?.session.state, "attached");
+  live.close();
 });
