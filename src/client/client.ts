@@ -45,7 +45,7 @@ import { backoffSchedule, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session } from "../session/session.ts";
-import { DEFAULT_TUNING } from "../config/tuning.ts";
+import { checkAdoptedTimers, DEFAULT_TUNING } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
 
 const log = logger("client");
@@ -406,6 +406,15 @@ class SessionRunner {
         const ok = welcome.admissionMac !== null &&
           await verifyAdmission(admission, "server", { ...input, welcome: body }, welcome.admissionMac);
         if (!ok) throw new RejectedError(link.peer, 0, "it could not prove the admission key: refusing it");
+      }
+      try {
+        checkAdoptedTimers(welcome);
+      } catch (err) {
+        // The server opened a session for us meanwhile: tell it, so that it frees the ERP connection now.
+        const reason = `unusable timers in its WELCOME (${(err as Error).message}): check its appserver.ini`;
+        link.send(encodeAbort(`broker-client refuses the session: ${reason}`));
+        await link.closeAfterFlush();
+        throw new RejectedError(link.peer, 0, reason);
       }
       const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
       if (back) {

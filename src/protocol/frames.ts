@@ -149,6 +149,14 @@ export function readU32(bytes: Uint8Array, at: number): number {
     (((bytes[at + 1] as number) << 16) | ((bytes[at + 2] as number) << 8) | (bytes[at + 3] as number));
 }
 
+/** Writes a u32 field, refusing what 32 bits cannot hold (instead of wrapping around). */
+function writeU32Field(bytes: Uint8Array, at: number, value: number, what: string): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new RangeError(`Cannot encode ${what} ${value}: expected an integer in 0..2^32-1`);
+  }
+  writeU32(bytes, at, value);
+}
+
 /** Writes a u32 big-endian. */
 function writeU32(bytes: Uint8Array, at: number, value: number): void {
   bytes[at] = value >>> 24;
@@ -242,9 +250,9 @@ export function encodeWelcome(
   out.set(sessionId, FRAME_HEADER_SIZE);
   out.set(publicKey, FRAME_HEADER_SIZE + ID_SIZE);
   const at = FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE;
-  writeU32(out, at, timers.resumeTimeoutMs);
-  writeU32(out, at + 4, timers.heartbeatIntervalMs);
-  writeU32(out, at + 8, timers.linkTimeoutMs);
+  writeU32Field(out, at, timers.resumeTimeoutMs, "resumeTimeoutMs");
+  writeU32Field(out, at + 4, timers.heartbeatIntervalMs, "heartbeatIntervalMs");
+  writeU32Field(out, at + 8, timers.linkTimeoutMs, "linkTimeoutMs");
   return out;
 }
 
@@ -389,7 +397,7 @@ export function encodeReject(code: RejectCodeValue, reason: string): Uint8Array 
 export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
   const text = new TextEncoder().encode(reason.slice(0, 1000));
   const out = frame(FrameType.GoAway, 4 + text.length);
-  writeU32(out, FRAME_HEADER_SIZE, drainMs);
+  writeU32Field(out, FRAME_HEADER_SIZE, drainMs, "drain time");
   out.set(text, FRAME_HEADER_SIZE + 4);
   return out;
 }

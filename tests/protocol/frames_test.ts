@@ -9,6 +9,7 @@ import {
   encodeChallenge,
   encodeClose,
   encodeData,
+  encodeGoAway,
   encodeHelloNew,
   encodeHelloResume,
   encodeOffsetFrame,
@@ -100,6 +101,12 @@ Deno.test("decoded handshake payloads round-trip", () => {
   const withProof = decodeWelcome(encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3)).subarray(5));
   equal(hex(withProof.admissionMac ?? new Uint8Array()), "03".repeat(32));
   throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 60 or 92/);
+  // u32 fields refuse what they cannot hold instead of wrapping around.
+  throws(
+    () => encodeWelcome(fill(16, 1), fill(32, 2), { ...timers, resumeTimeoutMs: 2 ** 32 }),
+    { name: "RangeError", message: "Cannot encode resumeTimeoutMs 4294967296: expected an integer in 0..2^32-1" },
+  );
+  throws(() => encodeGoAway(-1, "bye"), /Cannot encode drain time -1/);
   // WELCOME_BACK: the server's nonce, then the WELCOME payload as it was, admission proof included.
   const welcome = encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3));
   const back = encodeWelcomeBack(fill(16, 4), welcome);
