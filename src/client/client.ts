@@ -41,7 +41,7 @@ import {
   verifyRetake,
 } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { backoffSchedule, sleep } from "../session/backoff.ts";
+import { backoffSchedule, DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session } from "../session/session.ts";
@@ -49,6 +49,22 @@ import { checkAdoptedTimers, DEFAULT_TUNING } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
 
 const log = logger("client");
+
+/**
+ * Deadline of the TCP connect of a resume (CONNECT_TIMEOUT when shorter). A
+ * SYN that the network drops is sent again only after 1 s (Linux) or 3 s
+ * (Windows), and each further wait doubles: a fresh dial at the pace of the
+ * backoff (its cap is 1 s too) finds the network soon after it returns.
+ */
+const RESUME_CONNECT_TIMEOUT_MS = DEFAULT_BACKOFF_CAP_MS;
+
+/** Closes `link` when `signal` aborts (at once if it has), until released: a handshake waiting on it ends then. */
+function closeOnAbort(link: Link, signal: AbortSignal): { release(): void } {
+  const close = () => link.close();
+  if (signal.aborted) close();
+  else signal.addEventListener("abort", close, { once: true });
+  return { release: () => signal.removeEventListener("abort", close) };
+}
 
 /** The broker server refused: retrying the same request would not help. */
 export class RejectedError extends Error {
@@ -330,11 +346,19 @@ class SessionRunner {
     }
   }
 
-  async #dial(server: HostPort, hello: Uint8Array): Promise<Link> {
-    const options = { timeoutMs: this.#config.connectTimeoutMs, signal: this.#signal };
+  /**
+   * Connects to `server` (the TCP connect within `connectTimeoutMs`, TLS
+   * within CONNECT_TIMEOUT) and sends the preface and `hello`; `signal`
+   * cancels the dial.
+   */
+  async #dial(server: HostPort, hello: Uint8Array, signal: AbortSignal, connectTimeoutMs: number): Promise<Link> {
     const conn = this.#config.tls
-      ? await dialTls(server.hostname, server.port, this.#config.tls, options)
-      : await dialTcp(server.hostname, server.port, options);
+      ? await dialTls(server.hostname, server.port, this.#config.tls, {
+        timeoutMs: this.#config.connectTimeoutMs,
+        connectTimeoutMs,
+        signal,
+      })
+      : await dialTcp(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
     const link = new Link(conn, formatHostPort(server));
     link.send(encodePreface());
     link.send(hello);
@@ -376,7 +400,9 @@ class SessionRunner {
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
-    const link = await this.#dial(server, encodeHelloNew(own.publicKey, this.#openToken));
+    const hello = encodeHelloNew(own.publicKey, this.#openToken);
+    const link = await this.#dial(server, hello, this.#signal, this.#config.connectTimeoutMs);
+    const cancellable = closeOnAbort(link, this.#signal);
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const admission = await this.#admissionKey;
@@ -448,6 +474,8 @@ class SessionRunner {
     } catch (err) {
       link.close();
       throw err;
+    } finally {
+      cancellable.release();
     }
   }
 
@@ -478,10 +506,21 @@ class SessionRunner {
     }
   }
 
-  /** Dials the session's server and proves both ways that each holds it; throws RejectedError on REJECT. */
-  async #resumeHandshake(identity: Identity, received: number): Promise<{ link: Link; resumed: Proof }> {
+  /**
+   * Dials the session's server and proves both ways that each holds it;
+   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
+   * The connect has a short deadline (RESUME_CONNECT_TIMEOUT_MS).
+   */
+  async #resumeHandshake(
+    identity: Identity,
+    received: number,
+    signal: AbortSignal,
+  ): Promise<{ link: Link; resumed: Proof }> {
     const clientNonce = randomId();
-    const link = await this.#dial(identity.server, encodeHelloResume(identity.sessionId, clientNonce));
+    const hello = encodeHelloResume(identity.sessionId, clientNonce);
+    const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
+    const link = await this.#dial(identity.server, hello, signal, connectTimeoutMs);
+    const cancellable = closeOnAbort(link, signal);
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const challenge = await this.#expect(link, [FrameType.Challenge], "CHALLENGE", deadline);
@@ -497,13 +536,15 @@ class SessionRunner {
     } catch (err) {
       link.close();
       throw err;
+    } finally {
+      cancellable.release();
     }
   }
 
   async #resumeOn(identity: Identity): Promise<void> {
     const started = this.#now();
     const received = this.#session.received;
-    const { link, resumed } = await this.#resumeHandshake(identity, received);
+    const { link, resumed } = await this.#resumeHandshake(identity, received, this.#signal);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
@@ -551,17 +592,20 @@ class SessionRunner {
       if (!await sleep(wait, this.#shutdownSignal)) return;
       let link: Link;
       try {
-        ({ link } = await this.#resumeHandshake(identity, this.#session.received));
+        ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#shutdownSignal));
       } catch (err) {
         if (err instanceof RejectedError) return; // it no longer holds the session
         continue;
       }
       link.send(encodeAbort(reason));
       // The server closes the link once it has the ABORT; what it replays meanwhile is dropped.
+      const cancellable = closeOnAbort(link, this.#shutdownSignal);
       try {
         while (await link.readFrameWithin(this.#config.handshakeTimeoutMs, "close after ABORT") !== null) { /* drop */ }
       } catch { /* closed or reset: done either way */ }
+      cancellable.release();
       link.close();
+      if (this.#shutdownSignal.aborted) return;
       log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
         session: this.#label,
         server: formatHostPort(identity.server),

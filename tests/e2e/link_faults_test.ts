@@ -237,16 +237,22 @@ Deno.test("a lost WELCOME: the retried opening takes over the same ERP connectio
   retry.peer.close();
 });
 
-/**
- * A relay to 127.0.0.1:`port` whose first connection carries the client's
- * bytes but swallows the server's, and is cut once the server has sent its
- * preface and WELCOME: a WELCOME lost with its link.
- */
-function welcomeLosingRelay(port: number): { port: number; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+/** Options of relay(). */
+interface RelayOptions {
+  /** Port to listen on (default: a free one). */
+  port?: number;
+  /**
+   * Swallow what the server sends on the first connection, and cut it once
+   * the server has sent its preface and WELCOME: a WELCOME lost with its link.
+   */
+  loseFirstWelcome?: boolean;
+}
+
+/** A TCP relay on 127.0.0.1 to `target`; close() cuts every connection, as a network going down. */
+function relay(target: number, options: RelayOptions = {}): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: options.port ?? 0 });
   const conns: Deno.Conn[] = [];
   const pipes: Promise<void>[] = [];
-  const closeAll = () => conns.forEach((c) => closeQuietly(c));
   const pipe = async (from: Deno.Conn, to: Deno.Conn, swallowUpTo: number) => {
     const buf = new Uint8Array(64 * 1024);
     let swallowed = 0;
@@ -267,10 +273,10 @@ function welcomeLosingRelay(port: number): { port: number; close(): Promise<void
     for (let first = true;; first = false) {
       const front = await listener.accept().catch(() => null);
       if (!front) return;
-      const back = await Deno.connect({ hostname: "127.0.0.1", port });
+      const back = await Deno.connect({ hostname: "127.0.0.1", port: target });
       conns.push(front, back);
       const welcome = PREFACE_SIZE + FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12;
-      pipes.push(pipe(front, back, 0), pipe(back, front, first ? welcome : 0));
+      pipes.push(pipe(front, back, 0), pipe(back, front, first && options.loseFirstWelcome ? welcome : 0));
     }
   })();
   return {
@@ -278,7 +284,7 @@ function welcomeLosingRelay(port: number): { port: number; close(): Promise<void
     async close() {
       listener.close();
       await accepting;
-      closeAll();
+      conns.forEach((c) => closeQuietly(c));
       await Promise.all(pipes);
     },
   };
@@ -291,8 +297,8 @@ Deno.test("a lost WELCOME with a real broker-client: its retry proves the first 
     await echo(conn);
   });
   await using server = startServer(serverConfig([erp.port], FAST));
-  const relay = welcomeLosingRelay(server.address.port);
-  await using client = startClient(clientConfig([relay.port]));
+  const path = relay(server.address.port, { loseFirstWelcome: true });
+  await using client = startClient(clientConfig([path.port]));
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   equal(new TextDecoder().decode(await readExactly(app, 8)), "greeting", "the ERP's first bytes, once");
   equal(await roundTrip(app, "after the retry"), "after the retry");
@@ -301,7 +307,61 @@ Deno.test("a lost WELCOME with a real broker-client: its retry proves the first 
   equal(server.sessions.length, 1);
   app.close();
   await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
-  await relay.close();
+  await path.close();
+});
+
+const python = (() => {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "SYNs that vanish while the network is down: each resume dial gives up within 1 s, and the session resumes soon after the network returns",
+  ignore: !python || Deno.build.os !== "linux",
+  async fn() {
+    await using logs = await captureLogs();
+    await using erp = startErp(echo);
+    await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "60s" }));
+    let path = relay(server.address.port);
+    const port = path.port;
+    await using client = startClient(clientConfig([port], { CONNECT_TIMEOUT: "5s", HANDSHAKE_TIMEOUT: "1s" }));
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    equal(await roundTrip(app, "before"), "before");
+    await path.close(); // the network goes down...
+    await logs.waitFor(/broker\.client: Session \w+: link lost/);
+    // ...and SYNs to the broker server now vanish: a listener on its address whose backlog is full.
+    const hanging = new Deno.Command("python3", {
+      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname, String(port)],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = hanging.stdout.getReader();
+    try {
+      await reader.read();
+      const t0 = Date.now();
+      await logs.waitFor(
+        /broker\.client: Session \w+: resume attempt failed \(Cannot connect to .*: no answer within/,
+        3_000,
+      );
+      await logs.waitFor(/resume attempt failed \(Cannot connect to 127\.0\.0\.1:\d+: no answer within 1000 ms\)/, 100);
+      ok(Date.now() - t0 < 2_500, `a silent dial gave up after ${Date.now() - t0} ms`);
+    } finally {
+      hanging.kill("SIGKILL");
+      await reader.cancel();
+      await hanging.status;
+    }
+    path = relay(server.address.port, { port }); // the network is back
+    const back = Date.now();
+    equal(await roundTrip(app, "after"), "after");
+    ok(Date.now() - back < 2_500, `resumed ${Date.now() - back} ms after the network returned`);
+    app.close();
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+    await path.close();
+  },
 });
 
 Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {
