@@ -492,3 +492,57 @@ Deno.test("a delayed, valid but stale PROOF from an abandoned resume attempt end
   equal(server.sessions[0]?.session.state, "attached");
   live.close();
 });
+
+const python = (() => {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "sniffed open token: a replay while the real opening is still connecting to the ERP waits; it does not supersede it",
+  ignore: !python || Deno.build.os !== "linux",
+  async fn() {
+    // The first ERP server's connects hang (a full backlog), so the opening takes CONNECT_TIMEOUT to reach the second.
+    const hanging = new Deno.Command("python3", {
+      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = hanging.stdout.getReader();
+    try {
+      const hangPort = Number(new TextDecoder().decode((await reader.read()).value).trim());
+      await using erp = startErp(echo);
+      await using server = startServer(
+        serverConfig([hangPort, erp.port], { CONNECT_TIMEOUT: "500ms", SORT_METHOD: "ROUND_ROBIN" }),
+      );
+      const port = server.address.port;
+      const own = await createEphemeralKey();
+      const token = randomId();
+      const opening = openRawSession(port, { openToken: token, own });
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the real opening is connecting now
+      const thief = await RawPeer.connect(port);
+      thief.link.send(encodePreface());
+      thief.link.send(encodeHelloNew(own.publicKey, token));
+      equal((await thief.next())?.type, FrameType.Preface);
+      const answer = await thief.next();
+      equal(answer?.type, FrameType.Reject);
+      const { code, reason } = decodeReject(answer?.payload ?? new Uint8Array());
+      equal(code, RejectCode.Unavailable);
+      ok(/still connecting to an ERP server/.test(reason), reason);
+      thief.close();
+      const real = await opening; // its WELCOME arrives on its own link
+      real.peer.link.send(encodeData(0, new TextEncoder().encode("mine")));
+      deepEqual(await readText(real.peer, "mine"), { offset: 0, text: "mine" });
+      equal(erp.connections, 1);
+      real.peer.close();
+    } finally {
+      hanging.kill("SIGKILL");
+      await reader.cancel();
+      await hanging.status;
+    }
+  },
+});
