@@ -565,8 +565,9 @@ export class BrokerServer {
         return;
       }
     }
-    // (A method, not a closure here: the session's event closures below share
-    // this scope, and would keep the key pair and nonces alive for its life.)
+    // (#welcome and #retake are methods, not closures here: the session's event
+    // closures below share this scope, and would keep the key pair and nonces
+    // alive for its life.)
     const signed = admission ? { admission, clientPublicKey, openToken: openTokenBytes, serverNonce } : null;
     const orphan = this.#orphan(openToken);
     if (orphan) {
@@ -610,6 +611,9 @@ export class BrokerServer {
       this.#balancer.release(backend.backend);
       backend.conn.close();
       link.close();
+      log.info("Opening from {client} abandoned: its link closed before the welcome; ERP connection closed unused", {
+        client: link.peer,
+      });
       return;
     }
     const timers = this.#timers();
