@@ -402,7 +402,8 @@ class SessionRunner {
     const own = await (this.#openKey ??= createEphemeralKey());
     const hello = encodeHelloNew(own.publicKey, this.#openToken);
     const link = await this.#dial(server, hello, this.#signal, this.#config.connectTimeoutMs);
-    const cancellable = closeOnAbort(link, this.#signal);
+    // Not cancelled once connected: if Smart Client leaves meanwhile, the
+    // server is told (ABORT after its WELCOME) instead of holding the session.
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const admission = await this.#admissionKey;
@@ -474,8 +475,6 @@ class SessionRunner {
     } catch (err) {
       link.close();
       throw err;
-    } finally {
-      cancellable.release();
     }
   }
 
