@@ -14,6 +14,7 @@ import {
   decodeProof,
   decodeReject,
   decodeWelcome,
+  decodeWelcomeBack,
   encodeAbort,
   encodeHelloNew,
   encodeHelloResume,
@@ -29,22 +30,41 @@ import {
 import {
   createEphemeralKey,
   deriveResumeKey,
+  type EphemeralKey,
   importAdmissionKey,
   randomId,
   signAdmission,
   signProof,
+  signRetake,
   verifyAdmission,
   verifyProof,
+  verifyRetake,
 } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { backoffSchedule, sleep } from "../session/backoff.ts";
+import { backoffSchedule, DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session } from "../session/session.ts";
-import { DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
+import { checkAdoptedTimers, DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
 
 const log = logger("client");
+
+/**
+ * Deadline of the TCP connect of a resume (CONNECT_TIMEOUT when shorter). A
+ * SYN that the network drops is sent again only after 1 s (Linux) or 3 s
+ * (Windows), and each further wait doubles: a fresh dial at the pace of the
+ * backoff (its cap is 1 s too) finds the network soon after it returns.
+ */
+const RESUME_CONNECT_TIMEOUT_MS = DEFAULT_BACKOFF_CAP_MS;
+
+/** Closes `link` when `signal` aborts (at once if it has), until released: a handshake waiting on it ends then. */
+function closeOnAbort(link: Link, signal: AbortSignal): { release(): void } {
+  const close = () => link.close();
+  if (signal.aborted) close();
+  else signal.addEventListener("abort", close, { once: true });
+  return { release: () => signal.removeEventListener("abort", close) };
+}
 
 /** The broker server refused: retrying the same request would not help. */
 export class RejectedError extends Error {
@@ -189,6 +209,8 @@ class SessionRunner {
   #stopped = new AbortController();
   /** Repeated on every attempt to open this session (see encodeHelloNew). */
   #openToken = randomId();
+  /** The ephemeral key pair of every attempt to open this session. */
+  #openKey: Promise<EphemeralKey> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
 
   constructor(
@@ -327,11 +349,19 @@ class SessionRunner {
     }
   }
 
-  async #dial(server: HostPort, hello: Uint8Array): Promise<Link> {
-    const options = { timeoutMs: this.#config.connectTimeoutMs, signal: this.#signal };
+  /**
+   * Connects to `server` (the TCP connect within `connectTimeoutMs`, TLS
+   * within CONNECT_TIMEOUT) and sends the preface and `hello`; `signal`
+   * cancels the dial.
+   */
+  async #dial(server: HostPort, hello: Uint8Array, signal: AbortSignal, connectTimeoutMs: number): Promise<Link> {
     const conn = this.#config.tls
-      ? await dialTls(server.hostname, server.port, this.#config.tls, options)
-      : await dialTcp(server.hostname, server.port, options);
+      ? await dialTls(server.hostname, server.port, this.#config.tls, {
+        timeoutMs: this.#config.connectTimeoutMs,
+        connectTimeoutMs,
+        signal,
+      })
+      : await dialTcp(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
     const link = new Link(conn, formatHostPort(server));
     link.send(encodePreface());
     link.send(hello);
@@ -369,17 +399,24 @@ class SessionRunner {
   }
 
   async #openOn(server: HostPort): Promise<void> {
-    const own = await createEphemeralKey();
-    const link = await this.#dial(server, encodeHelloNew(own.publicKey, this.#openToken));
+    // One key pair for every attempt of this opening: if an earlier attempt's
+    // WELCOME was lost, proving the key derived from it is what gets us the
+    // session it opened (WELCOME_BACK), where the token alone would not.
+    const own = await (this.#openKey ??= createEphemeralKey());
+    const hello = encodeHelloNew(own.publicKey, this.#openToken);
+    const link = await this.#dial(server, hello, this.#signal, this.#config.connectTimeoutMs);
+    // Not cancelled once connected: if Smart Client leaves meanwhile, the
+    // server is told (ABORT after its WELCOME) instead of holding the session.
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const admission = await this.#admissionKey;
       const input = { clientPublicKey: own.publicKey, openToken: this.#openToken, serverNonce: new Uint8Array(0) };
-      let next = await this.#expect(link, [FrameType.Challenge, FrameType.Welcome], "WELCOME", deadline);
+      const welcomes = [FrameType.Welcome, FrameType.WelcomeBack];
+      let next = await this.#expect(link, [FrameType.Challenge, ...welcomes], "WELCOME", deadline);
       if (next.type === FrameType.Challenge && !admission) {
         throw new RejectedError(link.peer, 0, "it requires an admission key: set ADMISSION_KEY in smartclient.ini");
       }
-      if (next.type === FrameType.Welcome && admission) {
+      if (next.type !== FrameType.Challenge && admission) {
         throw new RejectedError(
           link.peer,
           0,
@@ -389,23 +426,36 @@ class SessionRunner {
       if (admission) {
         input.serverNonce = next.payload.slice();
         link.send(encodeProof(FrameType.Proof, await signAdmission(admission, "client", input), 0));
-        next = await this.#expect(link, [FrameType.Welcome], "WELCOME", deadline);
+        next = await this.#expect(link, welcomes, "WELCOME", deadline);
       }
-      const welcome = decodeWelcome(next.payload);
-      if (welcome.replayBufferBytes < MIN_REPLAY_BUFFER_BYTES) {
-        throw new RejectedError(
-          link.peer,
-          0,
-          `its replay buffer cap of ${welcome.replayBufferBytes} bytes is below the minimum of ${MIN_REPLAY_BUFFER_BYTES}`,
-        );
-      }
+      const back = next.type === FrameType.WelcomeBack ? decodeWelcomeBack(next.payload) : null;
+      const welcomePayload = back ? back.welcomePayload : next.payload;
+      const welcome = back ? back.welcome : decodeWelcome(welcomePayload);
       if (admission) {
-        const body = next.payload.subarray(0, next.payload.length - (welcome.admissionMac?.length ?? 0));
+        const body = welcomePayload.subarray(0, welcomePayload.length - (welcome.admissionMac?.length ?? 0));
         const ok = welcome.admissionMac !== null &&
           await verifyAdmission(admission, "server", { ...input, welcome: body }, welcome.admissionMac);
         if (!ok) throw new RejectedError(link.peer, 0, "it could not prove the admission key: refusing it");
       }
+      try {
+        checkAdoptedTimers(welcome);
+      } catch (err) {
+        // The server opened a session for us meanwhile: tell it, so that it frees the ERP connection now.
+        const reason = `unusable timers in its WELCOME (${(err as Error).message}): check its appserver.ini`;
+        link.send(encodeAbort(`broker-client refuses the session: ${reason}`));
+        await link.closeAfterFlush();
+        throw new RejectedError(link.peer, 0, reason);
+      }
       const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
+      if (back) {
+        // An earlier attempt opened the session: prove that we made it.
+        const retake = { sessionId: welcome.sessionId, openToken: this.#openToken, serverNonce: back.serverNonce };
+        link.send(encodeProof(FrameType.Proof, await signRetake(key, "client", retake), 0));
+        const answer = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
+        if (!await verifyRetake(key, "server", retake, answer.mac)) {
+          throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
+        }
+      }
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
         // closes the ERP connection now rather than after the resume window.
@@ -461,10 +511,21 @@ class SessionRunner {
     }
   }
 
-  /** Dials the session's server and proves both ways that each holds it; throws RejectedError on REJECT. */
-  async #resumeHandshake(identity: Identity, received: number): Promise<{ link: Link; resumed: Proof }> {
+  /**
+   * Dials the session's server and proves both ways that each holds it;
+   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
+   * The connect has a short deadline (RESUME_CONNECT_TIMEOUT_MS).
+   */
+  async #resumeHandshake(
+    identity: Identity,
+    received: number,
+    signal: AbortSignal,
+  ): Promise<{ link: Link; resumed: Proof }> {
     const clientNonce = randomId();
-    const link = await this.#dial(identity.server, encodeHelloResume(identity.sessionId, clientNonce));
+    const hello = encodeHelloResume(identity.sessionId, clientNonce);
+    const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
+    const link = await this.#dial(identity.server, hello, signal, connectTimeoutMs);
+    const cancellable = closeOnAbort(link, signal);
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const challenge = await this.#expect(link, [FrameType.Challenge], "CHALLENGE", deadline);
@@ -480,13 +541,15 @@ class SessionRunner {
     } catch (err) {
       link.close();
       throw err;
+    } finally {
+      cancellable.release();
     }
   }
 
   async #resumeOn(identity: Identity): Promise<void> {
     const started = this.#now();
     const received = this.#session.received;
-    const { link, resumed } = await this.#resumeHandshake(identity, received);
+    const { link, resumed } = await this.#resumeHandshake(identity, received, this.#signal);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
@@ -534,17 +597,20 @@ class SessionRunner {
       if (!await sleep(wait, this.#shutdownSignal)) return;
       let link: Link;
       try {
-        ({ link } = await this.#resumeHandshake(identity, this.#session.received));
+        ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#shutdownSignal));
       } catch (err) {
         if (err instanceof RejectedError) return; // it no longer holds the session
         continue;
       }
       link.send(encodeAbort(reason));
       // The server closes the link once it has the ABORT; what it replays meanwhile is dropped.
+      const cancellable = closeOnAbort(link, this.#shutdownSignal);
       try {
         while (await link.readFrameWithin(this.#config.handshakeTimeoutMs, "close after ABORT") !== null) { /* drop */ }
       } catch { /* closed or reset: done either way */ }
+      cancellable.release();
       link.close();
+      if (this.#shutdownSignal.aborted) return;
       log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
         session: this.#label,
         server: formatHostPort(identity.server),

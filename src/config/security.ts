@@ -49,6 +49,8 @@ export const DEFAULT_LIMITS: Readonly<ServerLimits> = Object.freeze({
 
 /** The largest DATA frame a peer sends (256 KiB reads) must fit. */
 export const MIN_FRAME_BYTES = 320 * 1024;
+/** Largest MAX_FRAME_SIZE: a link may have to hold one frame this big in memory. */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 function parseCount(text: string): number {
   const value = text.trim();
@@ -71,6 +73,12 @@ export function readLimits(section: SectionReader): ServerLimits {
     throw section.error(
       section.entry("MAX_FRAME_SIZE")?.line,
       `MAX_FRAME_SIZE must be at least 320K (the largest data frame is 256 KiB), got ${limits.maxFrameBytes}`,
+    );
+  }
+  if (limits.maxFrameBytes > MAX_FRAME_BYTES) {
+    throw section.error(
+      section.entry("MAX_FRAME_SIZE")?.line,
+      `MAX_FRAME_SIZE must be at most 16M (${MAX_FRAME_BYTES} bytes), got ${limits.maxFrameBytes}`,
     );
   }
   return limits;

@@ -5,7 +5,7 @@
  */
 
 import type { SectionReader } from "./section.ts";
-import { parseDuration, parseSize } from "./values.ts";
+import { MAX_DURATION_MS, parseDuration, parseSize } from "./values.ts";
 
 /** Timers and limits of resilient sessions. */
 export interface SessionTuning {
@@ -35,6 +35,8 @@ export const DEFAULT_TUNING: Readonly<SessionTuning> = Object.freeze({
 
 /** Smallest replay cap accepted: below it throughput collapses. */
 export const MIN_REPLAY_BUFFER_BYTES = 64 * 1024;
+/** Largest replay cap accepted: each session may hold this much per direction. */
+export const MAX_REPLAY_BUFFER_BYTES = 1024 ** 3;
 
 /** Reads a duration key that must be greater than zero. */
 export function readDuration(section: SectionReader, key: string, fallback: number): number {
@@ -43,19 +45,54 @@ export function readDuration(section: SectionReader, key: string, fallback: numb
   return value;
 }
 
-/** Largest REPLAY_BUFFER_SIZE (WELCOME carries it as a u32, and one session should never hold more). */
-export const MAX_REPLAY_BUFFER_BYTES = 1024 * 1024 * 1024;
-
 /** Reads REPLAY_BUFFER_SIZE, which must be at least 64 KiB and at most 1 GiB. */
 export function readReplayBufferSize(section: SectionReader): number {
   const value = section.value("REPLAY_BUFFER_SIZE", parseSize, DEFAULT_TUNING.replayBufferBytes);
-  if (value < MIN_REPLAY_BUFFER_BYTES || value > MAX_REPLAY_BUFFER_BYTES) {
+  if (value < MIN_REPLAY_BUFFER_BYTES) {
     throw section.error(
       section.entry("REPLAY_BUFFER_SIZE")?.line,
-      `REPLAY_BUFFER_SIZE must be between ${MIN_REPLAY_BUFFER_BYTES} bytes (64K) and ${MAX_REPLAY_BUFFER_BYTES} (1G), got ${value}`,
+      `REPLAY_BUFFER_SIZE must be at least ${MIN_REPLAY_BUFFER_BYTES} bytes (64K), got ${value}`,
+    );
+  }
+  if (value > MAX_REPLAY_BUFFER_BYTES) {
+    throw section.error(
+      section.entry("REPLAY_BUFFER_SIZE")?.line,
+      `REPLAY_BUFFER_SIZE must be at most 1G (${MAX_REPLAY_BUFFER_BYTES} bytes), got ${value}`,
     );
   }
   return value;
+}
+
+/**
+ * Checks the timers broker-client adopts from a broker server's WELCOME:
+ * each within what the configuration accepts, and the link timeout at least
+ * twice the heartbeat interval. Throws a RangeError that says which timer
+ * and why (a nonsense value would make every link look dead, or never).
+ */
+export function checkAdoptedTimers(
+  timers: Pick<SessionTuning, "resumeTimeoutMs" | "heartbeatIntervalMs" | "linkTimeoutMs" | "replayBufferBytes">,
+): void {
+  const cap = timers.replayBufferBytes;
+  if (cap < MIN_REPLAY_BUFFER_BYTES || cap > MAX_REPLAY_BUFFER_BYTES) {
+    throw new RangeError(
+      `replay buffer cap (REPLAY_BUFFER_SIZE) of ${cap} bytes is out of range: expected ${MIN_REPLAY_BUFFER_BYTES} (64K) to ${MAX_REPLAY_BUFFER_BYTES} (1G)`,
+    );
+  }
+  const named: [string, number][] = [
+    ["resume window (RESUME_TIMEOUT)", timers.resumeTimeoutMs],
+    ["heartbeat interval (HEARTBEAT_INTERVAL)", timers.heartbeatIntervalMs],
+    ["link timeout (LINK_TIMEOUT)", timers.linkTimeoutMs],
+  ];
+  for (const [name, ms] of named) {
+    if (!Number.isInteger(ms) || ms < 1 || ms > MAX_DURATION_MS) {
+      throw new RangeError(`${name} of ${ms} ms is out of range: expected 1 ms to 576h`);
+    }
+  }
+  if (timers.linkTimeoutMs < 2 * timers.heartbeatIntervalMs) {
+    throw new RangeError(
+      `link timeout (LINK_TIMEOUT) of ${timers.linkTimeoutMs} ms is less than twice the heartbeat interval (HEARTBEAT_INTERVAL) of ${timers.heartbeatIntervalMs} ms: healthy links would be declared dead`,
+    );
+  }
 }
 
 /** Reads every tuning key of a section, validating their relations. */

@@ -6,6 +6,14 @@
  * Offsets are unsigned 64-bit big-endian on the wire; inside the program they
  * are JavaScript numbers, exact up to 2^53 bytes (8 PiB) per direction, and a
  * larger value on the wire is rejected as malformed.
+ *
+ * Handshakes (client → server, ← server's answers):
+ * - open: HELLO_NEW → [← CHALLENGE, PROOF: with an admission key] ← WELCOME.
+ * - retried open, when an earlier attempt with the same token and key already
+ *   opened the session: HELLO_NEW → [admission as above] ← WELCOME_BACK →
+ *   PROOF ← RESUMED; the link carries the session only after the proof.
+ * - resume: HELLO_RESUME ← CHALLENGE → PROOF ← RESUMED.
+ * Any step may be answered by REJECT instead.
  * @module
  */
 
@@ -42,8 +50,15 @@ export const FrameType = {
   Challenge: 4,
   /** Client: resume proof and the offset the client has received. */
   Proof: 5,
-  /** Server: resume accepted; server proof and the offset the server has received. */
+  /** Server: resume (or retaken opening) accepted; server proof and the offset the server has received. */
   Resumed: 6,
+  /**
+   * Server: this opening was retried and an earlier attempt already opened
+   * the session; payload is a fresh server nonce, then the original WELCOME
+   * payload. The client answers PROOF (see resume_auth's signRetake); only
+   * then does the link carry the session, confirmed by RESUMED.
+   */
+  WelcomeBack: 7,
   /** Application bytes at an offset. */
   Data: 16,
   /** Cumulative acknowledgement: every byte below the offset was received. */
@@ -109,6 +124,7 @@ const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.Challenge]: [ID_SIZE, true],
   [FrameType.Proof]: [MAC_SIZE + 8, true],
   [FrameType.Resumed]: [MAC_SIZE + 8, true],
+  [FrameType.WelcomeBack]: [ID_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12, false],
   [FrameType.Data]: [9, false],
   [FrameType.Ack]: [8, true],
   [FrameType.Heartbeat]: [8, true],
@@ -131,6 +147,14 @@ export function encodePreface(version: number = PROTOCOL_VERSION): Uint8Array {
 export function readU32(bytes: Uint8Array, at: number): number {
   return ((bytes[at] as number) * 0x100_0000) +
     (((bytes[at + 1] as number) << 16) | ((bytes[at + 2] as number) << 8) | (bytes[at + 3] as number));
+}
+
+/** Writes a u32 field, refusing what 32 bits cannot hold (instead of wrapping around). */
+function writeU32Field(bytes: Uint8Array, at: number, value: number, what: string): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new RangeError(`Cannot encode ${what} ${value}: expected an integer in 0..2^32-1`);
+  }
+  writeU32(bytes, at, value);
 }
 
 /** Writes a u32 big-endian. */
@@ -180,9 +204,10 @@ function checkSize(what: string, bytes: Uint8Array, size: number): void {
 
 /**
  * HELLO_NEW: the client's ephemeral public key and its open token, a random
- * value the client repeats on every attempt to open the same session: a
- * repeat tells the server that an earlier WELCOME never arrived, so the
- * session it opened then is an orphan to close at once.
+ * value the client repeats, with the same key, on every attempt to open the
+ * same session: a repeat tells the server that an earlier WELCOME may never
+ * have arrived. Both travel in clear, so a repeat proves nothing by itself:
+ * the server answers it with WELCOME_BACK and a proof is required.
  */
 export function encodeHelloNew(publicKey: Uint8Array, openToken: Uint8Array): Uint8Array {
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
@@ -227,10 +252,10 @@ export function encodeWelcome(
   out.set(sessionId, FRAME_HEADER_SIZE);
   out.set(publicKey, FRAME_HEADER_SIZE + ID_SIZE);
   const at = FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE;
-  writeU32(out, at, timers.resumeTimeoutMs);
-  writeU32(out, at + 4, timers.heartbeatIntervalMs);
-  writeU32(out, at + 8, timers.linkTimeoutMs);
-  writeU32(out, at + 12, timers.replayBufferBytes);
+  writeU32Field(out, at, timers.resumeTimeoutMs, "resumeTimeoutMs");
+  writeU32Field(out, at + 4, timers.heartbeatIntervalMs, "heartbeatIntervalMs");
+  writeU32Field(out, at + 8, timers.linkTimeoutMs, "linkTimeoutMs");
+  writeU32Field(out, at + 12, timers.replayBufferBytes, "replayBufferBytes");
   return out;
 }
 
@@ -262,6 +287,31 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     replayBufferBytes: view.getUint32(at + 12),
     admissionMac: payload.length > WELCOME_SIZE ? payload.slice(WELCOME_SIZE) : null,
   };
+}
+
+/** WELCOME_BACK: a fresh server nonce and the WELCOME `welcome` (a whole frame) of the session's first attempt. */
+export function encodeWelcomeBack(serverNonce: Uint8Array, welcome: Uint8Array): Uint8Array {
+  checkSize("server nonce", serverNonce, ID_SIZE);
+  if (welcome[0] !== FrameType.Welcome) {
+    throw new RangeError(`Cannot encode WELCOME_BACK around frame type ${welcome[0]}`);
+  }
+  return frameWithBytes(FrameType.WelcomeBack, serverNonce, welcome.subarray(FRAME_HEADER_SIZE));
+}
+
+/** A decoded WELCOME_BACK. */
+export interface WelcomeBack {
+  /** The server's nonce for the retake proof. */
+  serverNonce: Uint8Array;
+  /** The WELCOME payload, as sent (an admission proof covers it without its own proof). */
+  welcomePayload: Uint8Array;
+  /** The WELCOME, decoded. */
+  welcome: Welcome;
+}
+
+/** Decodes a WELCOME_BACK payload. */
+export function decodeWelcomeBack(payload: Uint8Array): WelcomeBack {
+  const welcomePayload = payload.subarray(ID_SIZE);
+  return { serverNonce: payload.slice(0, ID_SIZE), welcomePayload, welcome: decodeWelcome(welcomePayload) };
 }
 
 /** CHALLENGE: a fresh server nonce. */
@@ -365,7 +415,7 @@ export function encodeReject(code: RejectCodeValue, reason: string): Uint8Array 
 export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
   const text = new TextEncoder().encode(reason.slice(0, 1000));
   const out = frame(FrameType.GoAway, 4 + text.length);
-  writeU32(out, FRAME_HEADER_SIZE, drainMs);
+  writeU32Field(out, FRAME_HEADER_SIZE, drainMs, "drain time");
   out.set(text, FRAME_HEADER_SIZE + 4);
   return out;
 }

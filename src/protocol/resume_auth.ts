@@ -83,19 +83,64 @@ function transcript(role: ProofRole, input: ProofInput): Uint8Array {
   return concatBytes(label, input.sessionId, input.clientNonce, input.serverNonce, offset);
 }
 
-/** Computes the proof `role` sends. */
-export async function signProof(key: CryptoKey, role: ProofRole, input: ProofInput): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, transcript(role, input) as BufferSource));
+async function hmac(key: CryptoKey, transcript: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.sign("HMAC", key, transcript as BufferSource));
 }
 
-/** Checks a proof in constant time (WebCrypto's HMAC verify). */
+/** HMAC check in constant time (WebCrypto's verify). */
+async function hmacMatches(key: CryptoKey, transcript: Uint8Array, mac: Uint8Array): Promise<boolean> {
+  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript as BufferSource);
+}
+
+/** Computes the proof `role` sends. */
+export async function signProof(key: CryptoKey, role: ProofRole, input: ProofInput): Promise<Uint8Array> {
+  return await hmac(key, transcript(role, input));
+}
+
+/** Checks a proof in constant time. */
 export async function verifyProof(
   key: CryptoKey,
   role: ProofRole,
   input: ProofInput,
   mac: Uint8Array,
 ): Promise<boolean> {
-  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript(role, input) as BufferSource);
+  return await hmacMatches(key, transcript(role, input), mac);
+}
+
+/**
+ * What the proofs of a retaken opening cover. The open token and both
+ * public keys travel in clear, so only the resume key that the first
+ * attempt derived (which needs the client's private key) can prove that a
+ * retried opening comes from the client that made it; the server's fresh
+ * nonce stops replays.
+ */
+export interface RetakeInput {
+  /** The session id from the (re-sent) WELCOME. */
+  sessionId: Uint8Array;
+  /** The client's open token from HELLO_NEW. */
+  openToken: Uint8Array;
+  /** The server's nonce from WELCOME_BACK. */
+  serverNonce: Uint8Array;
+}
+
+function retakeTranscript(role: ProofRole, input: RetakeInput): Uint8Array {
+  const label = new TextEncoder().encode(role === "client" ? "client retake" : "server retake");
+  return concatBytes(label, input.sessionId, input.openToken, input.serverNonce);
+}
+
+/** Computes the retake proof `role` sends, with the session's resume key. */
+export async function signRetake(key: CryptoKey, role: ProofRole, input: RetakeInput): Promise<Uint8Array> {
+  return await hmac(key, retakeTranscript(role, input));
+}
+
+/** Checks a retake proof in constant time. */
+export async function verifyRetake(
+  key: CryptoKey,
+  role: ProofRole,
+  input: RetakeInput,
+  mac: Uint8Array,
+): Promise<boolean> {
+  return await hmacMatches(key, retakeTranscript(role, input), mac);
 }
 
 /** An HMAC key from the shared ADMISSION_KEY text. */
@@ -139,7 +184,7 @@ function admissionTranscript(role: ProofRole, input: AdmissionInput): Uint8Array
 
 /** Signs an admission proof. */
 export async function signAdmission(key: CryptoKey, role: ProofRole, input: AdmissionInput): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, admissionTranscript(role, input) as BufferSource));
+  return await hmac(key, admissionTranscript(role, input));
 }
 
 /** Checks an admission proof in constant time. */
@@ -149,5 +194,5 @@ export async function verifyAdmission(
   input: AdmissionInput,
   mac: Uint8Array,
 ): Promise<boolean> {
-  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, admissionTranscript(role, input) as BufferSource);
+  return await hmacMatches(key, admissionTranscript(role, input), mac);
 }

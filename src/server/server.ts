@@ -18,6 +18,7 @@ import {
   encodeProof,
   encodeReject,
   encodeWelcome,
+  encodeWelcomeBack,
   type Frame,
   FRAME_HEADER_SIZE,
   FrameType,
@@ -35,8 +36,10 @@ import {
   randomId,
   signAdmission,
   signProof,
+  signRetake,
   verifyAdmission,
   verifyProof,
+  verifyRetake,
 } from "../protocol/resume_auth.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { Link } from "../session/link.ts";
@@ -82,6 +85,8 @@ interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
   key: CryptoKey;
+  /** Links attached so far: a resume proven for an older count was overtaken by a newer link. */
+  attaches: number;
 }
 
 interface Tombstone {
@@ -89,6 +94,35 @@ interface Tombstone {
   end: SessionEnd;
   received: number;
   timer: ReturnType<typeof setTimeout>;
+}
+
+/** An attempt to open a session, known by its open token until the client confirms the session. */
+interface Opening {
+  /** The attempt's number (a later attempt with the same token replaces the record). */
+  attempt: number;
+  /** The client's public key from HELLO_NEW: a retry must come with the same. */
+  clientPublicKey: Uint8Array;
+  /** Once the session is open: the server's public key in its WELCOME. */
+  serverPublicKey?: Uint8Array;
+  /** Once the session is open: the session. */
+  entry?: Entry;
+}
+
+/** What an admission-signed WELCOME covers besides itself. */
+interface WelcomeSignature {
+  admission: CryptoKey;
+  clientPublicKey: Uint8Array;
+  openToken: Uint8Array;
+  serverNonce: Uint8Array;
+}
+
+/** Why a retried opening must wait. */
+const OPENING_IN_PROGRESS =
+  "an earlier attempt to open this session is still connecting to an ERP server: the broker-client tries again";
+
+/** Whether two byte strings are equal (public values only: not constant time). */
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /** Options of a BrokerServer. */
@@ -105,11 +139,8 @@ export class BrokerServer {
   #sessions = new Map<string, Entry>();
   #tombstones = new Map<string, Tombstone>();
   #handshaking = new Set<Link>();
-  /**
-   * Open attempts by the client's open token, until the client confirms the
-   * session: the latest attempt number, and the session it opened if any.
-   */
-  #opening = new Map<string, { attempt: number; entry?: Entry }>();
+  /** Open attempts by the client's open token, until the client confirms the session. */
+  #opening = new Map<string, Opening>();
   #attempts = 0;
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
@@ -499,11 +530,16 @@ export class BrokerServer {
   async #openSession(link: Link, hello: Frame, read: (what: string) => Promise<Frame | null>): Promise<void> {
     const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
     const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
-    // A repeated token means the client never got an earlier WELCOME. If that
-    // attempt's session exists, this link takes it over (the same ERP
-    // connection: the ERP sees nothing of the retry); if it is still
-    // connecting, that attempt gives way to this one.
+    // A repeated token means the client may never have got an earlier
+    // WELCOME. The token travels in clear, so a repeat proves nothing: if
+    // that attempt's session exists, this link gets it (the same ERP
+    // connection: the ERP sees nothing of the retry) only once it proves the
+    // key the first attempt derived (#retake).
     const openToken = toHex(openTokenBytes);
+    if (this.#connecting(openToken)) {
+      await this.#reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
+      return;
+    }
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
     const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(link);
     if (refusal) {
@@ -531,47 +567,40 @@ export class BrokerServer {
         return;
       }
     }
-    // Keys first: a bad public key must not cost an ERP connection. A retaken
-    // session keeps its id (the client never learnt it) but gets a new key.
-    const retaken = this.#orphan(openToken);
+    // (#welcome and #retake are methods, not closures here: the session's event
+    // closures below share this scope, and would keep the key pair and nonces
+    // alive for its life.)
+    const signed = admission ? { admission, clientPublicKey, openToken: openTokenBytes, serverNonce } : null;
+    const orphan = this.#orphan(openToken);
+    if (orphan) {
+      await this.#retake(link, orphan, { clientPublicKey, openToken: openTokenBytes }, signed, read);
+      return;
+    }
+    if (this.#connecting(openToken)) {
+      await this.#reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
+      return;
+    }
+    // From here until it settles, this attempt is the only one for its token.
+    const attempt = ++this.#attempts;
+    this.#opening.set(openToken, { attempt, clientPublicKey });
+    const isLatest = () => this.#opening.get(openToken)?.attempt === attempt;
+    const giveUp = () => {
+      if (isLatest()) this.#opening.delete(openToken);
+    };
+    // Keys first: a bad public key must not cost an ERP connection.
     const own = await createEphemeralKey();
-    const sessionId = retaken ? retaken.sessionId : randomId();
+    const sessionId = randomId();
     let key: CryptoKey;
     try {
       key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
     } catch {
+      giveUp();
       await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
       return;
     }
-    // (A method, not a closure here: the session's event closures below share
-    // this scope, and would keep the key pair and nonces alive for its life.)
-    const signed = admission ? { admission, clientPublicKey, openToken: openTokenBytes, serverNonce } : null;
-    if (retaken) {
-      const frame = await this.#welcome(sessionId, own.publicKey, retaken.session.timers, signed);
-      if (this.#orphan(openToken) !== retaken || link.closed || this.#shutdown.signal.aborted) {
-        link.close(); // it changed meanwhile: the client retries, and finds out afresh
-        return;
-      }
-      link.send(frame);
-      retaken.key = key;
-      retaken.client = link.peer;
-      retaken.session.attach(link, 0, true);
-      this.#adopted.add(link);
-      log.info(
-        "Session {session}: the client retried opening it (the welcome was lost); {client} carries on with the same ERP connection",
-        { session: shortId(retaken.id), client: link.peer },
-      );
-      return;
-    }
-    const attempt = ++this.#attempts;
-    this.#opening.get(openToken)?.entry?.session.abort(
-      "superseded: the client retried opening this session (it never received the welcome)",
-    );
-    this.#opening.set(openToken, { attempt });
-    const isLatest = () => this.#opening.get(openToken)?.attempt === attempt;
     const backend = await this.#connectBackend();
     if ("errors" in backend) {
-      if (isLatest()) this.#opening.delete(openToken);
+      giveUp();
       await this.#reject(
         link,
         RejectCode.NoBackend,
@@ -580,10 +609,13 @@ export class BrokerServer {
       return;
     }
     if (link.closed || this.#shutdown.signal.aborted || !isLatest()) {
-      if (isLatest()) this.#opening.delete(openToken);
+      giveUp();
       this.#balancer.release(backend.backend);
       backend.conn.close();
       link.close();
+      log.info("Opening from {client} abandoned: its link closed before the welcome; ERP connection closed unused", {
+        client: link.peer,
+      });
       return;
     }
     const timers = this.#timers();
@@ -596,6 +628,7 @@ export class BrokerServer {
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),
+      attaches: 1,
       session: new Session({
         role: "server",
         local: backend.conn,
@@ -612,11 +645,9 @@ export class BrokerServer {
               },
             );
           },
-          confirmed: () => {
-            if (isLatest()) this.#opening.delete(openToken);
-          },
+          confirmed: giveUp,
           ended: (end) => {
-            if (isLatest()) this.#opening.delete(openToken);
+            giveUp();
             this.#ended(entry, end);
           },
         },
@@ -624,7 +655,7 @@ export class BrokerServer {
     };
     this.#sessions.set(id, entry);
     this.#stats.sessionsOpened++;
-    this.#opening.set(openToken, { attempt, entry });
+    this.#opening.set(openToken, { attempt, clientPublicKey, serverPublicKey: own.publicKey, entry });
     entry.session.start();
     entry.session.attach(link, 0);
     this.#adopted.add(link);
@@ -637,10 +668,75 @@ export class BrokerServer {
     });
   }
 
+  /**
+   * A retried opening of `entry`, still unconfirmed. Its WELCOME is sent
+   * again (same id and server key, so the real client derives the key the
+   * first attempt would have) with a fresh nonce, and the link gets the
+   * session only after a proof made with that key. Anyone else (a sniffer
+   * that replays the token, with the client's public key or its own) is
+   * refused, and the session, its link and its key stay as they were.
+   */
+  async #retake(
+    link: Link,
+    entry: Entry,
+    hello: { clientPublicKey: Uint8Array; openToken: Uint8Array },
+    signed: WelcomeSignature | null,
+    read: (what: string) => Promise<Frame | null>,
+  ): Promise<void> {
+    const opening = this.#opening.get(toHex(hello.openToken));
+    const refuse = (why: string) =>
+      this.#reject(
+        link,
+        RejectCode.BadProof,
+        `retried opening of session ${shortId(entry.id)} refused: ${why}; the session is untouched`,
+      );
+    if (!opening?.serverPublicKey || !equalBytes(opening.clientPublicKey, hello.clientPublicKey)) {
+      await refuse("it comes with another public key than the first attempt");
+      return;
+    }
+    const serverNonce = randomId();
+    const welcome = await this.#welcome(entry.sessionId, opening.serverPublicKey, entry.session.timers, signed);
+    link.send(encodeWelcomeBack(serverNonce, welcome));
+    const proofFrame = await read("retake proof");
+    if (!proofFrame) return;
+    const input = { sessionId: entry.sessionId, openToken: hello.openToken, serverNonce };
+    if (
+      proofFrame.type !== FrameType.Proof ||
+      !await verifyRetake(entry.key, "client", input, decodeProof(proofFrame.payload).mac)
+    ) {
+      await refuse("it does not prove the first attempt's key");
+      return;
+    }
+    const mac = await signRetake(entry.key, "server", input);
+    if (this.#orphan(toHex(hello.openToken)) !== entry || link.closed || this.#shutdown.signal.aborted) {
+      link.close(); // it changed meanwhile: the client retries, and finds out afresh
+      return;
+    }
+    link.send(encodeProof(FrameType.Resumed, mac, 0));
+    entry.client = link.peer;
+    entry.session.attach(link, 0, true);
+    entry.attaches++;
+    this.#adopted.add(link);
+    log.info(
+      "Session {session}: the client retried opening it (the welcome was lost) and proved it; {client} carries on with the same ERP connection",
+      { session: shortId(entry.id), client: link.peer },
+    );
+  }
+
   /** The unconfirmed session an earlier attempt with `openToken` opened, if it is still there. */
   #orphan(openToken: string): Entry | undefined {
     const entry = this.#opening.get(openToken)?.entry;
     return entry && !entry.session.confirmed && entry.session.state !== "closed" ? entry : undefined;
+  }
+
+  /**
+   * An earlier attempt with `openToken` is still connecting to an ERP
+   * server. A retry waits (the client backs off and asks again): letting it
+   * supersede that attempt would let anyone who copied the token do so.
+   */
+  #connecting(openToken: string): boolean {
+    const opening = this.#opening.get(openToken);
+    return opening !== undefined && opening.entry === undefined;
   }
 
   /** A WELCOME frame; with an admission key, signed over the opening it answers and the welcome itself. */
@@ -648,9 +744,7 @@ export class BrokerServer {
     sessionId: Uint8Array,
     publicKey: Uint8Array,
     timers: SessionTimers,
-    signed:
-      | { admission: CryptoKey; clientPublicKey: Uint8Array; openToken: Uint8Array; serverNonce: Uint8Array }
-      | null,
+    signed: WelcomeSignature | null,
   ): Promise<Uint8Array> {
     const plain = encodeWelcome(sessionId, publicKey, timers);
     if (!signed) return plain;
@@ -677,6 +771,7 @@ export class BrokerServer {
       );
       return;
     }
+    const attachesAtChallenge = entry?.attaches;
     const serverNonce = randomId();
     link.send(encodeChallenge(serverNonce));
     const proofFrame = await read("resume proof");
@@ -709,6 +804,19 @@ export class BrokerServer {
     try {
       session.checkResumable(proof.receivedOffset);
     } catch (err) {
+      if (entry.attaches !== attachesAtChallenge && session.state !== "closed") {
+        // A valid proof that a newer link overtook (an attempt the client gave
+        // up on, delivered late): what it claims is stale, not a gap. Only
+        // this link ends; the session carries on with the newer one.
+        await this.#reject(
+          link,
+          RejectCode.CannotResume,
+          `stale resume of session ${shortId(id)}: a newer link took over while it was being proven (${
+            (err as Error).message
+          }); the session carries on`,
+        );
+        return;
+      }
       const reason = `cannot resume: ${(err as Error).message}`;
       await this.#reject(link, err instanceof ResumeGapError ? RejectCode.CannotResume : RejectCode.Protocol, reason);
       session.abort(reason);
@@ -726,6 +834,7 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
     const replayed = session.attach(link, proof.receivedOffset);
+    entry.attaches++;
     this.#adopted.add(link);
     if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);

@@ -108,6 +108,8 @@ export class NodeSocketTransport implements Transport {
 export interface TlsDialOptions {
   /** Give up after this long (ms). */
   timeoutMs: number;
+  /** Give up when the TCP connect takes longer than this (ms); default timeoutMs. */
+  connectTimeoutMs?: number;
   /** Abort early. */
   signal?: AbortSignal;
 }
@@ -140,13 +142,22 @@ export async function dialTls(
       const text = `Cannot connect to ${where} over TLS: ${message}`;
       reject(trust ? new TlsTrustError(text) : new Error(text));
     };
-    const timer = setTimeout(() => fail(`no TLS handshake within ${options.timeoutMs} ms`), options.timeoutMs);
+    const started = Date.now();
+    const connectMs = Math.min(options.connectTimeoutMs ?? options.timeoutMs, options.timeoutMs);
+    let timer = setTimeout(() => fail(`no answer within ${connectMs} ms`), connectMs);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      const left = Math.max(1, options.timeoutMs - (Date.now() - started));
+      timer = setTimeout(() => fail(`no TLS handshake within ${options.timeoutMs} ms`), left);
+    });
     const onAbort = () => fail("cancelled");
+    if (options.signal?.aborted) queueMicrotask(onAbort);
     options.signal?.addEventListener("abort", onAbort, { once: true });
     const cleanup = () => {
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       socket.removeAllListeners("secureConnect");
+      socket.removeAllListeners("connect");
       socket.removeAllListeners("error");
     };
     socket.once("error", (err: Error & { code?: string }) => {

@@ -224,6 +224,7 @@ export async function dialTcp(hostname: string, port: number, options: DialOptio
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), options.timeoutMs);
   const onAbort = () => controller.abort();
+  if (options.signal?.aborted) controller.abort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
     const conn = await Deno.connect({ hostname, port, signal: controller.signal });

@@ -115,6 +115,14 @@ Deno.test("bad input: one clear message naming file, line and key", () => {
       [...base, "BrokerServer=a:1", "NEW_SESSION_TIMEOUT=0"],
       /^smartclient\.ini:8: NEW_SESSION_TIMEOUT must be greater than zero/,
     ],
+    [
+      [...base, "BrokerServer=a:1", "CONNECT_TIMEOUT=3000000s"],
+      /^smartclient\.ini:8: Cannot parse CONNECT_TIMEOUT: expected a duration of at most 576h \(24 days\), got "3000000s"/,
+    ],
+    [
+      [...base, "BrokerServer=a:1", "REPLAY_BUFFER_SIZE=4G"],
+      /^smartclient\.ini:8: REPLAY_BUFFER_SIZE must be at most 1G \(1073741824 bytes\), got 4294967296/,
+    ],
   ];
   for (const [lines, expected] of cases) throws(() => parse(lines), configError(expected), lines.join(" | "));
   throws(() => parse(base, "nope"), configError(/Cannot find section \[nope\] named by --driver/));

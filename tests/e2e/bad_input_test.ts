@@ -5,18 +5,20 @@
  * with a log line naming the peer; the process and real sessions go on.
  */
 import net from "node:net";
-import { equal, match, ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok } from "node:assert/strict";
 import {
   concatBytes,
   decodeReject,
   encodeData,
   encodeOffsetFrame,
   encodePreface,
+  encodeWelcome,
   FrameType,
   PROTOCOL_VERSION,
   RejectCode,
 } from "../../src/protocol/frames.ts";
-import { randomId } from "../../src/protocol/resume_auth.ts";
+import { createEphemeralKey, randomId } from "../../src/protocol/resume_auth.ts";
+import { Link } from "../../src/session/link.ts";
 import { within } from "../../src/session/transport.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
@@ -119,7 +121,7 @@ Deno.test("another protocol version gets a clear reject on both sides", async ()
   const fakeServer = (async () => {
     const conn = await fake.accept();
     await conn.write(
-      bytesOf(encodePreface(9), [FrameType.Reject, 0, 0, 0, 5, RejectCode.Version], new TextEncoder().encode("v9!!")),
+      bytesOf(encodePreface(99), [FrameType.Reject, 0, 0, 0, 5, RejectCode.Version], new TextEncoder().encode("v99!")),
     );
     await conn.read(new Uint8Array(1024)).catch(() => null);
     conn.close();
@@ -128,7 +130,7 @@ Deno.test("another protocol version gets a clear reject on both sides", async ()
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
   await logs.waitFor(
-    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: it speaks protocol version 9, this broker-client speaks 2 \(v9!!\)\)/,
+    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: it speaks protocol version 99, this broker-client speaks 2 \(v99!\)\)/,
   );
   app.close();
   await fakeServer;
@@ -287,4 +289,37 @@ Deno.test("Smart Client resetting its connection ends the session on both sides 
       /broker\.server: Session \w+ closed: peer ended the session: Smart Client (closed the connection before the session opened|connection failed: connection reset by peer)/,
     );
   }
+});
+
+Deno.test("a broker server whose WELCOME sets nonsense timers is refused with a clear message, and told", async () => {
+  await using logs = await captureLogs();
+  const fake = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const fakeServer = (async () => {
+    const link = new Link(await fake.accept(), "fake server");
+    const frames: number[] = [];
+    for (let frame = await link.readFrameWithin(5_000, "frame"); frame; frame = await link.readFrame()) {
+      frames.push(frame.type);
+      if (frame.type === FrameType.HelloNew) {
+        link.send(encodePreface());
+        const timers = {
+          resumeTimeoutMs: 180_000,
+          heartbeatIntervalMs: 2_000,
+          linkTimeoutMs: 0,
+          replayBufferBytes: 4 << 20,
+        };
+        link.send(encodeWelcome(randomId(), (await createEphemeralKey()).publicKey, timers));
+      }
+    }
+    link.close();
+    return frames;
+  })();
+  await using client = startClient(clientConfig([(fake.addr as Deno.NetAddr).port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(await app.read(new Uint8Array(1)).catch(() => null), null, "Smart Client's socket is closed");
+  app.close();
+  await logs.waitFor(
+    /broker\.client: Session .* closed: no broker server accepted the session \(127\.0\.0\.1:\d+: broker server 127\.0\.0\.1:\d+ refused: unusable timers in its WELCOME \(link timeout \(LINK_TIMEOUT\) of 0 ms is out of range: expected 1 ms to 576h\): check its appserver\.ini\)/,
+  );
+  deepEqual(await fakeServer, [FrameType.Preface, FrameType.HelloNew, FrameType.Abort], "the server is told");
+  fake.close();
 });

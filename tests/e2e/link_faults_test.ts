@@ -5,9 +5,19 @@
  */
 import net from "node:net";
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { concatBytes, encodeData, FrameType, readU64, toHex } from "../../src/protocol/frames.ts";
+import {
+  concatBytes,
+  encodeData,
+  FRAME_HEADER_SIZE,
+  FrameType,
+  ID_SIZE,
+  PREFACE_SIZE,
+  PUBLIC_KEY_SIZE,
+  readU64,
+  toHex,
+} from "../../src/protocol/frames.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
-import { within } from "../../src/session/transport.ts";
+import { closeQuietly, within, writeAll } from "../../src/session/transport.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
@@ -202,10 +212,11 @@ Deno.test("a lost WELCOME: the retried opening takes over the same ERP connectio
   await using server = startServer(serverConfig([erp.port], FAST));
   const token = randomId();
   // The WELCOME reaches the link, but the client never sees it: the link dies.
-  const first = await openRawSession(server.address.port, token);
+  const first = await openRawSession(server.address.port, { openToken: token });
   await waitFor(() => erp.connections === 1, "the ERP connection");
   first.peer.close();
-  const retry = await openRawSession(server.address.port, token);
+  // The retry comes with the same token and key pair, and proves the key the first attempt derived.
+  const retry = await openRawSession(server.address.port, { openToken: token, own: first.own });
   equal(toHex(retry.sessionId), toHex(first.sessionId), "the client never learnt the id: the session keeps it");
   const nextData = async () => {
     let frame = await retry.peer.next();
@@ -218,15 +229,139 @@ Deno.test("a lost WELCOME: the retried opening takes over the same ERP connectio
   deepEqual(await nextData(), { offset: 8, text: "ping" });
   equal(erp.connections, 1, "the ERP saw one connection");
   equal(server.sessions.length, 1);
-  await logs.waitFor(/Session \w+: the client retried opening it \(the welcome was lost\)/);
-  // The session's key is now the retry's: the first attempt's key cannot resume it.
-  const stale = await resumeRaw(server.address.port, first.sessionId, first.key, 0);
-  equal(stale.answer?.type, FrameType.Reject);
-  stale.peer.close();
+  await logs.waitFor(/Session \w+: the client retried opening it \(the welcome was lost\) and proved it/);
+  // Nothing changed keys: the one both attempts derived resumes the session.
   const resumed = await resumeRaw(server.address.port, retry.sessionId, retry.key, 12);
   equal(resumed.answer?.type, FrameType.Resumed);
   resumed.peer.close();
   retry.peer.close();
+});
+
+/** Options of relay(). */
+interface RelayOptions {
+  /** Port to listen on (default: a free one). */
+  port?: number;
+  /**
+   * Swallow what the server sends on the first connection, and cut it once
+   * the server has sent its preface and WELCOME: a WELCOME lost with its link.
+   */
+  loseFirstWelcome?: boolean;
+}
+
+/** A TCP relay on 127.0.0.1 to `target`; close() cuts every connection, as a network going down. */
+function relay(target: number, options: RelayOptions = {}): { port: number; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: options.port ?? 0 });
+  const conns: Deno.Conn[] = [];
+  const pipes: Promise<void>[] = [];
+  const pipe = async (from: Deno.Conn, to: Deno.Conn, swallowUpTo: number) => {
+    const buf = new Uint8Array(64 * 1024);
+    let swallowed = 0;
+    try {
+      for (let n = await from.read(buf); n !== null; n = await from.read(buf)) {
+        if (swallowUpTo > 0) {
+          swallowed += n;
+          if (swallowed >= swallowUpTo) break;
+          continue;
+        }
+        await writeAll(to, buf.subarray(0, n));
+      }
+    } catch { /* the other side closed */ }
+    closeQuietly(from);
+    closeQuietly(to);
+  };
+  const accepting = (async () => {
+    for (let first = true;; first = false) {
+      const front = await listener.accept().catch(() => null);
+      if (!front) return;
+      const back = await Deno.connect({ hostname: "127.0.0.1", port: target });
+      conns.push(front, back);
+      const welcome = PREFACE_SIZE + FRAME_HEADER_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12;
+      pipes.push(pipe(front, back, 0), pipe(back, front, first && options.loseFirstWelcome ? welcome : 0));
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async close() {
+      listener.close();
+      await accepting;
+      conns.forEach((c) => closeQuietly(c));
+      await Promise.all(pipes);
+    },
+  };
+}
+
+Deno.test("a lost WELCOME with a real broker-client: its retry proves the first attempt's key and gets the same ERP connection", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("greeting"));
+    await echo(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], FAST));
+  const path = relay(server.address.port, { loseFirstWelcome: true });
+  await using client = startClient(clientConfig([path.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  equal(new TextDecoder().decode(await readExactly(app, 8)), "greeting", "the ERP's first bytes, once");
+  equal(await roundTrip(app, "after the retry"), "after the retry");
+  await logs.waitFor(/Session \w+: the client retried opening it \(the welcome was lost\) and proved it/);
+  equal(erp.connections, 1, "the ERP saw one connection");
+  equal(server.sessions.length, 1);
+  app.close();
+  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  await path.close();
+});
+
+const python = (() => {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "SYNs that vanish while the network is down: each resume dial gives up within 1 s, and the session resumes soon after the network returns",
+  ignore: !python || Deno.build.os !== "linux",
+  async fn() {
+    await using logs = await captureLogs();
+    await using erp = startErp(echo);
+    await using server = startServer(serverConfig([erp.port], { ...FAST, RESUME_TIMEOUT: "60s" }));
+    let path = relay(server.address.port);
+    const port = path.port;
+    await using client = startClient(clientConfig([port], { CONNECT_TIMEOUT: "5s", HANDSHAKE_TIMEOUT: "1s" }));
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    equal(await roundTrip(app, "before"), "before");
+    await path.close(); // the network goes down...
+    await logs.waitFor(/broker\.client: Session \w+: link lost/);
+    // ...and SYNs to the broker server now vanish: a listener on its address whose backlog is full.
+    const hanging = new Deno.Command("python3", {
+      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname, String(port)],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = hanging.stdout.getReader();
+    try {
+      await reader.read();
+      const t0 = Date.now();
+      await logs.waitFor(
+        /broker\.client: Session \w+: resume attempt failed \(Cannot connect to .*: no answer within/,
+        3_000,
+      );
+      await logs.waitFor(/resume attempt failed \(Cannot connect to 127\.0\.0\.1:\d+: no answer within 1000 ms\)/, 100);
+      ok(Date.now() - t0 < 2_500, `a silent dial gave up after ${Date.now() - t0} ms`);
+    } finally {
+      hanging.kill("SIGKILL");
+      await reader.cancel();
+      await hanging.status;
+    }
+    path = relay(server.address.port, { port }); // the network is back
+    const back = Date.now();
+    equal(await roundTrip(app, "after"), "after");
+    ok(Date.now() - back < 2_500, `resumed ${Date.now() - back} ms after the network returned`);
+    app.close();
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+    await path.close();
+  },
 });
 
 Deno.test("TLS between Smart Client and the ERP passes through opaque, across link faults", async () => {
@@ -237,9 +372,11 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   // 4 MiB each way by default: as much as a replay buffer holds. Wine runs
   // use less (TLS_TEST_MIB, see tools/test_windows.sh and the README).
   const SIZE = Number(Deno.env.get("TLS_TEST_MIB") ?? 4) * 1024 * 1024;
-  // The ERP serves every connection: a link cut between OPEN and WELCOME makes
-  // the client retry the opening, and the server then closes the first ERP
-  // connection (it carried no byte) and opens another.
+  // The ERP serves every connection: a link cut while the server is still
+  // connecting to the ERP makes the client retry the opening, and the server
+  // then closes that first ERP connection (it carried no byte, log line
+  // "abandoned") and opens another. (A cut after the WELCOME was sent is
+  // retaken: same ERP connection.)
   const erpConns: Promise<Digest | Error>[] = [];
   const accepting = (async () => {
     for (;;) {
@@ -306,7 +443,8 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   ok(carried?.toErp.startsWith("identical"), `to the ERP: ${carried?.toErp}`);
   const served = results.filter((r): r is Digest => r instanceof Digest);
   const outcomes = results.map((r) => r instanceof Digest ? `${r.bytes} bytes` : `${r.name}: ${r.message}`).join(", ");
-  const retried = logs.lines.filter((l) => / closed: superseded: the client retried opening/.test(l)).length;
+  const retried =
+    logs.lines.filter((l) => /Opening from .* abandoned: its link closed before the welcome/.test(l)).length;
   equal(served.length, 1, `one ERP connection carried the session; outcomes: ${outcomes}${brokersSaid()}`);
   equal(results.length, 1 + retried, "every other ERP connection belonged to an opening the client retried");
   equal(appGot.hex(), streamDigest(21, SIZE));

@@ -3,16 +3,20 @@
  * fingerprint, mismatches either way), the admission key (missing, wrong,
  * replayed), and the limits (sessions, per-address rate, handshakes).
  */
-import { equal, ok } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import {
   decodeReject,
+  encodeData,
   encodeHelloNew,
   encodeHelloResume,
+  encodeOffsetFrame,
   encodePreface,
   encodeProof,
   FrameType,
+  readU64,
   RejectCode,
+  toHex,
 } from "../../src/protocol/frames.ts";
 import {
   createEphemeralKey,
@@ -352,4 +356,193 @@ Deno.test("hijack: a stale proof or another session's proof fails, and the real 
   genuine.close();
   a.peer.close();
   b.peer.close();
+});
+
+/**
+ * What a passive sniffer can try with a copied HELLO_NEW: replay it, or send
+ * the token with a key of its own, then guess a proof. Returns the types of
+ * the frames it was sent until the server closed the link.
+ */
+async function replayOpening(port: number, hello: Uint8Array): Promise<number[]> {
+  const thief = await RawPeer.connect(port);
+  thief.link.send(encodePreface());
+  thief.link.send(hello);
+  const seen: number[] = [];
+  try {
+    for (let frame = await thief.next(); frame; frame = await thief.next()) {
+      seen.push(frame.type);
+      if (seen.length === 2 && frame.type !== FrameType.Reject) {
+        thief.link.send(encodeProof(FrameType.Proof, crypto.getRandomValues(new Uint8Array(32)), 0));
+      }
+    }
+  } catch (err) {
+    if (err instanceof Deno.errors.TimedOut) throw err;
+  } finally {
+    thief.close();
+  }
+  return seen;
+}
+
+/** Reads DATA frames (skipping ACKs and heartbeats) until `text` has arrived; returns the first offset. */
+async function readText(peer: RawPeer, text: string): Promise<{ offset: number; text: string }> {
+  let got = "";
+  let first = -1;
+  while (got.length < text.length) {
+    const frame = await peer.next();
+    if (!frame) throw new Error(`link closed after "${got}"`);
+    if (frame.type !== FrameType.Data) continue;
+    if (first < 0) first = readU64(frame.payload, 0);
+    got += new TextDecoder().decode(frame.payload.subarray(8));
+  }
+  return { offset: first, text: got };
+}
+
+Deno.test("sniffed open token: a replayed or re-keyed HELLO_NEW cannot take over the unconfirmed session", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("greeting")); // an ERP that speaks first
+    await echo(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], { HANDSHAKE_TIMEOUT: "2s" }));
+  const port = server.address.port;
+  const own = await createEphemeralKey();
+  const token = randomId();
+  const hello = encodeHelloNew(own.publicKey, token);
+  const strangerHello = encodeHelloNew((await createEphemeralKey()).publicKey, token);
+  const assertRefused = (seen: number[], who: string) => {
+    equal(seen.includes(FrameType.Data), false, `${who}: no ERP byte reaches it (frames: ${seen})`);
+    equal(seen.includes(FrameType.Welcome), false, `${who}: not welcomed into the session (frames: ${seen})`);
+    equal(seen.at(-1), FrameType.Reject, `${who}: refused (frames: ${seen})`);
+  };
+  // The real client opens; the thief strikes before its first frame arrives.
+  const real = await openRawSession(port, { openToken: token, own });
+  await waitFor(() => erp.connections === 1, "the ERP connection");
+  assertRefused(await replayOpening(port, hello), "a replayed HELLO_NEW");
+  assertRefused(await replayOpening(port, strangerHello), "the token with another key");
+  await logs.waitFor(/Refused link from .*: .*retried opening of session \w+ .*the session is untouched/);
+  // The real client carries on, first bytes included, on its own link and with its own key.
+  deepEqual(await readText(real.peer, "greeting"), { offset: 0, text: "greeting" });
+  real.peer.link.send(encodeData(0, new TextEncoder().encode("ping")));
+  deepEqual(await readText(real.peer, "ping"), { offset: 8, text: "ping" });
+  equal(erp.connections, 1);
+  real.peer.close();
+  const resumed = await resumeRaw(port, real.sessionId, real.key, 12);
+  equal(resumed.answer?.type, FrameType.Resumed, "the real client's key still resumes the session");
+  resumed.peer.close();
+
+  // The WELCOME is lost with the link: the session waits, unconfirmed, for the client's retry.
+  const ownB = await createEphemeralKey();
+  const tokenB = randomId();
+  const first = await openRawSession(port, { openToken: tokenB, own: ownB });
+  await waitFor(() => erp.connections === 2, "the second ERP connection");
+  first.peer.close();
+  await waitFor(() => server.sessions.some((s) => s.session.state === "detached"), "the link loss to be seen");
+  assertRefused(await replayOpening(port, encodeHelloNew(ownB.publicKey, tokenB)), "a replay to the orphan");
+  assertRefused(
+    await replayOpening(port, encodeHelloNew((await createEphemeralKey()).publicKey, tokenB)),
+    "the orphan's token with another key",
+  );
+  // The real retry proves the key the first attempt derived, and gets the ERP's first bytes.
+  const retry = await openRawSession(port, { openToken: tokenB, own: ownB });
+  equal(toHex(retry.sessionId), toHex(first.sessionId));
+  deepEqual(await readText(retry.peer, "greeting"), { offset: 0, text: "greeting" });
+  equal(erp.connections, 2, "no ERP connection for the thieves");
+  retry.peer.close();
+  await waitFor(() => server.sessions.length === 2, "two sessions");
+});
+
+Deno.test("a delayed, valid but stale PROOF from an abandoned resume attempt ends only its own link", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port]));
+  const port = server.address.port;
+  const { sessionId, key, peer: first } = await openRawSession(port);
+  first.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the link loss to be seen");
+  // Attempt A gets its challenge, then its PROOF is held up in the network: the client gives up on it.
+  const abandoned = await RawPeer.connect(port);
+  const clientNonce = randomId();
+  abandoned.link.send(encodePreface());
+  abandoned.link.send(encodeHelloResume(sessionId, clientNonce));
+  await abandoned.next();
+  const challenge = await abandoned.next();
+  equal(challenge?.type, FrameType.Challenge);
+  const input = {
+    sessionId,
+    clientNonce,
+    serverNonce: challenge?.payload.slice() ?? new Uint8Array(),
+    receivedOffset: 0,
+  };
+  const staleProof = encodeProof(FrameType.Proof, await signProof(key, "client", input), 0);
+  // Attempt B resumes, and the session moves on: bytes both ways, acknowledged.
+  const { peer: live, answer } = await resumeRaw(port, sessionId, key, 0);
+  equal(answer?.type, FrameType.Resumed);
+  live.link.send(encodeData(0, new TextEncoder().encode("ping")));
+  deepEqual(await readText(live, "ping"), { offset: 0, text: "ping" });
+  live.link.send(encodeOffsetFrame(FrameType.Ack, 4));
+  await waitFor(() => server.sessions[0]?.session.bufferedBytes === 0, "the server to drop what the client has");
+  // A's PROOF arrives at last: it is valid, but claims offset 0, which is gone.
+  abandoned.link.send(staleProof);
+  const late = await abandoned.next();
+  equal(late?.type, FrameType.Reject, "the stale attempt is refused");
+  await abandoned.closedByPeer();
+  abandoned.close();
+  live.link.send(encodeData(4, new TextEncoder().encode("pong")));
+  deepEqual(await readText(live, "pong"), { offset: 4, text: "pong" }, "the live link still carries the session");
+  equal(server.sessions.length, 1);
+  equal(server.sessions[0]?.session.state, "attached");
+  live.close();
+});
+
+const python = (() => {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "sniffed open token: a replay while the real opening is still connecting to the ERP waits; it does not supersede it",
+  ignore: !python || Deno.build.os !== "linux",
+  async fn() {
+    // The first ERP server's connects hang (a full backlog), so the opening takes CONNECT_TIMEOUT to reach the second.
+    const hanging = new Deno.Command("python3", {
+      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = hanging.stdout.getReader();
+    try {
+      const hangPort = Number(new TextDecoder().decode((await reader.read()).value).trim());
+      await using erp = startErp(echo);
+      await using server = startServer(
+        serverConfig([hangPort, erp.port], { CONNECT_TIMEOUT: "500ms", SORT_METHOD: "ROUND_ROBIN" }),
+      );
+      const port = server.address.port;
+      const own = await createEphemeralKey();
+      const token = randomId();
+      const opening = openRawSession(port, { openToken: token, own });
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the real opening is connecting now
+      const thief = await RawPeer.connect(port);
+      thief.link.send(encodePreface());
+      thief.link.send(encodeHelloNew(own.publicKey, token));
+      equal((await thief.next())?.type, FrameType.Preface);
+      const answer = await thief.next();
+      equal(answer?.type, FrameType.Reject);
+      const { code, reason } = decodeReject(answer?.payload ?? new Uint8Array());
+      equal(code, RejectCode.Unavailable);
+      ok(/still connecting to an ERP server/.test(reason), reason);
+      thief.close();
+      const real = await opening; // its WELCOME arrives on its own link
+      real.peer.link.send(encodeData(0, new TextEncoder().encode("mine")));
+      deepEqual(await readText(real.peer, "mine"), { offset: 0, text: "mine" });
+      equal(erp.connections, 1);
+      real.peer.close();
+    } finally {
+      hanging.kill("SIGKILL");
+      await reader.cancel();
+      await hanging.status;
+    }
+  },
 });

@@ -2,9 +2,11 @@
  * Graceful stop: new sessions are refused, clients are told, live sessions
  * get DRAIN_TIMEOUT to finish, and whatever is left is closed with a reason.
  */
+import net from "node:net";
 import { equal, ok } from "node:assert/strict";
+import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
-import { clientConfig, serverConfig, startClient, startErp, startServer } from "../helpers/setup.ts";
+import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo } from "../helpers/apps.ts";
 
 async function roundTrip(app: Deno.Conn): Promise<void> {
@@ -55,4 +57,29 @@ Deno.test("sessions still open when the drain period ends are closed with the re
   await logs.waitFor(/broker\.client: Session \w+ closed: peer ended the session: broker-server is shutting down/);
   await logs.waitFor(/broker-server stopped; 1 sessions were still open and were closed/);
   app.close();
+});
+
+Deno.test("broker-client's stop cancels a farewell still waiting on a broker server that does not answer", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { RESUME_TIMEOUT: "60s" }));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = startClient(clientConfig([chaos.port], { CONNECT_TIMEOUT: "5s", HANDSHAKE_TIMEOUT: "5s" }));
+  const app = net.connect({ host: "127.0.0.1", port: client.address.port });
+  app.on("error", () => {});
+  const echoed = new Promise((resolve) => app.once("data", resolve));
+  app.write("hello");
+  equal(String(await echoed), "hello");
+  // The network now swallows everything: connects succeed, nothing comes back.
+  chaos.setMode("blackhole");
+  chaos.resetAll();
+  await logs.waitFor(/broker\.client: Session \w+: link lost/);
+  app.resetAndDestroy(); // Smart Client is gone while the link is down: broker-client dials to say so
+  await waitFor(() => client.sessionCount === 0, "broker-client to end the session");
+  const dialed = chaos.connections;
+  await waitFor(() => chaos.connections > dialed, "the farewell to dial");
+  const t0 = Date.now();
+  await client.close();
+  ok(Date.now() - t0 < 1_000, `broker-client stopped after ${Date.now() - t0} ms`);
+  await chaos.close();
 });

@@ -6,7 +6,9 @@
  */
 
 import {
+  decodeProof,
   decodeWelcome,
+  decodeWelcomeBack,
   encodeHelloNew,
   encodeHelloResume,
   encodePreface,
@@ -14,7 +16,15 @@ import {
   type Frame,
   FrameType,
 } from "../../src/protocol/frames.ts";
-import { createEphemeralKey, deriveResumeKey, randomId, signProof } from "../../src/protocol/resume_auth.ts";
+import {
+  createEphemeralKey,
+  deriveResumeKey,
+  type EphemeralKey,
+  randomId,
+  signProof,
+  signRetake,
+  verifyRetake,
+} from "../../src/protocol/resume_auth.ts";
 import { Link } from "../../src/session/link.ts";
 
 /** A raw link to a broker-server. */
@@ -67,24 +77,48 @@ export interface RawSession {
   sessionId: Uint8Array;
   /** Resume key. */
   key: CryptoKey;
+  /** The ephemeral key pair the opening used (a retry of the same opening uses it again). */
+  own: EphemeralKey;
+}
+
+/** Options of openRawSession. */
+export interface OpenRawOptions {
+  /** The open token; a client retrying an opening whose WELCOME it never got sends the same one again. */
+  openToken?: Uint8Array;
+  /** The ephemeral key pair; a retry of the same opening uses the first attempt's. */
+  own?: EphemeralKey;
 }
 
 /**
- * Opens a session the way broker-client does; a client retrying an opening
- * whose WELCOME it never got sends the same `openToken` again.
+ * Opens a session the way broker-client does. When the server answers with
+ * WELCOME_BACK (the opening was retried), proves the resume key the first
+ * attempt derived and waits for the server's RESUMED.
  */
-export async function openRawSession(port: number, openToken = randomId()): Promise<RawSession> {
+export async function openRawSession(port: number, options: OpenRawOptions = {}): Promise<RawSession> {
+  const openToken = options.openToken ?? randomId();
+  const own = options.own ?? await createEphemeralKey();
   const peer = await RawPeer.connect(port);
-  const own = await createEphemeralKey();
   peer.link.send(encodePreface());
   peer.link.send(encodeHelloNew(own.publicKey, openToken));
   const preface = await peer.next();
   if (preface?.type !== FrameType.Preface) throw new Error("expected the server's preface");
-  const welcomeFrame = await peer.next();
-  if (welcomeFrame?.type !== FrameType.Welcome) throw new Error(`expected WELCOME, got ${welcomeFrame?.type}`);
-  const welcome = decodeWelcome(welcomeFrame.payload);
+  const frame = await peer.next();
+  if (frame?.type !== FrameType.Welcome && frame?.type !== FrameType.WelcomeBack) {
+    throw new Error(`expected WELCOME, got ${frame?.type}`);
+  }
+  const back = frame.type === FrameType.WelcomeBack ? decodeWelcomeBack(frame.payload) : null;
+  const welcome = back ? back.welcome : decodeWelcome(frame.payload);
   const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
-  return { peer, sessionId: welcome.sessionId, key };
+  if (back) {
+    const input = { sessionId: welcome.sessionId, openToken, serverNonce: back.serverNonce };
+    peer.link.send(encodeProof(FrameType.Proof, await signRetake(key, "client", input), 0));
+    const answer = await peer.next();
+    if (answer?.type !== FrameType.Resumed) throw new Error(`expected RESUMED, got ${answer?.type}`);
+    if (!await verifyRetake(key, "server", input, decodeProof(answer.payload).mac)) {
+      throw new Error("the server's RESUMED does not prove the session's key");
+    }
+  }
+  return { peer, sessionId: welcome.sessionId, key, own };
 }
 
 /**

@@ -5,11 +5,13 @@ import {
   decodeProof,
   decodeReject,
   decodeWelcome,
+  decodeWelcomeBack,
   encodeAbort,
   encodeChallenge,
   encodeClose,
   encodeData,
   encodeDataHeader,
+  encodeGoAway,
   encodeHelloNew,
   encodeHelloResume,
   encodeOffsetFrame,
@@ -17,6 +19,7 @@ import {
   encodeProof,
   encodeReject,
   encodeWelcome,
+  encodeWelcomeBack,
   type Frame,
   FrameDecoder,
   FrameType,
@@ -114,6 +117,21 @@ Deno.test("decoded handshake payloads round-trip", () => {
   const withProof = decodeWelcome(encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3)).subarray(5));
   equal(hex(withProof.admissionMac ?? new Uint8Array()), "03".repeat(32));
   throws(() => decodeWelcome(new Uint8Array(70)), /Malformed WELCOME: 70 bytes, expected 64 or 96/);
+  // u32 fields refuse what they cannot hold instead of wrapping around.
+  throws(
+    () => encodeWelcome(fill(16, 1), fill(32, 2), { ...timers, resumeTimeoutMs: 2 ** 32 }),
+    { name: "RangeError", message: "Cannot encode resumeTimeoutMs 4294967296: expected an integer in 0..2^32-1" },
+  );
+  throws(() => encodeGoAway(-1, "bye"), /Cannot encode drain time -1/);
+  // WELCOME_BACK: the server's nonce, then the WELCOME payload as it was, admission proof included.
+  const welcome = encodeWelcome(fill(16, 1), fill(32, 2), timers, fill(32, 3));
+  const back = encodeWelcomeBack(fill(16, 4), welcome);
+  equal(hex(back), "07" + "00000070" + "04".repeat(16) + hex(welcome.subarray(5)));
+  const decoded = decodeWelcomeBack(back.subarray(5));
+  equal(hex(decoded.serverNonce), "04".repeat(16));
+  equal(hex(decoded.welcomePayload), hex(welcome.subarray(5)));
+  deepEqual(decoded.welcome, decodeWelcome(welcome.subarray(5)));
+  throws(() => encodeWelcomeBack(fill(16, 4), encodeChallenge(fill(16, 1))), /around frame type 4/);
   const p = decodeProof(encodeProof(FrameType.Resumed, fill(32, 9), 2 ** 40).subarray(5));
   equal(hex(p.mac), "09".repeat(32));
   equal(p.receivedOffset, 2 ** 40);

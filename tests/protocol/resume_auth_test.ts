@@ -4,7 +4,9 @@ import {
   deriveResumeKey,
   randomId,
   signProof,
+  signRetake,
   verifyProof,
+  verifyRetake,
 } from "../../src/protocol/resume_auth.ts";
 
 async function pair() {
@@ -46,4 +48,18 @@ Deno.test("another session's key does not verify", async () => {
   const proof = await signProof(a.clientKey, "client", input);
   equal(await verifyProof(b.serverKey, "client", input, proof), false);
   notDeepEqual(a.client.publicKey, b.client.publicKey);
+});
+
+Deno.test("a retake proof needs the session's key and is bound to the server's nonce, the token and the role", async () => {
+  const { sessionId, clientKey, serverKey } = await pair();
+  const other = await pair();
+  const input = { sessionId, openToken: randomId(), serverNonce: randomId() };
+  const proof = await signRetake(clientKey, "client", input);
+  equal(await verifyRetake(serverKey, "client", input, proof), true);
+  equal(await verifyRetake(serverKey, "client", { ...input, serverNonce: randomId() }, proof), false, "replayed");
+  equal(await verifyRetake(serverKey, "client", { ...input, openToken: randomId() }, proof), false);
+  equal(await verifyRetake(serverKey, "server", input, proof), false, "a client proof is not a server proof");
+  equal(await verifyRetake(other.serverKey, "client", input, proof), false, "another key");
+  const resume = { sessionId, clientNonce: input.openToken, serverNonce: input.serverNonce, receivedOffset: 0 };
+  equal(await verifyProof(serverKey, "client", resume, proof), false, "a retake proof is not a resume proof");
 });
