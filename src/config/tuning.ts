@@ -21,6 +21,11 @@ export interface SessionTuning {
   replayBufferBytes: number;
   /** Time allowed for one TCP connect (ms). */
   connectTimeoutMs: number;
+  /**
+   * How long broker-server holds a new session whose client never showed
+   * that it got the welcome, once its link is gone (ms; at most the resume window).
+   */
+  unconfirmedTimeoutMs: number;
 }
 
 /** The defaults: 180 s window, 2 s heartbeat, 6 s dead link, 4 MiB replay cap. */
@@ -31,6 +36,7 @@ export const DEFAULT_TUNING: Readonly<SessionTuning> = Object.freeze({
   handshakeTimeoutMs: 10_000,
   replayBufferBytes: 4 * 1024 * 1024,
   connectTimeoutMs: 5_000,
+  unconfirmedTimeoutMs: 30_000,
 });
 
 /** Smallest replay cap accepted: below it throughput collapses. */
@@ -104,6 +110,7 @@ export function readTuning(section: SectionReader): SessionTuning {
     handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
     replayBufferBytes: readReplayBufferSize(section),
     connectTimeoutMs: readDuration(section, "CONNECT_TIMEOUT", DEFAULT_TUNING.connectTimeoutMs),
+    unconfirmedTimeoutMs: readDuration(section, "UNCONFIRMED_TIMEOUT", DEFAULT_TUNING.unconfirmedTimeoutMs),
   };
   if (tuning.linkTimeoutMs < 2 * tuning.heartbeatIntervalMs) {
     throw section.error(

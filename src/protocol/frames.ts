@@ -116,15 +116,18 @@ export class ProtocolError extends Error {
   override name = "ProtocolError";
 }
 
+/** Size of a WELCOME payload without the optional admission proof: id, key, three u32 timers and the u32 cap. */
+const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 16;
+
 /** Exact payload sizes of fixed-size frames; -1 means "at least the minimum". */
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.HelloNew]: [PUBLIC_KEY_SIZE + ID_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
-  [FrameType.Welcome]: [ID_SIZE + PUBLIC_KEY_SIZE + 16, false],
+  [FrameType.Welcome]: [WELCOME_SIZE, false],
   [FrameType.Challenge]: [ID_SIZE, true],
   [FrameType.Proof]: [MAC_SIZE + 8, true],
   [FrameType.Resumed]: [MAC_SIZE + 8, true],
-  [FrameType.WelcomeBack]: [ID_SIZE + ID_SIZE + PUBLIC_KEY_SIZE + 12, false],
+  [FrameType.WelcomeBack]: [ID_SIZE + WELCOME_SIZE, false],
   [FrameType.Data]: [9, false],
   [FrameType.Ack]: [8, true],
   [FrameType.Heartbeat]: [8, true],
@@ -221,9 +224,6 @@ export function encodeHelloResume(sessionId: Uint8Array, clientNonce: Uint8Array
   checkSize("client nonce", clientNonce, ID_SIZE);
   return frameWithBytes(FrameType.HelloResume, sessionId, clientNonce);
 }
-
-/** Size of a WELCOME payload without the optional admission proof. */
-const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 16;
 
 /** Session parameters the server dictates in WELCOME. */
 export interface WelcomeTimers {

@@ -68,6 +68,8 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   HEARTBEAT_INTERVAL     heartbeat on quiet links (default 2 s)
   LINK_TIMEOUT           silent link declared dead after (default 6 s)
   HANDSHAKE_TIMEOUT      time a new link has to introduce itself (default 10 s)
+  UNCONFIRMED_TIMEOUT    how long a new session whose client never confirmed
+                         the welcome keeps its ERP connection (default 30 s)
   CONNECT_TIMEOUT        time allowed to connect to an ERP server (default 5 s)
   REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session and direction
                          (default 4M; "512K", "16M")

@@ -315,6 +315,7 @@ export class BrokerServer {
       replayBufferBytes: t.replayBufferBytes,
       // The client's cap is at most ours (WELCOME tells it ours).
       receiveWindowBytes: t.replayBufferBytes,
+      unconfirmedTimeoutMs: t.unconfirmedTimeoutMs,
     };
   }
 

@@ -64,6 +64,12 @@ export interface SessionTimers {
    * local socket (the peer's cap). 0 while no DATA may arrive yet.
    */
   receiveWindowBytes: number;
+  /**
+   * Resume window of a session its client never confirmed (it may have gone
+   * to another broker server): it does not hold an ERP connection for the
+   * whole window (ms; the resume window when absent).
+   */
+  unconfirmedTimeoutMs?: number;
 }
 
 /** How a session ended. */
@@ -127,8 +133,6 @@ const LINK_HIGH_WATER = 1024 * 1024;
  * buffers it keeps alive stay below this; beyond it payloads are copied.
  */
 const LENT_BUFFERS_BUDGET = 2 * 1024 * 1024;
-/** An unconfirmed session (the client never showed it got the WELCOME) waits at most this long for its client (ms). */
-export const UNCONFIRMED_WINDOW_MS = 30_000;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 
@@ -361,11 +365,9 @@ export class Session {
     this.#dropLink();
     if (this.#state === "closed") return;
     this.#setState("detached");
-    // A session its client never confirmed may belong to a client that went
-    // elsewhere: it does not hold an ERP connection for the whole window.
     const window = this.#confirmed
       ? this.#timers.resumeTimeoutMs
-      : Math.min(this.#timers.resumeTimeoutMs, UNCONFIRMED_WINDOW_MS);
+      : Math.min(this.#timers.resumeTimeoutMs, this.#timers.unconfirmedTimeoutMs ?? Infinity);
     this.#windowTimer = setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
     }, window);
