@@ -14,6 +14,7 @@ import {
   decodeProof,
   encodeChallenge,
   encodeClose,
+  encodeOffsetFrame,
   encodePreface,
   encodeProof,
   encodeReject,
@@ -794,9 +795,12 @@ export class BrokerServer {
         await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.end.reason}`);
         return;
       }
-      // It ended cleanly while the client was away: confirm the final offset and close.
+      // It ended cleanly while the client was away: confirm the final offset,
+      // acknowledge it (a clean end means the ERP took every byte and the FIN:
+      // the ACKs that said so may have been lost with the last link), and close.
       const mac = await signProof(key, "server", { ...input, receivedOffset: ended.received });
       link.send(encodeProof(FrameType.Resumed, mac, ended.received));
+      link.send(encodeOffsetFrame(FrameType.Ack, ended.received));
       link.send(encodeClose());
       await link.closeAfterFlush();
       return;

@@ -90,7 +90,22 @@ Deno.test(`${SESSIONS} sessions x ${BYTES >> 20} MiB each way survive random res
   // through one more resume, if the last fault hit it) and leave nothing behind.
   chaos.setDelay(0);
   chaos.dropFrozen();
-  await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to finish");
+  await deadline(
+    waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to finish", 20_000),
+    30_000,
+    () =>
+      `sessions left: server ${
+        server.sessions.map((e) =>
+          `${
+            e.id.slice(0, 8)
+          } ${e.session.state} buffered ${e.session.bufferedBytes} pending ${e.session.pendingLocalBytes} received ${e.session.received}`
+        ).join("; ")
+      }; client ${
+        client.sessions.map((s) =>
+          `${s.state} buffered ${s.bufferedBytes} pending ${s.pendingLocalBytes} received ${s.received}`
+        ).join("; ")
+      }`,
+  );
   await chaos.close();
 
   for (const r of results) {

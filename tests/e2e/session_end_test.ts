@@ -4,7 +4,7 @@
  * connection.
  */
 import { equal } from "node:assert/strict";
-import { encodeOffsetFrame, FrameType, readU64 } from "../../src/protocol/frames.ts";
+import { encodeData, encodeOffsetFrame, FrameType, readU64 } from "../../src/protocol/frames.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { serverConfig, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { readExactly } from "../helpers/apps.ts";
@@ -65,4 +65,30 @@ Deno.test("an unconfirmed session whose client vanished frees its ERP connection
   const held = Date.now() - detachedAt;
   equal(held < 3_000, true, `held ${held} ms (UNCONFIRMED_TIMEOUT 1 s), not the 10 min window`);
   await erp.firstEnded;
+});
+
+Deno.test("a session that ended cleanly while the client was away: the resume gets the final ACK, then CLOSE", async () => {
+  await using erp = startErp(async (conn) => {
+    await readExactly(conn, 2);
+    await conn.closeWrite();
+    while (await conn.read(new Uint8Array(64)) !== null) { /* to the client's FIN */ }
+  });
+  await using server = startServer(serverConfig([erp.port], { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" }));
+  const raw = await openRawSession(server.address.port);
+  raw.peer.link.send(encodeData(0, new TextEncoder().encode("hi")));
+  raw.peer.link.send(encodeOffsetFrame(FrameType.Fin, 2));
+  // The server's FIN (its stream is empty) arrives; acknowledging it lets the server finish.
+  for (let f; (f = await raw.peer.next()) !== null && f.type !== FrameType.Fin;) { /* ACKs, heartbeats */ }
+  raw.peer.link.send(encodeOffsetFrame(FrameType.Ack, 1));
+  // Suppose the link broke here: whatever the server sent after our ACK (its last ACK, CLOSE) is lost.
+  raw.peer.close();
+  await waitFor(() => server.sessions.length === 0, "the server to finish the session");
+
+  const { peer, answer } = await resumeRaw(server.address.port, raw.sessionId, raw.key, 1);
+  equal(answer?.type, FrameType.Resumed);
+  const ack = await peer.next();
+  equal(ack?.type, FrameType.Ack, "the final acknowledgement comes before the goodbye");
+  equal(readU64(ack?.payload as Uint8Array, 0), 3, "our 2 bytes and our FIN");
+  equal((await peer.next())?.type, FrameType.Close);
+  peer.close();
 });
