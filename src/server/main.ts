@@ -78,7 +78,7 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
   LINK_TLS_CERT/_KEY     TLS on the link: PEM certificate and key files
   MAX_SESSIONS (5000), MAX_HANDSHAKES (500), NEW_SESSIONS_PER_MINUTE (6000 per
-  source address), MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
+  source: IPv4 address, IPv6 /64), MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
   DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
                          10s; 0 ends them at once)
   STATUS_PORT            status page, /status.json and /metrics (default 8404;

@@ -38,7 +38,7 @@ import {
   verifyAdmission,
   verifyProof,
 } from "../protocol/resume_auth.ts";
-import { RateLimiter } from "./rate_limit.ts";
+import { RateLimiter, sourceOf } from "./rate_limit.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
@@ -381,7 +381,7 @@ export class BrokerServer {
       }
       const hello = await read("hello");
       if (!hello) return;
-      if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello, read);
+      if (hello.type === FrameType.HelloNew) await this.#openSession(link, sourceOf(remote.hostname), hello, read);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
@@ -427,22 +427,27 @@ export class BrokerServer {
     return this.#bufferedSum.bytes;
   }
 
-  /** Why a new session must be refused now, or null. */
-  #refuseNewSession(link: Link): string | null {
+  /**
+   * Why a new session from `source` must be refused now, or null. The rate
+   * limit is only looked at here: its token is taken once the client has
+   * proved the admission key (see #takeNewSessionToken).
+   */
+  #refuseNewSession(source: string): string | null {
     const limits = this.#config.limits;
     if (this.#stopping) return "broker-server is shutting down and takes no new sessions";
     if (this.#sessions.size >= limits.maxSessions) {
       return `broker-server is at its limit of ${limits.maxSessions} sessions (MAX_SESSIONS)`;
     }
-    const address = link.peer.replace(/:\d+$/, "");
-    if (!this.#rates.take(address)) {
-      return `too many new sessions from ${address}: the limit is ${limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
-    }
+    if (!this.#rates.allows(source)) return this.#tooManyNewSessions(source);
     const buffered = this.#bufferedBytes();
     if (buffered >= limits.maxBufferedBytes) {
       return `broker-server buffers ${buffered} bytes for detached or slow sessions, its limit (MAX_BUFFERED): new sessions wait until that drains`;
     }
     return null;
+  }
+
+  #tooManyNewSessions(source: string): string {
+    return `too many new sessions from ${source}: the limit is ${this.#config.limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
   }
 
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
@@ -494,7 +499,12 @@ export class BrokerServer {
     return { errors: notes.length > 0 ? notes : ["no ERP server is configured"] };
   }
 
-  async #openSession(link: Link, hello: Frame, read: (what: string) => Promise<Frame | null>): Promise<void> {
+  async #openSession(
+    link: Link,
+    source: string,
+    hello: Frame,
+    read: (what: string) => Promise<Frame | null>,
+  ): Promise<void> {
     const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
     const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
     // A repeated token means the client never got an earlier WELCOME. If that
@@ -503,7 +513,8 @@ export class BrokerServer {
     // connecting, that attempt gives way to this one.
     const openToken = toHex(openTokenBytes);
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
-    const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(link);
+    const isRetake = this.#orphan(openToken) !== undefined;
+    const refusal = isRetake ? null : this.#refuseNewSession(source);
     if (refusal) {
       await this.#reject(link, RejectCode.Unavailable, refusal);
       return;
@@ -528,6 +539,11 @@ export class BrokerServer {
         );
         return;
       }
+    }
+    // Only a client that proved the key spends its source's budget: a wrong key must not use up the right one's.
+    if (!this.#orphan(openToken) && !this.#rates.take(source)) {
+      await this.#reject(link, RejectCode.Unavailable, this.#tooManyNewSessions(source));
+      return;
     }
     // Keys first: a bad public key must not cost an ERP connection. A retaken
     // session keeps its id (the client never learnt it) but gets a new key.

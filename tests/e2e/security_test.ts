@@ -12,6 +12,7 @@ import {
   encodePreface,
   encodeProof,
   FrameType,
+  type FrameTypeValue,
   RejectCode,
 } from "../../src/protocol/frames.ts";
 import {
@@ -235,6 +236,42 @@ Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reas
     await logs.waitFor(/too many new sessions from 127\.0\.0\.1: the limit is 2 per minute/);
     await waitFor(() => server.sessions.length === 0, "sessions to end");
   }
+});
+
+/** Opens a session over a raw link proving the admission `key`; returns the server's answer to the proof. */
+async function openWithAdmission(port: number, key: CryptoKey): Promise<FrameTypeValue | undefined> {
+  const peer = await RawPeer.connect(port);
+  const own = await createEphemeralKey();
+  const openToken = randomId();
+  peer.link.send(encodePreface());
+  peer.link.send(encodeHelloNew(own.publicKey, openToken));
+  await peer.next();
+  const challenge = await peer.next();
+  if (challenge?.type !== FrameType.Challenge) {
+    peer.close();
+    return challenge?.type;
+  }
+  const input = { clientPublicKey: own.publicKey, openToken, serverNonce: challenge.payload.slice() };
+  peer.link.send(encodeProof(FrameType.Proof, await signAdmission(key, "client", input), 0));
+  const answer = await peer.next();
+  peer.close();
+  return answer?.type;
+}
+
+Deno.test("limits: clients with a wrong admission key do not spend the right ones' NEW_SESSIONS_PER_MINUTE", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], { ADMISSION_KEY: ADMISSION, NEW_SESSIONS_PER_MINUTE: "2" }),
+  );
+  const wrong = await importAdmissionKey("a different long secret");
+  for (let i = 0; i < 5; i++) equal(await openWithAdmission(server.address.port, wrong), FrameType.Reject);
+  const right = await importAdmissionKey(ADMISSION);
+  equal(await openWithAdmission(server.address.port, right), FrameType.Welcome, "the first right client");
+  equal(await openWithAdmission(server.address.port, right), FrameType.Welcome, "the second right client");
+  equal(await openWithAdmission(server.address.port, right), FrameType.Reject, "the third is over the limit");
+  await logs.waitFor(/too many new sessions from 127\.0\.0\.1: the limit is 2 per minute/);
+  equal(server.sessions.length, 2);
 });
 
 Deno.test("limits: MAX_BUFFERED refuses new sessions while bytes pile up for a slow ERP server, and admits them again", async () => {
