@@ -11,6 +11,7 @@ import { loadServerConfig, type ServerConfig } from "../config/server_config.ts"
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import {
+  CLIENT_HANDSHAKE_LIMITS,
   decodeProof,
   encodeChallenge,
   encodeClose,
@@ -362,7 +363,8 @@ export class BrokerServer {
 
   async #handshake(conn: Deno.Conn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const link = new Link(conn, formatHostPort(remote), { maxPayload: this.#config.limits.maxFrameBytes });
+    // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
+    const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
     this.#handshaking.add(link);
     const deadline = this.#now() + this.#config.tuning.handshakeTimeoutMs;
     const read = (what: string) => link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
@@ -569,8 +571,8 @@ export class BrokerServer {
       link.send(frame);
       retaken.key = key;
       retaken.client = link.peer;
+      this.#adopt(link);
       retaken.session.attach(link, 0, true);
-      this.#adopted.add(link);
       log.info(
         "Session {session}: the client retried opening it (the welcome was lost); {client} carries on with the same ERP connection",
         { session: shortId(retaken.id), client: link.peer },
@@ -640,8 +642,8 @@ export class BrokerServer {
     this.#stats.sessionsOpened++;
     this.#opening.set(openToken, { attempt, entry });
     entry.session.start();
+    this.#adopt(link);
     entry.session.attach(link, 0);
-    this.#adopted.add(link);
     log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
       session: shortId(id),
       client: link.peer,
@@ -649,6 +651,12 @@ export class BrokerServer {
       address: formatHostPort(backend.backend.server),
       decision: backend.decision,
     });
+  }
+
+  /** Marks `link` as a session's from now on: the handshake leaves it open, and it takes every frame a session uses. */
+  #adopt(link: Link): void {
+    this.#adopted.add(link);
+    link.setFrameLimits({ maxPayload: this.#config.limits.maxFrameBytes });
   }
 
   /** The unconfirmed session an earlier attempt with `openToken` opened, if it is still there. */
@@ -739,8 +747,8 @@ export class BrokerServer {
       return;
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
+    this.#adopt(link);
     const replayed = session.attach(link, proof.receivedOffset);
-    this.#adopted.add(link);
     if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;
