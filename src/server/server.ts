@@ -40,10 +40,11 @@ import {
   verifyProof,
 } from "../protocol/resume_auth.ts";
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
+import { HandshakeAdmission } from "./admission.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
-import { closeQuietly, describeError, dialTcp, within } from "../session/transport.ts";
+import { describeError, dialTcp, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
@@ -51,6 +52,13 @@ import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
 
 const log = logger("server");
+
+/**
+ * A link must have sent its hello within this (or HANDSHAKE_TIMEOUT when
+ * shorter): broker-client sends it right after connecting, so only links
+ * that say nothing, or dribble, are cut short by it.
+ */
+const HELLO_TIMEOUT_MS = 2_000;
 
 /** Most tombstones kept; the oldest go first. */
 const MAX_TOMBSTONES = 10_000;
@@ -105,7 +113,9 @@ export class BrokerServer {
   #listener: Deno.Listener | null = null;
   #sessions = new Map<string, Entry>();
   #tombstones = new Map<string, Tombstone>();
-  #handshaking = new Set<Link>();
+  #handshaking = new HandshakeAdmission<Link>();
+  #evicted = new WeakSet<Link>();
+  #crowdLogged = { at: -Infinity, dropped: 0 };
   /**
    * Open attempts by the client's open token, until the client confirms the
    * session: the latest attempt number, and the session it opened if any.
@@ -122,7 +132,6 @@ export class BrokerServer {
   #drained: (() => void) | null = null;
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
-  #handshakeLimitLogged = 0;
   #bufferedSum = { at: -Infinity, bytes: 0 };
   #adopted = new WeakSet<Link>();
 
@@ -341,21 +350,6 @@ export class BrokerServer {
         log.error("Cannot accept a link: {error}", { error: describeError(err) });
         continue;
       }
-      if (this.#handshaking.size >= this.#config.limits.maxHandshakes) {
-        // Links that connect and say nothing must not crowd out real users.
-        this.#stats.linksRefused++;
-        closeQuietly(conn);
-        if (this.#now() - this.#handshakeLimitLogged > 10_000) {
-          this.#handshakeLimitLogged = this.#now();
-          log.warn(
-            "MAX_HANDSHAKES ({limit}) links are introducing themselves at once: dropping new links until some finish",
-            {
-              limit: this.#config.limits.maxHandshakes,
-            },
-          );
-        }
-        continue;
-      }
       (conn as Deno.TcpConn).setNoDelay?.(true);
       this.#handshake(conn);
     }
@@ -365,11 +359,14 @@ export class BrokerServer {
     const remote = conn.remoteAddr as Deno.NetAddr;
     // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
     const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
-    this.#handshaking.add(link);
-    const deadline = this.#now() + this.#config.tuning.handshakeTimeoutMs;
-    const read = (what: string) => link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
+    this.#admit(link, sourceOf(remote.hostname));
+    const started = this.#now();
+    const deadline = started + this.#config.tuning.handshakeTimeoutMs;
+    const helloBy = started + Math.min(this.#config.tuning.handshakeTimeoutMs, HELLO_TIMEOUT_MS);
+    const readBy = (by: number, what: string) => link.readFrameWithin(Math.max(1, by - this.#now()), what);
+    const read = (what: string) => readBy(deadline, what);
     try {
-      const preface = await read("preface");
+      const preface = await readBy(helloBy, "preface");
       if (!preface) return;
       const version = preface.payload[0];
       link.send(encodePreface());
@@ -381,25 +378,58 @@ export class BrokerServer {
         );
         return;
       }
-      const hello = await read("hello");
+      const hello = await readBy(helloBy, "hello");
       if (!hello) return;
+      this.#handshaking.spoke(link);
       if (hello.type === FrameType.HelloNew) await this.#openSession(link, sourceOf(remote.hostname), hello, read);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
+      link.close();
+      // An evicted link was counted, and its crowd logged, when it made room.
+      if (this.#evicted.has(link)) return;
       this.#stats.linksRefused++;
       log.warn("Dropped link from {peer} during handshake: {reason}{hint}", {
         peer: link.peer,
         reason: describeError(err),
         hint: this.#tlsHint(err),
       });
-      link.close();
     } finally {
-      this.#handshaking.delete(link);
+      this.#handshaking.remove(link);
       // A link that did not become a session's (refused, ended, or the peer
       // went quiet) is closed here, whatever path the handshake took.
       if (!this.#adopted.has(link)) link.close();
     }
+  }
+
+  /** Counts a new link in handshake; the links it displaces are closed (see HandshakeAdmission). */
+  #admit(link: Link, source: string): void {
+    const limits = this.#config.limits;
+    const { evicted, cap } = this.#handshaking.admit(link, source, {
+      total: limits.maxHandshakes,
+      perSource: limits.maxHandshakesPerAddress,
+    });
+    for (const old of evicted) this.#evict(old);
+    if (!cap) return;
+    // One line per 10 s at most: a flood must not flood the log too.
+    const now = this.#now();
+    if (now - this.#crowdLogged.at < 10_000) return;
+    const dropped = this.#crowdLogged.dropped;
+    this.#crowdLogged = { at: now, dropped: 0 };
+    log.warn(
+      cap === "perSource"
+        ? "MAX_HANDSHAKES_PER_ADDRESS ({limit}) links from {source} are introducing themselves at once: its oldest make room for its newest ({dropped} more dropped since the last such line)"
+        : "MAX_HANDSHAKES ({limit}) links that resume no session are introducing themselves at once: the oldest of the busiest source make room ({dropped} more dropped since the last such line)",
+      { limit: cap === "perSource" ? limits.maxHandshakesPerAddress : limits.maxHandshakes, source, dropped },
+    );
+  }
+
+  /** Closes a link in handshake to make room for another. */
+  #evict(link: Link): void {
+    this.#evicted.add(link);
+    this.#stats.linksRefused++;
+    this.#crowdLogged.dropped++;
+    link.close();
   }
 
   /** A hint when a link failed because one side uses TLS and the other does not. */
@@ -699,6 +729,8 @@ export class BrokerServer {
       );
       return;
     }
+    // It names a session we hold: idle and new links no longer compete with it.
+    for (const older of this.#handshaking.resuming(link, id)) this.#evict(older);
     const serverNonce = randomId();
     link.send(encodeChallenge(serverNonce));
     const proofFrame = await read("resume proof");
