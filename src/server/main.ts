@@ -19,6 +19,7 @@ import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
+import { descriptorsNeeded, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
@@ -206,6 +207,20 @@ async function runBroker(
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
   for (const w of config.warnings) log.warn(w);
+  const fileLimit = openFileLimit();
+  const needed = descriptorsNeeded(config.limits);
+  if (fileLimit !== null && fileLimit < needed) {
+    log.warn(
+      "The open-file limit is {limit}, below the {needed} descriptors that MAX_SESSIONS ({sessions}) and MAX_HANDSHAKES ({handshakes}) can take: {advice}",
+      {
+        limit: fileLimit,
+        needed,
+        sessions: config.limits.maxSessions,
+        handshakes: config.limits.maxHandshakes,
+        advice: SERVER_DESCRIPTOR_ADVICE,
+      },
+    );
+  }
   const server = new BrokerServer(config);
   try {
     server.listen();

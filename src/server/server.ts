@@ -42,6 +42,7 @@ import {
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
 import { HandshakeAdmission } from "./admission.ts";
 import { Link } from "../session/link.ts";
+import { sleep } from "../session/backoff.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
 import { describeError, dialTcp, within } from "../session/transport.ts";
@@ -50,6 +51,7 @@ import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
+import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 
 const log = logger("server");
 
@@ -341,15 +343,25 @@ export class BrokerServer {
   }
 
   async #accept(listener: Deno.Listener): Promise<void> {
+    const errors = new AcceptErrors({
+      what: "links",
+      advice: SERVER_DESCRIPTOR_ADVICE,
+      openFileLimit: openFileLimit(),
+      now: this.#now,
+    });
     for (;;) {
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (err) {
         if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
-        log.error("Cannot accept a link: {error}", { error: describeError(err) });
+        const { delayMs, note } = errors.failed(err);
+        if (note) log[note.level](note.message, note.fields);
+        if (delayMs > 0) await sleep(delayMs, this.#shutdown.signal);
         continue;
       }
+      const recovered = errors.succeeded();
+      if (recovered) log[recovered.level](recovered.message, recovered.fields);
       (conn as Deno.TcpConn).setNoDelay?.(true);
       this.#handshake(conn);
     }
