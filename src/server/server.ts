@@ -371,7 +371,8 @@ export class BrokerServer {
     const remote = conn.remoteAddr as Deno.NetAddr;
     // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
     const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
-    this.#admit(link, sourceOf(remote.hostname));
+    const source = sourceOf(remote.hostname);
+    this.#admit(link, source);
     const started = this.#now();
     const deadline = started + this.#config.tuning.handshakeTimeoutMs;
     const helloBy = started + Math.min(this.#config.tuning.handshakeTimeoutMs, HELLO_TIMEOUT_MS);
@@ -393,7 +394,7 @@ export class BrokerServer {
       const hello = await readBy(helloBy, "hello");
       if (!hello) return;
       this.#handshaking.spoke(link);
-      if (hello.type === FrameType.HelloNew) await this.#openSession(link, sourceOf(remote.hostname), hello, read);
+      if (hello.type === FrameType.HelloNew) await this.#openSession(link, source, hello, read);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
@@ -473,8 +474,8 @@ export class BrokerServer {
 
   /**
    * Why a new session from `source` must be refused now, or null. The rate
-   * limit is only looked at here: its token is taken once the client has
-   * proved the admission key (see #takeNewSessionToken).
+   * limit is only looked at here: #openSession takes its token once the
+   * client has proved the admission key.
    */
   #refuseNewSession(source: string): string | null {
     const limits = this.#config.limits;
@@ -495,6 +496,7 @@ export class BrokerServer {
   }
 
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
+    if (this.#evicted.has(link)) return; // closed already, and counted when it made room
     this.#stats.linksRefused++;
     log.warn("Refused link from {peer}: {reason}", { peer: link.peer, reason });
     link.send(encodeReject(code, reason));
@@ -557,8 +559,7 @@ export class BrokerServer {
     // connecting, that attempt gives way to this one.
     const openToken = toHex(openTokenBytes);
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
-    const isRetake = this.#orphan(openToken) !== undefined;
-    const refusal = isRetake ? null : this.#refuseNewSession(source);
+    const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(source);
     if (refusal) {
       await this.#reject(link, RejectCode.Unavailable, refusal);
       return;
