@@ -52,6 +52,7 @@ import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
+import { LogBudget } from "../ops/log_budget.ts";
 
 const log = logger("server");
 
@@ -118,6 +119,9 @@ export class BrokerServer {
   #handshaking = new HandshakeAdmission<Link>();
   #evicted = new WeakSet<Link>();
   #crowdLogged = { at: -Infinity, dropped: 0 };
+  /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
+  #dropLog: LogBudget;
+  #refusalLog: LogBudget;
   /**
    * Open attempts by the client's open token, until the client confirms the
    * session: the latest attempt number, and the session it opened if any.
@@ -145,6 +149,8 @@ export class BrokerServer {
     this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
     this.#stats = new ServerStats(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
+    this.#dropLog = new LogBudget(20, 10_000, this.#now);
+    this.#refusalLog = new LogBudget(20, 10_000, this.#now);
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
@@ -402,10 +408,13 @@ export class BrokerServer {
       // An evicted link was counted, and its crowd logged, when it made room.
       if (this.#evicted.has(link)) return;
       this.#stats.linksRefused++;
-      log.warn("Dropped link from {peer} during handshake: {reason}{hint}", {
+      const heldBack = this.#dropLog.spend();
+      if (heldBack === null) return;
+      log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
         peer: link.peer,
         reason: describeError(err),
         hint: this.#tlsHint(err),
+        heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
       });
     } finally {
       this.#handshaking.remove(link);
@@ -498,7 +507,14 @@ export class BrokerServer {
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
     if (this.#evicted.has(link)) return; // closed already, and counted when it made room
     this.#stats.linksRefused++;
-    log.warn("Refused link from {peer}: {reason}", { peer: link.peer, reason });
+    const heldBack = this.#refusalLog.spend();
+    if (heldBack !== null) {
+      log.warn("Refused link from {peer}: {reason}{heldBack}", {
+        peer: link.peer,
+        reason,
+        heldBack: heldBack > 0 ? ` (${heldBack} more links were refused before this one)` : "",
+      });
+    }
     link.send(encodeReject(code, reason));
     await link.closeAfterFlush();
   }

@@ -347,6 +347,9 @@ Deno.test(`slowloris: ${SLOW_LINKS} links that dribble or say nothing are droppe
   ok(Date.now() - t0 < 12_000, `done after ${Date.now() - t0} ms`);
   await logs.waitFor(/MAX_HANDSHAKES_PER_ADDRESS \(\d+\) links from 127\.0\.0\.1 are introducing themselves at once/);
   await logs.waitFor(/No preface from .* within|No hello from .* within/);
+  // Peers can make handshakes fail at will: the log gets a sample, not a line per link.
+  const dropLines = logs.lines.filter((l) => /Dropped link from/.test(l)).length;
+  ok(dropLines <= 20, `${dropLines} lines about links dropped during their handshake`);
   equal(await roundTrip(app, "still here"), "still here");
   app.close();
   for (const conn of slow) conn.close();
