@@ -10,6 +10,7 @@
 import type { ClientConfig } from "../config/client_config.ts";
 import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
+import { AcceptErrors, openFileLimit } from "../ops/accept_errors.ts";
 import {
   decodeProof,
   decodeReject,
@@ -148,15 +149,26 @@ export class BrokerClient {
   }
 
   async #accept(listener: Deno.TcpListener): Promise<void> {
+    const errors = new AcceptErrors({
+      what: "Smart Client connections",
+      advice:
+        "raise the limit (ulimit -n in the shell that starts broker-client), or close programs that hold many files",
+      openFileLimit: openFileLimit(),
+      now: this.#now,
+    });
     for (;;) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
       } catch (err) {
         if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
-        log.error("Cannot accept a Smart Client connection: {error}", { error: describeError(err) });
+        const { delayMs, note } = errors.failed(err);
+        if (note) log[note.level](note.message, note.fields);
+        if (delayMs > 0) await sleep(delayMs, this.#shutdown.signal);
         continue;
       }
+      const recovered = errors.succeeded();
+      if (recovered) log[recovered.level](recovered.message, recovered.fields);
       conn.setNoDelay(true);
       const runner = new SessionRunner(
         this.#config,

@@ -28,8 +28,10 @@ export function readAdmissionKey(section: SectionReader): string | null {
 export interface ServerLimits {
   /** Most live sessions (attached or detached). */
   maxSessions: number;
-  /** Most links in handshake at once. */
+  /** Most links in handshake at once that have not named a session they resume. */
   maxHandshakes: number;
+  /** The same, per source (IPv4 address, IPv6 /64). */
+  maxHandshakesPerAddress: number;
   /** New sessions per source address and minute. */
   newSessionsPerMinute: number;
   /** Largest frame payload accepted. */
@@ -42,6 +44,7 @@ export interface ServerLimits {
 export const DEFAULT_LIMITS: Readonly<ServerLimits> = Object.freeze({
   maxSessions: 5_000,
   maxHandshakes: 500,
+  maxHandshakesPerAddress: 100,
   newSessionsPerMinute: 6_000,
   maxFrameBytes: 1024 * 1024,
   maxBufferedBytes: 2 * 1024 * 1024 * 1024,
@@ -60,11 +63,16 @@ function parseCount(text: string): number {
   return Number(value);
 }
 
-/** Reads MAX_SESSIONS, MAX_HANDSHAKES, NEW_SESSIONS_PER_MINUTE, MAX_FRAME_SIZE and MAX_BUFFERED. */
+/** Reads MAX_SESSIONS, MAX_HANDSHAKES(_PER_ADDRESS), NEW_SESSIONS_PER_MINUTE, MAX_FRAME_SIZE and MAX_BUFFERED. */
 export function readLimits(section: SectionReader): ServerLimits {
   const limits: ServerLimits = {
     maxSessions: section.value("MAX_SESSIONS", parseCount, DEFAULT_LIMITS.maxSessions),
     maxHandshakes: section.value("MAX_HANDSHAKES", parseCount, DEFAULT_LIMITS.maxHandshakes),
+    maxHandshakesPerAddress: section.value(
+      "MAX_HANDSHAKES_PER_ADDRESS",
+      parseCount,
+      DEFAULT_LIMITS.maxHandshakesPerAddress,
+    ),
     newSessionsPerMinute: section.value("NEW_SESSIONS_PER_MINUTE", parseCount, DEFAULT_LIMITS.newSessionsPerMinute),
     maxFrameBytes: section.value("MAX_FRAME_SIZE", parseSize, DEFAULT_LIMITS.maxFrameBytes),
     maxBufferedBytes: section.value("MAX_BUFFERED", parseSize, DEFAULT_LIMITS.maxBufferedBytes),

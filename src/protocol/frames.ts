@@ -440,10 +440,26 @@ export function decodeText(payload: Uint8Array): string {
 
 const EMPTY = new Uint8Array(0);
 
-/** Options of a FrameDecoder. */
-export interface FrameDecoderOptions {
+/** Which frames a decoder accepts. */
+export interface FrameLimits {
   /** Largest payload accepted (default 1 MiB). */
   maxPayload?: number;
+  /** The frame types accepted (default: every type); another type is a ProtocolError. */
+  types?: readonly FrameTypeValue[];
+}
+
+/**
+ * What broker-server accepts from a broker-client before the handshake is
+ * done: its hellos and proofs, all small and of fixed size, so an unproven
+ * link cannot announce a large frame and make the server buffer for it.
+ */
+export const CLIENT_HANDSHAKE_LIMITS: Readonly<FrameLimits> = Object.freeze({
+  maxPayload: PUBLIC_KEY_SIZE + ID_SIZE,
+  types: Object.freeze([FrameType.HelloNew, FrameType.HelloResume, FrameType.Proof]),
+});
+
+/** Options of a FrameDecoder. */
+export interface FrameDecoderOptions extends FrameLimits {
   /** Expect the peer's 5-byte preface first (default true). */
   preface?: boolean;
   /**
@@ -463,6 +479,7 @@ export interface FrameDecoderOptions {
  */
 export class FrameDecoder {
   #maxPayload: number;
+  #types: readonly number[] | null;
   #needPreface: boolean;
   #carry: boolean;
   #pending: Uint8Array = EMPTY;
@@ -472,8 +489,15 @@ export class FrameDecoder {
   /** Creates a decoder. */
   constructor(options: FrameDecoderOptions = {}) {
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    this.#types = options.types ?? null;
     this.#needPreface = options.preface ?? true;
     this.#carry = options.carry ?? false;
+  }
+
+  /** Replaces the limits (omitted ones take their defaults); frames not yet returned by next() are judged by these. */
+  setLimits(limits: FrameLimits): void {
+    this.#maxPayload = limits.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    this.#types = limits.types ?? null;
   }
 
   /** Bytes held that do not yet form a frame. */
@@ -574,6 +598,9 @@ export class FrameDecoder {
   #validate(type: number, length: number): void {
     const rule = PAYLOAD_SIZES[type];
     if (!rule) throw new ProtocolError(`Unknown frame type ${type}`);
+    if (this.#types && !this.#types.includes(type)) {
+      throw new ProtocolError(`Unexpected frame type ${type}: only types ${this.#types.join(", ")} are accepted now`);
+    }
     if (length > this.#maxPayload + 8) {
       throw new ProtocolError(`Frame too large: type ${type} with ${length} bytes, limit ${this.#maxPayload}`);
     }

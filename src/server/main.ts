@@ -19,6 +19,7 @@ import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
+import { descriptorsNeeded, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
@@ -67,7 +68,8 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   RESUME_TIMEOUT         resume window (default 180 s; "90", "500ms", "3m")
   HEARTBEAT_INTERVAL     heartbeat on quiet links (default 2 s)
   LINK_TIMEOUT           silent link declared dead after (default 6 s)
-  HANDSHAKE_TIMEOUT      time a new link has to introduce itself (default 10 s)
+  HANDSHAKE_TIMEOUT      time a new link has to introduce itself (default 10 s;
+                         its hello must come within 2 s)
   UNCONFIRMED_TIMEOUT    how long a new session whose client never confirmed
                          the welcome keeps its ERP connection (default 30 s)
   CONNECT_TIMEOUT        time allowed to connect to an ERP server (default 5 s)
@@ -79,8 +81,10 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
   ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
   LINK_TLS_CERT/_KEY     TLS on the link: PEM certificate and key files
-  MAX_SESSIONS (5000), MAX_HANDSHAKES (500), NEW_SESSIONS_PER_MINUTE (6000 per
-  source address), MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
+  MAX_SESSIONS (5000), MAX_HANDSHAKES (500; links in handshake that resume
+  no session), MAX_HANDSHAKES_PER_ADDRESS (100, the same per source),
+  NEW_SESSIONS_PER_MINUTE (6000 per source: IPv4 address, IPv6 /64),
+  MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
   DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
                          10s; 0 ends them at once)
   STATUS_PORT            status page, /status.json and /metrics (default 8404;
@@ -131,7 +135,7 @@ export function describeServerConfig(config: ServerConfig): string {
     `Link:               ${config.tls ? `TLS (${config.tls.certFile})` : "plain TCP"}; admission key ${
       config.admissionKey ? "set (hidden)" : "not set"
     }`,
-    `Limits:             ${config.limits.maxSessions} sessions, ${config.limits.maxHandshakes} handshakes, ${config.limits.newSessionsPerMinute} new sessions/min per address, frames up to ${
+    `Limits:             ${config.limits.maxSessions} sessions, ${config.limits.maxHandshakes} handshakes (${config.limits.maxHandshakesPerAddress} per address), ${config.limits.newSessionsPerMinute} new sessions/min per address, frames up to ${
       formatSize(config.limits.maxFrameBytes)
     }, ${formatSize(config.limits.maxBufferedBytes)} buffered`,
     `Status page:        ${
@@ -205,6 +209,20 @@ async function runBroker(
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
   for (const w of config.warnings) log.warn(w);
+  const fileLimit = openFileLimit();
+  const needed = descriptorsNeeded(config.limits);
+  if (fileLimit !== null && fileLimit < needed) {
+    log.warn(
+      "The open-file limit is {limit}, below the {needed} descriptors that MAX_SESSIONS ({sessions}) and MAX_HANDSHAKES ({handshakes}) can take: {advice}",
+      {
+        limit: fileLimit,
+        needed,
+        sessions: config.limits.maxSessions,
+        handshakes: config.limits.maxHandshakes,
+        advice: SERVER_DESCRIPTOR_ADVICE,
+      },
+    );
+  }
   const server = new BrokerServer(config);
   try {
     server.listen();

@@ -11,6 +11,7 @@ import { loadServerConfig, type ServerConfig } from "../config/server_config.ts"
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import {
+  CLIENT_HANDSHAKE_LIMITS,
   decodeProof,
   encodeChallenge,
   encodeClose,
@@ -42,18 +43,29 @@ import {
   verifyProof,
   verifyRetake,
 } from "../protocol/resume_auth.ts";
-import { RateLimiter } from "./rate_limit.ts";
+import { RateLimiter, sourceOf } from "./rate_limit.ts";
+import { HandshakeAdmission } from "./admission.ts";
 import { Link } from "../session/link.ts";
+import { sleep } from "../session/backoff.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
-import { closeQuietly, describeError, dialTcp, within } from "../session/transport.ts";
+import { describeError, dialTcp, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
+import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
+import { LogBudget } from "../ops/log_budget.ts";
 
 const log = logger("server");
+
+/**
+ * A link must have sent its hello within this (or HANDSHAKE_TIMEOUT when
+ * shorter): broker-client sends it right after connecting, so only links
+ * that say nothing, or dribble, are cut short by it.
+ */
+const HELLO_TIMEOUT_MS = 2_000;
 
 /** Most tombstones kept; the oldest go first. */
 const MAX_TOMBSTONES = 10_000;
@@ -139,7 +151,12 @@ export class BrokerServer {
   #listener: Deno.Listener | null = null;
   #sessions = new Map<string, Entry>();
   #tombstones = new Map<string, Tombstone>();
-  #handshaking = new Set<Link>();
+  #handshaking = new HandshakeAdmission<Link>();
+  #evicted = new WeakSet<Link>();
+  #crowdLogged = { at: -Infinity, dropped: 0 };
+  /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
+  #dropLog: LogBudget;
+  #refusalLog: LogBudget;
   /** Open attempts by the client's open token, until the client confirms the session. */
   #opening = new Map<string, Opening>();
   #attempts = 0;
@@ -153,7 +170,6 @@ export class BrokerServer {
   #drained: (() => void) | null = null;
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
-  #handshakeLimitLogged = 0;
   #bufferedSum = { at: -Infinity, bytes: 0 };
   #adopted = new WeakSet<Link>();
 
@@ -165,6 +181,8 @@ export class BrokerServer {
     this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
     this.#stats = new ServerStats(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
+    this.#dropLog = new LogBudget(20, 10_000, this.#now);
+    this.#refusalLog = new LogBudget(20, 10_000, this.#now);
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
@@ -366,30 +384,25 @@ export class BrokerServer {
   }
 
   async #accept(listener: Deno.Listener): Promise<void> {
+    const errors = new AcceptErrors({
+      what: "links",
+      advice: SERVER_DESCRIPTOR_ADVICE,
+      openFileLimit: openFileLimit(),
+      now: this.#now,
+    });
     for (;;) {
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (err) {
         if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
-        log.error("Cannot accept a link: {error}", { error: describeError(err) });
+        const { delayMs, note } = errors.failed(err);
+        if (note) log[note.level](note.message, note.fields);
+        if (delayMs > 0) await sleep(delayMs, this.#shutdown.signal);
         continue;
       }
-      if (this.#handshaking.size >= this.#config.limits.maxHandshakes) {
-        // Links that connect and say nothing must not crowd out real users.
-        this.#stats.linksRefused++;
-        closeQuietly(conn);
-        if (this.#now() - this.#handshakeLimitLogged > 10_000) {
-          this.#handshakeLimitLogged = this.#now();
-          log.warn(
-            "MAX_HANDSHAKES ({limit}) links are introducing themselves at once: dropping new links until some finish",
-            {
-              limit: this.#config.limits.maxHandshakes,
-            },
-          );
-        }
-        continue;
-      }
+      const recovered = errors.succeeded();
+      if (recovered) log[recovered.level](recovered.message, recovered.fields);
       (conn as Deno.TcpConn).setNoDelay?.(true);
       this.#handshake(conn);
     }
@@ -397,12 +410,17 @@ export class BrokerServer {
 
   async #handshake(conn: Deno.Conn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    const link = new Link(conn, formatHostPort(remote), { maxPayload: this.#config.limits.maxFrameBytes });
-    this.#handshaking.add(link);
-    const deadline = this.#now() + this.#config.tuning.handshakeTimeoutMs;
-    const read = (what: string) => link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
+    // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
+    const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
+    const source = sourceOf(remote.hostname);
+    this.#admit(link, source);
+    const started = this.#now();
+    const deadline = started + this.#config.tuning.handshakeTimeoutMs;
+    const helloBy = started + Math.min(this.#config.tuning.handshakeTimeoutMs, HELLO_TIMEOUT_MS);
+    const readBy = (by: number, what: string) => link.readFrameWithin(Math.max(1, by - this.#now()), what);
+    const read = (what: string) => readBy(deadline, what);
     try {
-      const preface = await read("preface");
+      const preface = await readBy(helloBy, "preface");
       if (!preface) return;
       const version = preface.payload[0];
       link.send(encodePreface());
@@ -414,25 +432,61 @@ export class BrokerServer {
         );
         return;
       }
-      const hello = await read("hello");
+      const hello = await readBy(helloBy, "hello");
       if (!hello) return;
-      if (hello.type === FrameType.HelloNew) await this.#openSession(link, hello, read);
+      this.#handshaking.spoke(link);
+      if (hello.type === FrameType.HelloNew) await this.#openSession(link, source, hello, read);
       else if (hello.type === FrameType.HelloResume) await this.#resumeSession(link, hello, read);
       else await this.#reject(link, RejectCode.Protocol, `expected HELLO, got frame type ${hello.type}`);
     } catch (err) {
+      link.close();
+      // An evicted link was counted, and its crowd logged, when it made room.
+      if (this.#evicted.has(link)) return;
       this.#stats.linksRefused++;
-      log.warn("Dropped link from {peer} during handshake: {reason}{hint}", {
+      const heldBack = this.#dropLog.spend();
+      if (heldBack === null) return;
+      log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
         peer: link.peer,
         reason: describeError(err),
         hint: this.#tlsHint(err),
+        heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
       });
-      link.close();
     } finally {
-      this.#handshaking.delete(link);
+      this.#handshaking.remove(link);
       // A link that did not become a session's (refused, ended, or the peer
       // went quiet) is closed here, whatever path the handshake took.
       if (!this.#adopted.has(link)) link.close();
     }
+  }
+
+  /** Counts a new link in handshake; the links it displaces are closed (see HandshakeAdmission). */
+  #admit(link: Link, source: string): void {
+    const limits = this.#config.limits;
+    const { evicted, cap } = this.#handshaking.admit(link, source, {
+      total: limits.maxHandshakes,
+      perSource: limits.maxHandshakesPerAddress,
+    });
+    for (const old of evicted) this.#evict(old);
+    if (!cap) return;
+    // One line per 10 s at most: a flood must not flood the log too.
+    const now = this.#now();
+    if (now - this.#crowdLogged.at < 10_000) return;
+    const dropped = this.#crowdLogged.dropped;
+    this.#crowdLogged = { at: now, dropped: 0 };
+    log.warn(
+      cap === "perSource"
+        ? "MAX_HANDSHAKES_PER_ADDRESS ({limit}) links from {source} are introducing themselves at once: its oldest make room for its newest ({dropped} more dropped since the last such line)"
+        : "MAX_HANDSHAKES ({limit}) links that resume no session are introducing themselves at once: the oldest of the busiest source make room ({dropped} more dropped since the last such line)",
+      { limit: cap === "perSource" ? limits.maxHandshakesPerAddress : limits.maxHandshakes, source, dropped },
+    );
+  }
+
+  /** Closes a link in handshake to make room for another. */
+  #evict(link: Link): void {
+    this.#evicted.add(link);
+    this.#stats.linksRefused++;
+    this.#crowdLogged.dropped++;
+    link.close();
   }
 
   /** A hint when a link failed because one side uses TLS and the other does not. */
@@ -462,17 +516,18 @@ export class BrokerServer {
     return this.#bufferedSum.bytes;
   }
 
-  /** Why a new session must be refused now, or null. */
-  #refuseNewSession(link: Link): string | null {
+  /**
+   * Why a new session from `source` must be refused now, or null. The rate
+   * limit is only looked at here: #openSession takes its token once the
+   * client has proved the admission key.
+   */
+  #refuseNewSession(source: string): string | null {
     const limits = this.#config.limits;
     if (this.#stopping) return "broker-server is shutting down and takes no new sessions";
     if (this.#sessions.size >= limits.maxSessions) {
       return `broker-server is at its limit of ${limits.maxSessions} sessions (MAX_SESSIONS)`;
     }
-    const address = link.peer.replace(/:\d+$/, "");
-    if (!this.#rates.take(address)) {
-      return `too many new sessions from ${address}: the limit is ${limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
-    }
+    if (!this.#rates.allows(source)) return this.#tooManyNewSessions(source);
     const buffered = this.#bufferedBytes();
     if (buffered >= limits.maxBufferedBytes) {
       return `broker-server buffers ${buffered} bytes for detached or slow sessions, its limit (MAX_BUFFERED): new sessions wait until that drains`;
@@ -480,9 +535,21 @@ export class BrokerServer {
     return null;
   }
 
+  #tooManyNewSessions(source: string): string {
+    return `too many new sessions from ${source}: the limit is ${this.#config.limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
+  }
+
   async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
+    if (this.#evicted.has(link)) return; // closed already, and counted when it made room
     this.#stats.linksRefused++;
-    log.warn("Refused link from {peer}: {reason}", { peer: link.peer, reason });
+    const heldBack = this.#refusalLog.spend();
+    if (heldBack !== null) {
+      log.warn("Refused link from {peer}: {reason}{heldBack}", {
+        peer: link.peer,
+        reason,
+        heldBack: heldBack > 0 ? ` (${heldBack} more links were refused before this one)` : "",
+      });
+    }
     link.send(encodeReject(code, reason));
     await link.closeAfterFlush();
   }
@@ -529,7 +596,12 @@ export class BrokerServer {
     return { errors: notes.length > 0 ? notes : ["no ERP server is configured"] };
   }
 
-  async #openSession(link: Link, hello: Frame, read: (what: string) => Promise<Frame | null>): Promise<void> {
+  async #openSession(
+    link: Link,
+    source: string,
+    hello: Frame,
+    read: (what: string) => Promise<Frame | null>,
+  ): Promise<void> {
     const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
     const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
     // A repeated token means the client may never have got an earlier
@@ -543,7 +615,7 @@ export class BrokerServer {
       return;
     }
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
-    const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(link);
+    const refusal = this.#orphan(openToken) ? null : this.#refuseNewSession(source);
     if (refusal) {
       await this.#reject(link, RejectCode.Unavailable, refusal);
       return;
@@ -568,6 +640,11 @@ export class BrokerServer {
         );
         return;
       }
+    }
+    // Only a client that proved the key spends its source's budget: a wrong key must not use up the right one's.
+    if (!this.#orphan(openToken) && !this.#rates.take(source)) {
+      await this.#reject(link, RejectCode.Unavailable, this.#tooManyNewSessions(source));
+      return;
     }
     // (#welcome and #retake are methods, not closures here: the session's event
     // closures below share this scope, and would keep the key pair and nonces
@@ -659,8 +736,8 @@ export class BrokerServer {
     this.#stats.sessionsOpened++;
     this.#opening.set(openToken, { attempt, clientPublicKey, serverPublicKey: own.publicKey, entry });
     entry.session.start();
+    this.#adopt(link);
     entry.session.attach(link, 0);
-    this.#adopted.add(link);
     log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
       session: shortId(id),
       client: link.peer,
@@ -716,13 +793,19 @@ export class BrokerServer {
     }
     link.send(encodeProof(FrameType.Resumed, mac, 0));
     entry.client = link.peer;
+    this.#adopt(link);
     entry.session.attach(link, 0, true);
     entry.attaches++;
-    this.#adopted.add(link);
     log.info(
       "Session {session}: the client retried opening it (the welcome was lost) and proved it; {client} carries on with the same ERP connection",
       { session: shortId(entry.id), client: link.peer },
     );
+  }
+
+  /** Marks `link` as a session's from now on: the handshake leaves it open, and it takes every frame a session uses. */
+  #adopt(link: Link): void {
+    this.#adopted.add(link);
+    link.setFrameLimits({ maxPayload: this.#config.limits.maxFrameBytes });
   }
 
   /** The unconfirmed session an earlier attempt with `openToken` opened, if it is still there. */
@@ -774,6 +857,8 @@ export class BrokerServer {
       return;
     }
     const attachesAtChallenge = entry?.attaches;
+    // It names a session we hold: idle and new links no longer compete with it.
+    for (const older of this.#handshaking.resuming(link, id)) this.#evict(older);
     const serverNonce = randomId();
     link.send(encodeChallenge(serverNonce));
     const proofFrame = await read("resume proof");
@@ -838,9 +923,9 @@ export class BrokerServer {
       return;
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
+    this.#adopt(link);
     const replayed = session.attach(link, proof.receivedOffset);
     entry.attaches++;
-    this.#adopted.add(link);
     if (this.#stopping) session.sendGoAway(this.#config.drainTimeoutMs, "broker-server is shutting down");
     this.#stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;

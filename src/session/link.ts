@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Frame, FrameDecoder, ProtocolError } from "../protocol/frames.ts";
+import { type Frame, FrameDecoder, type FrameLimits, type FrameTypeValue, ProtocolError } from "../protocol/frames.ts";
 import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
@@ -52,6 +52,8 @@ export function powerOfTwoAtLeast(n: number): number {
 export interface LinkOptions {
   /** Largest frame payload accepted. */
   maxPayload?: number;
+  /** The frame types accepted (default: every type). */
+  types?: readonly FrameTypeValue[];
   /** Clock in ms (injectable). */
   now?: () => number;
 }
@@ -96,6 +98,7 @@ export class Link {
     this.#decoder = new FrameDecoder({
       carry: true,
       ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
+      ...(options.types === undefined ? {} : { types: options.types }),
     });
     this.writer = new WriteQueue(transport, (err) => {
       this.#writeError = err;
@@ -146,6 +149,11 @@ export class Link {
    */
   get retiredBytes(): number {
     return this.#retiredBytes;
+  }
+
+  /** Changes which frames are accepted from the next one on (a handshake accepts fewer than a session). */
+  setFrameLimits(limits: FrameLimits): void {
+    this.#decoder.setLimits(limits);
   }
 
   /** Queues a frame; `owner` is released once it is written. */

@@ -277,6 +277,7 @@ Deno.test("security keys: admission key length, TLS files in pairs, limits with 
   deepEqual(parse(...base).limits, {
     maxSessions: 5000,
     maxHandshakes: 500,
+    maxHandshakesPerAddress: 100,
     newSessionsPerMinute: 6000,
     maxFrameBytes: 1048576,
     maxBufferedBytes: 2 * 1024 ** 3,

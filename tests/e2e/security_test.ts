@@ -6,6 +6,7 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import {
+  concatBytes,
   decodeReject,
   encodeData,
   encodeHelloNew,
@@ -14,6 +15,7 @@ import {
   encodePreface,
   encodeProof,
   FrameType,
+  type FrameTypeValue,
   readU64,
   RejectCode,
   toHex,
@@ -26,6 +28,7 @@ import {
   signProof,
 } from "../../src/protocol/resume_auth.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
+import { within } from "../../src/session/transport.ts";
 import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
@@ -241,6 +244,42 @@ Deno.test("limits: MAX_SESSIONS and NEW_SESSIONS_PER_MINUTE refuse with the reas
   }
 });
 
+/** Opens a session over a raw link proving the admission `key`; returns the server's answer to the proof. */
+async function openWithAdmission(port: number, key: CryptoKey): Promise<FrameTypeValue | undefined> {
+  const peer = await RawPeer.connect(port);
+  const own = await createEphemeralKey();
+  const openToken = randomId();
+  peer.link.send(encodePreface());
+  peer.link.send(encodeHelloNew(own.publicKey, openToken));
+  await peer.next();
+  const challenge = await peer.next();
+  if (challenge?.type !== FrameType.Challenge) {
+    peer.close();
+    return challenge?.type;
+  }
+  const input = { clientPublicKey: own.publicKey, openToken, serverNonce: challenge.payload.slice() };
+  peer.link.send(encodeProof(FrameType.Proof, await signAdmission(key, "client", input), 0));
+  const answer = await peer.next();
+  peer.close();
+  return answer?.type;
+}
+
+Deno.test("limits: clients with a wrong admission key do not spend the right ones' NEW_SESSIONS_PER_MINUTE", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], { ADMISSION_KEY: ADMISSION, NEW_SESSIONS_PER_MINUTE: "2" }),
+  );
+  const wrong = await importAdmissionKey("a different long secret");
+  for (let i = 0; i < 5; i++) equal(await openWithAdmission(server.address.port, wrong), FrameType.Reject);
+  const right = await importAdmissionKey(ADMISSION);
+  equal(await openWithAdmission(server.address.port, right), FrameType.Welcome, "the first right client");
+  equal(await openWithAdmission(server.address.port, right), FrameType.Welcome, "the second right client");
+  equal(await openWithAdmission(server.address.port, right), FrameType.Reject, "the third is over the limit");
+  await logs.waitFor(/too many new sessions from 127\.0\.0\.1: the limit is 2 per minute/);
+  equal(server.sessions.length, 2);
+});
+
 Deno.test("limits: MAX_BUFFERED refuses new sessions while bytes pile up for a slow ERP server, and admits them again", async () => {
   await using logs = await captureLogs();
   let opened = 0;
@@ -287,7 +326,7 @@ Deno.test("limits: MAX_BUFFERED refuses new sessions while bytes pile up for a s
 /** 2,000 by default; SLOWLORIS_LINKS scales it (the Wine run uses fewer). */
 const SLOW_LINKS = Number(Deno.env.get("SLOWLORIS_LINKS") ?? 2000);
 
-Deno.test(`slowloris: ${SLOW_LINKS} links that dribble or say nothing are dropped by the handshake timeout; real users still get in`, async () => {
+Deno.test(`slowloris: ${SLOW_LINKS} links that dribble or say nothing are dropped (oldest first, or at the hello deadline); real users still get in`, async () => {
   await using logs = await captureLogs();
   await using erp = startErp(echo);
   await using server = startServer(
@@ -310,12 +349,136 @@ Deno.test(`slowloris: ${SLOW_LINKS} links that dribble or say nothing are droppe
   ok(refusedLinks >= SLOW_LINKS * 0.75, `${refusedLinks} slow links refused or dropped`);
   equal(server.sessions.length, 1, "only the real user has a session");
   ok(Date.now() - t0 < 12_000, `done after ${Date.now() - t0} ms`);
-  await logs.waitFor(/MAX_HANDSHAKES \(\d+\) links are introducing themselves at once/);
+  await logs.waitFor(/MAX_HANDSHAKES_PER_ADDRESS \(\d+\) links from 127\.0\.0\.1 are introducing themselves at once/);
   await logs.waitFor(/No preface from .* within|No hello from .* within/);
+  // Peers can make handshakes fail at will: the log gets a sample, not a line per link.
+  const dropLines = logs.lines.filter((l) => /Dropped link from/.test(l)).length;
+  ok(dropLines <= 20, `${dropLines} lines about links dropped during their handshake`);
   equal(await roundTrip(app, "still here"), "still here");
   app.close();
   for (const conn of slow) conn.close();
   await waitFor(() => server.sessions.length === 0, "sessions to end");
+});
+
+Deno.test("fairness: with MAX_HANDSHAKES=5 taken by 5 silent links a resume still gets in; silent links go after 2 s", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], { MAX_HANDSHAKES: "5" }));
+  const raw = await openRawSession(server.address.port);
+  raw.peer.close();
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the session to detach");
+  const started = Date.now();
+  const silent = await Promise.all(Array.from({ length: 5 }, () => RawPeer.connect(server.address.port)));
+  await waitFor(() => server.status().totals.linksInHandshake === 5, "the silent links to be taken");
+  const { peer, answer } = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(answer?.type, FrameType.Resumed, "the resume is served");
+  await Promise.all(silent.map((s) => s.closedByPeer()));
+  const took = Date.now() - started;
+  ok(took >= 1_500 && took < 5_000, `silent links dropped after ${took} ms (HANDSHAKE_TIMEOUT is 10 s)`);
+  await logs.waitFor(/No preface from 127\.0\.0\.1:\d+ within (19\d\d|2000) ms/);
+  for (const s of silent) s.close();
+  peer.close();
+});
+
+/** Links one address holds in handshake while sessions resume (RESUME_FLOOD_LINKS; fewer under Wine). */
+const FLOOD_LINKS = Number(Deno.env.get("RESUME_FLOOD_LINKS") ?? (Deno.build.os === "windows" ? 200 : 2000));
+/** Sessions that resume through the flood (RESUME_FLOOD_SESSIONS; fewer under Wine). */
+const FLOOD_SESSIONS = Number(Deno.env.get("RESUME_FLOOD_SESSIONS") ?? (Deno.build.os === "windows" ? 10 : 100));
+
+/**
+ * Keeps `n` links open to `port` from 127.0.0.1 that say nothing (even
+ * ones) or dribble a hello a byte a second (odd ones), each reopened a
+ * second after the server closes it, until stop().
+ */
+function holdIdleLinks(port: number, n: number): { opened: () => number; stop: () => Promise<void> } {
+  const open = new Set<Deno.Conn>();
+  let stopped = false;
+  let opened = 0;
+  let resume: () => void = () => {};
+  const pause = new Promise<void>((resolve) => resume = resolve);
+  const dribble = concatBytes(encodePreface(), encodeHelloNew(new Uint8Array(32), new Uint8Array(16)));
+  const holders = Array.from({ length: n }, async (_, i) => {
+    while (!stopped) {
+      let conn: Deno.Conn;
+      try {
+        conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      } catch {
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      open.add(conn);
+      opened++;
+      const closed = (async () => {
+        const buf = new Uint8Array(64);
+        try {
+          while (await conn.read(buf) !== null) { /* the server's preface */ }
+        } catch { /* reset or closed here */ }
+      })();
+      for (let at = 0; !await within(closed, i % 2 === 1 ? 1_000 : 60_000); at++) {
+        if (at < dribble.length) conn.write(dribble.subarray(at, at + 1)).catch(() => {});
+      }
+      open.delete(conn);
+      try {
+        conn.close();
+      } catch { /* closed by stop() */ }
+      if (!stopped) await within(pause, 1_000);
+    }
+  });
+  return {
+    opened: () => opened,
+    async stop() {
+      stopped = true;
+      resume();
+      for (const conn of open) conn.close();
+      await Promise.all(holders);
+    },
+  };
+}
+
+Deno.test(`fairness: one address holds ${FLOOD_LINKS} idle or dribbling links while ${FLOOD_SESSIONS} detached sessions resume; all of them resume`, async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], { MAX_HANDSHAKES: String(Math.ceil(FLOOD_LINKS / 4)), RESUME_TIMEOUT: "15s" }),
+  );
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const apps = await Promise.all(Array.from({ length: FLOOD_SESSIONS }, async (_, i) => {
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    equal(await roundTrip(app, `before ${i}`), `before ${i}`);
+    return app;
+  }));
+  const flood = holdIdleLinks(server.address.port, FLOOD_LINKS);
+  try {
+    await waitFor(() => server.status().totals.linksInHandshake >= Math.min(50, FLOOD_LINKS / 4), "the crowd");
+    const opened = flood.opened();
+    chaos.resetAll();
+    await waitFor(
+      () =>
+        server.status().totals.resumes >= FLOOD_SESSIONS &&
+        server.sessions.every((s) => s.session.state === "attached"),
+      "every session to resume",
+      20_000,
+    ).catch((err) => {
+      const t = server.status().totals;
+      throw new Error(
+        `${err.message}: ${t.resumes} resumed, ${t.sessionsExpired} expired, ${t.linksInHandshake} links in handshake`,
+      );
+    });
+    ok(flood.opened() - opened > 0, "the crowd kept reconnecting meanwhile");
+    for (const [i, app] of apps.entries()) equal(await roundTrip(app, `after ${i}`), `after ${i}`);
+    const totals = server.status().totals;
+    equal(totals.sessionsOpened, FLOOD_SESSIONS, "no session was lost and opened again");
+    equal(totals.sessionsExpired, 0);
+    ok(totals.linksInHandshake <= 100 + FLOOD_SESSIONS, `${totals.linksInHandshake} links in handshake`);
+    await logs.waitFor(/MAX_HANDSHAKES(_PER_ADDRESS)? \(\d+\) links/);
+  } finally {
+    for (const app of apps) app.close();
+    // The listener first: connects the kernel queued (or whose SYNs it dropped) fail at once then.
+    await server.close();
+    await flood.stop();
+    await chaos.close();
+  }
 });
 
 Deno.test("hijack: a stale proof or another session's proof fails, and the real session is untouched", async () => {

@@ -1,5 +1,6 @@
 import { deepEqual, equal, throws } from "node:assert/strict";
 import {
+  CLIENT_HANDSHAKE_LIMITS,
   concatBytes,
   DATA_HEADER_SIZE,
   decodeProof,
@@ -226,6 +227,18 @@ Deno.test("decoder rejects unknown types, oversized and malformed frames", () =>
   throws(after([0x11, 0, 0, 0, 4, 1, 2, 3, 4]), /Malformed frame: type 17 with a 4-byte payload, expected 8/);
   throws(after([0x10, 0, 0, 0, 8]), /expected at least 9/);
   throws(after([0x14, 0, 0, 0, 1, 0]), /Malformed frame: type 20/);
+});
+
+Deno.test("decoder with a list of types refuses the others, and takes every type once its limits are lifted", () => {
+  const d = new FrameDecoder({ ...CLIENT_HANDSHAKE_LIMITS, preface: false });
+  d.push(concatBytes(encodeHelloResume(new Uint8Array(16), new Uint8Array(16)), encodeData(0, new Uint8Array(3))));
+  equal(d.next()?.type, FrameType.HelloResume);
+  throws(() => d.next(), /Unexpected frame type 16: only types 1, 2, 5 are accepted now/);
+  d.setLimits({ maxPayload: 1024 });
+  equal(d.next()?.type, FrameType.Data, "the same pending frame, judged by the new limits");
+  const big = new FrameDecoder({ ...CLIENT_HANDSHAKE_LIMITS, preface: false });
+  big.push(new Uint8Array([FrameType.HelloNew, 0, 0x10, 0, 0]));
+  throws(() => big.next(), /Frame too large: type 1 with 1048576 bytes, limit 48/);
 });
 
 Deno.test("decoder in carry mode leaves split frames to the caller, who completes them in one chunk", () => {
