@@ -141,13 +141,32 @@ export class AcceptErrors {
   }
 }
 
+/** getrlimit's resource number for open files on Linux. */
+const RLIMIT_NOFILE = 7;
+
 /**
  * The process's limit of open files (the soft limit, which Deno raises to
- * the hard one at start), or null where it cannot be read: Linux only, from
- * /proc/self/limits; Windows has no such per-process limit for sockets.
+ * the hard one at start), or null where it cannot be read. Linux only:
+ * getrlimit through libc (broker-server has --allow-ffi; Deno lets only a
+ * process with every permission read /proc/self/limits), else that file;
+ * Windows has no such per-process limit for sockets.
  */
 export function openFileLimit(): number | null {
   if (Deno.build.os !== "linux") return null;
+  try {
+    const libc = Deno.dlopen("libc.so.6", { getrlimit: { parameters: ["i32", "buffer"], result: "i32" } });
+    try {
+      const limits = new BigUint64Array(2); // struct rlimit { rlim_cur, rlim_max }
+      if (libc.symbols.getrlimit(RLIMIT_NOFILE, limits) === 0) {
+        const soft = limits[0] as bigint;
+        return soft >= BigInt(Number.MAX_SAFE_INTEGER) ? null : Number(soft); // RLIM_INFINITY: no limit
+      }
+    } finally {
+      libc.close();
+    }
+  } catch {
+    // No FFI permission, or no glibc (e.g. musl): try the file.
+  }
   try {
     return parseOpenFileLimit(Deno.readTextFileSync("/proc/self/limits"));
   } catch {
