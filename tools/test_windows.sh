@@ -72,7 +72,7 @@ chroot "$ROOTFS" /bin/bash -c "
   # Wine's socket layer now and then drops bytes it already reported as sent
   # when megabytes wait for a slow reader (seen in the TLS test at 4 MiB, 3
   # times in 229 runs; the broker had written every byte): 1 MiB each way here.
-  export TLS_TEST_MIB=\${TLS_TEST_MIB:-1}
+  export TLS_TEST_MIB=\${TLS_TEST_MIB:-1} FLOW_TEST_MIB=\${FLOW_TEST_MIB:-2}
   $ca_env
   cd /repo
   # The whole suite takes about a minute here: a hung test fails the run after
