@@ -1,0 +1,208 @@
+/**
+ * Attacks on end-to-end flow control: a hostile broker-client that stays
+ * inside the window but shapes its DATA to make broker-server hold far more
+ * than the README's per-session bound, and applications that use the
+ * session in unusual ways.
+ */
+import { equal, ok } from "node:assert/strict";
+import { encodeData, encodeOffsetFrame, FrameType } from "../../src/protocol/frames.ts";
+import { openRawSession } from "../helpers/raw_peer.ts";
+import { readExactly } from "../helpers/apps.ts";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { ChaosLink } from "../../tools/chaos_link.ts";
+import { Digest, receiveAll, seededRandom, sendStream, streamDigest } from "../../tools/streams.ts";
+import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+
+const MiB = 1024 * 1024;
+
+/** Live heap and external memory after a full collection (tests run with --expose-gc). */
+function heldMemory(): number {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  gc?.();
+  gc?.();
+  const m = Deno.memoryUsage();
+  return m.heapUsed + m.external;
+}
+
+Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot make broker-server hold more than the README's bound", async () => {
+  // README, "Flow control: what a session can hold": the receiving direction
+  // holds at most C waiting for the application plus about 6.3 MiB of link
+  // buffers. Here C is 64 KiB... no: the window is the server's cap (4 MiB
+  // by default), and 1 MiB of payload (a quarter of it) is sent as one-byte
+  // DATA frames to an ERP that does not read yet. The bound says < 8 MiB.
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => release = resolve);
+  await using erp = startErp(async () => {
+    await held; // the ERP is busy: it reads nothing for now
+  });
+  await using server = startServer(serverConfig([erp.port]));
+  const raw = await openRawSession(server.address.port);
+  try {
+    await waitFor(() => erp.connections === 1, "the ERP connection");
+    const before = heldMemory();
+    const FRAMES = 1 * MiB;
+    const per = 14; // 13-byte DATA header + 1 byte
+    const batch = new Uint8Array(per * 64 * 1024);
+    let offset = 0;
+    for (let sent = 0; sent < FRAMES;) {
+      const n = Math.min(64 * 1024, FRAMES - sent);
+      for (let i = 0; i < n; i++) batch.set(encodeData(offset++, new Uint8Array([offset & 0xff])), i * per);
+      await raw.peer.writeRaw(batch.subarray(0, n * per));
+      sent += n;
+    }
+    raw.peer.link.send(encodeOffsetFrame(FrameType.Heartbeat, 0));
+    const session = () => server.sessions[0]?.session;
+    await deadline(
+      waitFor(() => session()?.received === FRAMES, "all DATA received", 60_000),
+      65_000,
+      () => `received ${session()?.received}`,
+    );
+    ok(session()?.state === "attached", "the frames were within the window: the link stays");
+    const growth = heldMemory() - before;
+    console.log(
+      `held ${(growth / MiB).toFixed(1)} MiB for ${FRAMES} bytes waiting (pending ${session()?.pendingLocalBytes})`,
+    );
+    ok(
+      growth < 16 * MiB,
+      `broker-server holds ${
+        (growth / MiB).toFixed(1)
+      } MiB for 1 MiB of payload waiting for the ERP (README bound for the whole session with the defaults: 14.3 MiB)`,
+    );
+  } finally {
+    release();
+    raw.peer.close();
+  }
+});
+
+/**
+ * Sends `size` bytes from Smart Client to an ERP that reads at full speed,
+ * `rounds` times as request/response (the ERP answers one byte per request),
+ * and returns the time per round trip (ms).
+ */
+async function uploadRounds(clientCap: string, serverCap: string, size: number, rounds: number): Promise<number> {
+  await using erp = startErp(async (conn) => {
+    const buf = new Uint8Array(256 * 1024);
+    for (let r = 0; r < rounds; r++) {
+      for (let got = 0; got < size;) {
+        const n = await conn.read(buf);
+        if (n === null) return;
+        got += n;
+      }
+      await conn.write(new Uint8Array([1]));
+    }
+  });
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: serverCap }));
+  await using client = startClient(clientConfig([server.address.port], { REPLAY_BUFFER_SIZE: clientCap }));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  try {
+    const request = new Uint8Array(size);
+    const started = Date.now();
+    for (let r = 0; r < rounds; r++) {
+      for (let done = 0; done < size;) done += await app.write(request.subarray(done));
+      equal((await readExactly(app, 1))[0], 1);
+    }
+    return (Date.now() - started) / rounds;
+  } finally {
+    app.close();
+  }
+}
+
+Deno.test("a broker-client with a smaller REPLAY_BUFFER_SIZE than broker-server is not held by the 20 ms ACK timer", async () => {
+  // 1 MiB requests, each answered by one byte. With both caps at 64K the
+  // receiver acknowledges every 16 KiB; with only the client at 64K the
+  // server acknowledges every 128 KiB (a quarter of ITS window, 4 MiB), more
+  // than the client may have in flight, so each 64 KiB waits for the timer.
+  const same = await uploadRounds("64K", "64K", MiB, 10);
+  const mismatched = await uploadRounds("64K", "4M", MiB, 10);
+  console.log(
+    `1 MiB request/response: both 64K ${same.toFixed(0)} ms, client 64K server 4M ${mismatched.toFixed(0)} ms`,
+  );
+  ok(
+    mismatched < Math.max(3 * same, 100),
+    `a round trip takes ${mismatched.toFixed(0)} ms with the client's cap smaller than the server's, ${
+      same.toFixed(0)
+    } ms with equal caps: every 64 KiB waits for the 20 ms ACK timer`,
+  );
+});
+
+const ODD_CHUNK = 4 * 1024 + 12; // odd sizes: frames do not line up with buffers
+
+/** Writes all of stream `seed`, half-closes, then reads everything. */
+async function writeThenRead(conn: Deno.Conn, seed: number, size: number): Promise<Digest> {
+  await sendStream(conn, seed, size, ODD_CHUNK);
+  await conn.closeWrite();
+  return await receiveAll(conn);
+}
+
+/** Reads and writes at the same time. */
+async function readWhileWriting(conn: Deno.Conn, seed: number, size: number): Promise<Digest> {
+  const [digest] = await Promise.all([
+    receiveAll(conn),
+    sendStream(conn, seed, size, ODD_CHUNK).then(() => conn.closeWrite()),
+  ]);
+  return digest;
+}
+
+/**
+ * One application writes everything before reading (so the other side's
+ * broker keeps a full local write queue and replay buffer), small caps on
+ * both sides, the link cut every 50–200 ms: every resume queues kept bytes
+ * as views of pooled buffers while link read buffers are lent to the local
+ * queue. A buffer handed back to the pool too early shows as a wrong digest.
+ */
+for (const writer of ["Smart Client", "ERP"] as const) {
+  Deno.test(`pooled buffers under resumes every 50-200 ms with 64K caps, ${writer} writes first: both directions byte for byte`, async () => {
+    const SIZE = 96 * MiB;
+    await using logs = await captureLogs();
+    const first = (c: Deno.Conn, seed: number) => writeThenRead(c, seed, SIZE);
+    const second = (c: Deno.Conn, seed: number) => readWhileWriting(c, seed, SIZE);
+    let erpDigest: Promise<Digest> | undefined;
+    await using erp = startErp((conn) => (erpDigest = (writer === "ERP" ? first : second)(conn, 2)).then(() => {}));
+    const fast = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms", REPLAY_BUFFER_SIZE: "64K" };
+    await using server = startServer(serverConfig([erp.port], fast));
+    const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+    await using client = startClient(clientConfig([chaos.port], { REPLAY_BUFFER_SIZE: "64K" }));
+    const random = seededRandom(7);
+    let cutting = true;
+    const cuts = (async () => {
+      for (let i = 0; cutting; i++) {
+        await new Promise((r) => setTimeout(r, 50 + random() * 150));
+        if (!cutting) return;
+        if (i % 2 === 0) chaos.resetAll();
+        else chaos.closeAll();
+      }
+    })();
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    const context = () =>
+      `cuts ${chaos.faults.resets + chaos.faults.closes}; client ${
+        client.sessions.map((s) =>
+          `${s.state} received ${s.received} buffered ${s.bufferedBytes} pending ${s.pendingLocalBytes}`
+        )
+      }; server ${
+        server.sessions.map((e) =>
+          `${e.session.state} received ${e.session.received} buffered ${e.session.bufferedBytes} pending ${e.session.pendingLocalBytes}`
+        )
+      }; log ${logs.lines.slice(-5).join(" | ")}`;
+    try {
+      const atClient = await deadline((writer === "ERP" ? second : first)(app, 1), 120_000, context);
+      const atErp = await deadline(
+        (async () => {
+          while (!erpDigest) await new Promise((r) => setTimeout(r, 5));
+          return await erpDigest;
+        })(),
+        20_000,
+        context,
+      );
+      console.log(`done after ${chaos.faults.resets + chaos.faults.closes} cuts`);
+      equal(atErp.bytes, SIZE, "the ERP got every byte");
+      equal(atErp.hex(), streamDigest(1, SIZE, ODD_CHUNK), "the ERP's bytes are Smart Client's, in order");
+      equal(atClient.bytes, SIZE, "Smart Client got every byte");
+      equal(atClient.hex(), streamDigest(2, SIZE, ODD_CHUNK), "Smart Client's bytes are the ERP's, in order");
+    } finally {
+      cutting = false;
+      await cuts;
+      app.close();
+      await chaos.close();
+    }
+  });
+}
