@@ -6,6 +6,7 @@
  */
 import { equal, ok } from "node:assert/strict";
 import { encodeData, encodeOffsetFrame, FrameType } from "../../src/protocol/frames.ts";
+import { readBufferPool } from "../../src/session/buffer_pool.ts";
 import { openRawSession } from "../helpers/raw_peer.ts";
 import { readExactly } from "../helpers/apps.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
@@ -27,9 +28,9 @@ function heldMemory(): number {
 Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot make broker-server hold more than the README's bound", async () => {
   // README, "Flow control: what a session can hold": the receiving direction
   // holds at most C waiting for the application plus about 6.3 MiB of link
-  // buffers. Here C is 64 KiB... no: the window is the server's cap (4 MiB
-  // by default), and 1 MiB of payload (a quarter of it) is sent as one-byte
-  // DATA frames to an ERP that does not read yet. The bound says < 8 MiB.
+  // buffers. The window is the server's cap (4 MiB by default); 1 MiB of
+  // payload (a quarter of it) is sent as one-byte DATA frames to an ERP that
+  // does not read yet. The README's bound for the whole session is 14.3 MiB.
   let release: () => void = () => {};
   const held = new Promise<void>((resolve) => release = resolve);
   await using erp = startErp(async () => {
@@ -112,6 +113,23 @@ Deno.test("a broker-client with a smaller REPLAY_BUFFER_SIZE than broker-server 
   // receiver acknowledges every 16 KiB; with only the client at 64K the
   // server acknowledges every 128 KiB (a quarter of ITS window, 4 MiB), more
   // than the client may have in flight, so each 64 KiB waits for the timer.
+  const tiny = await uploadRounds("64K", "64K", 10, 300);
+  const tinyMismatched = await uploadRounds("64K", "4M", 10, 300);
+  const over = await uploadRounds("64K", "64K", 100 * 1024, 30);
+  const overMismatched = await uploadRounds("64K", "4M", 100 * 1024, 30);
+  console.log(
+    `round trips, equal caps / client 64K server 4M: 10 B ${tiny.toFixed(2)} / ${tinyMismatched.toFixed(2)} ms; ` +
+      `100 KiB ${over.toFixed(1)} / ${overMismatched.toFixed(1)} ms`,
+  );
+  ok(tinyMismatched < 5, `tiny requests are not held by the ACK timer (${tinyMismatched.toFixed(2)} ms)`);
+  ok(
+    overMismatched < Math.max(3 * over, 10),
+    `a 100 KiB request (just over the client's 64 KiB cap) takes ${
+      overMismatched.toFixed(1)
+    } ms with the client's cap smaller, ${
+      over.toFixed(1)
+    } ms with equal caps: its last 36 KiB wait for the 20 ms ACK timer`,
+  );
   const same = await uploadRounds("64K", "64K", MiB, 10);
   const mismatched = await uploadRounds("64K", "4M", MiB, 10);
   console.log(
@@ -206,3 +224,83 @@ for (const writer of ["Smart Client", "ERP"] as const) {
     }
   });
 }
+
+Deno.test("the replay buffer of a session holds about its cap, not 4x its cap in partly filled read buffers", async () => {
+  // README: "the direction it sends: at most C kept for replay, plus one 256
+  // KiB read buffer". The ERP first writes 1 MiB at once (the read size grows
+  // to 256 KiB), then 65 KiB pieces with pauses: each read takes one piece
+  // into a 256 KiB pooled buffer, and the replay buffer keeps the whole
+  // buffer for it (a read of more than a quarter of the buffer is not
+  // copied). The client is a raw peer that never acknowledges, so the
+  // session fills its 4 MiB cap.
+  let stop = false;
+  await using erp = startErp(async (conn) => {
+    await conn.write(new Uint8Array(MiB));
+    const piece = new Uint8Array(65 * 1024);
+    while (!stop) {
+      for (let done = 0; done < piece.length;) done += await conn.write(piece.subarray(done));
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  });
+  await using server = startServer(serverConfig([erp.port]));
+  const before = heldMemory() - readBufferPool.pooledBytes;
+  const raw = await openRawSession(server.address.port);
+  try {
+    const session = () => server.sessions[0]?.session;
+    const beat = setInterval(() => raw.peer.link.send(encodeOffsetFrame(FrameType.Heartbeat, 0)), 500);
+    try {
+      await deadline(
+        waitFor(() => session()?.bufferedBytes === 4 * MiB, "the cap filled", 20_000),
+        25_000,
+        () => `buffered ${session()?.bufferedBytes}`,
+      );
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      clearInterval(beat);
+    }
+    const growth = heldMemory() - readBufferPool.pooledBytes - before;
+    console.log(`held ${(growth / MiB).toFixed(1)} MiB for a replay buffer of ${session()?.bufferedBytes} bytes`);
+    ok(
+      growth < 8 * MiB,
+      `broker-server holds ${
+        (growth / MiB).toFixed(1)
+      } MiB for a session whose replay buffer counts 4 MiB (README: at most C + 256 KiB for the sending direction)`,
+    );
+  } finally {
+    stop = true;
+    raw.peer.close();
+  }
+});
+
+Deno.test("zero-byte sessions where both ends close at once all end cleanly and promptly", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(async (conn) => {
+    await conn.closeWrite(); // the ERP says nothing and half-closes at once
+    await receiveAll(conn);
+  });
+  await using server = startServer(serverConfig([erp.port], { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" }));
+  await using client = startClient(clientConfig([server.address.port]));
+  const N = 30;
+  const started = Date.now();
+  await Promise.all(Array.from({ length: N }, async (_, i) => {
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    try {
+      if (i % 3 === 0) await app.closeWrite();
+      else if (i % 3 === 1) await new Promise((r) => setTimeout(r, 5)).then(() => app.closeWrite());
+      const got = await deadline(receiveAll(app), 10_000, () => `session ${i}: ${logs.lines.slice(-5).join(" | ")}`);
+      equal(got.bytes, 0);
+      if (i % 3 === 2) await app.closeWrite(); // after the ERP's end arrived
+    } finally {
+      app.close();
+    }
+  }));
+  await deadline(
+    waitFor(() => server.sessions.length === 0 && client.sessions.length === 0, "every session ended", 10_000),
+    11_000,
+    () => `server ${server.sessions.length} client ${client.sessions.length}; ${logs.lines.slice(-5).join(" | ")}`,
+  );
+  const took = Date.now() - started;
+  const unclean = logs.lines.filter((l) => /ended/i.test(l) && !/clean|complete|all bytes/i.test(l));
+  equal(unclean.length, 0, `sessions that did not end cleanly: ${unclean.slice(0, 3).join(" | ")}`);
+  ok(took < 5_000, `${N} empty sessions took ${took} ms to end`);
+});
