@@ -28,23 +28,30 @@ function heldMemory(): number {
 Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot make broker-server hold more than the README's bound", async () => {
   // README, "Flow control: what a session can hold": the receiving direction
   // holds at most C waiting for the application plus about 6.3 MiB of link
-  // buffers. The window is the server's cap (4 MiB by default); 1 MiB of
-  // payload (a quarter of it) is sent as one-byte DATA frames to an ERP that
-  // does not read yet. The README's bound for the whole session is 14.3 MiB.
+  // buffers. With C = 16M, the client first sends 8 MiB in large frames to
+  // an ERP that reads nothing (its socket buffers fill up), then 2 MiB as
+  // one-byte DATA frames, all inside the window. Those 2 MiB may cost 2 MiB
+  // plus link buffers, not hundreds of MiB.
   let release: () => void = () => {};
   const held = new Promise<void>((resolve) => release = resolve);
   await using erp = startErp(async () => {
     await held; // the ERP is busy: it reads nothing for now
   });
-  await using server = startServer(serverConfig([erp.port]));
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: "16M" }));
   const raw = await openRawSession(server.address.port);
+  const session = () => server.sessions[0]?.session;
   try {
     await waitFor(() => erp.connections === 1, "the ERP connection");
-    const before = heldMemory();
-    const FRAMES = 1 * MiB;
+    let offset = 0;
+    const large = new Uint8Array(256 * 1024);
+    for (; offset < 8 * MiB; offset += large.length) await raw.peer.writeRaw(encodeData(offset, large));
+    await waitFor(() => session()?.received === offset, "the large frames received");
+    await new Promise((r) => setTimeout(r, 300)); // the ERP's socket takes what it can
+    const before = heldMemory() - readBufferPool.pooledBytes;
+    const pendingBefore = session()?.pendingLocalBytes ?? 0;
+    const FRAMES = 2 * MiB;
     const per = 14; // 13-byte DATA header + 1 byte
     const batch = new Uint8Array(per * 64 * 1024);
-    let offset = 0;
     for (let sent = 0; sent < FRAMES;) {
       const n = Math.min(64 * 1024, FRAMES - sent);
       for (let i = 0; i < n; i++) batch.set(encodeData(offset++, new Uint8Array([offset & 0xff])), i * per);
@@ -52,22 +59,21 @@ Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot 
       sent += n;
     }
     raw.peer.link.send(encodeOffsetFrame(FrameType.Heartbeat, 0));
-    const session = () => server.sessions[0]?.session;
     await deadline(
-      waitFor(() => session()?.received === FRAMES, "all DATA received", 60_000),
+      waitFor(() => session()?.received === offset, "all DATA received", 60_000),
       65_000,
       () => `received ${session()?.received}`,
     );
     ok(session()?.state === "attached", "the frames were within the window: the link stays");
-    const growth = heldMemory() - before;
-    console.log(
-      `held ${(growth / MiB).toFixed(1)} MiB for ${FRAMES} bytes waiting (pending ${session()?.pendingLocalBytes})`,
-    );
+    const pending = (session()?.pendingLocalBytes ?? 0) - pendingBefore;
+    ok(pending > MiB, `most of the one-byte frames wait for the ERP (${pending} bytes more than before)`);
+    const growth = heldMemory() - readBufferPool.pooledBytes - before;
+    console.log(`held ${(growth / MiB).toFixed(1)} MiB more for ${pending} more bytes waiting`);
     ok(
-      growth < 16 * MiB,
+      growth < 10 * MiB,
       `broker-server holds ${
         (growth / MiB).toFixed(1)
-      } MiB for 1 MiB of payload waiting for the ERP (README bound for the whole session with the defaults: 14.3 MiB)`,
+      } MiB more for ${pending} bytes of one-byte DATA frames waiting for the ERP (README: the bytes plus about 6.3 MiB of link buffers)`,
     );
   } finally {
     release();
@@ -303,4 +309,66 @@ Deno.test("zero-byte sessions where both ends close at once all end cleanly and 
   const unclean = logs.lines.filter((l) => /ended/i.test(l) && !/clean|complete|all bytes/i.test(l));
   equal(unclean.length, 0, `sessions that did not end cleanly: ${unclean.slice(0, 3).join(" | ")}`);
   ok(took < 5_000, `${N} empty sessions took ${took} ms to end`);
+});
+
+Deno.test("Smart Client half-closes, then reads 16 MiB slowly while the link is cut every 100-300 ms: every byte, no protocol error", async () => {
+  const SIZE = 16 * MiB;
+  await using logs = await captureLogs();
+  let erpDone: Promise<Digest> | undefined;
+  await using erp = startErp((conn) =>
+    (erpDone = (async () => {
+      const got = await receiveAll(conn);
+      await sendStream(conn, 5, SIZE, 256 * 1024);
+      await conn.closeWrite();
+      return got;
+    })()).then(() => {})
+  );
+  const fast = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms", REPLAY_BUFFER_SIZE: "1M" };
+  await using server = startServer(serverConfig([erp.port], fast));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port], { REPLAY_BUFFER_SIZE: "1M" }));
+  const random = seededRandom(11);
+  let cutting = true;
+  const cuts = (async () => {
+    for (let i = 0; cutting; i++) {
+      await new Promise((r) => setTimeout(r, 100 + random() * 200));
+      if (!cutting) return;
+      if (i % 2 === 0) chaos.resetAll();
+      else chaos.closeAll();
+    }
+  })();
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  try {
+    await sendStream(app, 4, MiB);
+    await app.closeWrite();
+    const digest = new Digest();
+    const buf = new Uint8Array(32 * 1024);
+    const read = (async () => {
+      for (;;) {
+        const n = await app.read(buf);
+        if (n === null) return;
+        digest.update(buf.subarray(0, n));
+        await new Promise((r) => setTimeout(r, 10)); // about 3 MiB/s at most
+      }
+    })();
+    await deadline(
+      read,
+      60_000,
+      () =>
+        `read ${digest.bytes}, cuts ${chaos.faults.resets + chaos.faults.closes}; ${
+          client.sessions.map((s) => `${s.state} received ${s.received} pending ${s.pendingLocalBytes}`)
+        }; ${logs.lines.slice(-4).join(" | ")}`,
+    );
+    const atErp = await deadline(erpDone ?? Promise.reject(new Error("no ERP connection")), 5_000, () => "ERP");
+    console.log(`done after ${chaos.faults.resets + chaos.faults.closes} cuts`);
+    equal(atErp.hex(), streamDigest(4, MiB), "the ERP got the request");
+    equal(digest.bytes, SIZE, "Smart Client got every byte");
+    equal(digest.hex(), streamDigest(5, SIZE, 256 * 1024), "in order");
+    equal(logs.lines.filter((l) => /protocol error|beyond the window/.test(l)).length, 0, "no protocol error");
+  } finally {
+    cutting = false;
+    await cuts;
+    app.close();
+    await chaos.close();
+  }
 });
