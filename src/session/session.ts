@@ -133,6 +133,8 @@ const LINK_HIGH_WATER = 1024 * 1024;
  * buffers it keeps alive stay below this; beyond it payloads are copied.
  */
 const LENT_BUFFERS_BUDGET = 2 * 1024 * 1024;
+/** DATA payloads smaller than this are copied and gathered, never lent (see WriteQueue.pushCopy). */
+const SMALL_DATA_BYTES = 4 * 1024;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 
@@ -418,7 +420,11 @@ export class Session {
         }
         this.#received += bytes.length;
         this.stats.bytesToLocal += bytes.length;
-        if (link.retiredBytes < LENT_BUFFERS_BUDGET) {
+        if (bytes.length < SMALL_DATA_BYTES) {
+          // Small pieces are gathered into shared buffers: a peer sending
+          // one byte per DATA frame must not cost an object (and a write) per byte.
+          this.#localWriter.pushCopy(bytes);
+        } else if (link.retiredBytes < LENT_BUFFERS_BUDGET) {
           this.#localWriter.push(bytes);
           link.lendReadBuffer();
         } else {
