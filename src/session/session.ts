@@ -601,7 +601,9 @@ export class Session {
     let buffer = readBufferPool.take(sizer.size);
     while (!this.#isClosed()) {
       // Read each time: the client adopts the server's cap at WELCOME.
-      const room = this.#timers.replayBufferBytes - this.#out.size;
+      // Counted in memory held, not bytes: a read of a quarter of a pooled
+      // buffer keeps the whole buffer until acknowledged.
+      const room = this.#timers.replayBufferBytes - this.#out.held;
       const link = this.#link;
       if (room <= 0 || (link && link.writer.queuedBytes >= LINK_HIGH_WATER)) {
         // Backpressure: wait for an ACK (room) or for the link to drain.
@@ -630,6 +632,7 @@ export class Session {
       const size = sizer.update(DATA_HEADER_SIZE + n);
       let frame: Uint8Array;
       let lease: PoolLease | undefined;
+      let held = n;
       if (n * 4 < buffer.length) {
         // A small read: send and keep an exact copy; the buffer is read into again.
         frame = buffer.slice(0, DATA_HEADER_SIZE + n);
@@ -640,9 +643,10 @@ export class Session {
       } else {
         frame = buffer.subarray(0, DATA_HEADER_SIZE + n);
         lease = new PoolLease(buffer, readBufferPool, this.#link ? 2 : 1);
+        held = buffer.length;
         buffer = readBufferPool.take(size);
       }
-      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease);
+      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease, held);
       this.stats.bytesFromLocal += n;
       this.#link?.send(sealDataFrame(frame, offset), lease);
     }
