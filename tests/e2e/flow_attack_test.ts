@@ -7,7 +7,7 @@
 import { equal, ok } from "node:assert/strict";
 import { encodeData, encodeOffsetFrame, FrameType } from "../../src/protocol/frames.ts";
 import { readBufferPool } from "../../src/session/buffer_pool.ts";
-import { openRawSession } from "../helpers/raw_peer.ts";
+import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { readExactly } from "../helpers/apps.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
@@ -384,5 +384,64 @@ Deno.test("Smart Client half-closes, then reads 16 MiB slowly while the link is 
     await cuts;
     app.close();
     await chaos.close();
+  }
+});
+
+Deno.test("a hostile client cannot pin link read buffers beyond the 2 MiB budget by resuming on a new link each time", async () => {
+  // Each link may keep read buffers for lent DATA up to LENT_BUFFERS_BUDGET
+  // (2 MiB). A client sends one small (but lent) DATA frame per read buffer,
+  // fills the rest of the buffer with heartbeats, and resumes on a new link
+  // once the budget is used: the old link's buffers stay alive through the
+  // views the ERP's write queue holds, and the new link starts a new budget.
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => release = resolve);
+  await using erp = startErp(async () => {
+    await held; // the ERP is busy: it reads nothing for now
+  });
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: "16M" }));
+  const opened = await openRawSession(server.address.port);
+  let peer = opened.peer;
+  const session = () => server.sessions[0]?.session;
+  try {
+    await waitFor(() => erp.connections === 1, "the ERP connection");
+    let offset = 0;
+    const large = new Uint8Array(256 * 1024);
+    for (; offset < 8 * MiB; offset += large.length) await peer.writeRaw(encodeData(offset, large));
+    await waitFor(() => session()?.received === offset, "the large frames received");
+    await new Promise((r) => setTimeout(r, 300)); // the ERP's socket takes what it can
+    const heartbeat = encodeOffsetFrame(FrameType.Heartbeat, 0);
+    const filler = new Uint8Array(heartbeat.length * Math.floor(MiB / heartbeat.length));
+    for (let at = 0; at < filler.length; at += heartbeat.length) filler.set(heartbeat, at);
+    const piece = new Uint8Array(8 * 1024);
+    const pendingBefore = session()?.pendingLocalBytes ?? 0;
+    const before = heldMemory() - readBufferPool.pooledBytes;
+    const LINKS = 12;
+    for (let i = 0; i < LINKS; i++) {
+      if (i > 0) {
+        peer.close();
+        await waitFor(() => session()?.state === "detached", "the link lost");
+        const resumed = await resumeRaw(server.address.port, opened.sessionId, opened.key, 0);
+        equal(resumed.answer?.type, FrameType.Resumed, "resumed");
+        peer = resumed.peer;
+      }
+      for (let b = 0; b < 4; b++) {
+        await peer.writeRaw(encodeData(offset, piece));
+        offset += piece.length;
+        await peer.writeRaw(filler);
+      }
+      await waitFor(() => session()?.received === offset, "the pieces received");
+    }
+    const pending = (session()?.pendingLocalBytes ?? 0) - pendingBefore;
+    const growth = heldMemory() - readBufferPool.pooledBytes - before;
+    console.log(`held ${(growth / MiB).toFixed(1)} MiB more for ${pending} more bytes waiting, over ${LINKS} links`);
+    ok(
+      growth < pending + 7 * MiB,
+      `broker-server holds ${
+        (growth / MiB).toFixed(1)
+      } MiB more for ${pending} bytes waiting for the ERP (README: the bytes plus at most 4 MiB of link buffers and the one being read into)`,
+    );
+  } finally {
+    release();
+    peer.close();
   }
 });
