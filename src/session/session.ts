@@ -167,6 +167,9 @@ export class Session {
   #stateSince: number;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
+  /** Read buffers of replaced links that queued local views still keep alive (bytes, and the pushedTotal that frees them). */
+  #oldLinkBuffers: { bytes: number; mark: number }[] = [];
+  #oldLinkBytes = 0;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -353,10 +356,28 @@ export class Session {
     this.#events.ended(end);
   }
 
+  /**
+   * Bytes of replaced links' read buffers still referenced by the local
+   * queue: the lending budget is the session's, not each link's, or a peer
+   * could resume on a new link whenever one link's budget is used.
+   */
+  #bytesKeptByOldLinks(): number {
+    const written = this.#localWriter.writtenTotal;
+    while (this.#oldLinkBuffers.length > 0 && (this.#oldLinkBuffers[0] as { mark: number }).mark <= written) {
+      this.#oldLinkBytes -= (this.#oldLinkBuffers.shift() as { bytes: number }).bytes;
+    }
+    return this.#oldLinkBytes;
+  }
+
   #dropLink(): void {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
+    const lent = old.lentBytes;
+    if (lent > 0 && this.#localWriter.writtenTotal < this.#localWriter.pushedTotal) {
+      this.#oldLinkBuffers.push({ bytes: lent, mark: this.#localWriter.pushedTotal });
+      this.#oldLinkBytes += lent;
+    }
     clearInterval(this.#tickTimer);
     clearTimeout(this.#ackTimer);
     this.#ackTimer = undefined;
@@ -425,7 +446,7 @@ export class Session {
           // Small pieces are gathered into shared buffers: a peer sending
           // one byte per DATA frame must not cost an object (and a write) per byte.
           this.#localWriter.pushCopy(bytes);
-        } else if (link.retiredBytes < LENT_BUFFERS_BUDGET) {
+        } else if (link.retiredBytes + this.#bytesKeptByOldLinks() < LENT_BUFFERS_BUDGET) {
           this.#localWriter.push(bytes);
           link.lendReadBuffer();
         } else {
