@@ -445,3 +445,57 @@ Deno.test("a hostile client cannot pin link read buffers beyond the 2 MiB budget
     peer.close();
   }
 });
+
+Deno.test("an ERP answering in many tiny pieces to a client that acknowledges nothing: the replay buffer holds about its cap", async () => {
+  // Each small read is kept as its own exact copy (13-byte header, payload,
+  // and the objects around it): tiny pieces cost far more than their bytes.
+  let stop = false;
+  await using erp = startErp(async (conn) => {
+    const piece = new Uint8Array(16);
+    while (!stop) {
+      await conn.write(piece);
+      await new Promise((r) => setTimeout(r, 0));
+    }
+  });
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: "128K" }));
+  const before = heldMemory() - readBufferPool.pooledBytes;
+  const raw = await openRawSession(server.address.port);
+  try {
+    const session = () => server.sessions[0]?.session;
+    const beat = setInterval(() => raw.peer.link.send(encodeOffsetFrame(FrameType.Heartbeat, 0)), 500);
+    let frames = 0;
+    const drain = (async () => {
+      try {
+        while (await raw.peer.next(30_000) !== null) frames++;
+      } catch { /* closed at the end */ }
+    })();
+    try {
+      let last = -1;
+      await deadline(
+        (async () => {
+          while (session()?.bufferedBytes !== last || last < 64 * 1024) {
+            last = session()?.bufferedBytes ?? 0;
+            await new Promise((r) => setTimeout(r, 1000));
+          }
+        })(),
+        60_000,
+        () => `buffered ${session()?.bufferedBytes}, ${frames} frames`,
+      );
+    } finally {
+      clearInterval(beat);
+    }
+    const growth = heldMemory() - readBufferPool.pooledBytes - before;
+    console.log(
+      `held ${(growth / MiB).toFixed(1)} MiB for a replay buffer of ${session()?.bufferedBytes} bytes in ${frames} frames`,
+    );
+    ok(
+      growth < MiB,
+      `broker-server holds ${(growth / MiB).toFixed(1)} MiB for a session whose cap is 128 KiB (${frames} DATA frames)`,
+    );
+    raw.peer.close();
+    await drain;
+  } finally {
+    stop = true;
+    raw.peer.close();
+  }
+});
