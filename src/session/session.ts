@@ -136,6 +136,13 @@ const LINK_HIGH_WATER = 1024 * 1024;
 const LENT_BUFFERS_BUDGET = 2 * 1024 * 1024;
 /** DATA payloads smaller than this are copied and gathered, never lent (see WriteQueue.pushCopy). */
 const SMALL_DATA_BYTES = 4 * 1024;
+/**
+ * What a small read kept as its own copy costs beyond its bytes (its DATA
+ * header, the buffer and view objects, its replay chunk), counted against the
+ * cap so that an application writing tiny pieces cannot make the replay
+ * buffer hold many times its cap.
+ */
+const COPY_OVERHEAD_BYTES = 320;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 
@@ -653,7 +660,7 @@ export class Session {
       const size = sizer.update(DATA_HEADER_SIZE + n);
       let frame: Uint8Array;
       let lease: PoolLease | undefined;
-      let held = n;
+      let held = n + COPY_OVERHEAD_BYTES;
       if (n * 4 < buffer.length) {
         // A small read: send and keep an exact copy; the buffer is read into again.
         frame = buffer.slice(0, DATA_HEADER_SIZE + n);
