@@ -501,3 +501,50 @@ Deno.test("an ERP answering in many tiny pieces to a client that acknowledges no
     raw.peer.close();
   }
 });
+
+Deno.test("hostile ACK and HEARTBEAT offsets: backwards is ignored, beyond what was sent (or 2^60) drops only the link, the session resumes", async () => {
+  await using erp = startErp(async (conn) => {
+    await conn.write(new TextEncoder().encode("hello")); // 5 bytes toward the client
+    await receiveAll(conn);
+  });
+  await using server = startServer(serverConfig([erp.port]));
+  const opened = await openRawSession(server.address.port);
+  let peer = opened.peer;
+  const session = () => server.sessions[0]?.session;
+  try {
+    await waitFor(() => session()?.bufferedBytes === 5, "the ERP's 5 bytes kept for replay");
+    const offsetFrame = (type: typeof FrameType.Ack | typeof FrameType.Heartbeat, high: number, low: number) => {
+      const frame = encodeOffsetFrame(type, 0);
+      new DataView(frame.buffer).setUint32(5, high);
+      new DataView(frame.buffer).setUint32(9, low);
+      return frame;
+    };
+    // Forward then backward: the backward one changes nothing.
+    await peer.writeRaw(encodeOffsetFrame(FrameType.Ack, 3));
+    await peer.writeRaw(encodeOffsetFrame(FrameType.Ack, 1));
+    await peer.writeRaw(encodeOffsetFrame(FrameType.Heartbeat, 0));
+    await waitFor(() => session()?.bufferedBytes === 2, "3 bytes acknowledged");
+    ok(session()?.state === "attached", "backward offsets keep the link");
+    const attacks: [string, Uint8Array][] = [
+      ["ACK beyond the end", encodeOffsetFrame(FrameType.Ack, 7)], // 5 sent, no FIN: 6 is already too far
+      ["ACK of the FIN before any FIN", encodeOffsetFrame(FrameType.Ack, 6)],
+      ["HEARTBEAT at 2^60", offsetFrame(FrameType.Heartbeat, 0x1000_0000, 0)],
+      ["ACK at 2^64 - 1", offsetFrame(FrameType.Ack, 0xffff_ffff, 0xffff_ffff)],
+    ];
+    for (const [what, frame] of attacks) {
+      await peer.writeRaw(frame);
+      await peer.closedByPeer();
+      await waitFor(() => session()?.state === "detached", `${what}: the link dropped`);
+      equal(session()?.bufferedBytes, 2, `${what}: nothing acknowledged`);
+      const resumed = await resumeRaw(server.address.port, opened.sessionId, opened.key, 3);
+      equal(resumed.answer?.type, FrameType.Resumed, `${what}: the session resumes`);
+      peer = resumed.peer;
+      const replay = await peer.next();
+      equal(replay?.type, FrameType.Data, `${what}: the 2 unacknowledged bytes come again`);
+      await waitFor(() => session()?.state === "attached", "attached again");
+    }
+    equal(erp.connections, 1, "the ERP connection was never lost");
+  } finally {
+    peer.close();
+  }
+});
