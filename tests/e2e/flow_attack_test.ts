@@ -548,3 +548,31 @@ Deno.test("hostile ACK and HEARTBEAT offsets: backwards is ignored, beyond what 
     peer.close();
   }
 });
+
+Deno.test("DATA beyond the window drops only the link: nothing of it reaches the ERP, and the session goes on within the window", async () => {
+  let got = 0;
+  await using erp = startErp(async (conn) => {
+    const digest = await receiveAll(conn);
+    got = digest.bytes;
+  });
+  await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: "64K" }));
+  await using logs = await captureLogs();
+  const opened = await openRawSession(server.address.port);
+  let peer = opened.peer;
+  const session = () => server.sessions[0]?.session;
+  try {
+    await peer.writeRaw(encodeData(0, new Uint8Array(64 * 1024 + 1)));
+    await peer.closedByPeer();
+    await waitFor(() => session()?.state === "detached", "the link dropped");
+    equal(session()?.received, 0, "none of the frame was taken");
+    ok(logs.lines.some((l) => /beyond the window/.test(l)), "the log says why");
+    const resumed = await resumeRaw(server.address.port, opened.sessionId, opened.key, 0);
+    equal(resumed.answer?.type, FrameType.Resumed);
+    peer = resumed.peer;
+    await peer.writeRaw(encodeData(0, new Uint8Array(64 * 1024)));
+    await peer.writeRaw(encodeOffsetFrame(FrameType.Fin, 64 * 1024));
+    await waitFor(() => got === 64 * 1024, "the ERP got the 64 KiB within the window", 5_000);
+  } finally {
+    peer.close();
+  }
+});
