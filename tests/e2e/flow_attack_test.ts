@@ -576,3 +576,37 @@ Deno.test("DATA beyond the window drops only the link: nothing of it reaches the
     peer.close();
   }
 });
+
+for (const [clientCap, serverCap] of [["8M", "64K"], ["64K", "8M"]] as const) {
+  Deno.test(`client cap ${clientCap}, server cap ${serverCap}: bulk both ways under cuts, no protocol error`, async () => {
+    const SIZE = 16 * MiB;
+    await using logs = await captureLogs();
+    let erpDigest: Promise<Digest> | undefined;
+    await using erp = startErp((conn) => (erpDigest = readWhileWriting(conn, 2, SIZE)).then(() => {}));
+    const fast = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms", REPLAY_BUFFER_SIZE: serverCap };
+    await using server = startServer(serverConfig([erp.port], fast));
+    const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+    await using client = startClient(clientConfig([chaos.port], { REPLAY_BUFFER_SIZE: clientCap }));
+    const stop = chaos.cutEvery(150);
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    try {
+      const context = () => `cuts ${chaos.faults.resets + chaos.faults.closes}; ${logs.lines.slice(-4).join(" | ")}`;
+      const atClient = await deadline(writeThenRead(app, 1, SIZE), 60_000, context);
+      const atErp = await deadline(
+        (async () => {
+          while (!erpDigest) await new Promise((r) => setTimeout(r, 5));
+          return await erpDigest;
+        })(),
+        10_000,
+        context,
+      );
+      equal(atErp.hex(), streamDigest(1, SIZE, ODD_CHUNK));
+      equal(atClient.hex(), streamDigest(2, SIZE, ODD_CHUNK));
+      equal(logs.lines.filter((l) => /protocol error|beyond the window/.test(l)).length, 0, "no protocol error");
+    } finally {
+      await stop();
+      app.close();
+      await chaos.close();
+    }
+  });
+}
