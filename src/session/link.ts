@@ -156,6 +156,15 @@ export class Link {
     this.#decoder.setLimits(limits);
   }
 
+  /**
+   * Bytes of read buffers kept for lent DATA: the retired ones and the
+   * current one if lent. A session replacing this link keeps counting them
+   * until its local queue has written what was pushed by then.
+   */
+  get lentBytes(): number {
+    return this.#retiredBytes + (this.#lent && this.#buffer !== null ? this.#buffer.length : 0);
+  }
+
   /** Queues a frame; `owner` is released once it is written. */
   send(frame: Uint8Array, owner?: Releasable): void {
     this.lastSentAt = this.#now();

@@ -31,9 +31,11 @@ interface Chunk {
   start: number;
   bytes: Uint8Array;
   owner: Shared | undefined;
+  /** Memory the chunk keeps alive (its whole buffer when owned), until it is dropped. */
+  held: number;
 }
 
-const DROPPED: Chunk = { start: 0, bytes: new Uint8Array(0), owner: undefined };
+const DROPPED: Chunk = { start: 0, bytes: new Uint8Array(0), owner: undefined, held: 0 };
 
 /** Unacknowledged outbound bytes of one session direction. */
 export class ReplayBuffer {
@@ -41,6 +43,7 @@ export class ReplayBuffer {
   #head = 0;
   #start: number;
   #end: number;
+  #held = 0;
 
   /** Creates an empty buffer whose next byte has offset `startOffset`. */
   constructor(startOffset = 0) {
@@ -66,16 +69,24 @@ export class ReplayBuffer {
     return this.#end - this.#start;
   }
 
+  /** Memory the kept bytes hold: at least `size`, more when they are views into larger buffers. */
+  get held(): number {
+    return this.#held;
+  }
+
   /**
    * Keeps `bytes` (by reference: the caller must not reuse them); returns
    * their offset. `owner` is released once all of them are acknowledged
    * (not when the buffer is cleared: the bytes may still be on their way).
+   * `held`: the memory they keep alive (the owner's whole buffer), counted
+   * in `held` until they are all acknowledged.
    */
-  append(bytes: Uint8Array, owner?: Shared): number {
+  append(bytes: Uint8Array, owner?: Shared, held = bytes.length): number {
     const offset = this.#end;
     if (bytes.length === 0) return offset;
-    this.#chunks.push({ start: offset, bytes, owner });
+    this.#chunks.push({ start: offset, bytes, owner, held });
     this.#end += bytes.length;
+    this.#held += held;
     return offset;
   }
 
@@ -94,6 +105,7 @@ export class ReplayBuffer {
       const chunkEnd = chunk.start + chunk.bytes.length;
       if (chunkEnd <= offset) {
         this.#chunks[this.#head++] = DROPPED;
+        this.#held -= chunk.held;
         chunk.owner?.release();
         continue;
       }
@@ -138,6 +150,7 @@ export class ReplayBuffer {
   clear(): void {
     this.#chunks = [];
     this.#head = 0;
+    this.#held = 0;
     this.#start = this.#end;
   }
 

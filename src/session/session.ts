@@ -41,6 +41,7 @@ import {
   sealDataFrame,
 } from "../protocol/frames.ts";
 import { formatDuration } from "../config/values.ts";
+import { MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
 import { PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
@@ -133,6 +134,15 @@ const LINK_HIGH_WATER = 1024 * 1024;
  * buffers it keeps alive stay below this; beyond it payloads are copied.
  */
 const LENT_BUFFERS_BUDGET = 2 * 1024 * 1024;
+/** DATA payloads smaller than this are copied and gathered, never lent (see WriteQueue.pushCopy). */
+const SMALL_DATA_BYTES = 4 * 1024;
+/**
+ * What a small read kept as its own copy costs beyond its bytes (its DATA
+ * header, the buffer and view objects, its replay chunk), counted against the
+ * cap so that an application writing tiny pieces cannot make the replay
+ * buffer hold many times its cap.
+ */
+const COPY_OVERHEAD_BYTES = 320;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 
@@ -164,6 +174,9 @@ export class Session {
   #stateSince: number;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
+  /** Read buffers of replaced links that queued local views still keep alive (bytes, and the pushedTotal that frees them). */
+  #oldLinkBuffers: { bytes: number; mark: number }[] = [];
+  #oldLinkBytes = 0;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -350,10 +363,28 @@ export class Session {
     this.#events.ended(end);
   }
 
+  /**
+   * Bytes of replaced links' read buffers still referenced by the local
+   * queue: the lending budget is the session's, not each link's, or a peer
+   * could resume on a new link whenever one link's budget is used.
+   */
+  #bytesKeptByOldLinks(): number {
+    const written = this.#localWriter.writtenTotal;
+    while (this.#oldLinkBuffers.length > 0 && (this.#oldLinkBuffers[0] as { mark: number }).mark <= written) {
+      this.#oldLinkBytes -= (this.#oldLinkBuffers.shift() as { bytes: number }).bytes;
+    }
+    return this.#oldLinkBytes;
+  }
+
   #dropLink(): void {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
+    const lent = old.lentBytes;
+    if (lent > 0 && this.#localWriter.writtenTotal < this.#localWriter.pushedTotal) {
+      this.#oldLinkBuffers.push({ bytes: lent, mark: this.#localWriter.pushedTotal });
+      this.#oldLinkBytes += lent;
+    }
     clearInterval(this.#tickTimer);
     clearTimeout(this.#ackTimer);
     this.#ackTimer = undefined;
@@ -418,7 +449,11 @@ export class Session {
         }
         this.#received += bytes.length;
         this.stats.bytesToLocal += bytes.length;
-        if (link.retiredBytes < LENT_BUFFERS_BUDGET) {
+        if (bytes.length < SMALL_DATA_BYTES) {
+          // Small pieces are gathered into shared buffers: a peer sending
+          // one byte per DATA frame must not cost an object (and a write) per byte.
+          this.#localWriter.pushCopy(bytes);
+        } else if (link.retiredBytes + this.#bytesKeptByOldLinks() < LENT_BUFFERS_BUDGET) {
           this.#localWriter.push(bytes);
           link.lendReadBuffer();
         } else {
@@ -496,7 +531,12 @@ export class Session {
     const link = this.#link;
     if (!link) return;
     const pending = this.#localWriter.writtenTotal - this.#lastAckSent;
-    if (pending >= Math.min(ACK_EVERY_BYTES, this.#timers.receiveWindowBytes / 4)) {
+    // A quarter of what the peer may have in flight. broker-client sends with
+    // the server's cap (its window here); broker-server's window is its own
+    // cap, but the client may send with a smaller one (down to the smallest
+    // allowed), and an ACK held for the timer would stall it every window.
+    const peerCap = this.#role === "server" ? MIN_REPLAY_BUFFER_BYTES : this.#timers.receiveWindowBytes;
+    if (pending >= Math.min(ACK_EVERY_BYTES, peerCap / 4)) {
       this.#sendAck(link);
     } else if (pending > 0 && this.#ackTimer === undefined) {
       this.#ackTimer = setTimeout(() => {
@@ -589,7 +629,9 @@ export class Session {
     let buffer = readBufferPool.take(sizer.size);
     while (!this.#isClosed()) {
       // Read each time: the client adopts the server's cap at WELCOME.
-      const room = this.#timers.replayBufferBytes - this.#out.size;
+      // Counted in memory held, not bytes: a read of a quarter of a pooled
+      // buffer keeps the whole buffer until acknowledged.
+      const room = this.#timers.replayBufferBytes - this.#out.held;
       const link = this.#link;
       if (room <= 0 || (link && link.writer.queuedBytes >= LINK_HIGH_WATER)) {
         // Backpressure: wait for an ACK (room) or for the link to drain.
@@ -618,6 +660,7 @@ export class Session {
       const size = sizer.update(DATA_HEADER_SIZE + n);
       let frame: Uint8Array;
       let lease: PoolLease | undefined;
+      let held = n + COPY_OVERHEAD_BYTES;
       if (n * 4 < buffer.length) {
         // A small read: send and keep an exact copy; the buffer is read into again.
         frame = buffer.slice(0, DATA_HEADER_SIZE + n);
@@ -628,9 +671,10 @@ export class Session {
       } else {
         frame = buffer.subarray(0, DATA_HEADER_SIZE + n);
         lease = new PoolLease(buffer, readBufferPool, this.#link ? 2 : 1);
+        held = buffer.length;
         buffer = readBufferPool.take(size);
       }
-      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease);
+      const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease, held);
       this.stats.bytesFromLocal += n;
       this.#link?.send(sealDataFrame(frame, offset), lease);
     }

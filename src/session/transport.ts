@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Releasable, WriteProgress } from "./buffer_pool.ts";
+import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
 
 /** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
 export interface Transport {
@@ -72,6 +72,7 @@ export class WriteQueue implements WriteProgress {
   #flushWaiters: (() => void)[] = [];
   #onError: (err: Error) => void;
   #onWritten: (() => void) | undefined;
+  #tail: { buffer: Uint8Array; used: number; view: Uint8Array } | null = null;
 
   /**
    * Wraps `transport`; `onError` hears the first write failure, `onWritten`
@@ -111,6 +112,35 @@ export class WriteQueue implements WriteProgress {
     this.#queued += bytes.length;
     this.#pushedTotal += bytes.length;
     if (!this.#running) this.#run();
+  }
+
+  /**
+   * Queues a copy of `bytes` (a small piece): appended to the last queued
+   * copy while that one is not being written and has room, so that many
+   * small pieces cost a few pooled buffers and writes, not one object and
+   * one write each.
+   */
+  pushCopy(bytes: Uint8Array): void {
+    if (this.#closed || this.#endAfterFlush) return;
+    const tail = this.#tail;
+    const last = this.#queue.length - 1;
+    if (
+      tail !== null && last > this.#head && this.#queue[last] === tail.view &&
+      tail.buffer.length - tail.used >= bytes.length
+    ) {
+      tail.buffer.set(bytes, tail.used);
+      tail.used += bytes.length;
+      tail.view = tail.buffer.subarray(0, tail.used);
+      this.#queue[last] = tail.view;
+      this.#queued += bytes.length;
+      this.#pushedTotal += bytes.length;
+      return;
+    }
+    const buffer = readBufferPool.take(Math.max(COALESCE_SIZE, powerOfTwo(bytes.length)));
+    buffer.set(bytes);
+    const view = buffer.subarray(0, bytes.length);
+    this.#tail = { buffer, used: bytes.length, view };
+    this.push(view, { release: () => readBufferPool.give(buffer) });
   }
 
   /** Resolves when fewer than `limit` bytes are queued, or the queue is closed. */
@@ -205,6 +235,12 @@ export class WriteQueue implements WriteProgress {
 }
 
 const EMPTY = new Uint8Array(0);
+/** Size of the buffers small pieces are gathered in (see pushCopy). */
+const COALESCE_SIZE = 16 * 1024;
+
+function powerOfTwo(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+}
 
 interface Waiter {
   limit: number;
