@@ -415,7 +415,7 @@ class SessionRunner {
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
-    const hello = encodeHelloNew(own.publicKey, this.#openToken);
+    const hello = encodeHelloNew(own.publicKey, this.#openToken, this.#config.replayBufferBytes);
     const link = await this.#dial(server, hello, this.#signal, this.#config.connectTimeoutMs);
     // Not cancelled once connected: if Smart Client leaves meanwhile, the
     // server is told (ABORT after its WELCOME) instead of holding the session.
@@ -451,6 +451,11 @@ class SessionRunner {
       }
       try {
         checkAdoptedTimers(welcome);
+        if (welcome.replayBufferBytes > this.#config.replayBufferBytes) {
+          throw new RangeError(
+            `its session cap of ${welcome.replayBufferBytes} bytes exceeds the ${this.#config.replayBufferBytes} this broker-client offered`,
+          );
+        }
       } catch (err) {
         // The server opened a session for us meanwhile: tell it, so that it frees the ERP connection now.
         const reason = `unusable timers in its WELCOME (${(err as Error).message}): check its appserver.ini`;
@@ -480,8 +485,8 @@ class SessionRunner {
         resumeTimeoutMs: welcome.resumeTimeoutMs,
         heartbeatIntervalMs: welcome.heartbeatIntervalMs,
         linkTimeoutMs: welcome.linkTimeoutMs,
-        // Flow control: neither side may have more in flight than the smaller cap.
-        replayBufferBytes: Math.min(this.#config.replayBufferBytes, welcome.replayBufferBytes),
+        // Flow control: the session's cap (at most ours, checked above) bounds what either side has in flight.
+        replayBufferBytes: welcome.replayBufferBytes,
         receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);

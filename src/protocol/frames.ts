@@ -9,6 +9,8 @@
  *
  * Handshakes (client → server, ← server's answers):
  * - open: HELLO_NEW → [← CHALLENGE, PROOF: with an admission key] ← WELCOME.
+ *   HELLO_NEW states the client's replay buffer cap, WELCOME the session's:
+ *   the smaller of both sides', the most either side keeps in flight.
  * - retried open, when an earlier attempt with the same token and key already
  *   opened the session: HELLO_NEW → [admission as above] ← WELCOME_BACK →
  *   PROOF ← RESUMED; the link carries the session only after the proof.
@@ -116,12 +118,15 @@ export class ProtocolError extends Error {
   override name = "ProtocolError";
 }
 
+/** Size of a HELLO_NEW payload: public key, open token and the client's u32 cap. */
+const HELLO_NEW_SIZE = PUBLIC_KEY_SIZE + ID_SIZE + 4;
+
 /** Size of a WELCOME payload without the optional admission proof: id, key, three u32 timers and the u32 cap. */
 const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 16;
 
 /** Exact payload sizes of fixed-size frames; -1 means "at least the minimum". */
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
-  [FrameType.HelloNew]: [PUBLIC_KEY_SIZE + ID_SIZE, true],
+  [FrameType.HelloNew]: [HELLO_NEW_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
   [FrameType.Welcome]: [WELCOME_SIZE, false],
   [FrameType.Challenge]: [ID_SIZE, true],
@@ -206,16 +211,42 @@ function checkSize(what: string, bytes: Uint8Array, size: number): void {
 }
 
 /**
- * HELLO_NEW: the client's ephemeral public key and its open token, a random
+ * HELLO_NEW: the client's ephemeral public key, its open token (a random
  * value the client repeats, with the same key, on every attempt to open the
  * same session: a repeat tells the server that an earlier WELCOME may never
- * have arrived. Both travel in clear, so a repeat proves nothing by itself:
- * the server answers it with WELCOME_BACK and a proof is required.
+ * have arrived; both travel in clear, so a repeat proves nothing by itself:
+ * the server answers it with WELCOME_BACK and a proof is required), and the
+ * client's replay buffer cap: the session's cap, which WELCOME states, is
+ * the smaller of the two sides', so that each side acknowledges in time for
+ * the other's window.
  */
-export function encodeHelloNew(publicKey: Uint8Array, openToken: Uint8Array): Uint8Array {
+export function encodeHelloNew(publicKey: Uint8Array, openToken: Uint8Array, replayBufferBytes: number): Uint8Array {
   checkSize("public key", publicKey, PUBLIC_KEY_SIZE);
   checkSize("open token", openToken, ID_SIZE);
-  return frameWithBytes(FrameType.HelloNew, publicKey, openToken);
+  const out = frame(FrameType.HelloNew, HELLO_NEW_SIZE);
+  out.set(publicKey, FRAME_HEADER_SIZE);
+  out.set(openToken, FRAME_HEADER_SIZE + PUBLIC_KEY_SIZE);
+  writeU32Field(out, FRAME_HEADER_SIZE + PUBLIC_KEY_SIZE + ID_SIZE, replayBufferBytes, "replayBufferBytes");
+  return out;
+}
+
+/** A decoded HELLO_NEW. */
+export interface HelloNew {
+  /** The client's ephemeral public key. */
+  publicKey: Uint8Array;
+  /** The open token. */
+  openToken: Uint8Array;
+  /** The client's replay buffer cap (bytes). */
+  replayBufferBytes: number;
+}
+
+/** Decodes a HELLO_NEW payload (its size is checked by the decoder). */
+export function decodeHelloNew(payload: Uint8Array): HelloNew {
+  return {
+    publicKey: payload.slice(0, PUBLIC_KEY_SIZE),
+    openToken: payload.slice(PUBLIC_KEY_SIZE, PUBLIC_KEY_SIZE + ID_SIZE),
+    replayBufferBytes: readU32(payload, PUBLIC_KEY_SIZE + ID_SIZE),
+  };
 }
 
 /** HELLO_RESUME: session id and a fresh client nonce. */
@@ -454,7 +485,7 @@ export interface FrameLimits {
  * link cannot announce a large frame and make the server buffer for it.
  */
 export const CLIENT_HANDSHAKE_LIMITS: Readonly<FrameLimits> = Object.freeze({
-  maxPayload: PUBLIC_KEY_SIZE + ID_SIZE,
+  maxPayload: HELLO_NEW_SIZE,
   types: Object.freeze([FrameType.HelloNew, FrameType.HelloResume, FrameType.Proof]),
 });
 

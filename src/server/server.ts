@@ -9,9 +9,11 @@
 
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
+import { MAX_REPLAY_BUFFER_BYTES, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { logger } from "../ops/log.ts";
 import {
   CLIENT_HANDSHAKE_LIMITS,
+  decodeHelloNew,
   decodeProof,
   encodeChallenge,
   encodeClose,
@@ -325,15 +327,16 @@ export class BrokerServer {
     return [...this.#sessions.values()];
   }
 
-  #timers(): SessionTimers {
+  /** A new session's timers; its cap is the smaller of ours and the client's `clientCap` (WELCOME states it). */
+  #timers(clientCap: number): SessionTimers {
     const t = this.#config.tuning;
+    const cap = Math.min(t.replayBufferBytes, clientCap);
     return {
       resumeTimeoutMs: t.resumeTimeoutMs,
       heartbeatIntervalMs: t.heartbeatIntervalMs,
       linkTimeoutMs: t.linkTimeoutMs,
-      replayBufferBytes: t.replayBufferBytes,
-      // The client's cap is at most ours (WELCOME tells it ours).
-      receiveWindowBytes: t.replayBufferBytes,
+      replayBufferBytes: cap,
+      receiveWindowBytes: cap,
       unconfirmedTimeoutMs: t.unconfirmedTimeoutMs,
     };
   }
@@ -602,8 +605,17 @@ export class BrokerServer {
     hello: Frame,
     read: (what: string) => Promise<Frame | null>,
   ): Promise<void> {
-    const clientPublicKey = hello.payload.slice(0, PUBLIC_KEY_SIZE);
-    const openTokenBytes = hello.payload.slice(PUBLIC_KEY_SIZE);
+    const { publicKey: clientPublicKey, openToken: openTokenBytes, replayBufferBytes: clientCap } = decodeHelloNew(
+      hello.payload,
+    );
+    if (clientCap < MIN_REPLAY_BUFFER_BYTES || clientCap > MAX_REPLAY_BUFFER_BYTES) {
+      await this.#reject(
+        link,
+        RejectCode.Protocol,
+        `the client's replay buffer cap of ${clientCap} bytes is out of range (${MIN_REPLAY_BUFFER_BYTES} to ${MAX_REPLAY_BUFFER_BYTES})`,
+      );
+      return;
+    }
     // A repeated token means the client may never have got an earlier
     // WELCOME. The token travels in clear, so a repeat proves nothing: if
     // that attempt's session exists, this link gets it (the same ERP
@@ -697,7 +709,7 @@ export class BrokerServer {
       });
       return;
     }
-    const timers = this.#timers();
+    const timers = this.#timers(clientCap);
     link.send(await this.#welcome(sessionId, own.publicKey, timers, signed));
     const id = toHex(sessionId);
     const entry: Entry = {

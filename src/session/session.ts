@@ -41,7 +41,6 @@ import {
   sealDataFrame,
 } from "../protocol/frames.ts";
 import { formatDuration } from "../config/values.ts";
-import { MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
 import { PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
@@ -531,12 +530,10 @@ export class Session {
     const link = this.#link;
     if (!link) return;
     const pending = this.#localWriter.writtenTotal - this.#lastAckSent;
-    // A quarter of what the peer may have in flight. broker-client sends with
-    // the server's cap (its window here); broker-server's window is its own
-    // cap, but the client may send with a smaller one (down to the smallest
-    // allowed), and an ACK held for the timer would stall it every window.
-    const peerCap = this.#role === "server" ? MIN_REPLAY_BUFFER_BYTES : this.#timers.receiveWindowBytes;
-    if (pending >= Math.min(ACK_EVERY_BYTES, peerCap / 4)) {
+    // At most a quarter of what the peer may have in flight (the session's
+    // cap, which both sides agreed at the welcome): an ACK held for the timer
+    // would stall the peer every window.
+    if (pending >= Math.min(ACK_EVERY_BYTES, this.#timers.receiveWindowBytes / 4)) {
       this.#sendAck(link);
     } else if (pending > 0 && this.#ackTimer === undefined) {
       this.#ackTimer = setTimeout(() => {

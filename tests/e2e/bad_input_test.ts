@@ -70,7 +70,7 @@ Deno.test("garbage, truncated, oversized and unknown frames drop only their link
   }
   // Truncated: a frame cut off by the end of the stream.
   const truncated = await RawPeer.connect(server.address.port);
-  await truncated.writeRaw(bytesOf(encodePreface(), [FrameType.HelloNew, 0, 0, 0, 48, 1, 2, 3]));
+  await truncated.writeRaw(bytesOf(encodePreface(), [FrameType.HelloNew, 0, 0, 0, 52, 1, 2, 3]));
   truncated.link.close();
   await logs.waitFor(/Dropped link from 127\.0\.0\.1:\d+ during handshake: .*(inside a frame|reset|closed)/);
 

@@ -12,6 +12,7 @@ import { freePort } from "../helpers/apps.ts";
 import { RawPeer } from "../helpers/raw_peer.ts";
 import { waitFor } from "../helpers/setup.ts";
 import { PERMISSIONS, PROGRAMS } from "../../tools/build.ts";
+import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
 
 const onLinux = Deno.build.os === "linux";
 const RESETS = 300;
@@ -167,7 +168,10 @@ Deno.test({
       ]),
       200,
     );
-    const hello = new Uint8Array([...encodePreface(), ...encodeHelloNew(new Uint8Array(32), new Uint8Array(16))]);
+    const hello = new Uint8Array([
+      ...encodePreface(),
+      ...encodeHelloNew(new Uint8Array(32), new Uint8Array(16), DEFAULT_TUNING.replayBufferBytes),
+    ]);
     const links = await Promise.all(Array.from({ length: 300 }, async () => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port });
       await conn.write(hello);

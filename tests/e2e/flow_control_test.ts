@@ -4,7 +4,11 @@
  * faults. Over plain TCP each of these completes; through the brokers they
  * must too, with every byte checked and the link's heartbeats alive.
  */
-import { equal, ok } from "node:assert/strict";
+import { equal, match, ok } from "node:assert/strict";
+import { decodeReject, encodeHelloNew, encodePreface, FrameType } from "../../src/protocol/frames.ts";
+import { createEphemeralKey, randomId } from "../../src/protocol/resume_auth.ts";
+import { RawPeer } from "../helpers/raw_peer.ts";
+import { echo, roundTrip } from "../helpers/apps.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, deadline, serverConfig, startClient, startErp, startServer } from "../helpers/setup.ts";
@@ -181,4 +185,31 @@ Deno.test("a slow reader on either side stops neither the other direction nor th
     equal(logs.lines.filter((l) => /link lost/.test(l)).length, 0, `no link declared dead (slow ${slowSide})`);
     app.close();
   }
+});
+
+Deno.test("the session's cap is the smaller of the two REPLAY_BUFFER_SIZEs; a hello with a cap out of range is refused", async () => {
+  await using erp = startErp(echo);
+  for (const [clientCap, serverCap, expected] of [["64K", "4M", 65536], ["8M", "1M", 1048576]] as const) {
+    await using server = startServer(serverConfig([erp.port], { REPLAY_BUFFER_SIZE: serverCap }));
+    await using client = startClient(clientConfig([server.address.port], { REPLAY_BUFFER_SIZE: clientCap }));
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    equal(await roundTrip(app, "cap?"), "cap?");
+    equal(server.sessions[0]?.session.timers.replayBufferBytes, expected, `server, ${clientCap}/${serverCap}`);
+    equal(server.sessions[0]?.session.timers.receiveWindowBytes, expected);
+    equal(client.sessions[0]?.timers.replayBufferBytes, expected, `client, ${clientCap}/${serverCap}`);
+    equal(client.sessions[0]?.timers.receiveWindowBytes, expected);
+    app.close();
+  }
+  await using server = startServer(serverConfig([erp.port]));
+  for (const cap of [1024, 2 ** 31]) {
+    const peer = await RawPeer.connect(server.address.port);
+    peer.link.send(encodePreface());
+    peer.link.send(encodeHelloNew((await createEphemeralKey()).publicKey, randomId(), cap));
+    equal((await peer.next())?.type, FrameType.Preface);
+    const reject = await peer.next();
+    equal(reject?.type, FrameType.Reject);
+    match(decodeReject(reject?.payload as Uint8Array).reason, /replay buffer cap of \d+ bytes is out of range/);
+    peer.close();
+  }
+  equal(server.sessions.length, 0);
 });

@@ -21,6 +21,7 @@ import {
 } from "../../src/protocol/frames.ts";
 import { seededRandom } from "../../tools/streams.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
 
 const CASES = Number(Deno.env.get("FUZZ_CASES") ?? 100_000);
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 4242);
@@ -41,7 +42,7 @@ function makeCase(random: () => number): Uint8Array {
   const int = (n: number) => Math.floor(random() * n);
   const bytes = (n: number) => Uint8Array.from({ length: n }, () => int(256));
   const valid = [
-    () => concatBytes(encodePreface(), encodeHelloNew(bytes(32), bytes(16))),
+    () => concatBytes(encodePreface(), encodeHelloNew(bytes(32), bytes(16), DEFAULT_TUNING.replayBufferBytes)),
     () => concatBytes(encodePreface(), encodeHelloResume(bytes(16), bytes(16))),
     () =>
       concatBytes(
@@ -52,7 +53,7 @@ function makeCase(random: () => number): Uint8Array {
     () => concatBytes(encodePreface(), encodeData(int(1000), bytes(int(64) + 1))),
     () => concatBytes(encodePreface(), encodeOffsetFrame(FrameType.Ack, int(1e6)), encodeChallenge(bytes(16))),
     () => concatBytes(encodePreface(), encodeAbort("x".repeat(int(40))), encodeReject(1, "no")),
-    () => concatBytes(encodePreface(int(4)), encodeHelloNew(bytes(32), bytes(16))),
+    () => concatBytes(encodePreface(int(4)), encodeHelloNew(bytes(32), bytes(16), DEFAULT_TUNING.replayBufferBytes)),
   ];
   const kind = int(5);
   if (kind === 0) return bytes(int(64)); // noise

@@ -34,6 +34,7 @@ import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, roundTrip } from "../helpers/apps.ts";
+import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
 
 const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
 const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
@@ -189,7 +190,7 @@ Deno.test("admission key: a recorded handshake replayed later is refused", async
   const key = await importAdmissionKey(ADMISSION);
   const own = await createEphemeralKey();
   const token = randomId();
-  const hello = encodeHelloNew(own.publicKey, token);
+  const hello = encodeHelloNew(own.publicKey, token, DEFAULT_TUNING.replayBufferBytes);
   // The genuine exchange, recorded.
   const first = await RawPeer.connect(server.address.port);
   first.link.send(encodePreface());
@@ -250,7 +251,7 @@ async function openWithAdmission(port: number, key: CryptoKey): Promise<FrameTyp
   const own = await createEphemeralKey();
   const openToken = randomId();
   peer.link.send(encodePreface());
-  peer.link.send(encodeHelloNew(own.publicKey, openToken));
+  peer.link.send(encodeHelloNew(own.publicKey, openToken, DEFAULT_TUNING.replayBufferBytes));
   await peer.next();
   const challenge = await peer.next();
   if (challenge?.type !== FrameType.Challenge) {
@@ -396,7 +397,10 @@ function holdIdleLinks(port: number, n: number): { opened: () => number; stop: (
   let opened = 0;
   let resume: () => void = () => {};
   const pause = new Promise<void>((resolve) => resume = resolve);
-  const dribble = concatBytes(encodePreface(), encodeHelloNew(new Uint8Array(32), new Uint8Array(16)));
+  const dribble = concatBytes(
+    encodePreface(),
+    encodeHelloNew(new Uint8Array(32), new Uint8Array(16), DEFAULT_TUNING.replayBufferBytes),
+  );
   const holders = Array.from({ length: n }, async (_, i) => {
     while (!stopped) {
       let conn: Deno.Conn;
@@ -570,8 +574,8 @@ Deno.test("sniffed open token: a replayed or re-keyed HELLO_NEW cannot take over
   const port = server.address.port;
   const own = await createEphemeralKey();
   const token = randomId();
-  const hello = encodeHelloNew(own.publicKey, token);
-  const strangerHello = encodeHelloNew((await createEphemeralKey()).publicKey, token);
+  const hello = encodeHelloNew(own.publicKey, token, DEFAULT_TUNING.replayBufferBytes);
+  const strangerHello = encodeHelloNew((await createEphemeralKey()).publicKey, token, DEFAULT_TUNING.replayBufferBytes);
   const assertRefused = (seen: number[], who: string) => {
     equal(seen.includes(FrameType.Data), false, `${who}: no ERP byte reaches it (frames: ${seen})`);
     equal(seen.includes(FrameType.Welcome), false, `${who}: not welcomed into the session (frames: ${seen})`);
@@ -600,9 +604,15 @@ Deno.test("sniffed open token: a replayed or re-keyed HELLO_NEW cannot take over
   await waitFor(() => erp.connections === 2, "the second ERP connection");
   first.peer.close();
   await waitFor(() => server.sessions.some((s) => s.session.state === "detached"), "the link loss to be seen");
-  assertRefused(await replayOpening(port, encodeHelloNew(ownB.publicKey, tokenB)), "a replay to the orphan");
   assertRefused(
-    await replayOpening(port, encodeHelloNew((await createEphemeralKey()).publicKey, tokenB)),
+    await replayOpening(port, encodeHelloNew(ownB.publicKey, tokenB, DEFAULT_TUNING.replayBufferBytes)),
+    "a replay to the orphan",
+  );
+  assertRefused(
+    await replayOpening(
+      port,
+      encodeHelloNew((await createEphemeralKey()).publicKey, tokenB, DEFAULT_TUNING.replayBufferBytes),
+    ),
     "the orphan's token with another key",
   );
   // The real retry proves the key the first attempt derived, and gets the ERP's first bytes.
@@ -689,7 +699,7 @@ Deno.test({
       await new Promise((resolve) => setTimeout(resolve, 100)); // the real opening is connecting now
       const thief = await RawPeer.connect(port);
       thief.link.send(encodePreface());
-      thief.link.send(encodeHelloNew(own.publicKey, token));
+      thief.link.send(encodeHelloNew(own.publicKey, token, DEFAULT_TUNING.replayBufferBytes));
       equal((await thief.next())?.type, FrameType.Preface);
       const answer = await thief.next();
       equal(answer?.type, FrameType.Reject);

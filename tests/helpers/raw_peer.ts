@@ -26,6 +26,7 @@ import {
   verifyRetake,
 } from "../../src/protocol/resume_auth.ts";
 import { Link } from "../../src/session/link.ts";
+import { MAX_REPLAY_BUFFER_BYTES } from "../../src/config/tuning.ts";
 
 /** A raw link to a broker-server. */
 export class RawPeer {
@@ -87,6 +88,8 @@ export interface OpenRawOptions {
   openToken?: Uint8Array;
   /** The ephemeral key pair; a retry of the same opening uses the first attempt's. */
   own?: EphemeralKey;
+  /** The cap offered in HELLO_NEW (default: the largest, so the server's cap is the session's). */
+  replayBufferBytes?: number;
 }
 
 /**
@@ -99,7 +102,7 @@ export async function openRawSession(port: number, options: OpenRawOptions = {})
   const own = options.own ?? await createEphemeralKey();
   const peer = await RawPeer.connect(port);
   peer.link.send(encodePreface());
-  peer.link.send(encodeHelloNew(own.publicKey, openToken));
+  peer.link.send(encodeHelloNew(own.publicKey, openToken, options.replayBufferBytes ?? MAX_REPLAY_BUFFER_BYTES));
   const preface = await peer.next();
   if (preface?.type !== FrameType.Preface) throw new Error("expected the server's preface");
   const frame = await peer.next();

@@ -3,6 +3,7 @@ import {
   CLIENT_HANDSHAKE_LIMITS,
   concatBytes,
   DATA_HEADER_SIZE,
+  decodeHelloNew,
   decodeProof,
   decodeReject,
   decodeWelcome,
@@ -48,7 +49,16 @@ Deno.test("frames encode byte for byte", () => {
   equal(hex(encodeAbort("bye")), "20" + "00000003" + "627965");
   equal(hex(encodeReject(RejectCode.BadProof, "no")), "21" + "00000003" + "03" + "6e6f");
   equal(hex(encodeChallenge(fill(16, 1))), "04" + "00000010" + "01".repeat(16));
-  equal(hex(encodeHelloNew(fill(32, 2), fill(16, 3))), "01" + "00000030" + "02".repeat(32) + "03".repeat(16));
+  equal(
+    hex(encodeHelloNew(fill(32, 2), fill(16, 3), 4 * 1024 * 1024)),
+    "01" + "00000034" + "02".repeat(32) + "03".repeat(16) + "00400000",
+  );
+  const hello = decodeHelloNew(encodeHelloNew(fill(32, 2), fill(16, 3), 65536).subarray(5));
+  deepEqual([hex(hello.publicKey), hex(hello.openToken), hello.replayBufferBytes], [
+    "02".repeat(32),
+    "03".repeat(16),
+    65536,
+  ]);
   equal(hex(encodeHelloResume(fill(16, 4), fill(16, 5))), "02" + "00000020" + "04".repeat(16) + "05".repeat(16));
   equal(
     hex(encodeProof(FrameType.Proof, fill(32, 6), 9)),
@@ -145,7 +155,7 @@ Deno.test("decoded handshake payloads round-trip", () => {
 function stream(): { bytes: Uint8Array; expected: string[] } {
   const parts = [
     encodePreface(),
-    encodeHelloNew(fill(32, 1), fill(16, 2)),
+    encodeHelloNew(fill(32, 1), fill(16, 2), 1 << 20),
     encodeData(0, new Uint8Array([1, 2, 3, 4, 5])),
     encodeOffsetFrame(FrameType.Ack, 77),
     encodeData(5, fill(300, 9)),
@@ -238,7 +248,7 @@ Deno.test("decoder with a list of types refuses the others, and takes every type
   equal(d.next()?.type, FrameType.Data, "the same pending frame, judged by the new limits");
   const big = new FrameDecoder({ ...CLIENT_HANDSHAKE_LIMITS, preface: false });
   big.push(new Uint8Array([FrameType.HelloNew, 0, 0x10, 0, 0]));
-  throws(() => big.next(), /Frame too large: type 1 with 1048576 bytes, limit 48/);
+  throws(() => big.next(), /Frame too large: type 1 with 1048576 bytes, limit 52/);
 });
 
 Deno.test("decoder in carry mode leaves split frames to the caller, who completes them in one chunk", () => {
