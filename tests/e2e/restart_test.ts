@@ -41,7 +41,10 @@ Deno.test("client before server; server crash and restart: old sessions end with
   // Smart Client connects while no broker-server runs: the session waits.
   const first = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   await first.write(new TextEncoder().encode("early"));
-  await waitFor(() => (client.openings[0]?.failedRounds ?? 0) > 0, "the first round of opening attempts to fail");
+  await waitFor(
+    () => (client.openings[0]?.failedRounds ?? 0) > 0,
+    `the first round of opening attempts to fail (broker-server port ${port}, broker-client on ${client.address.port})`,
+  );
   const opening = client.openings[0];
   ok(opening);
   equal(opening.session.state, "connecting", "the session waits for a broker server");
