@@ -87,6 +87,16 @@ interface Identity {
   server: HostPort;
 }
 
+/** How the opening of a session is going (see BrokerClient.openings). */
+export interface OpeningProgress {
+  /** The session; its state is "connecting" until a broker server welcomes it. */
+  session: Session;
+  /** Rounds over all the broker servers that failed so far (the client waits, then tries again). */
+  failedRounds: number;
+  /** Why each broker server failed in the last failed round ("host:port: reason; ..."); "" before any. */
+  lastFailure: string;
+}
+
 /** Options of a BrokerClient. */
 export interface BrokerClientOptions {
   /** Clock in ms (injectable). */
@@ -127,6 +137,11 @@ export class BrokerClient {
   /** The sessions in progress (for status and tests). */
   get sessions(): Session[] {
     return [...this.#runners].map((r) => r.session);
+  }
+
+  /** How opening each session in progress went: failed rounds and their reasons (for status and tests). */
+  get openings(): OpeningProgress[] {
+    return [...this.#runners].map((r) => ({ session: r.session, ...r.opening }));
   }
 
   /** Binds the loopback listener and starts accepting Smart Client connections. */
@@ -224,6 +239,7 @@ class SessionRunner {
   /** The ephemeral key pair of every attempt to open this session. */
   #openKey: Promise<EphemeralKey> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
+  #opening = { failedRounds: 0, lastFailure: "" };
 
   constructor(
     config: ClientConfig,
@@ -303,6 +319,11 @@ class SessionRunner {
     return this.#session;
   }
 
+  /** Rounds of opening attempts that failed so far, and why the last one did. */
+  get opening(): { failedRounds: number; lastFailure: string } {
+    return { ...this.#opening };
+  }
+
   get #label(): string {
     return this.#identity ? toHex(this.#identity.sessionId).slice(0, 8) : `(new, Smart Client ${this.#smartClient})`;
   }
@@ -340,6 +361,7 @@ class SessionRunner {
         }
       }
       const summary = [...errors].map(([server, error]) => `${server}: ${error}`).join("; ");
+      this.#opening = { failedRounds: attempt + 1, lastFailure: summary };
       if (rejections === this.#config.brokerServers.length) {
         this.#session.abort(`no broker server accepted the session (${summary})`);
         return;

@@ -23,7 +23,7 @@ import { within } from "../../src/session/transport.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-import { echo, roundTrip } from "../helpers/apps.ts";
+import { echo, freePort, roundTrip } from "../helpers/apps.ts";
 
 /** A real session through broker-client that must stay healthy meanwhile. */
 async function realSession(serverPort: number) {
@@ -233,9 +233,7 @@ Deno.test("a resume from an offset no longer buffered gets an explicit 'cannot r
 
 Deno.test("an ERP that refuses: Smart Client's socket is closed promptly with the reason logged", async () => {
   await using logs = await captureLogs();
-  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const deadPort = (closed.addr as Deno.NetAddr).port;
-  closed.close();
+  const deadPort = freePort();
   await using server = startServer(serverConfig([deadPort]));
   await using client = startClient(clientConfig([server.address.port]));
   const started = Date.now();
@@ -286,9 +284,7 @@ Deno.test("a link that connects and says nothing is dropped after the handshake 
 
 Deno.test("no broker server reachable: the new session gives up after NEW_SESSION_TIMEOUT and says why", async () => {
   await using logs = await captureLogs();
-  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const deadPort = (closed.addr as Deno.NetAddr).port;
-  closed.close();
+  const deadPort = freePort();
   await using client = startClient(clientConfig([deadPort], { NEW_SESSION_TIMEOUT: "600ms" }));
   const started = Date.now();
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });

@@ -7,7 +7,7 @@ import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor
 import type { StatusSnapshot } from "../../src/server/stats.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { findChromium, headlessArgs } from "../../tools/chromium.ts";
-import { echo } from "../helpers/apps.ts";
+import { echo, freePort } from "../helpers/apps.ts";
 
 async function exchange(app: Deno.Conn, bytes: number): Promise<void> {
   await app.write(new Uint8Array(bytes));
@@ -22,9 +22,7 @@ function withStatus(config: ReturnType<typeof serverConfig>, accessKey: string |
 
 Deno.test("status.json, metrics and the HTML page describe the live broker", async () => {
   await using erp = startErp(echo);
-  const dead = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const deadPort = (dead.addr as Deno.NetAddr).port;
-  dead.close();
+  const deadPort = freePort();
   await using server = startServer(
     withStatus(
       serverConfig([erp.port, deadPort], {

@@ -7,6 +7,7 @@
 import { equal, match, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { clientConfig, startClient, startErp, waitFor } from "../helpers/setup.ts";
+import { freePort } from "../helpers/apps.ts";
 
 const onWindows = Deno.build.os === "windows";
 if (!onWindows) {
@@ -37,9 +38,7 @@ Deno.test({
       const buf = new Uint8Array(4096);
       for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
     });
-    const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (probe.addr as Deno.NetAddr).port;
-    probe.close();
+    const port = freePort();
     // A folder with a space in its name, as under "Program Files".
     const dir = `${await Deno.makeTempDir()}\\broker service`;
     await Deno.mkdir(dir);

@@ -30,10 +30,28 @@ export async function roundTrip(app: Deno.Conn, text: string): Promise<string> {
   return new TextDecoder().decode(await readExactly(app, new TextEncoder().encode(text).length));
 }
 
-/** A loopback port with nothing listening (taken and released at once). */
+/** Where freePort looks: below the ephemeral ranges (Linux 32768-60999, Windows 49152-65535). */
+const FREE_PORT_LOW = 20_000;
+const FREE_PORT_HIGH = 32_000;
+
+/**
+ * A loopback port with nothing listening (checked by listening on it for a
+ * moment), for a server that is down or starts later. Not one that the
+ * system hands out for port 0: the next listener asking for any port could be
+ * given it again. Under Wine the test's own broker-client got it, so it dialed
+ * itself as its broker server and waited the whole handshake timeout (10 s)
+ * for a WELCOME instead of being refused.
+ */
 export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = FREE_PORT_LOW + Math.floor(Math.random() * (FREE_PORT_HIGH - FREE_PORT_LOW));
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch (err) {
+      // In use, or (Windows) in a range the system reserved.
+      if (!(err instanceof Deno.errors.AddrInUse || err instanceof Deno.errors.PermissionDenied)) throw err;
+    }
+  }
+  throw new Error(`No free loopback port found between ${FREE_PORT_LOW} and ${FREE_PORT_HIGH}`);
 }
