@@ -28,7 +28,6 @@ import {
   FrameType,
   ID_SIZE,
   PROTOCOL_VERSION,
-  PUBLIC_KEY_SIZE,
   RejectCode,
   type RejectCodeValue,
   toHex,
