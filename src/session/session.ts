@@ -225,6 +225,11 @@ export class Session {
     return this.#out.size;
   }
 
+  /** Memory those bytes keep alive (whole pooled buffers, copies with their overhead). */
+  get bufferedMemory(): number {
+    return this.#out.held;
+  }
+
   /** Bytes received from the peer and not yet written to the local socket. */
   get pendingLocalBytes(): number {
     return this.#localWriter.queuedBytes;
@@ -625,10 +630,13 @@ export class Session {
     const sizer = new ReadSizer(MAX_READ_SIZE);
     let buffer = readBufferPool.take(sizer.size);
     while (!this.#isClosed()) {
-      // Read each time: the client adopts the server's cap at WELCOME.
-      // Counted in memory held, not bytes: a read of a quarter of a pooled
-      // buffer keeps the whole buffer until acknowledged.
-      const room = this.#timers.replayBufferBytes - this.#out.held;
+      // Read each time: the client adopts the session's cap at WELCOME. At
+      // most the cap in bytes in flight (the peer's window), and at most
+      // twice the cap in memory kept: a read of a quarter of a pooled buffer
+      // keeps the whole buffer until acknowledged, and counting only memory
+      // would shrink the window of a bulk transfer whose reads fill half.
+      const cap = this.#timers.replayBufferBytes;
+      const room = Math.min(cap - this.#out.size, 2 * cap - this.#out.held);
       const link = this.#link;
       if (room <= 0 || (link && link.writer.queuedBytes >= LINK_HIGH_WATER)) {
         // Backpressure: wait for an ACK (room) or for the link to drain.

@@ -9,6 +9,7 @@ import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, freePort } from "../helpers/apps.ts";
+import { canHangConnects, startHangingListener } from "../helpers/hanging_listener.ts";
 
 /** Opens a session through broker-client and proves it carries data. */
 async function openApp(port: number): Promise<Deno.TcpConn> {
@@ -97,49 +98,28 @@ Deno.test("a refusing server gets no session; every session succeeds elsewhere w
   await waitFor(() => server.sessions.length === 0, "sessions to end");
 });
 
-const python = (() => {
-  try {
-    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name: "a server whose connect hangs (SYNs unanswered) is abandoned at the connect timeout",
-  ignore: !python || Deno.build.os !== "linux",
+  ignore: !canHangConnects,
   async fn() {
-    const hanging = new Deno.Command("python3", {
-      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const reader = hanging.stdout.getReader();
-    const { value } = await reader.read();
-    const hangPort = Number(new TextDecoder().decode(value).trim());
-    try {
-      await using good = startErp(echo);
-      await using server = startServer(
-        serverConfig([hangPort, good.port], { CONNECT_TIMEOUT: "500ms", SORT_METHOD: "ROUND_ROBIN" }),
-      );
-      await using client = startClient(clientConfig([server.address.port]));
-      const t0 = Date.now();
-      const app = await openApp(client.address.port); // round robin tries the hanging one first
-      const took = Date.now() - t0;
-      ok(took >= 450 && took < 3_000, `opened after ${took} ms (connect timeout 500 ms)`);
-      equal(server.sessions[0]?.backend.server.name, "REMOTE_SERVER_02");
-      equal(server.backends[0]?.health, "down");
-      app.close();
-      await waitFor(() => server.sessions.length === 0, "sessions to end");
-    } finally {
-      hanging.kill("SIGKILL");
-      await reader.cancel();
-      await hanging.status;
-    }
+    await using hanging = await startHangingListener();
+    await using good = startErp(echo);
+    await using server = startServer(
+      serverConfig([hanging.port, good.port], { CONNECT_TIMEOUT: "500ms", SORT_METHOD: "ROUND_ROBIN" }),
+    );
+    await using client = startClient(clientConfig([server.address.port]));
+    const t0 = Date.now();
+    const app = await openApp(client.address.port); // round robin tries the hanging one first
+    const took = Date.now() - t0;
+    ok(took >= 450 && took < 3_000, `opened after ${took} ms (connect timeout 500 ms)`);
+    equal(server.sessions[0]?.backend.server.name, "REMOTE_SERVER_02");
+    equal(server.backends[0]?.health, "down");
+    app.close();
+    await waitFor(() => server.sessions.length === 0, "sessions to end");
   },
 });
-if (!python) {
-  console.log("Skipping the hanging-connect test: python3 is needed to build a listener with a full backlog");
+if (!canHangConnects) {
+  console.log("Skipping the hanging-connect test: it needs Linux and python3 (a listener with a full backlog)");
 }
 
 Deno.test("all servers down: a clear reject within connect timeout x servers; back after rise probes", async () => {

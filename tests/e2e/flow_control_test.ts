@@ -8,10 +8,18 @@ import { equal, match, ok } from "node:assert/strict";
 import { decodeReject, encodeHelloNew, encodePreface, FrameType } from "../../src/protocol/frames.ts";
 import { createEphemeralKey, randomId } from "../../src/protocol/resume_auth.ts";
 import { RawPeer } from "../helpers/raw_peer.ts";
-import { echo, roundTrip } from "../helpers/apps.ts";
+import { echo, readAndWrite, roundTrip, writeAllThenRead } from "../helpers/apps.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
-import { clientConfig, deadline, serverConfig, startClient, startErp, startServer } from "../helpers/setup.ts";
+import {
+  clientConfig,
+  deadline,
+  serverConfig,
+  startClient,
+  startErp,
+  startServer,
+  whenStarted,
+} from "../helpers/setup.ts";
 import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
 
 // Under Wine a process with many megabytes in flight on loopback is slow; the
@@ -19,21 +27,8 @@ import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/stream
 const SIZE = Number(Deno.env.get("FLOW_TEST_MIB") ?? 16) * 1024 * 1024;
 const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
 
-/** Writes all of stream `seed`, half-closes, then reads everything: the order a careless application uses. */
-async function writeThenRead(conn: Deno.Conn, seed: number): Promise<Digest> {
-  await sendStream(conn, seed, SIZE, 256 * 1024);
-  await conn.closeWrite();
-  return await receiveAll(conn);
-}
-
-/** Reads and writes at the same time, as a well-behaved server does. */
-async function readWhileWriting(conn: Deno.Conn, seed: number): Promise<Digest> {
-  const [digest] = await Promise.all([
-    receiveAll(conn),
-    sendStream(conn, seed, SIZE, 256 * 1024).then(() => conn.closeWrite()),
-  ]);
-  return digest;
-}
+const writeThenRead = (conn: Deno.Conn, seed: number) => writeAllThenRead(conn, seed, SIZE, 256 * 1024);
+const readWhileWriting = (conn: Deno.Conn, seed: number) => readAndWrite(conn, seed, SIZE, 256 * 1024);
 
 /** Reads 1 KiB every 10 ms until stopped, then at full speed to the end of the stream. */
 class SlowReader {
@@ -102,10 +97,7 @@ async function exchange(
   try {
     const atClient = await deadline(smartClient(app), options.limitMs ?? 60_000, context);
     const atErp = await deadline(
-      (async () => {
-        while (!erpDigest) await new Promise((r) => setTimeout(r, 5));
-        return await erpDigest;
-      })(),
+      whenStarted(() => erpDigest),
       10_000,
       context,
     );
@@ -166,10 +158,7 @@ Deno.test("a slow reader on either side stops neither the other direction nor th
     const started = Date.now();
     const slowDone = slowSide === "client" ? slowSideApp(app) : (fastApp(app), Promise.resolve());
     const fast = await deadline(
-      (async () => {
-        while (!fastResult) await new Promise((r) => setTimeout(r, 5));
-        return await fastResult;
-      })(),
+      whenStarted(() => fastResult),
       60_000,
       () => `slow ${slowSide}, it read ${slow.bytes} bytes; log: ${logs.lines.slice(-8).join(" | ")}`,
     );

@@ -25,6 +25,7 @@ import { clientConfig, deadline, serverConfig, startClient, startErp, startServe
 import { Digest, receiveAll, sendStream, streamDigest } from "../../tools/streams.ts";
 import { echo, readExactly, roundTrip } from "../helpers/apps.ts";
 import { byteCount, compareStreams, Tap, type TapRecording } from "../helpers/tap.ts";
+import { canHangConnects, startHangingListener } from "../helpers/hanging_listener.ts";
 
 const FAST = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" };
 
@@ -310,18 +311,10 @@ Deno.test("a lost WELCOME with a real broker-client: its retry proves the first 
   await path.close();
 });
 
-const python = (() => {
-  try {
-    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name:
     "SYNs that vanish while the network is down: each resume dial gives up within 1 s, and the session resumes soon after the network returns",
-  ignore: !python || Deno.build.os !== "linux",
+  ignore: !canHangConnects,
   async fn() {
     await using logs = await captureLogs();
     await using erp = startErp(echo);
@@ -334,14 +327,8 @@ Deno.test({
     await path.close(); // the network goes down...
     await logs.waitFor(/broker\.client: Session \w+: link lost/);
     // ...and SYNs to the broker server now vanish: a listener on its address whose backlog is full.
-    const hanging = new Deno.Command("python3", {
-      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname, String(port)],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const reader = hanging.stdout.getReader();
-    try {
-      await reader.read();
+    {
+      await using _hanging = await startHangingListener(port);
       const t0 = Date.now();
       await logs.waitFor(
         /broker\.client: Session \w+: resume attempt failed \(Cannot connect to .*: no answer within/,
@@ -349,10 +336,6 @@ Deno.test({
       );
       await logs.waitFor(/resume attempt failed \(Cannot connect to 127\.0\.0\.1:\d+: no answer within 1000 ms\)/, 100);
       ok(Date.now() - t0 < 2_500, `a silent dial gave up after ${Date.now() - t0} ms`);
-    } finally {
-      hanging.kill("SIGKILL");
-      await reader.cancel();
-      await hanging.status;
     }
     path = relay(server.address.port, { port }); // the network is back
     const back = Date.now();

@@ -35,6 +35,7 @@ import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, roundTrip } from "../helpers/apps.ts";
 import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
+import { canHangConnects, startHangingListener } from "../helpers/hanging_listener.ts";
 
 const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
 const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
@@ -671,28 +672,15 @@ Deno.test("a delayed, valid but stale PROOF from an abandoned resume attempt end
   live.close();
 });
 
-const python = (() => {
-  try {
-    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name:
     "sniffed open token: a replay while the real opening is still connecting to the ERP waits; it does not supersede it",
-  ignore: !python || Deno.build.os !== "linux",
+  ignore: !canHangConnects,
   async fn() {
     // The first ERP server's connects hang (a full backlog), so the opening takes CONNECT_TIMEOUT to reach the second.
-    const hanging = new Deno.Command("python3", {
-      args: [new URL("../fixtures/hanging_listener.py", import.meta.url).pathname],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const reader = hanging.stdout.getReader();
-    try {
-      const hangPort = Number(new TextDecoder().decode((await reader.read()).value).trim());
+    await using hanging = await startHangingListener();
+    {
+      const hangPort = hanging.port;
       await using erp = startErp(echo);
       await using server = startServer(
         serverConfig([hangPort, erp.port], { CONNECT_TIMEOUT: "500ms", SORT_METHOD: "ROUND_ROBIN" }),
@@ -717,10 +705,6 @@ Deno.test({
       deepEqual(await readText(real.peer, "mine"), { offset: 0, text: "mine" });
       equal(erp.connections, 1);
       real.peer.close();
-    } finally {
-      hanging.kill("SIGKILL");
-      await reader.cancel();
-      await hanging.status;
     }
   },
 });

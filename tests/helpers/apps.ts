@@ -4,6 +4,8 @@
  * @module
  */
 
+import { type Digest, receiveAll, sendStream } from "../../tools/streams.ts";
+
 /** An ERP stand-in that echoes everything, then half-closes after the client's FIN. */
 export async function echo(conn: Deno.Conn): Promise<void> {
   const buf = new Uint8Array(16 * 1024);
@@ -54,4 +56,20 @@ export function freePort(): number {
     }
   }
   throw new Error(`No free loopback port found between ${FREE_PORT_LOW} and ${FREE_PORT_HIGH}`);
+}
+
+/** Writes `size` bytes of stream `seed` in `chunk` pieces, half-closes, then reads everything: a careless application. */
+export async function writeAllThenRead(conn: Deno.Conn, seed: number, size: number, chunk: number): Promise<Digest> {
+  await sendStream(conn, seed, size, chunk);
+  await conn.closeWrite();
+  return await receiveAll(conn);
+}
+
+/** Reads everything while writing `size` bytes of stream `seed` (then half-closes), as a well-behaved server does. */
+export async function readAndWrite(conn: Deno.Conn, seed: number, size: number, chunk: number): Promise<Digest> {
+  const [digest] = await Promise.all([
+    receiveAll(conn),
+    sendStream(conn, seed, size, chunk).then(() => conn.closeWrite()),
+  ]);
+  return digest;
 }

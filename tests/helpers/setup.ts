@@ -132,6 +132,15 @@ export async function waitFor(condition: () => boolean, what: string, ms = 10_00
   }
 }
 
+/** The promise `get` returns once it returns one (an application handler that has not started yet), awaited. */
+export async function whenStarted<T>(get: () => Promise<T> | undefined): Promise<T> {
+  for (;;) {
+    const promise = get();
+    if (promise) return await promise;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 /**
  * Resolves like `promise`, or rejects after `ms` with the message `what()`
  * returns then (so a hang fails the test with its context instead of
