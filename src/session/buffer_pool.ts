@@ -108,3 +108,55 @@ export interface WriteProgress {
   /** Bytes written since the queue was made (never counts bytes dropped on close). */
   readonly writtenTotal: number;
 }
+
+/** The smallest power of two that is at least `n`. */
+export function powerOfTwoAtLeast(n: number): number {
+  return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
+}
+
+interface Retired {
+  buffer: Uint8Array;
+  /** The queue's pushedTotal when the buffer was retired: once that much is written, nothing refers to it. */
+  mark: number;
+}
+
+/**
+ * Read buffers whose views were lent to one write queue (a session's local
+ * socket), kept until the queue has written everything pushed while they
+ * were in use, then handed back to the pool. One per session, shared by
+ * every link it has had: what a replaced link lent still counts, so a peer
+ * that resumes on a new link cannot start a fresh budget.
+ */
+export class LentBuffers {
+  /** The write queue the views went to. */
+  readonly local: WriteProgress;
+  #retired: Retired[] = [];
+  #bytes = 0;
+
+  /** Tracks buffers lent to `local`. */
+  constructor(local: WriteProgress) {
+    this.local = local;
+  }
+
+  /** Bytes of buffers still kept for unwritten views (those written past are handed back first). */
+  get bytes(): number {
+    this.release();
+    return this.#bytes;
+  }
+
+  /** Keeps `buffer` until the queue has written what was pushed so far. */
+  retire(buffer: Uint8Array): void {
+    this.#retired.push({ buffer, mark: this.local.pushedTotal });
+    this.#bytes += buffer.length;
+  }
+
+  /** Hands back to the pool every buffer the queue has written past. */
+  release(): void {
+    const written = this.local.writtenTotal;
+    while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= written) {
+      const done = this.#retired.shift() as Retired;
+      this.#bytes -= done.buffer.length;
+      readBufferPool.give(done.buffer);
+    }
+  }
+}

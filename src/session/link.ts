@@ -6,7 +6,7 @@
  */
 
 import { type Frame, FrameDecoder, type FrameLimits, type FrameTypeValue, ProtocolError } from "../protocol/frames.ts";
-import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
+import { type LentBuffers, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Smallest read buffer (an idle socket keeps one). */
@@ -43,11 +43,6 @@ export class ReadSizer {
   }
 }
 
-/** The smallest power of two that is at least `n`. */
-export function powerOfTwoAtLeast(n: number): number {
-  return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
-}
-
 /** Options of a Link. */
 export interface LinkOptions {
   /** Largest frame payload accepted. */
@@ -56,13 +51,6 @@ export interface LinkOptions {
   types?: readonly FrameTypeValue[];
   /** Clock in ms (injectable). */
   now?: () => number;
-}
-
-/** A read buffer the link moved on from while the local queue still held views into it. */
-interface Retired {
-  buffer: Uint8Array;
-  /** The local queue's pushedTotal when it was retired: once that much is written, nothing refers to it. */
-  mark: number;
 }
 
 /** A framed connection between the two brokers. */
@@ -82,10 +70,8 @@ export class Link {
   #buffer: Uint8Array | null = null;
   #target: Uint8Array | null = null;
   #carried = 0;
-  #retired: Retired[] = [];
-  #retiredBytes = 0;
   #lent = false;
-  #local: WriteProgress | null = null;
+  #lentBuffers: LentBuffers | null = null;
   #closed = false;
   #now: () => number;
   #writeError: Error | null = null;
@@ -121,13 +107,13 @@ export class Link {
   /**
    * Tells the link where the DATA it hands out goes: frames are views into
    * its read buffers, and a buffer whose views were lent (see
-   * lendReadBuffer) is recycled only once `local` (the session's local
-   * write queue) has written everything pushed while the buffer was in use.
+   * lendReadBuffer) goes to `lent` (the session's) when the link moves on
+   * from it or closes, to be recycled once the local queue has written them.
    * Until this is called (the handshake, whose frames may be kept), buffers
    * are never recycled.
    */
-  recycleBuffersAfter(local: WriteProgress): void {
-    this.#local = local;
+  recycleBuffersAfter(lent: LentBuffers): void {
+    this.#lentBuffers = lent;
     this.#buffer = null;
     this.#lent = false;
   }
@@ -140,29 +126,9 @@ export class Link {
     this.#lent = true;
   }
 
-  /**
-   * Bytes of read buffers kept only because the local write queue still
-   * refers to them. The session copies payloads instead of lending more
-   * buffers once this passes its budget, so that a slow local reader (or a
-   * peer that sends one DATA byte per buffer) cannot make the link keep
-   * more buffers than the bytes they hold would justify.
-   */
-  get retiredBytes(): number {
-    return this.#retiredBytes;
-  }
-
   /** Changes which frames are accepted from the next one on (a handshake accepts fewer than a session). */
   setFrameLimits(limits: FrameLimits): void {
     this.#decoder.setLimits(limits);
-  }
-
-  /**
-   * Bytes of read buffers kept for lent DATA: the retired ones and the
-   * current one if lent. A session replacing this link keeps counting them
-   * until its local queue has written what was pushed by then.
-   */
-  get lentBytes(): number {
-    return this.#retiredBytes + (this.#lent && this.#buffer !== null ? this.#buffer.length : 0);
   }
 
   /** Queues a frame; `owner` is released once it is written. */
@@ -232,33 +198,25 @@ export class Link {
    * A buffer of `size` bytes starting with the `carried` bytes (a view into
    * the current buffer): the current one when nothing refers to it and it
    * has the right size, else a pooled one. A current buffer with lent views
-   * is retired until the local queue has written them; one without goes
-   * back to the pool at once.
+   * goes to the session's lent buffers; one without goes back to the pool.
    */
   #readBuffer(size: number, carried: Uint8Array): Uint8Array {
-    const local = this.#local;
-    if (!local) {
+    const lent = this.#lentBuffers;
+    if (!lent) {
       // Handshake: its frames may be kept, so every read gets a fresh buffer.
       const fresh = new Uint8Array(size);
       fresh.set(carried);
       return fresh;
     }
-    while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= local.writtenTotal) {
-      const done = this.#retired.shift() as Retired;
-      this.#retiredBytes -= done.buffer.length;
-      readBufferPool.give(done.buffer);
-    }
+    lent.release();
     const current = this.#buffer;
-    const free = current !== null && (!this.#lent || local.writtenTotal >= local.pushedTotal);
+    const free = current !== null && (!this.#lent || lent.local.writtenTotal >= lent.local.pushedTotal);
     if (current && free && current.length === size) {
       if (carried.length > 0) current.copyWithin(0, carried.byteOffset, carried.byteOffset + carried.length);
       this.#lent = false;
       return current;
     }
-    if (current && !free) {
-      this.#retired.push({ buffer: current, mark: local.pushedTotal });
-      this.#retiredBytes += current.length;
-    }
+    if (current && !free) lent.retire(current);
     const next = readBufferPool.take(size);
     next.set(carried);
     // Copied out of it above: a free buffer of the wrong size goes back now.
@@ -294,6 +252,9 @@ export class Link {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    // Views lent from the current buffer may still wait for the local socket.
+    if (this.#lent && this.#buffer) this.#lentBuffers?.retire(this.#buffer);
+    this.#lent = false;
     this.writer.close();
     closeQuietly(this.#transport);
   }

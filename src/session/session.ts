@@ -42,7 +42,7 @@ import {
 } from "../protocol/frames.ts";
 import { formatDuration } from "../config/values.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
-import { PoolLease, readBufferPool } from "./buffer_pool.ts";
+import { LentBuffers, PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
@@ -173,9 +173,8 @@ export class Session {
   #stateSince: number;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
-  /** Read buffers of replaced links that queued local views still keep alive (bytes, and the pushedTotal that frees them). */
-  #oldLinkBuffers: { bytes: number; mark: number }[] = [];
-  #oldLinkBytes = 0;
+  /** Link read buffers that DATA views queued for the local socket keep alive, over every link. */
+  #lentBuffers: LentBuffers;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -190,6 +189,7 @@ export class Session {
       (err) => this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`),
       () => this.#onDelivered(),
     );
+    this.#lentBuffers = new LentBuffers(this.#localWriter);
   }
 
   /**
@@ -273,7 +273,7 @@ export class Session {
     this.#link = link;
     this.#setState("attached");
     link.lastReceivedAt = this.#now();
-    link.recycleBuffersAfter(this.#localWriter);
+    link.recycleBuffersAfter(this.#lentBuffers);
     // The peer's received offset says where to resume, not what it has
     // delivered: the replay buffer is trimmed by its ACKs only, so that what
     // waits for its local socket stays counted against the cap.
@@ -367,28 +367,10 @@ export class Session {
     this.#events.ended(end);
   }
 
-  /**
-   * Bytes of replaced links' read buffers still referenced by the local
-   * queue: the lending budget is the session's, not each link's, or a peer
-   * could resume on a new link whenever one link's budget is used.
-   */
-  #bytesKeptByOldLinks(): number {
-    const written = this.#localWriter.writtenTotal;
-    while (this.#oldLinkBuffers.length > 0 && (this.#oldLinkBuffers[0] as { mark: number }).mark <= written) {
-      this.#oldLinkBytes -= (this.#oldLinkBuffers.shift() as { bytes: number }).bytes;
-    }
-    return this.#oldLinkBytes;
-  }
-
   #dropLink(): void {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
-    const lent = old.lentBytes;
-    if (lent > 0 && this.#localWriter.writtenTotal < this.#localWriter.pushedTotal) {
-      this.#oldLinkBuffers.push({ bytes: lent, mark: this.#localWriter.pushedTotal });
-      this.#oldLinkBytes += lent;
-    }
     clearInterval(this.#tickTimer);
     clearTimeout(this.#ackTimer);
     this.#ackTimer = undefined;
@@ -457,7 +439,7 @@ export class Session {
           // Small pieces are gathered into shared buffers: a peer sending
           // one byte per DATA frame must not cost an object (and a write) per byte.
           this.#localWriter.pushCopy(bytes);
-        } else if (link.retiredBytes + this.#bytesKeptByOldLinks() < LENT_BUFFERS_BUDGET) {
+        } else if (this.#lentBuffers.bytes < LENT_BUFFERS_BUDGET) {
           this.#localWriter.push(bytes);
           link.lendReadBuffer();
         } else {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
+import { powerOfTwoAtLeast, readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
 
 /** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
 export interface Transport {
@@ -136,7 +136,7 @@ export class WriteQueue implements WriteProgress {
       this.#pushedTotal += bytes.length;
       return;
     }
-    const buffer = readBufferPool.take(Math.max(COALESCE_SIZE, powerOfTwo(bytes.length)));
+    const buffer = readBufferPool.take(Math.max(COALESCE_SIZE, powerOfTwoAtLeast(bytes.length)));
     buffer.set(bytes);
     const view = buffer.subarray(0, bytes.length);
     this.#tail = { buffer, used: bytes.length, view };
@@ -237,10 +237,6 @@ export class WriteQueue implements WriteProgress {
 const EMPTY = new Uint8Array(0);
 /** Size of the buffers small pieces are gathered in (see pushCopy). */
 const COALESCE_SIZE = 16 * 1024;
-
-function powerOfTwo(n: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-}
 
 interface Waiter {
   limit: number;

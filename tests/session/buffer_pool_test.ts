@@ -1,5 +1,5 @@
 import { deepEqual, equal } from "node:assert/strict";
-import { BufferPool, PoolLease } from "../../src/session/buffer_pool.ts";
+import { BufferPool, LentBuffers, PoolLease } from "../../src/session/buffer_pool.ts";
 import { type Transport, WriteQueue } from "../../src/session/transport.ts";
 import { ReplayBuffer } from "../../src/session/replay_buffer.ts";
 import { Link } from "../../src/session/link.ts";
@@ -129,7 +129,8 @@ Deno.test("a link never reads into a buffer whose DATA the local side has not wr
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
   const local = { pushedTotal: 0, writtenTotal: 0 };
   equal((await link.readFrame())?.type, FrameType.Preface);
-  link.recycleBuffersAfter(local);
+  const lent = new LentBuffers(local);
+  link.recycleBuffersAfter(lent);
   const held: Uint8Array[] = [];
   for (let i = 0; i < 40; i++) {
     const frame = await link.readFrame();
@@ -153,7 +154,8 @@ Deno.test("a link reuses its read buffers once the local side wrote what they ca
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
   const local = { pushedTotal: 0, writtenTotal: 0 };
   await link.readFrame();
-  link.recycleBuffersAfter(local);
+  const lent = new LentBuffers(local);
+  link.recycleBuffersAfter(lent);
   const before = readBufferPool.counts.allocated;
   for (let i = 0; i < 200; i++) {
     const frame = await link.readFrame();
@@ -174,10 +176,11 @@ Deno.test("a link whose local side is stuck keeps no buffer for frames it did no
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
   const local = { pushedTotal: 1000, writtenTotal: 0 };
   await link.readFrame();
-  link.recycleBuffersAfter(local);
+  const lent = new LentBuffers(local);
+  link.recycleBuffersAfter(lent);
   const before = readBufferPool.counts.allocated + readBufferPool.counts.reused;
   for (let i = 0; i < 2000; i++) equal(readU64((await link.readFrame())?.payload as Uint8Array, 0), i);
-  equal(link.retiredBytes, 0, "no buffer is kept for the stuck local side");
+  equal(lent.bytes, 0, "no buffer is kept for the stuck local side");
   const taken = readBufferPool.counts.allocated + readBufferPool.counts.reused - before;
   equal(taken <= 8, true, `2000 control frames took ${taken} buffers`);
   link.close();
@@ -188,17 +191,18 @@ Deno.test("a link keeps a lent buffer until the local side wrote past it, and co
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
   const local = { pushedTotal: 0, writtenTotal: 0 };
   await link.readFrame();
-  link.recycleBuffersAfter(local);
+  const lent = new LentBuffers(local);
+  link.recycleBuffersAfter(lent);
   const held: Uint8Array[] = [];
   for (let i = 0; i < 8; i++) {
     held.push(((await link.readFrame())?.payload as Uint8Array).subarray(8));
     local.pushedTotal += 1000;
     link.lendReadBuffer();
   }
-  equal(link.retiredBytes > 0, true, "buffers holding unwritten DATA are kept and counted");
+  equal(lent.bytes > 0, true, "buffers holding unwritten DATA are kept and counted");
   for (const [i, bytes] of held.entries()) deepEqual(bytes, new Uint8Array(1000).fill(i), `payload ${i} intact`);
   local.writtenTotal = local.pushedTotal;
   equal(await link.readFrame(), null);
-  equal(link.retiredBytes, 0, "all handed back once written");
+  equal(lent.bytes, 0, "all handed back once written");
   link.close();
 });
