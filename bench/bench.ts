@@ -21,8 +21,13 @@
  * worst session's own p99), slowest round trip. Resume storm:
  * --storm-sessions (1000) with traffic, every link cut at once and restored
  * after 2 s: time until every session moved data again, and bytes lost.
+ * Churn (bench/churn.ts): --churn-rate (150) sessions a second opening,
+ * echoing 5-40 messages and ending (70% clean close, 30% reset) for
+ * --churn-seconds (60) while the link is cut every 1-3 s; wrong bytes,
+ * sessions whose ending did not reach broker-server, and broker-server's
+ * memory during the run and after --churn-idle-seconds (30) idle (SVG chart).
  * Options: --runs N (3), --bulk-mib N (1024), --round-trips N (20000),
- * --only LIST (bulk,duplex,rtt,users,storm: all by default), --peers LIST
+ * --only LIST (bulk,duplex,rtt,users,storm,churn: all by default), --peers LIST
  * (direct,socat,haproxy,deno,broker), --profile DIR (run broker-client and
  * broker-server under `--cpu-prof`, profiles written to DIR),
  * --broker-v8-flags FLAGS (default: the V8 flags the programs ship with,
@@ -35,6 +40,7 @@ import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
 import { V8_FLAGS } from "../src/runtime_flags.ts";
 import { writeAll } from "../src/session/transport.ts";
+import { churnChart, type ChurnFigures, describeChurn, runChurn } from "./churn.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -42,13 +48,16 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     "bulk-mib": { type: "string", default: "1024" },
     "round-trips": { type: "string", default: "20000" },
-    only: { type: "string", default: "bulk,duplex,rtt,users,storm" },
+    only: { type: "string", default: "bulk,duplex,rtt,users,storm,churn" },
     peers: { type: "string", default: "direct,socat,haproxy,deno,broker" },
     profile: { type: "string" },
     "broker-v8-flags": { type: "string", default: V8_FLAGS },
     users: { type: "string", default: "2000" },
     "users-seconds": { type: "string", default: "30" },
     "storm-sessions": { type: "string", default: "1000" },
+    "churn-rate": { type: "string", default: "150" },
+    "churn-seconds": { type: "string", default: "60" },
+    "churn-idle-seconds": { type: "string", default: "30" },
   },
 });
 const USERS = Number(values.users);
@@ -297,20 +306,27 @@ async function haproxyChain(sinkPort: number, dir: string): Promise<Chain> {
   return { port: p1, pids: [child.pid], stop: () => stopAll(child) };
 }
 
-async function brokerChain(
-  sinkPort: number,
-  dir: string,
-  relay?: (serverPort: number) => Promise<number>,
-): Promise<Chain> {
+/** Options of a broker chain. */
+interface BrokerChainOptions {
+  /** A relay between the brokers: given broker-server's port, returns the port broker-client dials. */
+  relay?: (serverPort: number) => Promise<number>;
+  /** broker-server's status page port (0: off). */
+  statusPort?: number;
+  /** broker-client's log file and level ("": none, warnings only). */
+  clientLog?: string;
+}
+
+async function brokerChain(sinkPort: number, dir: string, options: BrokerChainOptions = {}): Promise<Chain> {
+  const { relay, statusPort = 0, clientLog = "" } = options;
   const serverPort = freePort();
   const clientPort = freePort();
   await Deno.writeTextFile(
     `${dir}/appserver.ini`,
-    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=0\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n`,
+    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=${statusPort}\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n`,
   );
   await Deno.writeTextFile(
     `${dir}/smartclient.ini`,
-    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=\n`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=${clientLog}\n`,
   );
   const deno = Deno.execPath();
   const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
@@ -344,7 +360,7 @@ async function brokerChain(
     "--config",
     `${dir}/smartclient.ini`,
     "--log-level",
-    "warning",
+    clientLog ? "info" : "warning",
   ]);
   await waitForPort(clientPort);
   return { port: clientPort, pids: [server.pid, client.pid], stop: () => stopAll(client, server) };
@@ -394,6 +410,7 @@ interface StormFigures {
   sessions: number;
 }
 let storm: StormFigures | null = null;
+let churn: ChurnFigures | null = null;
 type Peer = [string, () => Promise<Chain> | null, string | null];
 const peers = ([
   ["direct TCP", () => null, null],
@@ -441,6 +458,12 @@ try {
   if (ONLY.has("storm")) {
     console.log(`Resume storm: ${STORM} sessions, every link cut for 2 s...`);
     storm = await resumeStorm(sink.port, dir);
+  }
+  if (ONLY.has("churn")) {
+    console.log(
+      `Churn: ${values["churn-rate"]} sessions a second for ${values["churn-seconds"]} s, link cut every 1-3 s...`,
+    );
+    churn = await churnRun(sink.port, dir);
   }
 } finally {
   sink.close();
@@ -552,9 +575,11 @@ async function resumeStorm(
   dir: string,
 ): Promise<StormFigures> {
   let chaos: ChaosLink | null = null;
-  const chain = await brokerChain(sinkPort, dir, async (serverPort) => {
-    chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
-    return chaos.port;
+  const chain = await brokerChain(sinkPort, dir, {
+    relay: async (serverPort) => {
+      chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
+      return chaos.port;
+    },
   });
   const link = chaos as unknown as ChaosLink;
   try {
@@ -596,6 +621,43 @@ async function resumeStorm(
   } finally {
     await chain.stop();
     await link.close();
+  }
+}
+
+/** The churn soak through a broker chain whose link goes through a chaos relay. */
+async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
+  let chaos: ChaosLink | null = null;
+  const statusPort = freePort();
+  const clientLog = `${dir}/churn-client.log`;
+  const chain = await brokerChain(sinkPort, dir, {
+    relay: async (serverPort) => {
+      chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
+      return chaos.port;
+    },
+    statusPort,
+    clientLog,
+  });
+  const relay = chaos as unknown as ChaosLink;
+  try {
+    return await runChurn({
+      port: chain.port,
+      serverPid: chain.pids?.[0] ?? 0,
+      statusUrl: `http://127.0.0.1:${statusPort}/status.json`,
+      clientLog,
+      chaos: relay,
+      stop: () => chain.stop(),
+    }, {
+      rate: Number(values["churn-rate"]),
+      seconds: Number(values["churn-seconds"]),
+      cutMinMs: 1000,
+      cutMaxMs: 3000,
+      resetShare: 0.3,
+      idleSeconds: Number(values["churn-idle-seconds"]),
+      seed: 1,
+    });
+  } finally {
+    await chain.stop();
+    await relay.close();
   }
 }
 
@@ -650,13 +712,16 @@ if (storm) {
   );
 }
 
+if (churn) console.log(`\n${describeChurn(churn)}`);
+
 // JSON and an SVG bar chart (one group per workload; bars relative to the group's largest).
 await Deno.mkdir("bench/results", { recursive: true });
 const stamp = new Date().toISOString().replace(/[:.]/g, "-");
 await Deno.writeTextFile(
   `bench/results/bench-${stamp}.json`,
-  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results, users, storm }, null, 2),
+  JSON.stringify({ runs: RUNS, bulkBytes: BULK, roundTrips: ROUND_TRIPS, results, users, storm, churn }, null, 2),
 );
+if (churn) await Deno.writeTextFile(`bench/results/bench-${stamp}-churn.svg`, churnChart(churn));
 const colors = ["#7f8c8d", "#2980b9", "#8e44ad", "#d35400", "#27ae60"];
 let y = 40;
 const bars: string[] = [];

@@ -59,6 +59,16 @@ const log = logger("client");
  */
 const RESUME_CONNECT_TIMEOUT_MS = DEFAULT_BACKOFF_CAP_MS;
 
+/**
+ * Once broker-client is stopping, sessions that ended while their server
+ * may not know it get this long to tell it (ms): their ERP connections are
+ * freed now rather than at the end of the resume window.
+ */
+export const FAREWELL_GRACE_MS = 3_000;
+
+/** How long a server gets to answer an ABORT with CLOSE on a link just resumed for it (ms). */
+const FAREWELL_ANSWER_MS = 3_000;
+
 /** Closes `link` when `signal` aborts (at once if it has), until released: a handshake waiting on it ends then. */
 function closeOnAbort(link: Link, signal: AbortSignal): { release(): void } {
   const close = () => link.close();
@@ -112,6 +122,8 @@ export class BrokerClient {
   /** Sessions that ended here while their link was down, still trying to tell their server. */
   #farewells = new Set<Promise<void>>();
   #shutdown = new AbortController();
+  /** Aborted FAREWELL_GRACE_MS after the shutdown began: sessions stop telling their servers. */
+  #farewellsEnd = new AbortController();
   #acceptLoop: Promise<void> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
 
@@ -185,19 +197,18 @@ export class BrokerClient {
       const recovered = errors.succeeded();
       if (recovered) log[recovered.level](recovered.message, recovered.fields);
       conn.setNoDelay(true);
-      const runner = new SessionRunner(
-        this.#config,
-        conn,
-        this.#shutdown.signal,
-        this.#now,
-        this.#admissionKey,
-        (farewell) => {
-          this.#runners.delete(runner);
-          if (!farewell) return;
+      const runner = new SessionRunner(conn, {
+        config: this.#config,
+        shutdown: this.#shutdown.signal,
+        farewellsEnd: this.#farewellsEnd.signal,
+        now: this.#now,
+        admissionKey: this.#admissionKey,
+        done: () => this.#runners.delete(runner),
+        farewell: (farewell) => {
           this.#farewells.add(farewell);
           farewell.finally(() => this.#farewells.delete(farewell));
         },
-      );
+      });
       this.#runners.add(runner);
       runner.run();
     }
@@ -207,12 +218,30 @@ export class BrokerClient {
   async close(reason = "broker-client is shutting down"): Promise<void> {
     if (this.#shutdown.signal.aborted) return;
     this.#shutdown.abort();
+    const grace = setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
     this.#listener?.close();
     await this.#acceptLoop;
     await Promise.all([...this.#runners].map((r) => r.stop(reason)));
-    await Promise.all([...this.#farewells]);
+    // Farewells started by the stops above join the set while they run.
+    while (this.#farewells.size > 0) await Promise.all([...this.#farewells]);
+    clearTimeout(grace);
     log.info("broker-client stopped");
   }
+}
+
+/** What a SessionRunner works with. */
+interface SessionRunnerOptions {
+  config: ClientConfig;
+  /** Aborted when broker-client starts stopping. */
+  shutdown: AbortSignal;
+  /** Aborted when sessions that ended must stop telling their servers (after the shutdown's grace). */
+  farewellsEnd: AbortSignal;
+  now: () => number;
+  admissionKey: Promise<CryptoKey | null>;
+  /** The session has ended (called once). */
+  done(): void;
+  /** The session ended while its server may not know: broker-client awaits `farewell` before exiting. */
+  farewell(farewell: Promise<void>): void;
 }
 
 /** Carries one Smart Client connection: opens its session and keeps redialing it. */
@@ -220,6 +249,8 @@ class SessionRunner {
   #config: ClientConfig;
   #signal: AbortSignal;
   #shutdownSignal: AbortSignal;
+  #farewellsEnd: AbortSignal;
+  #farewell: (farewell: Promise<void>) => void;
   #now: () => number;
   #session: Session;
   /** When the current link was lost (clock ms). */
@@ -230,7 +261,7 @@ class SessionRunner {
   #smartClient: string;
   #openedAt: number;
   #reconnecting: Promise<void> | null = null;
-  #done: (farewell?: Promise<void>) => void;
+  #done: () => void;
   #ended: Promise<void>;
   #endedResolve!: () => void;
   #stopped = new AbortController();
@@ -241,22 +272,18 @@ class SessionRunner {
   #admissionKey: Promise<CryptoKey | null>;
   #opening = { failedRounds: 0, lastFailure: "" };
 
-  constructor(
-    config: ClientConfig,
-    conn: Deno.TcpConn,
-    signal: AbortSignal,
-    now: () => number,
-    admissionKey: Promise<CryptoKey | null>,
-    done: (farewell?: Promise<void>) => void,
-  ) {
+  constructor(conn: Deno.TcpConn, options: SessionRunnerOptions) {
+    const { config, now } = options;
     this.#config = config;
-    this.#shutdownSignal = signal;
-    this.#signal = AbortSignal.any([signal, this.#stopped.signal]);
+    this.#shutdownSignal = options.shutdown;
+    this.#farewellsEnd = options.farewellsEnd;
+    this.#signal = AbortSignal.any([options.shutdown, this.#stopped.signal]);
     this.#now = now;
-    this.#done = done;
+    this.#done = options.done;
+    this.#farewell = options.farewell;
     this.#smartClient = formatHostPort(conn.remoteAddr as Deno.NetAddr);
     this.#openedAt = now();
-    this.#admissionKey = admissionKey;
+    this.#admissionKey = options.admissionKey;
     this.#ended = new Promise((resolve) => this.#endedResolve = resolve);
     this.#session = new Session({
       role: "client",
@@ -303,11 +330,12 @@ class SessionRunner {
           if (end.clean) log.info(message, fields);
           else log.warn(message, fields);
           const identity = this.#identity;
-          const farewell = end.unannounced && identity && !this.#serverKnows && !this.#shutdownSignal.aborted
-            ? this.#tellServer(identity, end.reason)
-            : undefined;
+          if (end.cause === "aborted" && identity && !this.#serverKnows) {
+            // Until the server has the end, it holds the ERP connection: make sure it hears.
+            this.#farewell(end.told.then((told) => told ? undefined : this.#tellServer(identity, end.reason)));
+          }
           this.#stopped.abort();
-          this.#done(farewell);
+          this.#done();
           this.#endedResolve();
         },
       },
@@ -495,14 +523,17 @@ class SessionRunner {
           throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
         }
       }
+      this.#identity = { sessionId: welcome.sessionId, key, server };
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
         // closes the ERP connection now rather than after the resume window.
-        link.send(encodeAbort("Smart Client closed the connection before the session opened"));
-        await link.closeAfterFlush();
+        const reason = "Smart Client closed the connection before the session opened";
+        const identity = this.#identity;
+        link.send(encodeAbort(reason));
+        if (!await this.#answered(link, this.#farewellsEnd)) this.#farewell(this.#tellServer(identity, reason));
+        link.close();
         return;
       }
-      this.#identity = { sessionId: welcome.sessionId, key, server };
       this.#session.setTimers({
         resumeTimeoutMs: welcome.resumeTimeoutMs,
         heartbeatIntervalMs: welcome.heartbeatIntervalMs,
@@ -625,37 +656,75 @@ class SessionRunner {
   }
 
   /**
-   * The session ended here while its link was down (Smart Client reset, say).
-   * The server would hold the ERP connection for the rest of its resume
-   * window: until then, keep redialing to tell it, so that it frees the ERP
-   * connection as soon as the network is back.
+   * Reads `link` until the server answers the ABORT just sent on it: true
+   * on its CLOSE or ABORT (or a REJECT: it no longer holds the session),
+   * false when the link ends, fails or stays silent for FAREWELL_ANSWER_MS.
+   */
+  async #answered(link: Link, signal: AbortSignal): Promise<boolean> {
+    const cancellable = closeOnAbort(link, signal);
+    try {
+      for (;;) {
+        const frame = await link.readFrameWithin(FAREWELL_ANSWER_MS, "answer to ABORT");
+        if (frame === null) return false;
+        if (frame.type === FrameType.Close || frame.type === FrameType.Abort || frame.type === FrameType.Reject) {
+          return true;
+        }
+        // What it replayed before reading the ABORT is dropped.
+      }
+    } catch {
+      return false; // closed, reset or silent: tell it again on another link
+    } finally {
+      cancellable.release();
+    }
+  }
+
+  /**
+   * The session ended here, and the server may not know (the ABORT went out
+   * on no link, or on one that died before the answer): it would hold the
+   * ERP connection for the rest of its resume window. Until then, or until
+   * broker-client's shutdown grace ends, resume the session on a new link
+   * and say it again, until the server answers.
    */
   async #tellServer(identity: Identity, reason: string): Promise<void> {
-    const deadline = this.#detachedAt + this.#session.timers.resumeTimeoutMs;
+    const server = formatHostPort(identity.server);
+    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
     for (const wait of backoffSchedule(deadline, this.#now)) {
-      if (!await sleep(wait, this.#shutdownSignal)) return;
+      // A shutdown cuts the wait short: the next try comes at once.
+      const interrupt = this.#shutdownSignal.aborted
+        ? this.#farewellsEnd
+        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
+      await sleep(wait, interrupt);
+      if (this.#farewellsEnd.aborted) break;
       let link: Link;
       try {
-        ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#shutdownSignal));
+        ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#farewellsEnd));
       } catch (err) {
-        if (err instanceof RejectedError) return; // it no longer holds the session
+        if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) {
+          // It no longer holds the session: it has the end already, or it expired.
+          log.info("Session {session}: broker server {server} no longer holds the session ({reason})", {
+            session: this.#label,
+            server,
+            reason: err.message,
+          });
+          return;
+        }
         continue;
       }
       link.send(encodeAbort(reason));
-      // The server closes the link once it has the ABORT; what it replays meanwhile is dropped.
-      const cancellable = closeOnAbort(link, this.#shutdownSignal);
-      try {
-        while (await link.readFrameWithin(this.#config.handshakeTimeoutMs, "close after ABORT") !== null) { /* drop */ }
-      } catch { /* closed or reset: done either way */ }
-      cancellable.release();
+      const told = await this.#answered(link, this.#farewellsEnd);
       link.close();
-      if (this.#shutdownSignal.aborted) return;
-      log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
-        session: this.#label,
-        server: formatHostPort(identity.server),
-        reason,
-      });
-      return;
+      if (told) {
+        log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
+          session: this.#label,
+          server,
+          reason,
+        });
+        return;
+      }
     }
+    log.warn(
+      "Session {session}: could not tell broker server {server} that the session had ended; it keeps the ERP connection until its resume window passes",
+      { session: this.#label, server },
+    );
   }
 }

@@ -80,8 +80,14 @@ export interface SessionEnd {
   clean: boolean;
   /** complete: both streams finished; expired: the resume window passed; aborted: an error or the peer ended it. */
   cause: "complete" | "expired" | "aborted";
-  /** Ended here, by this side, while no link could tell the peer. */
-  unannounced?: boolean;
+  /**
+   * Resolves true once the peer is known to have the end (it answered this
+   * side's ABORT with CLOSE, sent its own ABORT or CLOSE, or both streams
+   * finished), false when it may not: the ABORT went out on no link, or on
+   * one that died before the answer came. Only the client waits for the
+   * answer; the server keeps a tombstone that any resume reaches instead.
+   */
+  told: Promise<boolean>;
 }
 
 /** Counters a session keeps for logs and status. */
@@ -144,6 +150,19 @@ const SMALL_DATA_BYTES = 4 * 1024;
 const COPY_OVERHEAD_BYTES = 320;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
+/**
+ * The client waits at most this long (or LINK_TIMEOUT, if shorter) for the
+ * server to answer its ABORT with CLOSE; then it takes the link for dead
+ * and tells the server again on a new one (ms).
+ */
+const ABORT_ANSWER_MS = 3_000;
+
+/** A link kept open after the session ended, only to hear the peer answer our ABORT. */
+interface Goodbye {
+  link: Link;
+  /** Closes the link and resolves `told`. */
+  finish(told: boolean): void;
+}
 
 /** One resilient session. */
 export class Session {
@@ -173,6 +192,7 @@ export class Session {
   #stateSince: number;
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
+  #goodbye: Goodbye | null = null;
   /** Link read buffers that DATA views queued for the local socket keep alive, over every link. */
   #lentBuffers: LentBuffers;
 
@@ -327,18 +347,28 @@ export class Session {
   /**
    * Ends the session abnormally: tells the peer (when a link is attached),
    * closes the local socket and frees everything. `fromPeer` when the peer
-   * sent the abort: bytes already received are still delivered first.
+   * sent the abort: bytes already received are still delivered first, and
+   * the peer gets CLOSE in answer. The client keeps reading its link until
+   * the server answers its ABORT (see SessionEnd.told).
    */
   abort(reason: string, fromPeer = false, cause: SessionEnd["cause"] = "aborted"): void {
     if (this.#state === "closed") return;
     const link = this.#link;
     this.#link = null;
+    let told: Promise<boolean> = Promise.resolve(fromPeer);
     let linkClosed: Promise<void> = Promise.resolve();
-    if (link && !fromPeer) {
-      link.send(encodeAbort(reason));
+    if (link && fromPeer) {
+      // The peer may be waiting for this answer before it forgets the session.
+      link.send(encodeClose());
       linkClosed = link.closeAfterFlush();
-    } else {
-      link?.close();
+    } else if (link) {
+      link.send(encodeAbort(reason));
+      if (this.#role === "client") {
+        told = this.#awaitAnswer(link);
+        linkClosed = told.then(() => {});
+      } else {
+        linkClosed = link.closeAfterFlush();
+      }
     }
     let localClosed: Promise<void> = Promise.resolve();
     if (fromPeer) {
@@ -349,7 +379,28 @@ export class Session {
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
-    this.#end({ reason, clean: false, cause, unannounced: !link && !fromPeer && cause === "aborted" });
+    this.#end({ reason, clean: false, cause, told });
+  }
+
+  /**
+   * Keeps reading `link` (the read loop goes on with it) until the peer
+   * answers the ABORT just sent: true on its CLOSE or ABORT, false when the
+   * link ends or stays silent for ABORT_ANSWER_MS (or LINK_TIMEOUT).
+   */
+  #awaitAnswer(link: Link): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => goodbye.finish(false), Math.min(this.#timers.linkTimeoutMs, ABORT_ANSWER_MS));
+      const goodbye: Goodbye = {
+        link,
+        finish: (told) => {
+          if (this.#goodbye === goodbye) this.#goodbye = null;
+          clearTimeout(timer);
+          link.close();
+          resolve(told);
+        },
+      };
+      this.#goodbye = goodbye;
+    });
   }
 
   /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */
@@ -398,6 +449,11 @@ export class Session {
         if (frame === null) {
           // Between frames: wait for bytes (no async frame per read, see Link.nextFrame).
           const more = !link.closed && link.afterRead(await link.readMore());
+          if (this.#goodbye?.link === link) {
+            if (more) continue;
+            this.#goodbye.finish(false);
+            return;
+          }
           if (this.#link !== link) return;
           if (!more) {
             this.#linkFailed(link, link.writeError ? describeError(link.writeError) : "link closed by peer");
@@ -405,11 +461,24 @@ export class Session {
           }
           continue;
         }
+        const goodbye = this.#goodbye;
+        if (goodbye?.link === link) {
+          // The session is over: only the peer's answer to our ABORT matters.
+          if (frame.type === FrameType.Close || frame.type === FrameType.Abort) {
+            goodbye.finish(true);
+            return;
+          }
+          continue;
+        }
         if (!this.#confirmed) this.#confirm();
         this.#onFrame(link, frame);
-        if (this.#link !== link) return;
+        if (this.#link !== link && this.#goodbye?.link !== link) return;
       }
     } catch (err) {
+      if (this.#goodbye?.link === link) {
+        this.#goodbye.finish(false);
+        return;
+      }
       const why = err instanceof ProtocolError ? `protocol error: ${err.message}` : describeError(err);
       this.#linkFailed(link, link.writeError ? describeError(link.writeError) : why);
     }
@@ -575,7 +644,12 @@ export class Session {
     this.#dropLink();
     // The peer's last bytes may still be on their way to the local socket.
     this.#settled = Promise.all([linkClosed, this.#closeLocalAfterFlush()]).then(() => {});
-    this.#end({ reason: "closed by both ends, all bytes delivered", clean: true, cause: "complete" });
+    this.#end({
+      reason: "closed by both ends, all bytes delivered",
+      clean: true,
+      cause: "complete",
+      told: Promise.resolve(true),
+    });
   }
 
   /** Closes the local socket once what is queued for it is written (or after LOCAL_LINGER_MS). */
