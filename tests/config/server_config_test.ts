@@ -401,3 +401,9 @@ Deno.test("durations and sizes: one table of bounds, a clear message below and a
   equal(parse(...base, "DRAIN_TIMEOUT = 24h").drainTimeoutMs, 24 * 3_600_000);
   equal(parse(...base, "RESUME_TIMEOUT = 576h").tuning.resumeTimeoutMs, 576 * 3_600_000);
 });
+
+Deno.test("a UNC path in LOG_FILE stays a UNC path (Windows: not a folder of the current drive)", () => {
+  const config = parse(...section, "REMOTE_SERVER_01 = a 1", "LOG_FILE = \\\\nas\\logs\\broker.log ; on the NAS");
+  if (Deno.build.os === "windows") equal(config.log.file, "\\\\nas\\logs\\broker.log");
+  else equal(config.log.file?.endsWith("\\\\nas\\logs\\broker.log"), true, config.log.file ?? "null");
+});
