@@ -1,5 +1,6 @@
 import { deepEqual, equal, match, throws } from "node:assert/strict";
 import { defaultConfigPath, parseCli, UsageError } from "../src/cli.ts";
+import { freePort } from "./helpers/apps.ts";
 
 Deno.test("TOTVS spellings map to ours", () => {
   const cli = parseCli(["-balance_smart_client_desktop", "-d", "--config", "x.ini"], { driver: false });
@@ -91,6 +92,8 @@ Deno.test("--help lists the options and keys; --version prints the version", asy
   ) {
     equal(help.stdout.includes(word), true, word);
   }
+  const weights = help.stdout.split("\n").findIndex((line) => line.includes("values may end with weight=N"));
+  match(help.stdout.split("\n")[weights] ?? "", /^REMOTE_SERVER_<xx> values may end with weight=N and max=N/);
   const clientHelp = await run("client.ts", "-h");
   equal(clientHelp.stdout.includes("BrokerServer"), true);
   match((await run("client.ts", "--version")).stdout, /^broker-client \d+\.\d+\.\d+/);
@@ -109,6 +112,77 @@ Deno.test("--check never prints secrets", async () => {
   match(out.stdout, /access key set, hidden/);
   equal(out.stdout.includes(secret) || out.stdout.includes("another-secret-key"), false);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("--check never prints secrets written twice (a key rotation), in either program", async () => {
+  const dir = await Deno.makeTempDir();
+  const secrets = [
+    "admission-key-before-rotation",
+    "admission-key-after-rotation",
+    "status-key-old-1",
+    "status-key-new-2",
+  ];
+  await Deno.writeTextFile(
+    `${dir}/appserver.ini`,
+    `[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_PORT = 4000\nREMOTE_SERVER_01 = a 1\nADMISSION_KEY = ${
+      secrets[0]
+    }\n` +
+      `ADMISSION_KEY = ${secrets[1]}\nSTATUS_ACCESS_KEY = ${secrets[2]}\nSTATUS_ACCESS_KEY = ${secrets[3]}\n`,
+  );
+  await Deno.writeTextFile(
+    `${dir}/smartclient.ini`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=1\nBrokerProxy=1\nBrokerServer=127.0.0.1:2\n` +
+      `ADMISSION_KEY=${secrets[0]}\nADMISSION_KEY=${secrets[1]}\nLOG_FILE=\n`,
+  );
+  const server = await run("server.ts", "--check", "--config", `${dir}/appserver.ini`);
+  const client = await run("client.ts", "--check", "--config", `${dir}/smartclient.ini`);
+  try {
+    for (const [out, expected] of [[server, 2], [client, 1]] as const) {
+      equal(out.code, 0, out.stderr);
+      equal(
+        out.stdout.match(/Warning: .*Duplicate key .*this one is ignored \(values hidden: secret\)/g)?.length,
+        expected,
+      );
+      for (const secret of secrets) equal(out.stdout.includes(secret) || out.stderr.includes(secret), false, secret);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("broker-client's log at start does not show an admission key written twice", async () => {
+  const dir = await Deno.makeTempDir();
+  const secrets = ["client-key-before-rotation", "client-key-after-rotation"];
+  await Deno.writeTextFile(
+    `${dir}/smartclient.ini`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${freePort()}\nBrokerProxy=1\nBrokerServer=127.0.0.1:2\n` +
+      `ADMISSION_KEY=${secrets[0]}\nADMISSION_KEY=${secrets[1]}\nLOG_FILE=client.log\n`,
+  );
+  const path = new URL("../client.ts", import.meta.url).pathname.replace(/^\/([A-Za-z]:)/, "$1");
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", path, "--config", `${dir}/smartclient.ini`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let stderr = "";
+  try {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stderr) {
+      stderr += decoder.decode(chunk, { stream: true });
+      if (stderr.includes("Duplicate key ADMISSION_KEY")) break;
+    }
+  } finally {
+    child.kill();
+    await child.status;
+  }
+  const log = await Deno.readTextFile(`${dir}/client.log`);
+  await Deno.remove(dir, { recursive: true });
+  match(
+    log,
+    /Duplicate key ADMISSION_KEY in \[b\]: the first one \(line 8\) wins, this one is ignored \(values hidden: secret\)/,
+  );
+  for (const secret of secrets) equal(log.includes(secret) || stderr.includes(secret), false, secret);
 });
 
 Deno.test("a log file that cannot be opened stops the program with exit 1 and says which", async () => {

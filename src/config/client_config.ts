@@ -15,7 +15,8 @@ import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { type ClientTls, readAdmissionKey, readClientTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
-import { DEFAULT_TUNING, readDuration, readReplayBufferSize } from "./tuning.ts";
+import { readDuration } from "./bounds.ts";
+import { DEFAULT_TUNING, readReplayBufferSize } from "./tuning.ts";
 import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
 
 /** Everything broker-client needs from smartclient.ini. */

@@ -1,14 +1,22 @@
 /**
  * Reads TOTVS-style INI files (appserver.ini, smartclient.ini) as written on
- * Windows: UTF-8 or Latin-1, optional BOM, CRLF line ends, `;` comments,
- * case-insensitive section and key names, quoted values. Values are decoded
- * by the `ini` package; this module adds what it lacks for us: line numbers
- * for error messages and every occurrence of a key, so duplicates can be
+ * Windows, with every value read as written:
+ *
+ * - encodings: UTF-8 or Latin-1 (Windows-1252), with or without BOM; UTF-16
+ *   (Notepad's "Unicode"), little- or big-endian; CRLF, LF or CR line ends;
+ * - `[section]` headers and keys are case-insensitive;
+ * - a comment starts at `;` or `#` at the start of a line, or after a space
+ *   or tab in a value: `PORT = 4000 ; comment`. Elsewhere `;` and `#` are part
+ *   of the value (`ADMISSION_KEY=abc#def` keeps all seven characters);
+ * - backslashes are literal (`\\nas\logs\broker.log` stays a UNC path), and
+ *   a value may contain `=` (only the first `=` ends the key);
+ * - a value in matching quotes (`"..."` or `'...'`) loses them and keeps
+ *   everything inside, spaces, `;` and `#` included.
+ *
+ * Every occurrence of a key is kept with its line, so that duplicates can be
  * reported instead of silently resolved.
  * @module
  */
-
-import ini from "ini";
 
 /** One `key = value` line of an INI file. */
 export interface IniEntry {
@@ -46,10 +54,13 @@ export class ConfigError extends Error {
 }
 
 /**
- * Decodes file bytes: strips a UTF-8 BOM and falls back to Windows-1252 when
- * the bytes are not valid UTF-8 (Latin-1 comments saved by Notepad).
+ * Decodes file bytes: UTF-16 by its byte-order mark (or, without one, by the
+ * zero bytes that ASCII text has in UTF-16 and never in an INI file), else
+ * UTF-8 without its BOM, else Windows-1252 (Latin-1 comments saved by Notepad).
  */
 export function decodeIniBytes(bytes: Uint8Array): string {
+  const utf16 = utf16Encoding(bytes);
+  if (utf16) return new TextDecoder(utf16, { ignoreBOM: false }).decode(bytes);
   let body = bytes;
   if (body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf) {
     body = body.subarray(3);
@@ -61,21 +72,35 @@ export function decodeIniBytes(bytes: Uint8Array): string {
   }
 }
 
-/** Decodes one raw value: quotes removed, inline `;`/`#` comment dropped. */
+function utf16Encoding(bytes: Uint8Array): "utf-16le" | "utf-16be" | null {
+  const [first, second] = bytes;
+  if (first === undefined || second === undefined) return null;
+  if (first === 0xff && second === 0xfe) return "utf-16le";
+  if (first === 0xfe && second === 0xff) return "utf-16be";
+  // An INI file starts with ASCII ("[", ";", a letter, a space): in UTF-16
+  // that is one zero byte and one non-zero byte.
+  if (first !== 0 && second === 0) return "utf-16le";
+  if (first === 0 && second !== 0) return "utf-16be";
+  return null;
+}
+
+/**
+ * Decodes one raw value (the text after the first `=`): a comment that
+ * starts after a space or tab is dropped, the rest trimmed, and matching
+ * quotes around the whole value removed.
+ */
 function decodeValue(raw: string): string {
-  const trimmed = raw.trim();
-  const quote = trimmed[0];
+  const text = raw.trim();
+  const quote = text[0];
   if (quote === '"' || quote === "'") {
-    // A quoted value may be followed by a comment, which `ini` does not allow.
-    const end = trimmed.indexOf(quote, 1);
+    const end = text.indexOf(quote, 1);
     if (end > 0) {
-      const rest = trimmed.slice(end + 1).trim();
-      if (rest === "" || rest.startsWith(";") || rest.startsWith("#")) {
-        return trimmed.slice(1, end);
-      }
+      const rest = text.slice(end + 1);
+      if (rest.trim() === "" || /^\s+[;#]/.test(rest)) return text.slice(1, end);
     }
   }
-  return ini.unsafe(trimmed);
+  const comment = /\s[;#]/.exec(raw);
+  return (comment ? raw.slice(0, comment.index) : raw).trim();
 }
 
 /** Parses INI text; `path` is only used in messages. */

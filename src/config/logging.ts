@@ -5,8 +5,9 @@
  */
 
 import { dirname, isAbsolute, join } from "node:path";
+import { readSize } from "./bounds.ts";
 import type { SectionReader } from "./section.ts";
-import { formatSize, parseSize } from "./values.ts";
+import { formatSize } from "./values.ts";
 
 /** Log levels, lowest first. */
 export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
@@ -61,10 +62,7 @@ export function readLogSettings(section: SectionReader, configPath: string, defa
   const entry = section.entry("LOG_FILE");
   const name = entry ? entry.value.trim() : defaultFile;
   const base = dirname(configPath);
-  const maxSizeBytes = section.value("LOG_MAX_SIZE", parseSize, 10 * 1024 * 1024);
-  if (maxSizeBytes < 64 * 1024) {
-    throw section.error(section.entry("LOG_MAX_SIZE")?.line, `LOG_MAX_SIZE must be at least 64K, got ${maxSizeBytes}`);
-  }
+  const maxSizeBytes = readSize(section, "LOG_MAX_SIZE", 10 * 1024 * 1024);
   return {
     level: section.value("LOG_LEVEL", parseLogLevel, "info"),
     format: section.value("LOG_FORMAT", parseLogFormat, "text"),

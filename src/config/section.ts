@@ -8,6 +8,23 @@
 
 import { ConfigError, type IniDocument, type IniEntry, type IniSection } from "./ini.ts";
 
+/**
+ * Keys whose values are secrets: no message ever shows them (a duplicate
+ * warning during a key rotation would otherwise print both keys to the log).
+ */
+export const SECRET_KEYS: readonly string[] = ["ADMISSION_KEY", "STATUS_ACCESS_KEY"];
+
+/** Tells whether `key` (any case) holds a secret. */
+export function isSecretKey(key: string): boolean {
+  return SECRET_KEYS.includes(key.trim().toUpperCase());
+}
+
+/** A line that is not `KEY = value`, shown in a message; hidden past its first word when that names a secret key. */
+function quoteMalformed(text: string): string {
+  const word = /^[^\s:=]+/.exec(text)?.[0] ?? "";
+  return isSecretKey(word) && word !== text ? `"${word}..." (the rest hidden: secret)` : `"${text}"`;
+}
+
 /** Reads keys of one section; collects warnings into the given array. */
 export class SectionReader {
   #doc: IniDocument;
@@ -25,7 +42,7 @@ export class SectionReader {
     for (const bad of section.malformed) {
       throw this.error(
         bad.line,
-        `Cannot parse line in [${section.name}]: expected "KEY = value", got "${bad.text}"`,
+        `Cannot parse line in [${section.name}]: expected "KEY = value", got ${quoteMalformed(bad.text)}`,
       );
     }
   }
@@ -91,7 +108,11 @@ export class SectionReader {
     try {
       return parse(found.value);
     } catch (err) {
-      throw this.error(found.line, `Cannot parse ${found.key}: ${(err as Error).message}`);
+      const message = (err as Error).message;
+      const shown = isSecretKey(found.key) && found.value !== ""
+        ? message.replaceAll(found.value, "(hidden)")
+        : message;
+      throw this.error(found.line, `Cannot parse ${found.key}: ${shown}`);
     }
   }
 
@@ -111,9 +132,12 @@ export class SectionReader {
     for (const dup of rest) {
       if (this.#reported.has(dup.line)) continue;
       this.#reported.add(dup.line);
+      const where = `Duplicate key ${dup.key} in [${this.#section.name}]: the first one (line ${first.line}`;
       this.warn(
         dup.line,
-        `Duplicate key ${dup.key} in [${this.#section.name}]: the first one (line ${first.line}, "${first.value}") wins, this one ("${dup.value}") is ignored`,
+        isSecretKey(dup.key)
+          ? `${where}) wins, this one is ignored (values hidden: secret)`
+          : `${where}, "${first.value}") wins, this one ("${dup.value}") is ignored`,
       );
     }
   }

@@ -5,8 +5,9 @@
  */
 
 import { dirname, isAbsolute, join } from "node:path";
+import { readSize } from "./bounds.ts";
 import type { SectionReader } from "./section.ts";
-import { parseSize, parseSwitch } from "./values.ts";
+import { parseSwitch } from "./values.ts";
 
 /** Shortest admission key accepted. */
 export const MIN_ADMISSION_KEY_LENGTH = 16;
@@ -50,11 +51,6 @@ export const DEFAULT_LIMITS: Readonly<ServerLimits> = Object.freeze({
   maxBufferedBytes: 2 * 1024 * 1024 * 1024,
 });
 
-/** The largest DATA frame a peer sends (256 KiB reads) must fit. */
-export const MIN_FRAME_BYTES = 320 * 1024;
-/** Largest MAX_FRAME_SIZE: a link may have to hold one frame this big in memory. */
-export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
-
 function parseCount(text: string): number {
   const value = text.trim();
   if (!/^\d+$/.test(value) || Number(value) < 1) {
@@ -74,21 +70,9 @@ export function readLimits(section: SectionReader): ServerLimits {
       DEFAULT_LIMITS.maxHandshakesPerAddress,
     ),
     newSessionsPerMinute: section.value("NEW_SESSIONS_PER_MINUTE", parseCount, DEFAULT_LIMITS.newSessionsPerMinute),
-    maxFrameBytes: section.value("MAX_FRAME_SIZE", parseSize, DEFAULT_LIMITS.maxFrameBytes),
-    maxBufferedBytes: section.value("MAX_BUFFERED", parseSize, DEFAULT_LIMITS.maxBufferedBytes),
+    maxFrameBytes: readSize(section, "MAX_FRAME_SIZE", DEFAULT_LIMITS.maxFrameBytes),
+    maxBufferedBytes: readSize(section, "MAX_BUFFERED", DEFAULT_LIMITS.maxBufferedBytes),
   };
-  if (limits.maxFrameBytes < MIN_FRAME_BYTES) {
-    throw section.error(
-      section.entry("MAX_FRAME_SIZE")?.line,
-      `MAX_FRAME_SIZE must be at least 320K (the largest data frame is 256 KiB), got ${limits.maxFrameBytes}`,
-    );
-  }
-  if (limits.maxFrameBytes > MAX_FRAME_BYTES) {
-    throw section.error(
-      section.entry("MAX_FRAME_SIZE")?.line,
-      `MAX_FRAME_SIZE must be at most 16M (${MAX_FRAME_BYTES} bytes), got ${limits.maxFrameBytes}`,
-    );
-  }
   return limits;
 }
 

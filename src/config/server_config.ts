@@ -5,12 +5,13 @@
  * @module
  */
 
+import { readDuration } from "./bounds.ts";
 import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { readAdmissionKey, readLimits, readServerTls, type ServerLimits, type ServerTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
-import { type HostPort, isLoopback, parseDuration, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
 
 /** Name of the appserver.ini section that configures the broker. */
 export const BROKER_SECTION = "BALANCE_SMART_CLIENT_DESKTOP";
@@ -115,7 +116,7 @@ function parseSortMethod(text: string): string {
 /**
  * Parses a REMOTE_SERVER value: the address as TOTVS writes it (`host port`,
  * or `host:port`, `[ipv6]:port`), optionally followed by `weight=N` and
- * `max=N`.
+ * `max=N` (0, like no `max=`, is no limit).
  */
 export function parseRemoteServer(text: string): HostPort & { weight: number; maxSessions: number } {
   const tokens = text.trim().split(/\s+/);
@@ -130,7 +131,7 @@ export function parseRemoteServer(text: string): HostPort & { weight: number; ma
       if (!(number >= 1 && number <= 1000)) throw new RangeError(`expected weight=1..1000, got "${option}"`);
       weight = number;
     } else if (name.toLowerCase() === "max") {
-      if (!(number >= 1)) throw new RangeError(`expected max=N with N >= 1, got "${option}"`);
+      if (!(number >= 0)) throw new RangeError(`expected max=N with N >= 0 (0: no limit), got "${option}"`);
       maxSessions = number;
     } else {
       throw new SyntaxError(`expected "host port" then optional weight=N and max=N, got "${option}"`);
@@ -177,6 +178,23 @@ function parseServiceName(text: string): string {
   return text;
 }
 
+/** Warns about REMOTE_SERVER_xx entries that name the same server: it would get a double share. */
+function warnRepeatedAddresses(section: SectionReader, servers: RemoteServer[]): void {
+  const seen = new Map<string, RemoteServer>();
+  for (const server of servers) {
+    const address = formatHostPort({ hostname: server.hostname.toLowerCase(), port: server.port });
+    const first = seen.get(address);
+    if (!first) {
+      seen.set(address, server);
+      continue;
+    }
+    section.warn(
+      server.line,
+      `${server.name} names the same ERP server as ${first.name} (line ${first.line}), ${address}: it gets the share of new sessions of both entries; remove one, or use weight=N`,
+    );
+  }
+}
+
 /** Builds the server configuration from a parsed appserver.ini. */
 export function serverConfigFromIni(doc: IniDocument): ServerConfig {
   const warnings: string[] = [];
@@ -216,6 +234,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
     }
     return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseRemoteServer) };
   });
+  warnRepeatedAddresses(section, remoteServers);
   if (remoteServers.length === 0) {
     throw section.error(
       raw.line,
@@ -246,11 +265,11 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
     serviceDisplayName: section.value("SERVICE_DISPLAY_NAME", (t) => t, "TOTVS Protheus broker server"),
     tuning: readTuning(section),
     health: {
-      intervalMs: section.value("HEALTH_CHECK_INTERVAL", parseDuration, DEFAULT_HEALTH_CHECK.intervalMs),
+      intervalMs: readDuration(section, "HEALTH_CHECK_INTERVAL", DEFAULT_HEALTH_CHECK.intervalMs),
       rise: section.value("HEALTH_CHECK_RISE", parseCount, DEFAULT_HEALTH_CHECK.rise),
       fall: section.value("HEALTH_CHECK_FALL", parseCount, DEFAULT_HEALTH_CHECK.fall),
     },
-    drainTimeoutMs: section.value("DRAIN_TIMEOUT", parseDuration, DEFAULT_DRAIN_TIMEOUT_MS),
+    drainTimeoutMs: readDuration(section, "DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT_MS),
     log: readLogSettings(section, doc.path, null),
     status: readStatusConfig(section),
     admissionKey: readAdmissionKey(section),

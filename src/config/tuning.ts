@@ -4,8 +4,8 @@
  * @module
  */
 
+import { type BoundedKey, BOUNDS, describeBounds, readDuration, readSize, withinBounds } from "./bounds.ts";
 import type { SectionReader } from "./section.ts";
-import { MAX_DURATION_MS, parseDuration, parseSize } from "./values.ts";
 
 /** Timers and limits of resilient sessions. */
 export interface SessionTuning {
@@ -40,33 +40,13 @@ export const DEFAULT_TUNING: Readonly<SessionTuning> = Object.freeze({
 });
 
 /** Smallest replay cap accepted: below it throughput collapses. */
-export const MIN_REPLAY_BUFFER_BYTES = 64 * 1024;
+export const MIN_REPLAY_BUFFER_BYTES: number = BOUNDS.REPLAY_BUFFER_SIZE.min;
 /** Largest replay cap accepted: each session may hold this much per direction. */
-export const MAX_REPLAY_BUFFER_BYTES = 1024 ** 3;
+export const MAX_REPLAY_BUFFER_BYTES: number = BOUNDS.REPLAY_BUFFER_SIZE.max;
 
-/** Reads a duration key that must be greater than zero. */
-export function readDuration(section: SectionReader, key: string, fallback: number): number {
-  const value = section.value(key, parseDuration, fallback);
-  if (value <= 0) throw section.error(section.entry(key)?.line, `${key} must be greater than zero`);
-  return value;
-}
-
-/** Reads REPLAY_BUFFER_SIZE, which must be at least 64 KiB and at most 1 GiB. */
+/** Reads REPLAY_BUFFER_SIZE (64K to 1G, see bounds.ts). */
 export function readReplayBufferSize(section: SectionReader): number {
-  const value = section.value("REPLAY_BUFFER_SIZE", parseSize, DEFAULT_TUNING.replayBufferBytes);
-  if (value < MIN_REPLAY_BUFFER_BYTES) {
-    throw section.error(
-      section.entry("REPLAY_BUFFER_SIZE")?.line,
-      `REPLAY_BUFFER_SIZE must be at least ${MIN_REPLAY_BUFFER_BYTES} bytes (64K), got ${value}`,
-    );
-  }
-  if (value > MAX_REPLAY_BUFFER_BYTES) {
-    throw section.error(
-      section.entry("REPLAY_BUFFER_SIZE")?.line,
-      `REPLAY_BUFFER_SIZE must be at most 1G (${MAX_REPLAY_BUFFER_BYTES} bytes), got ${value}`,
-    );
-  }
-  return value;
+  return readSize(section, "REPLAY_BUFFER_SIZE", DEFAULT_TUNING.replayBufferBytes);
 }
 
 /**
@@ -78,20 +58,15 @@ export function readReplayBufferSize(section: SectionReader): number {
 export function checkAdoptedTimers(
   timers: Pick<SessionTuning, "resumeTimeoutMs" | "heartbeatIntervalMs" | "linkTimeoutMs" | "replayBufferBytes">,
 ): void {
-  const cap = timers.replayBufferBytes;
-  if (cap < MIN_REPLAY_BUFFER_BYTES || cap > MAX_REPLAY_BUFFER_BYTES) {
-    throw new RangeError(
-      `replay buffer cap (REPLAY_BUFFER_SIZE) of ${cap} bytes is out of range: expected ${MIN_REPLAY_BUFFER_BYTES} (64K) to ${MAX_REPLAY_BUFFER_BYTES} (1G)`,
-    );
-  }
-  const named: [string, number][] = [
-    ["resume window (RESUME_TIMEOUT)", timers.resumeTimeoutMs],
-    ["heartbeat interval (HEARTBEAT_INTERVAL)", timers.heartbeatIntervalMs],
-    ["link timeout (LINK_TIMEOUT)", timers.linkTimeoutMs],
+  const named: [string, BoundedKey, number, string][] = [
+    ["replay buffer cap", "REPLAY_BUFFER_SIZE", timers.replayBufferBytes, "bytes"],
+    ["resume window", "RESUME_TIMEOUT", timers.resumeTimeoutMs, "ms"],
+    ["heartbeat interval", "HEARTBEAT_INTERVAL", timers.heartbeatIntervalMs, "ms"],
+    ["link timeout", "LINK_TIMEOUT", timers.linkTimeoutMs, "ms"],
   ];
-  for (const [name, ms] of named) {
-    if (!Number.isInteger(ms) || ms < 1 || ms > MAX_DURATION_MS) {
-      throw new RangeError(`${name} of ${ms} ms is out of range: expected 1 ms to 576h`);
+  for (const [name, key, value, unit] of named) {
+    if (!Number.isInteger(value) || !withinBounds(key, value)) {
+      throw new RangeError(`${name} (${key}) of ${value} ${unit} is out of range: expected ${describeBounds(key)}`);
     }
   }
   if (timers.linkTimeoutMs < 2 * timers.heartbeatIntervalMs) {

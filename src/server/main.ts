@@ -93,7 +93,7 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   STATUS_ACCESS_KEY      required when STATUS_ADDRESS is not the loopback
   LOG_FILE               log file (relative to this file's folder; default none)
   LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
-X values may end with weight=N and max=N, e.g.
+REMOTE_SERVER_<xx> values may end with weight=N and max=N (0: no limit), e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
 The configuration is reloaded on SIGHUP and when the file changes: added

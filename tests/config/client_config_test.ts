@@ -113,15 +113,15 @@ Deno.test("bad input: one clear message naming file, line and key", () => {
     ],
     [
       [...base, "BrokerServer=a:1", "NEW_SESSION_TIMEOUT=0"],
-      /^smartclient\.ini:8: NEW_SESSION_TIMEOUT must be greater than zero/,
+      /^smartclient\.ini:8: NEW_SESSION_TIMEOUT is out of range: expected 100ms to 1h, got "0"$/,
     ],
     [
       [...base, "BrokerServer=a:1", "CONNECT_TIMEOUT=3000000s"],
-      /^smartclient\.ini:8: Cannot parse CONNECT_TIMEOUT: expected a duration of at most 576h \(24 days\), got "3000000s"/,
+      /^smartclient\.ini:8: CONNECT_TIMEOUT is out of range: expected 100ms to 10m, got "3000000s"$/,
     ],
     [
       [...base, "BrokerServer=a:1", "REPLAY_BUFFER_SIZE=4G"],
-      /^smartclient\.ini:8: REPLAY_BUFFER_SIZE must be at most 1G \(1073741824 bytes\), got 4294967296/,
+      /^smartclient\.ini:8: REPLAY_BUFFER_SIZE is out of range: expected 64K to 1G, got "4G"$/,
     ],
   ];
   for (const [lines, expected] of cases) throws(() => parse(lines), configError(expected), lines.join(" | "));
@@ -157,4 +157,54 @@ Deno.test("client TLS keys: a CA file or a pinned fingerprint turns TLS on", () 
     },
   );
   throws(() => tls("LINK_TLS_FINGERPRINT = 12:34"), configError(/expected a SHA-256 fingerprint \(64 hex digits/));
+});
+
+Deno.test("the admission key never appears in messages, even written twice", () => {
+  const keys = ["client-admission-key-old", "client-admission-key-new"];
+  const config = parse([...base, "BrokerServer=a:1", `ADMISSION_KEY=${keys[0]}`, `ADMISSION_KEY=${keys[1]}`]);
+  equal(config.admissionKey, keys[0]);
+  deepEqual(config.warnings, [
+    "smartclient.ini:9: Duplicate key ADMISSION_KEY in [broker]: the first one (line 8) wins, this one is ignored (values hidden: secret)",
+  ]);
+  throws(
+    () => parse([...base, "BrokerServer=a:1", `Admission_Key ${keys[0]}`]),
+    (err: Error) =>
+      /^smartclient\.ini:8: Cannot parse line in \[broker\]: expected "KEY = value", got "Admission_Key\.\.\." \(the rest hidden: secret\)$/
+        .test(err.message) && !err.message.includes(keys[0] as string),
+  );
+});
+
+Deno.test('UTF-16 smartclient.ini (Notepad\'s "Unicode"), little- or big-endian, loads', async () => {
+  const dir = await Deno.makeTempDir();
+  const text = "\ufeff[drivers]\r\nactive=com_broker\r\n[com_broker]\r\nserver=127.0.0.1\r\nport=4000\r\n" +
+    "BrokerProxy=1\r\nBrokerServer=172.16.50.42:4000\r\nLOG_FILE=\\\\nas\\logs\\client.log\r\n";
+  try {
+    for (const bigEndian of [false, true]) {
+      const bytes = new Uint8Array(text.length * 2);
+      for (let i = 0; i < text.length; i++) {
+        new DataView(bytes.buffer).setUint16(i * 2, text.charCodeAt(i), !bigEndian);
+      }
+      await Deno.writeFile(`${dir}/smartclient.ini`, bytes);
+      const config = await loadClientConfig(`${dir}/smartclient.ini`);
+      deepEqual(config.brokerServers, [{ hostname: "172.16.50.42", port: 4000 }], `bigEndian ${bigEndian}`);
+      equal(config.driver, "com_broker");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("client durations and sizes follow the same table of bounds", () => {
+  const cases: [string, RegExp][] = [
+    [
+      "NEW_SESSION_TIMEOUT=2h",
+      /^smartclient\.ini:8: NEW_SESSION_TIMEOUT is out of range: expected 100ms to 1h, got "2h"$/,
+    ],
+    ["HANDSHAKE_TIMEOUT=1ms", /HANDSHAKE_TIMEOUT is out of range: expected 100ms to 10m, got "1ms"/],
+    ["REPLAY_BUFFER_SIZE=1K", /REPLAY_BUFFER_SIZE is out of range: expected 64K to 1G, got "1K"/],
+    ["LOG_MAX_SIZE=1K", /LOG_MAX_SIZE is out of range: expected 64K to 1024G, got "1K"/],
+  ];
+  for (const [line, expected] of cases) {
+    throws(() => parse([...base, "BrokerServer=a:1", line]), configError(expected), line);
+  }
 });

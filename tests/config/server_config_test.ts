@@ -1,4 +1,4 @@
-import { deepEqual, equal, rejects, throws } from "node:assert/strict";
+import { deepEqual, equal, match, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { parseIni } from "../../src/config/ini.ts";
 import { configError } from "../helpers/assert_config.ts";
@@ -99,32 +99,32 @@ Deno.test("bad input: one clear message naming file, line and key", () => {
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "RESUME_TIMEOUT = 0"],
-      /^appserver\.ini:4: RESUME_TIMEOUT must be greater than zero/,
+      /^appserver\.ini:4: RESUME_TIMEOUT is out of range: expected 1s to 576h, got "0"$/,
     ],
     [
       // 2^31 ms and more would overflow the timers and end every session at once.
       [...section, "REMOTE_SERVER_01 = a 1", "RESUME_TIMEOUT = 2147484"],
-      /^appserver\.ini:4: Cannot parse RESUME_TIMEOUT: expected a duration of at most 576h \(24 days\), got "2147484"/,
+      /^appserver\.ini:4: RESUME_TIMEOUT is out of range: expected 1s to 576h, got "2147484"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "DRAIN_TIMEOUT = 99999999999999999999999h"],
-      /^appserver\.ini:4: Cannot parse DRAIN_TIMEOUT: expected a duration of at most 576h \(24 days\)/,
+      /^appserver\.ini:4: DRAIN_TIMEOUT is out of range: expected 100ms to 24h, or 0 \(end sessions at once\)/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "HEALTH_CHECK_INTERVAL = 600h"],
-      /^appserver\.ini:4: Cannot parse HEALTH_CHECK_INTERVAL: expected a duration of at most 576h/,
+      /^appserver\.ini:4: HEALTH_CHECK_INTERVAL is out of range: expected 100ms to 1h, or 0 \(no probes\), got "600h"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "REPLAY_BUFFER_SIZE = 2G"],
-      /^appserver\.ini:4: REPLAY_BUFFER_SIZE must be at most 1G \(1073741824 bytes\), got 2147483648/,
+      /^appserver\.ini:4: REPLAY_BUFFER_SIZE is out of range: expected 64K to 1G, got "2G"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "MAX_FRAME_SIZE = 1G"],
-      /^appserver\.ini:4: MAX_FRAME_SIZE must be at most 16M \(16777216 bytes\), got 1073741824/,
+      /^appserver\.ini:4: MAX_FRAME_SIZE is out of range: expected 320K to 16M, got "1G"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "MAX_BUFFERED = 99999999999999999999G"],
-      /^appserver\.ini:4: Cannot parse MAX_BUFFERED: expected a size of at most 1024G, got "99999999999999999999G"/,
+      /^appserver\.ini:4: MAX_BUFFERED is out of range: expected 64K to 1024G, got "99999999999999999999G"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "HEARTBEAT_INTERVAL = 5s", "LINK_TIMEOUT = 6s"],
@@ -132,7 +132,7 @@ Deno.test("bad input: one clear message naming file, line and key", () => {
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "REPLAY_BUFFER_SIZE = 1K"],
-      /^appserver\.ini:4: REPLAY_BUFFER_SIZE must be at least 65536 bytes/,
+      /^appserver\.ini:4: REPLAY_BUFFER_SIZE is out of range: expected 64K to 1G, got "1K"$/,
     ],
     [
       [...section, "REMOTE_SERVER_01 = a 1", "CONSOLELOG 1"],
@@ -214,7 +214,7 @@ Deno.test("REMOTE_SERVER values take optional weight and max; health check keys 
   deepEqual(parse(...section, "REMOTE_SERVER_01 = a 1").health, { intervalMs: 2000, rise: 2, fall: 3 });
   const bad: [string, RegExp][] = [
     ["REMOTE_SERVER_01 = a 1 weight=0", /expected weight=1\.\.1000, got "weight=0"/],
-    ["REMOTE_SERVER_01 = a 1 max=lots", /expected max=N with N >= 1, got "max=lots"/],
+    ["REMOTE_SERVER_01 = a 1 max=lots", /expected max=N with N >= 0 \(0: no limit\), got "max=lots"/],
     ["REMOTE_SERVER_01 = a 1 backup=1", /then optional weight=N and max=N, got "backup=1"/],
     ["HEALTH_CHECK_RISE = 0", /Cannot parse HEALTH_CHECK_RISE: expected a count in 1\.\.100, got "0"/],
   ];
@@ -282,9 +282,128 @@ Deno.test("security keys: admission key length, TLS files in pairs, limits with 
     maxFrameBytes: 1048576,
     maxBufferedBytes: 2 * 1024 ** 3,
   });
-  throws(() => parse(...base, "MAX_FRAME_SIZE = 64K"), configError(/MAX_FRAME_SIZE must be at least 320K/));
+  throws(
+    () => parse(...base, "MAX_FRAME_SIZE = 64K"),
+    configError(/MAX_FRAME_SIZE is out of range: expected 320K to 16M, got "64K"/),
+  );
   throws(
     () => parse(...base, "MAX_SESSIONS = 0"),
     configError(/Cannot parse MAX_SESSIONS: expected a whole number of at least 1/),
   );
+});
+
+Deno.test("secrets never appear in messages: a key written twice (a key rotation) or a malformed secret line", () => {
+  const admission = ["0123456789abcdef-first", "0123456789abcdef-second"];
+  const access = ["status-key-number-one", "status-key-number-two"];
+  const config = parse(
+    ...section,
+    "REMOTE_SERVER_01 = a 1",
+    `ADMISSION_KEY = ${admission[0]}`,
+    `admission_key = ${admission[1]}`,
+    `STATUS_ACCESS_KEY = ${access[0]}`,
+    `STATUS_ACCESS_KEY = ${access[1]}`,
+  );
+  equal(config.admissionKey, admission[0]);
+  equal(config.status.accessKey, access[0]);
+  deepEqual(config.warnings, [
+    "appserver.ini:7: Duplicate key STATUS_ACCESS_KEY in [BALANCE_SMART_CLIENT_DESKTOP]: the first one (line 6) wins, this one is ignored (values hidden: secret)",
+    "appserver.ini:5: Duplicate key admission_key in [BALANCE_SMART_CLIENT_DESKTOP]: the first one (line 4) wins, this one is ignored (values hidden: secret)",
+  ]);
+  const malformed = [...section, "REMOTE_SERVER_01 = a 1", `ADMISSION_KEY: ${admission[0]}`];
+  throws(
+    () => parse(...malformed),
+    (err: Error) => {
+      match(
+        err.message,
+        /^appserver\.ini:4: Cannot parse line in \[BALANCE_SMART_CLIENT_DESKTOP\]: expected "KEY = value", got "ADMISSION_KEY\.\.\." \(the rest hidden: secret\)$/,
+      );
+      return !err.message.includes(admission[0] as string);
+    },
+  );
+});
+
+Deno.test('UTF-16 appserver.ini (Notepad\'s "Unicode") loads', async () => {
+  const dir = await Deno.makeTempDir();
+  const text = "[GENERAL]\r\nCONSOLELOG=0\r\n[BALANCE_SMART_CLIENT_DESKTOP]\r\nLOCAL_SERVER_PORT = 4000\r\n" +
+    'REMOTE_SERVER_01 = 172.16.50.42 5000\r\nSERVICE_DISPLAY_NAME = "Serviço"\r\n';
+  const bytes = new Uint8Array(2 + text.length * 2);
+  bytes.set([0xff, 0xfe]);
+  for (let i = 0; i < text.length; i++) new DataView(bytes.buffer).setUint16(2 + i * 2, text.charCodeAt(i), true);
+  await Deno.writeFile(join(dir, "appserver.ini"), bytes);
+  try {
+    const config = await loadServerConfig(join(dir, "appserver.ini"));
+    equal(config.listen.port, 4000);
+    equal(config.consoleLog, false);
+    equal(config.serviceDisplayName, "Serviço");
+    deepEqual(config.remoteServers.map((s) => [s.hostname, s.port]), [["172.16.50.42", 5000]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("REMOTE_SERVER: a port written twice is an error, a repeated address a warning, max=0 no limit", () => {
+  throws(
+    () => parse(...section, "REMOTE_SERVER_01 = erp1:5000 6000"),
+    configError(
+      /^appserver\.ini:3: Cannot parse REMOTE_SERVER_01: "erp1:5000" is neither a host name nor an IPv6 address: expected "host port", "host:port" or "\[ipv6\]:port", got "erp1:5000 6000"$/,
+    ),
+  );
+  throws(
+    () => parse(...section, "REMOTE_SERVER_01 = 10.0.0.5:5000 6000"),
+    configError(/"10\.0\.0\.5:5000" is neither a host name nor an IPv6 address/),
+  );
+  equal(parse(...section, "REMOTE_SERVER_01 = fe80::1%eth0 5000").remoteServers[0]?.hostname, "fe80::1%eth0");
+  const twice = parse(
+    ...section,
+    "REMOTE_SERVER_01 = erp1 5000",
+    "REMOTE_SERVER_02 = ERP1:5000 weight=2",
+    "REMOTE_SERVER_03 = erp1 5001",
+  );
+  deepEqual(twice.remoteServers.map((s) => s.name), ["REMOTE_SERVER_01", "REMOTE_SERVER_02", "REMOTE_SERVER_03"]);
+  deepEqual(twice.warnings, [
+    "appserver.ini:4: REMOTE_SERVER_02 names the same ERP server as REMOTE_SERVER_01 (line 3), erp1:5000: it gets the share of new sessions of both entries; remove one, or use weight=N",
+  ]);
+  deepEqual(
+    parse(...section, "REMOTE_SERVER_01 = a 1 max=0").remoteServers.map((s) => s.maxSessions),
+    [0],
+  );
+});
+
+Deno.test("durations and sizes: one table of bounds, a clear message below and above", () => {
+  const base = [...section, "REMOTE_SERVER_01 = a 1"];
+  const cases: [string, RegExp][] = [
+    [
+      "HEALTH_CHECK_INTERVAL = 1ms",
+      /^appserver\.ini:4: HEALTH_CHECK_INTERVAL is out of range: expected 100ms to 1h, or 0 \(no probes\), got "1ms"$/,
+    ],
+    [
+      "HEALTH_CHECK_INTERVAL = 2h",
+      /HEALTH_CHECK_INTERVAL is out of range: expected 100ms to 1h, or 0 \(no probes\), got "2h"/,
+    ],
+    ["RESUME_TIMEOUT = 600h", /^appserver\.ini:4: RESUME_TIMEOUT is out of range: expected 1s to 576h, got "600h"$/],
+    ["RESUME_TIMEOUT = 0", /RESUME_TIMEOUT is out of range: expected 1s to 576h, got "0"/],
+    [
+      "DRAIN_TIMEOUT = 1000h",
+      /DRAIN_TIMEOUT is out of range: expected 100ms to 24h, or 0 \(end sessions at once\), got "1000h"/,
+    ],
+    ["DRAIN_TIMEOUT = 1ms", /DRAIN_TIMEOUT is out of range: expected 100ms to 24h, or 0/],
+    ["HEARTBEAT_INTERVAL = 10ms", /HEARTBEAT_INTERVAL is out of range: expected 100ms to 1h, got "10ms"/],
+    ["CONNECT_TIMEOUT = 1h", /CONNECT_TIMEOUT is out of range: expected 100ms to 10m, got "1h"/],
+    ["MAX_FRAME_SIZE = 8G", /MAX_FRAME_SIZE is out of range: expected 320K to 16M, got "8G"/],
+    ["MAX_BUFFERED = 1K", /MAX_BUFFERED is out of range: expected 64K to 1024G, got "1K"/],
+    ["LOG_MAX_SIZE = 2000G", /LOG_MAX_SIZE is out of range: expected 64K to 1024G, got "2000G"/],
+    ["REPLAY_BUFFER_SIZE = 2G", /REPLAY_BUFFER_SIZE is out of range: expected 64K to 1G, got "2G"/],
+  ];
+  for (const [line, expected] of cases) {
+    throws(() => parse(...base, line), configError(expected), line);
+  }
+  equal(parse(...base, "HEALTH_CHECK_INTERVAL = 100ms").health.intervalMs, 100);
+  equal(parse(...base, "DRAIN_TIMEOUT = 24h").drainTimeoutMs, 24 * 3_600_000);
+  equal(parse(...base, "RESUME_TIMEOUT = 576h").tuning.resumeTimeoutMs, 576 * 3_600_000);
+});
+
+Deno.test("a UNC path in LOG_FILE stays a UNC path (Windows: not a folder of the current drive)", () => {
+  const config = parse(...section, "REMOTE_SERVER_01 = a 1", "LOG_FILE = \\\\nas\\logs\\broker.log ; on the NAS");
+  if (Deno.build.os === "windows") equal(config.log.file, "\\\\nas\\logs\\broker.log");
+  else equal(config.log.file?.endsWith("\\\\nas\\logs\\broker.log"), true, config.log.file ?? "null");
 });
