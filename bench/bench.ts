@@ -686,10 +686,12 @@ for (const [label, key, digits] of workloads) {
   ]);
 }
 const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
-console.log(
-  `\nMedian of ${RUNS} runs (min-max in brackets), loopback, same machine, same run; bulk data verified by SHA-256:\n`,
-);
-for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));
+if (workloads.length > 0) {
+  console.log(
+    `\nMedian of ${RUNS} runs (min-max in brackets), loopback, same machine, same run; bulk data verified by SHA-256:\n`,
+  );
+  for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join("  "));
+}
 for (const r of results) if (r.note) console.log(`\n${r.name}: skipped (${r.note})`);
 for (const u of users) {
   console.log(

@@ -281,7 +281,10 @@ export function describeChurn(f: ChurnFigures): string {
       f.brokenSample.length ? ` (${f.brokenSample.join("; ")})` : ""
     }`,
     `  broker-server: ${f.server.completed} completed, ${f.server.aborted} aborted, ${f.server.expired} expired, ${f.server.active} still held; ` +
-    `broker-client log: ${f.clientLog.clean} clean, ${f.clientLog.other} other; unexpected expiries: ${f.unexpectedExpiries}`,
+    `broker-client log: ${f.clientLog.clean} clean, ${f.clientLog.other} other (the readiness probe is one clean session more than the applications'); ` +
+    `unexpected expiries: ${f.unexpectedExpiries}; disagreements between the two brokers: ${
+      Math.abs(f.server.completed - f.clientLog.clean) + Math.abs(f.server.aborted - f.clientLog.other)
+    }`,
     `  broker-server RSS: start ${m.start.toFixed(0)} MiB, peak ${m.peak.toFixed(0)} MiB, end of load ${
       m.endOfLoad.toFixed(0)
     } MiB, after ${f.options.idleSeconds} s idle ${m.afterIdle.toFixed(0)} MiB`,
