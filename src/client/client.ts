@@ -658,13 +658,19 @@ class SessionRunner {
   /**
    * Reads `link` until the server answers the ABORT just sent on it: true
    * on its CLOSE or ABORT (or a REJECT: it no longer holds the session),
-   * false when the link ends, fails or stays silent for FAREWELL_ANSWER_MS.
+   * false when the link ends or fails, or no answer came within
+   * FAREWELL_ANSWER_MS (whatever else the server sent meanwhile).
    */
   async #answered(link: Link, signal: AbortSignal): Promise<boolean> {
     const cancellable = closeOnAbort(link, signal);
+    // One deadline for the answer, not one per frame: a server that keeps
+    // sending (heartbeats, a replay) without answering must not hold us.
+    const answerBy = this.#now() + FAREWELL_ANSWER_MS;
     try {
       for (;;) {
-        const frame = await link.readFrameWithin(FAREWELL_ANSWER_MS, "answer to ABORT");
+        const left = answerBy - this.#now();
+        if (left <= 0) return false;
+        const frame = await link.readFrameWithin(left, "answer to ABORT");
         if (frame === null) return false;
         if (frame.type === FrameType.Close || frame.type === FrameType.Abort || frame.type === FrameType.Reject) {
           return true;
