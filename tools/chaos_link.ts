@@ -81,9 +81,15 @@ export class ChaosLink {
     const pair: Pair = { front, back, frozen: this.#mode === "blackhole" };
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket) => {
-      // Delayed chunks wait in order: a TCP path may be slow, never reordered.
+      // Delayed chunks wait in order: a TCP path may be slow, never reordered,
+      // and its FIN comes after its last bytes.
       const delayed: { at: number; chunk: Uint8Array }[] = [];
       let timer: ReturnType<typeof setTimeout> | undefined;
+      let endAfterDelayed = false;
+      const end = () => {
+        if (delayed.length > 0) endAfterDelayed = true;
+        else if (!pair.frozen && !to.destroyed) to.end();
+      };
       const release = () => {
         timer = undefined;
         while (delayed.length > 0 && (delayed[0] as { at: number }).at <= Date.now()) {
@@ -91,6 +97,7 @@ export class ChaosLink {
           if (!pair.frozen && !to.destroyed) to.write(chunk);
         }
         if (delayed.length > 0) timer = setTimeout(release, (delayed[0] as { at: number }).at - Date.now());
+        else if (endAfterDelayed && !pair.frozen && !to.destroyed) to.end();
       };
       from.on("data", (chunk: Uint8Array) => {
         if (pair.frozen) return; // a dead Wi-Fi: bytes vanish, nobody is told
@@ -101,17 +108,19 @@ export class ChaosLink {
         delayed.push({ at: Date.now() + this.#delayMs, chunk });
         if (timer === undefined) timer = setTimeout(release, this.#delayMs);
       });
-      from.on("close", () => clearTimeout(timer));
-      from.on("end", () => {
-        if (!pair.frozen && !to.destroyed) to.end();
-      });
+      to.on("close", () => clearTimeout(timer));
+      from.on("end", end);
       from.on("close", (hadError: boolean) => {
         if (pair.frozen) return;
         this.#pairs.delete(pair);
         if (to.destroyed) return;
-        // Pass a reset on as a reset; otherwise let queued bytes drain first.
-        if (hadError) to.resetAndDestroy();
-        else to.end();
+        // Pass a reset on as a reset; otherwise let queued (and delayed) bytes drain first.
+        if (hadError) {
+          clearTimeout(timer);
+          to.resetAndDestroy();
+        } else {
+          end();
+        }
       });
     };
     forward(front, back);
