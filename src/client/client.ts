@@ -271,6 +271,17 @@ class SessionRunner {
   #openKey: Promise<EphemeralKey> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
   #opening = { failedRounds: 0, lastFailure: "" };
+  /**
+   * Broker servers that an opening attempt sent HELLO_NEW to without an
+   * answer coming back (the link died): each may hold the session, and an
+   * ERP connection, until its unconfirmed window passes.
+   */
+  #inDoubt = new Set<HostPort>();
+  /** The opening, then the goodbyes it owes to servers in doubt; set by run(). */
+  #openDone: Promise<void> = Promise.resolve();
+  #openFinished = false;
+  /** A broker server welcomed the session and it was attached. */
+  #opened = false;
 
   constructor(conn: Deno.TcpConn, options: SessionRunnerOptions) {
     const { config, now } = options;
@@ -334,6 +345,9 @@ class SessionRunner {
             // Until the server has the end, it holds the ERP connection: make sure it hears.
             this.#farewell(end.told.then((told) => told ? undefined : this.#tellServer(identity, end.reason)));
           }
+          // Still opening: a server may welcome the session yet (or have done so on a
+          // link that died); the opening tells it, and a stopping broker-client waits for that.
+          if (!this.#openFinished) this.#farewell(this.#openDone);
           this.#stopped.abort();
           this.#done();
           this.#endedResolve();
@@ -359,7 +373,7 @@ class SessionRunner {
   /** Starts reading Smart Client and opening the session. */
   run(): void {
     this.#session.start();
-    this.#openLoop();
+    this.#openDone = this.#openLoop().then(() => this.#leaveOpening()).finally(() => this.#openFinished = true);
   }
 
   /** Ends the session (shutdown) and waits until it is gone. */
@@ -460,15 +474,19 @@ class SessionRunner {
     return frame;
   }
 
-  async #openOn(server: HostPort): Promise<void> {
+  async #openOn(server: HostPort, signal: AbortSignal = this.#signal): Promise<void> {
     // One key pair for every attempt of this opening: if an earlier attempt's
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
     const hello = encodeHelloNew(own.publicKey, this.#openToken, this.#config.replayBufferBytes);
-    const link = await this.#dial(server, hello, this.#signal, this.#config.connectTimeoutMs);
+    const link = await this.#dial(server, hello, signal, this.#config.connectTimeoutMs);
+    // From here the server may open the session whatever becomes of this link.
+    this.#inDoubt.add(server);
     // Not cancelled once connected: if Smart Client leaves meanwhile, the
-    // server is told (ABORT after its WELCOME) instead of holding the session.
+    // server is told (ABORT after its WELCOME) instead of holding the session;
+    // only the end of a stopping broker-client's grace cuts it short.
+    const cancellable = closeOnAbort(link, this.#farewellsEnd);
     try {
       const deadline = this.#now() + this.#config.handshakeTimeoutMs;
       const admission = await this.#admissionKey;
@@ -524,6 +542,8 @@ class SessionRunner {
         }
       }
       this.#identity = { sessionId: welcome.sessionId, key, server };
+      // The session is ours: its ending is told as any session's is.
+      this.#inDoubt.delete(server);
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
         // closes the ERP connection now rather than after the resume window.
@@ -543,6 +563,7 @@ class SessionRunner {
         receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);
+      this.#opened = true;
       log.info("Session {session} opened for Smart Client {client} on broker server {server}", {
         session: this.#label,
         client: this.#smartClient,
@@ -550,8 +571,44 @@ class SessionRunner {
       });
     } catch (err) {
       link.close();
+      // A definite refusal: it holds no session for this opening.
+      if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
       throw err;
+    } finally {
+      cancellable.release();
     }
+  }
+
+  /**
+   * The session ended while opening, and a broker server may hold it
+   * without our knowing its id (its WELCOME was lost with the link): it
+   * would keep the ERP connection until its unconfirmed window passes.
+   * Open it again there with the same token and key (the server hands
+   * back the same session, see #retake) and say goodbye, until the server
+   * answers, refuses, or the window or broker-client's shutdown grace ends.
+   */
+  async #leaveOpening(): Promise<void> {
+    // Opened: servers still in doubt hold an orphan that their unconfirmed
+    // window ends (reopening it there would take the session over).
+    if (this.#opened || this.#inDoubt.size === 0) return;
+    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
+    for (const wait of backoffSchedule(deadline, this.#now)) {
+      const interrupt = this.#shutdownSignal.aborted
+        ? this.#farewellsEnd
+        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
+      await sleep(wait, interrupt);
+      if (this.#farewellsEnd.aborted) break;
+      for (const server of [...this.#inDoubt]) {
+        try {
+          await this.#openOn(server, this.#farewellsEnd);
+        } catch { /* still in doubt unless it refused: again after the next wait */ }
+      }
+      if (this.#inDoubt.size === 0) return;
+    }
+    log.warn(
+      "Session {session}: could not tell broker server(s) {servers} that Smart Client left during the opening; they may keep an ERP connection until their unconfirmed window passes",
+      { session: this.#label, servers: [...this.#inDoubt].map(formatHostPort).join(", ") },
+    );
   }
 
   /** Redials the broker server that holds the session until it resumes, ends or the window closes. */
