@@ -464,9 +464,20 @@ export function decodeReject(payload: Uint8Array): { code: number; reason: strin
   return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1)) };
 }
 
-/** Decodes UTF-8 reason text leniently. */
+/**
+ * Most bytes of a peer's reason (ABORT, REJECT, GOAWAY) that are decoded:
+ * every sender cuts its reasons to 1,000 characters, at most 4 bytes each.
+ */
+export const MAX_REASON_BYTES = 4_000;
+
+/**
+ * Decodes UTF-8 reason text leniently, at most MAX_REASON_BYTES of it: a
+ * peer's reason goes into logs and into what an ended session leaves behind
+ * (a tombstone, for the resume window), and a frame may carry a megabyte.
+ */
 export function decodeText(payload: Uint8Array): string {
-  return new TextDecoder().decode(payload);
+  if (payload.length <= MAX_REASON_BYTES) return new TextDecoder().decode(payload);
+  return `${new TextDecoder().decode(payload.subarray(0, MAX_REASON_BYTES))}… (${payload.length} bytes, cut)`;
 }
 
 const EMPTY = new Uint8Array(0);
