@@ -220,3 +220,92 @@ Deno.test("a broker server that keeps the link busy but never answers an ABORT d
     await fake.close();
   }
 });
+
+/** Opens a session through the broker-client at `port` and checks that it is carried. */
+async function connectApp(port: number): Promise<net.Socket> {
+  const app = await connectRaw(port);
+  const echoed = new Promise<string>((resolve) =>
+    app.once("data", (b: Uint8Array) => resolve(new TextDecoder().decode(b)))
+  );
+  app.write("hello");
+  equal(await echoed, "hello");
+  return app;
+}
+
+Deno.test("the CLOSE answering an ABORT is lost with the link: broker-client learns of the end on a resume, both count it aborted", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = await connectApp(client.address.port);
+  chaos.setDelay(300); // the CLOSE lingers in the relay
+  app.resetAndDestroy();
+  await logs.waitFor(/broker\.server: Session \w+ closed: peer ended the session/);
+  chaos.resetAll(); // and dies there
+  chaos.setDelay(0);
+  await logs.waitFor(/broker\.client: Session \w+: broker server .* no longer holds the session/);
+  equal(server.sessions.length, 0);
+  const totals = server.status().totals;
+  equal(totals.sessionsAborted, 1);
+  equal(totals.sessionsExpired, 0);
+  equal(erp.connections, 1, "no other session was opened");
+  await chaos.close();
+});
+
+Deno.test("the server's ABORT crossing the client's ABORT, both lost with the link: each side ends the session once, as aborted", async () => {
+  await using logs = await captureLogs();
+  const erpSockets: net.Socket[] = [];
+  const erp = net.createServer({ noDelay: true }, (socket) => {
+    socket.on("error", () => {});
+    erpSockets.push(socket);
+    socket.on("data", (b: Uint8Array) => socket.write(b));
+  });
+  await new Promise<void>((resolve) => erp.listen(0, "127.0.0.1", resolve));
+  await using server = startServer(serverConfig([(erp.address() as net.AddressInfo).port], LONG_WINDOWS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const app = await connectApp(client.address.port);
+  chaos.freezeAll();
+  erpSockets[0]?.resetAndDestroy();
+  app.resetAndDestroy();
+  await logs.waitFor(/broker\.server: Session \w+ closed: ERP server connection failed/);
+  await logs.waitFor(/broker\.client: Session \w+ closed: Smart Client connection failed/);
+  chaos.dropFrozen();
+  await logs.waitFor(/broker\.client: Session \w+: broker server .* no longer holds the session/);
+  await waitFor(() => client.sessionCount === 0 && server.sessions.length === 0, "both sides to forget the session");
+  const totals = server.status().totals;
+  equal(totals.sessionsAborted, 1);
+  equal(totals.sessionsExpired, 0);
+  equal(
+    logs.lines.filter((l) => /broker\.client: Session .* closed:/.test(l)).length,
+    1,
+    "one ending on broker-client",
+  );
+  await chaos.close();
+  await new Promise<void>((resolve) => erp.close(() => resolve()));
+});
+
+Deno.test("a Smart Client reset racing with a link reset at every moment ends every session on broker-server", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const ROUNDS = 24;
+  for (let i = 0; i < ROUNDS; i++) {
+    const app = await connectApp(client.address.port);
+    app.resetAndDestroy();
+    // The link is reset from 0 to ~12 ms after the reset: before, while and after the ABORT crosses.
+    if (i % 3 === 0) chaos.resetAll();
+    else await new Promise((r) => setTimeout(r, i / 2)).then(() => chaos.resetAll());
+    await waitFor(() => client.sessionCount === 0, "broker-client to end the session");
+  }
+  await waitFor(() => server.sessions.length === 0, "broker-server to end every session", 15_000).catch(() => {});
+  ok(server.sessions.length === 0, `${server.sessions.length} of ${ROUNDS} sessions still held by broker-server`);
+  const totals = server.status().totals;
+  equal(totals.sessionsAborted, ROUNDS);
+  equal(totals.sessionsExpired, 0);
+  ok(!logs.lines.some((l) => /could not tell/.test(l)), "no farewell given up");
+  await chaos.close();
+});
