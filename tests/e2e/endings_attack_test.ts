@@ -23,6 +23,7 @@ import {
 } from "../../src/protocol/frames.ts";
 import { createEphemeralKey, deriveResumeKey, randomId, signProof } from "../../src/protocol/resume_auth.ts";
 import { Link } from "../../src/session/link.ts";
+import { FAREWELL_GRACE_MS } from "../../src/client/client.ts";
 
 /** A resume window (and unconfirmed window) far longer than any wait below: an ending that waits for it fails. */
 const LONG_WINDOWS = {
@@ -307,5 +308,22 @@ Deno.test("a Smart Client reset racing with a link reset at every moment ends ev
   equal(totals.sessionsAborted, ROUNDS);
   equal(totals.sessionsExpired, 0);
   ok(!logs.lines.some((l) => /could not tell/.test(l)), "no farewell given up");
+  await chaos.close();
+});
+
+Deno.test("broker-client stopping while an opening waits on a broker server that never answers stops within its grace", async () => {
+  await using _logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  chaos.setMode("blackhole"); // the link connects, nothing ever comes back
+  const client = startClient(clientConfig([chaos.port]));
+  const app = await connectRaw(client.address.port);
+  await waitFor(() => chaos.connections === 1, "broker-client to dial");
+  const stoppedAt = Date.now();
+  await client.close();
+  const took = Date.now() - stoppedAt;
+  ok(took < FAREWELL_GRACE_MS + 1_000, `broker-client stopped in ${took} ms (grace ${FAREWELL_GRACE_MS} ms)`);
+  app.destroy();
   await chaos.close();
 });
