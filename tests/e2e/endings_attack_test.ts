@@ -327,3 +327,34 @@ Deno.test("broker-client stopping while an opening waits on a broker server that
   app.destroy();
   await chaos.close();
 });
+
+Deno.test("a session that completed on broker-server, whose CLOSE died with the link, is not counted aborted by a stopping broker-client", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = startClient(clientConfig([chaos.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await app.write(new TextEncoder().encode("bye"));
+  const got = new Uint8Array(3);
+  for (let n = 0; n < 3;) n += (await app.read(got.subarray(n))) ?? 3;
+  chaos.setDelay(300); // the server's CLOSE will linger in the relay
+  await app.closeWrite();
+  equal(await app.read(new Uint8Array(8)), null, "Smart Client gets the ERP's FIN: every byte is delivered both ways");
+  await logs.waitFor(/broker\.server: Session \w+ closed: closed by both ends/);
+  chaos.setMode("refuse");
+  chaos.resetAll(); // the CLOSE dies in the relay
+  chaos.setDelay(0);
+  await logs.waitFor(/broker\.client: Session \w+: link lost/);
+  chaos.setMode("pass");
+  await client.close();
+  app.close();
+  const totals = server.status().totals;
+  equal(totals.sessionsCompleted, 1, "broker-server: completed");
+  const ending = logs.lines.find((l) => /broker\.client: Session \w+ closed:/.test(l)) ?? "";
+  ok(
+    /closed by both ends/.test(ending),
+    `broker-client and broker-server disagree on the session's fate: broker-server completed it, broker-client logged "${ending}"`,
+  );
+  await chaos.close();
+});
