@@ -77,6 +77,21 @@ function closeOnAbort(link: Link, signal: AbortSignal): { release(): void } {
   return { release: () => signal.removeEventListener("abort", close) };
 }
 
+/** Resolves when `signal` aborts or `done` settles, whichever comes first (no listener is left behind). */
+async function untilAborted(signal: AbortSignal, done: Promise<unknown>): Promise<void> {
+  if (signal.aborted) return;
+  let onAbort = () => {};
+  const aborted = new Promise<void>((resolve) => {
+    onAbort = () => resolve();
+    signal.addEventListener("abort", onAbort);
+  });
+  try {
+    await Promise.race([done, aborted]);
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
 /** The broker server refused: retrying the same request would not help. */
 export class RejectedError extends Error {
   override name = "RejectedError";
@@ -249,6 +264,8 @@ class SessionRunner {
   #config: ClientConfig;
   #signal: AbortSignal;
   #shutdownSignal: AbortSignal;
+  /** Aborted when the session ends or the shutdown's grace does. */
+  #finishing: AbortSignal;
   #farewellsEnd: AbortSignal;
   #farewell: (farewell: Promise<void>) => void;
   #now: () => number;
@@ -289,6 +306,7 @@ class SessionRunner {
     this.#shutdownSignal = options.shutdown;
     this.#farewellsEnd = options.farewellsEnd;
     this.#signal = AbortSignal.any([options.shutdown, this.#stopped.signal]);
+    this.#finishing = AbortSignal.any([options.farewellsEnd, this.#stopped.signal]);
     this.#now = now;
     this.#done = options.done;
     this.#farewell = options.farewell;
@@ -376,8 +394,23 @@ class SessionRunner {
     this.#openDone = this.#openLoop().then(() => this.#leaveOpening()).finally(() => this.#openFinished = true);
   }
 
+  /**
+   * What cancels resuming: the session's end or the shutdown; for a session
+   * that only waits for the server's CLOSE, the end of the shutdown's grace.
+   */
+  #resumeSignal(): AbortSignal {
+    return this.#session.finishing ? this.#finishing : this.#signal;
+  }
+
   /** Ends the session (shutdown) and waits until it is gone. */
   async stop(reason: string): Promise<void> {
+    if (this.#session.finishing) {
+      // Both streams are finished and delivered here: only the server's
+      // CLOSE is missing (on its way, or lost with the link and got by a
+      // resume). Aborting now would end as aborted a session that the server
+      // completes: give it the grace.
+      await untilAborted(this.#finishing, this.#ended);
+    }
     this.#session.abort(reason);
     await this.#ended;
     await this.#reconnecting;
@@ -618,10 +651,12 @@ class SessionRunner {
     const deadline = this.#session.stateSince + this.#session.timers.resumeTimeoutMs;
     let lastError = "";
     for (const wait of backoffSchedule(deadline, this.#now)) {
-      if (!await sleep(wait, this.#signal)) return;
-      if (this.#session.state !== "detached") return;
+      // A shutdown cuts the wait short; a session that only waits for the
+      // server's CLOSE still resumes to get it, within the shutdown's grace.
+      await sleep(wait, this.#resumeSignal());
+      if (this.#resumeSignal().aborted || this.#session.state !== "detached") return;
       try {
-        await this.#resumeOn(identity);
+        await this.#resumeOn(identity, this.#resumeSignal());
         return;
       } catch (err) {
         if (err instanceof RejectedError) {
@@ -673,10 +708,10 @@ class SessionRunner {
     }
   }
 
-  async #resumeOn(identity: Identity): Promise<void> {
+  async #resumeOn(identity: Identity, signal: AbortSignal): Promise<void> {
     const started = this.#now();
     const received = this.#session.received;
-    const { link, resumed } = await this.#resumeHandshake(identity, received, this.#signal);
+    const { link, resumed } = await this.#resumeHandshake(identity, received, signal);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();

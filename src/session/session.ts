@@ -235,6 +235,14 @@ export class Session {
     return this.#state;
   }
 
+  /**
+   * Both streams finished and every byte delivered both ways, and the
+   * session is not over yet: the client waits only for the server's CLOSE.
+   */
+  get finishing(): boolean {
+    return this.#state !== "closed" && this.#complete();
+  }
+
   /** Offset of the peer's stream received so far (FIN counts one). */
   get received(): number {
     return this.#received;
