@@ -410,6 +410,8 @@ class SessionRunner {
       // resume). Aborting now would end as aborted a session that the server
       // completes: give it the grace.
       await untilAborted(this.#finishing, this.#ended);
+      // The grace is over: an ABORT on a link that brought no CLOSE would only wait in vain.
+      this.#session.detach("broker-client is shutting down");
     }
     this.#session.abort(reason);
     await this.#ended;

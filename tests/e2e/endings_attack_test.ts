@@ -358,3 +358,27 @@ Deno.test("a session that completed on broker-server, whose CLOSE died with the 
   );
   await chaos.close();
 });
+
+Deno.test("a stopping broker-client waits no longer than its grace for a CLOSE that a frozen link never brings", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(
+    serverConfig([erp.port], { ...LONG_WINDOWS, HEARTBEAT_INTERVAL: "1s", LINK_TIMEOUT: "10s" }),
+  );
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = startClient(clientConfig([chaos.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  chaos.setDelay(300);
+  await app.closeWrite();
+  equal(await app.read(new Uint8Array(8)), null);
+  await logs.waitFor(/broker\.server: Session \w+ closed: closed by both ends/);
+  chaos.freezeAll(); // the CLOSE vanishes, the link stays "up" (for 10 s of LINK_TIMEOUT)
+  chaos.setMode("refuse"); // and no other link gets through
+  const stoppedAt = Date.now();
+  await client.close();
+  const took = Date.now() - stoppedAt;
+  ok(took < FAREWELL_GRACE_MS + 1_000, `broker-client stopped in ${took} ms (grace ${FAREWELL_GRACE_MS} ms)`);
+  app.close();
+  equal(server.status().totals.sessionsCompleted, 1);
+  await chaos.close();
+});
