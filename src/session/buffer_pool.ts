@@ -132,6 +132,7 @@ export class LentBuffers {
   readonly local: WriteProgress;
   #retired: Retired[] = [];
   #bytes = 0;
+  #dropped = false;
 
   /** Tracks buffers lent to `local`. */
   constructor(local: WriteProgress) {
@@ -144,8 +145,22 @@ export class LentBuffers {
     return this.#bytes;
   }
 
+  /**
+   * The queue is closed and writes no more: hands back the buffers it wrote
+   * past, forgets the others (left to the garbage collector: a write in
+   * progress may still use a view) and keeps nothing retired from now on.
+   * An ended session may be kept a while (a farewell): not its buffers.
+   */
+  drop(): void {
+    this.release();
+    this.#retired = [];
+    this.#bytes = 0;
+    this.#dropped = true;
+  }
+
   /** Keeps `buffer` until the queue has written what was pushed so far. */
   retire(buffer: Uint8Array): void {
+    if (this.#dropped) return;
     this.#retired.push({ buffer, mark: this.local.pushedTotal });
     this.#bytes += buffer.length;
   }

@@ -384,6 +384,7 @@ export class Session {
       localClosed = this.#closeLocalAfterFlush();
     } else {
       this.#localWriter.close();
+      this.#lentBuffers.drop();
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
@@ -664,6 +665,7 @@ export class Session {
   async #closeLocalAfterFlush(): Promise<void> {
     await within(this.#localWriter.flushed(), LOCAL_LINGER_MS);
     this.#localWriter.close();
+    this.#lentBuffers.drop();
     closeQuietly(this.#local);
   }
 
