@@ -34,8 +34,9 @@ import {
 } from "../protocol/frames.ts";
 import {
   createEphemeralKey,
-  deriveResumeKey,
+  deriveResumeSecret,
   importAdmissionKey,
+  importResumeKey,
   randomId,
   signAdmission,
   signProof,
@@ -68,8 +69,11 @@ const log = logger("server");
  */
 const HELLO_TIMEOUT_MS = 2_000;
 
-/** Most tombstones kept; the oldest go first. */
-const MAX_TOMBSTONES = 10_000;
+/**
+ * Most tombstones kept; the oldest go first. A tombstone costs some 300
+ * bytes: 50,000 cover the default 3-minute window at 250 endings a second.
+ */
+const MAX_TOMBSTONES = 50_000;
 
 /** The process's memory figures; zeros where the platform cannot tell. */
 function processMemory(): StatusSnapshot["memory"] {
@@ -99,15 +103,24 @@ interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
   key: CryptoKey;
+  /** The key's 32 bytes, which its tombstone keeps instead of the CryptoKey. */
+  secret: Uint8Array;
   /** Links attached so far: a resume proven for an older count was overtaken by a newer link. */
   attaches: number;
 }
 
+/**
+ * What is kept of an ended session for one resume window, so that a client
+ * that missed the end learns how it ended (and, after a clean end, gets the
+ * final acknowledgement). Small on purpose: thousands pile up under churn.
+ */
 interface Tombstone {
-  key: CryptoKey;
-  end: SessionEnd;
+  secret: Uint8Array;
+  reason: string;
+  clean: boolean;
   received: number;
-  timer: ReturnType<typeof setTimeout>;
+  /** Clock ms after which it is forgotten. */
+  expiresAt: number;
 }
 
 /** An attempt to open a session, known by its open token until the client confirms the session. */
@@ -151,7 +164,10 @@ export class BrokerServer {
   #now: () => number;
   #listener: Deno.Listener | null = null;
   #sessions = new Map<string, Entry>();
+  /** In the order they were made, which is (nearly) the order they expire in. */
   #tombstones = new Map<string, Tombstone>();
+  /** One timer for all tombstones: set for the oldest. */
+  #tombstoneTimer: ReturnType<typeof setTimeout> | undefined;
   #handshaking = new HandshakeAdmission<Link>();
   #evicted = new WeakSet<Link>();
   #crowdLogged = { at: -Infinity, dropped: 0 };
@@ -681,8 +697,10 @@ export class BrokerServer {
     const own = await createEphemeralKey();
     const sessionId = randomId();
     let key: CryptoKey;
+    let secret: Uint8Array;
     try {
-      key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+      secret = await deriveResumeSecret(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+      key = await importResumeKey(secret);
     } catch {
       giveUp();
       await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
@@ -715,6 +733,7 @@ export class BrokerServer {
       id,
       sessionId,
       key,
+      secret,
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),
@@ -858,7 +877,7 @@ export class BrokerServer {
     const clientNonce = hello.payload.slice(ID_SIZE);
     const id = toHex(sessionId);
     const entry = this.#sessions.get(id);
-    const tombstone = entry ? undefined : this.#tombstones.get(id);
+    const tombstone = entry ? undefined : this.#tombstone(id);
     if (!entry && !tombstone) {
       await this.#reject(
         link,
@@ -879,7 +898,7 @@ export class BrokerServer {
       return;
     }
     const proof = decodeProof(proofFrame.payload);
-    const key = (entry ?? tombstone as Tombstone).key;
+    const key = entry ? entry.key : await importResumeKey((tombstone as Tombstone).secret);
     const input = { sessionId, clientNonce, serverNonce, receivedOffset: proof.receivedOffset };
     if (!await verifyProof(key, "client", input, proof.mac)) {
       await this.#reject(link, RejectCode.BadProof, `Resume proof for session ${shortId(id)} does not verify`);
@@ -887,8 +906,8 @@ export class BrokerServer {
     }
     if (!entry) {
       const ended = tombstone as Tombstone;
-      if (!ended.end.clean) {
-        await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.end.reason}`);
+      if (!ended.clean) {
+        await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.reason}`);
         return;
       }
       // It ended cleanly while the client was away: confirm the final offset,
@@ -975,24 +994,39 @@ export class BrokerServer {
     if (end.clean) log.info(message, fields);
     else log.warn(message, fields);
     if (this.#sessions.size === 0) this.#drained?.();
-    if (this.#shutdown.signal.aborted) return;
+    // The client sent the ABORT that ended it and was answered: it needs no tombstone.
+    if (this.#shutdown.signal.aborted || end.byPeer) return;
     if (this.#tombstones.size >= MAX_TOMBSTONES) {
       const [oldest] = this.#tombstones.keys();
-      if (oldest !== undefined) this.#dropTombstone(oldest);
+      if (oldest !== undefined) this.#tombstones.delete(oldest);
     }
     this.#tombstones.set(entry.id, {
-      key: entry.key,
-      end,
+      secret: entry.secret,
+      reason: end.reason,
+      clean: end.clean,
       received: entry.session.received,
-      timer: setTimeout(() => this.#dropTombstone(entry.id), this.#config.tuning.resumeTimeoutMs),
+      expiresAt: this.#now() + this.#config.tuning.resumeTimeoutMs,
     });
+    if (this.#tombstoneTimer === undefined) this.#sweepTombstones();
   }
 
-  #dropTombstone(id: string): void {
+  /** The tombstone of session `id`, unless it has expired. */
+  #tombstone(id: string): Tombstone | undefined {
     const t = this.#tombstones.get(id);
-    if (!t) return;
-    clearTimeout(t.timer);
-    this.#tombstones.delete(id);
+    return t && t.expiresAt > this.#now() ? t : undefined;
+  }
+
+  /** Forgets expired tombstones and sets the timer for the next. */
+  #sweepTombstones(): void {
+    this.#tombstoneTimer = undefined;
+    const now = this.#now();
+    for (const [id, t] of this.#tombstones) {
+      if (t.expiresAt > now) {
+        this.#tombstoneTimer = setTimeout(() => this.#sweepTombstones(), t.expiresAt - now);
+        return;
+      }
+      this.#tombstones.delete(id);
+    }
   }
 
   /**
@@ -1025,7 +1059,9 @@ export class BrokerServer {
     const sessions = [...this.#sessions.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);
     await Promise.all(sessions.map((s) => s.settled));
-    for (const id of [...this.#tombstones.keys()]) this.#dropTombstone(id);
+    clearTimeout(this.#tombstoneTimer);
+    this.#tombstoneTimer = undefined;
+    this.#tombstones.clear();
     log.info("broker-server stopped; {count} sessions were still open and were closed", { count: sessions.length });
     return sessions.length;
   }
