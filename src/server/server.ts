@@ -568,6 +568,11 @@ export class BrokerServer {
     const notes = placement.skipped.map((s) => `${s.backend.server.name}: ${s.reason}`);
     for (const backend of placement.order) {
       const server = backend.server;
+      // The session counts against this server from now on, while it connects (see Balancer.acquire).
+      if (!this.#balancer.acquire(backend)) {
+        notes.push(`${server.name}: ${backend.draining ? "draining" : `full (max ${server.maxSessions} sessions)`}`);
+        continue;
+      }
       try {
         const conn = await dialTcp(server.hostname, server.port, {
           timeoutMs: this.#config.tuning.connectTimeoutMs,
@@ -579,11 +584,11 @@ export class BrokerServer {
             address: formatHostPort(server),
           });
         }
-        this.#balancer.acquire(backend);
         const why = backend === placement.order[0] ? placement.why : "the servers before it failed";
         const decision = notes.length > 0 ? `${why}; skipped ${notes.join("; ")}` : why;
         return { conn, backend, decision };
       } catch (err) {
+        this.#balancer.cancel(backend);
         const error = describeError(err);
         notes.push(`${server.name}: ${error}`);
         if (this.#balancer.connectFailed(backend, error)) {
