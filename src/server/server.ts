@@ -57,7 +57,8 @@ import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
-import { LogBudget } from "../ops/log_budget.ts";
+import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
+import { peerText } from "../ops/peer_text.ts";
 
 const log = logger("server");
 
@@ -98,6 +99,8 @@ export interface ServerSessionInfo {
 interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
+  /** The address (IPv6: /64) that opened it, for the budget of its log lines. */
+  source: string;
   key: CryptoKey;
   /** Links attached so far: a resume proven for an older count was overtaken by a newer link. */
   attaches: number;
@@ -158,6 +161,8 @@ export class BrokerServer {
   /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
   #dropLog: LogBudget;
   #refusalLog: LogBudget;
+  /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
+  #abnormalEndLog: SourceLogBudgets;
   /** Open attempts by the client's open token, until the client confirms the session. */
   #opening = new Map<string, Opening>();
   #attempts = 0;
@@ -184,6 +189,7 @@ export class BrokerServer {
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#dropLog = new LogBudget(20, 10_000, this.#now);
     this.#refusalLog = new LogBudget(20, 10_000, this.#now);
+    this.#abnormalEndLog = new SourceLogBudgets(20, 10_000, { now: this.#now });
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
@@ -449,7 +455,7 @@ export class BrokerServer {
       if (heldBack === null) return;
       log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
         peer: link.peer,
-        reason: describeError(err),
+        reason: peerText(describeError(err)), // may quote what the peer sent
         hint: this.#tlsHint(err),
         heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
       });
@@ -719,6 +725,7 @@ export class BrokerServer {
     const entry: Entry = {
       id,
       sessionId,
+      source,
       key,
       client: link.peer,
       backend: backend.backend,
@@ -967,6 +974,7 @@ export class BrokerServer {
     });
     this.#balancer.release(entry.backend);
     const stats = entry.session.stats;
+    const heldBack = end.clean ? 0 : this.#abnormalEndLog.spend(entry.source);
     const fields = {
       session: shortId(entry.id),
       reason: end.reason,
@@ -974,11 +982,14 @@ export class BrokerServer {
       toErp: stats.bytesToLocal,
       seconds: ((this.#now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
+      heldBack: heldBack
+        ? ` (${heldBack} more sessions from ${entry.source} ended abnormally before this one: not logged)`
+        : "",
     };
     const message =
-      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes";
+      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes{heldBack}";
     if (end.clean) log.info(message, fields);
-    else log.warn(message, fields);
+    else if (heldBack !== null) log.warn(message, fields);
     if (this.#sessions.size === 0) this.#drained?.();
     if (this.#shutdown.signal.aborted) return;
     if (this.#tombstones.size >= MAX_TOMBSTONES) {
