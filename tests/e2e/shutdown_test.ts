@@ -6,7 +6,7 @@ import net from "node:net";
 import { equal, ok } from "node:assert/strict";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
-import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, freePort } from "../helpers/apps.ts";
 import { FAREWELL_GRACE_MS } from "../../src/client/client.ts";
 
@@ -92,8 +92,8 @@ const onLinux = Deno.build.os === "linux";
 /** broker-server as a child process (`--console`), with its output collected and searchable. */
 interface ServerProcess extends AsyncDisposable {
   process: Deno.ChildProcess;
-  /** Resolves with the first output line matching `pattern`; rejects if the process ends first. */
-  line(pattern: RegExp): Promise<string>;
+  /** Resolves with the first output line matching `pattern`; rejects if the process ends first, or after `ms`. */
+  line(pattern: RegExp, ms?: number): Promise<string>;
   /** Everything it wrote so far. */
   output(): string;
 }
@@ -119,14 +119,21 @@ function spawnServer(configPath: string): ServerProcess {
   return {
     process,
     output: () => text,
-    async line(pattern) {
+    async line(pattern, ms = 20_000) {
+      const by = Date.now() + ms;
       for (;;) {
         const found = text.split("\n").find((l) => pattern.test(l));
         if (found) return found;
         let wake = () => {};
         const more = new Promise<"more">((resolve) => changed.add(wake = () => resolve("more")));
-        const why = await Promise.race([more, ended]);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<"late">((resolve) => timer = setTimeout(() => resolve("late"), by - Date.now()));
+        const why = await Promise.race([more, ended, late]);
+        clearTimeout(timer);
         changed.delete(wake);
+        if (why === "late") {
+          throw new Error(`No line matching ${pattern} within ${ms} ms; broker-server wrote:\n${text}`);
+        }
         if (why !== "more" && !text.split("\n").some((l) => pattern.test(l))) {
           throw new Error(
             `broker-server ended (code ${why.code}, signal ${why.signal}) before a line matching ${pattern}; it wrote:\n${text}`,
@@ -198,7 +205,11 @@ Deno.test({
     // A named pipe holds broker-server in its first steps for as long as the test wants.
     equal((await new Deno.Command("mkfifo", { args: [configPath] }).output()).code, 0);
     await using server = spawnServer(configPath);
-    const fifo = await Deno.open(configPath, { write: true }); // returns once broker-server opened it
+    const fifo = await deadline( // returns once broker-server opened it
+      Deno.open(configPath, { write: true }),
+      20_000,
+      () => `broker-server to open its configuration; it wrote:\n${server.output()}`,
+    );
     server.process.kill("SIGHUP");
     try {
       await fifo.write(new TextEncoder().encode(serverIni(freePort(), erp.port)));
