@@ -19,6 +19,7 @@ import {
 import { getRotatingFileSink } from "@logtape/file";
 import { dirname } from "node:path";
 import type { LogLevelName, LogSettings } from "../config/logging.ts";
+import { peerText } from "./peer_text.ts";
 
 /** Root category of every logger in this product. */
 export const LOG_ROOT = "broker";
@@ -64,8 +65,11 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "json" ? getJsonLinesFormatter() : getTextFormatter({
     timestamp: "date-time-tz",
     category: ".",
-    // Strings as they are: session ids and addresses read better unquoted.
-    value: (v: unknown) => typeof v === "string" ? v : Deno.inspect(v),
+    // Strings unquoted (session ids and addresses read better so), but with
+    // control characters escaped: whatever a value holds, it cannot start a
+    // line of its own. Text from the network is also capped where it enters
+    // (see peerText).
+    value: (v: unknown) => typeof v === "string" ? peerText(v, { maxChars: Infinity }) : Deno.inspect(v),
   });
   const sinks: Record<string, Sink> = {
     console: options.console ? getConsoleSink({ formatter }) : withFilter(getConsoleSink({ formatter }), "warning"),

@@ -19,6 +19,8 @@
  * @module
  */
 
+import { PEER_TEXT_MAX_CHARS, peerText } from "../ops/peer_text.ts";
+
 /** The four magic bytes that open every link: "PBRK". */
 export const MAGIC = new Uint8Array([0x50, 0x42, 0x52, 0x4b]);
 /** Version of this wire format; both ends must speak the same. */
@@ -455,18 +457,29 @@ export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
 export function decodeGoAway(payload: Uint8Array): { drainMs: number; reason: string } {
   return {
     drainMs: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0),
-    reason: decodeText(payload.subarray(4)),
+    reason: decodeText(payload.subarray(4), SERVER_REASON_MAX_CHARS),
   };
 }
 
 /** Decodes a REJECT payload. */
 export function decodeReject(payload: Uint8Array): { code: number; reason: string } {
-  return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1)) };
+  return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1), SERVER_REASON_MAX_CHARS) };
 }
 
-/** Decodes UTF-8 reason text leniently. */
-export function decodeText(payload: Uint8Array): string {
-  return new TextDecoder().decode(payload);
+/**
+ * Most characters of a REJECT or GOAWAY reason kept: what broker-server
+ * sends at most (a refusal names every ERP server tried, and why).
+ */
+const SERVER_REASON_MAX_CHARS = 1000;
+
+/**
+ * Decodes the UTF-8 reason text of an ABORT, REJECT or GOAWAY leniently, as
+ * text safe to log: the peer decides what it says, so control characters are
+ * escaped and it is cut to `maxChars` (see peerText), whatever length it came
+ * with. ABORT reasons, which either side sends, keep PEER_TEXT_MAX_CHARS.
+ */
+export function decodeText(payload: Uint8Array, maxChars: number = PEER_TEXT_MAX_CHARS): string {
+  return peerText(new TextDecoder().decode(payload), { maxChars });
 }
 
 const EMPTY = new Uint8Array(0);

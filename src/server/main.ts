@@ -21,7 +21,7 @@ import { formatDuration, formatHostPort, formatSize } from "../config/values.ts"
 import { describeLogSettings } from "../config/logging.ts";
 import { descriptorsNeeded, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
-import { aborted } from "../ops/signals.ts";
+import { aborted, holdHangup } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { resolve } from "node:path";
 import { selfCommand, type ServiceSpec } from "../ops/service.ts";
@@ -150,6 +150,9 @@ export function describeServerConfig(config: ServerConfig): string {
 
 /** Runs broker-server with `args`; resolves to the process exit code. */
 export async function serverMain(args: string[], options: { signal: AbortSignal }): Promise<number> {
+  // SIGHUP means "reload" to this program: it must never end it, even while
+  // no reload listener is there (before the watcher starts, and while stopping).
+  using _hangup = holdHangup();
   let cli: CliOptions;
   let config: ServerConfig;
   try {
@@ -235,6 +238,7 @@ async function runBroker(
   const watcher = watchConfig(config.path, () => server.reload());
   await aborted(signal);
   await watcher.close();
+  using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
   await server.close();
   await teardownLogging();
   return EXIT_OK;

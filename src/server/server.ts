@@ -58,7 +58,8 @@ import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
 import { VERSION } from "../version.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
-import { LogBudget } from "../ops/log_budget.ts";
+import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
+import { peerText } from "../ops/peer_text.ts";
 
 const log = logger("server");
 
@@ -102,6 +103,8 @@ export interface ServerSessionInfo {
 interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
+  /** The address (IPv6: /64) that opened it, for the budget of its log lines. */
+  source: string;
   key: CryptoKey;
   /** The key's 32 bytes, which its tombstone keeps instead of the CryptoKey. */
   secret: Uint8Array;
@@ -174,6 +177,8 @@ export class BrokerServer {
   /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
   #dropLog: LogBudget;
   #refusalLog: LogBudget;
+  /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
+  #abnormalEndLog: SourceLogBudgets;
   /** Open attempts by the client's open token, until the client confirms the session. */
   #opening = new Map<string, Opening>();
   #attempts = 0;
@@ -200,6 +205,7 @@ export class BrokerServer {
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#dropLog = new LogBudget(20, 10_000, this.#now);
     this.#refusalLog = new LogBudget(20, 10_000, this.#now);
+    this.#abnormalEndLog = new SourceLogBudgets(20, 10_000, { now: this.#now });
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
@@ -465,7 +471,7 @@ export class BrokerServer {
       if (heldBack === null) return;
       log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
         peer: link.peer,
-        reason: describeError(err),
+        reason: peerText(describeError(err)), // may quote what the peer sent
         hint: this.#tlsHint(err),
         heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
       });
@@ -584,6 +590,11 @@ export class BrokerServer {
     const notes = placement.skipped.map((s) => `${s.backend.server.name}: ${s.reason}`);
     for (const backend of placement.order) {
       const server = backend.server;
+      // The session counts against this server from now on, while it connects (see Balancer.acquire).
+      if (!this.#balancer.acquire(backend)) {
+        notes.push(`${server.name}: ${backend.draining ? "draining" : `full (max ${server.maxSessions} sessions)`}`);
+        continue;
+      }
       try {
         const conn = await dialTcp(server.hostname, server.port, {
           timeoutMs: this.#config.tuning.connectTimeoutMs,
@@ -595,11 +606,11 @@ export class BrokerServer {
             address: formatHostPort(server),
           });
         }
-        this.#balancer.acquire(backend);
         const why = backend === placement.order[0] ? placement.why : "the servers before it failed";
         const decision = notes.length > 0 ? `${why}; skipped ${notes.join("; ")}` : why;
         return { conn, backend, decision };
       } catch (err) {
+        this.#balancer.cancel(backend);
         const error = describeError(err);
         notes.push(`${server.name}: ${error}`);
         if (this.#balancer.connectFailed(backend, error)) {
@@ -732,6 +743,7 @@ export class BrokerServer {
     const entry: Entry = {
       id,
       sessionId,
+      source,
       key,
       secret,
       client: link.peer,
@@ -981,6 +993,7 @@ export class BrokerServer {
     });
     this.#balancer.release(entry.backend);
     const stats = entry.session.stats;
+    const heldBack = end.clean ? 0 : this.#abnormalEndLog.spend(entry.source);
     const fields = {
       session: shortId(entry.id),
       reason: end.reason,
@@ -988,11 +1001,14 @@ export class BrokerServer {
       toErp: stats.bytesToLocal,
       seconds: ((this.#now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
+      heldBack: heldBack
+        ? ` (${heldBack} more sessions from ${entry.source} ended abnormally before this one: not logged)`
+        : "",
     };
     const message =
-      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes";
+      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes{heldBack}";
     if (end.clean) log.info(message, fields);
-    else log.warn(message, fields);
+    else if (heldBack !== null) log.warn(message, fields);
     if (this.#sessions.size === 0) this.#drained?.();
     // The client sent the ABORT that ended it and was answered: it needs no tombstone.
     if (this.#shutdown.signal.aborted || end.byPeer) return;
