@@ -71,9 +71,13 @@ export const FrameType = {
   Heartbeat: 18,
   /** The sender's application closed its side; payload is the stream length. */
   Fin: 19,
-  /** Server: both streams are finished and acknowledged; the session is over. No payload. */
+  /**
+   * The session is over; no payload. From the server: both streams are
+   * finished and acknowledged. From either side: the answer to the peer's
+   * ABORT (the client says its ABORT again on a new link until it gets it).
+   */
   Close: 20,
-  /** The session ends abnormally; payload is the reason (UTF-8). */
+  /** The session ends abnormally; payload is the reason (UTF-8). Answered with CLOSE. */
   Abort: 32,
   /** A handshake is refused; payload is a code and the reason (UTF-8). */
   Reject: 33,
