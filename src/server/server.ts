@@ -211,6 +211,8 @@ export class BrokerServer {
         name: b.server.name,
         address: formatHostPort(b.server),
         state: b.draining ? "draining" : b.health,
+        health: b.health,
+        draining: b.draining,
         weight: b.server.weight,
         maxSessions: b.server.maxSessions,
         activeSessions: b.active,

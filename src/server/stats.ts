@@ -68,8 +68,12 @@ export interface ServerStatus {
   name: string;
   /** host:port. */
   address: string;
-  /** up, down or draining. */
+  /** up, down or draining (draining wins: see health for the health of a draining server). */
   state: "up" | "down" | "draining";
+  /** up or down, draining or not. */
+  health: "up" | "down";
+  /** Removed from the configuration, finishing its sessions. */
+  draining: boolean;
   /** Weight. */
   weight: number;
   /** Most sessions, 0 for no limit. */
