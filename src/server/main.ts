@@ -15,6 +15,7 @@ import {
   parseCli,
   UsageError,
 } from "../cli.ts";
+import { checkServerFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
@@ -40,8 +41,9 @@ Usage: broker-server [options]
 Options:
   -c, --config FILE     appserver.ini to read (default: next to the executable,
                         or the current directory when run with deno run)
-      --check           validate the configuration, print the effective
-                        settings and exit (0 valid, 2 invalid)
+      --check           validate the configuration and the files it names
+                        (TLS certificate and key, log folder), print the
+                        effective settings and exit (0 valid, 2 invalid)
       --install         install as a service named SERVICE_NAME (Windows:
                         Service Control Manager, run as administrator;
                         Linux: systemd unit, run as root)
@@ -173,6 +175,7 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   }
   if (cli.check) {
     console.log(describeServerConfig(config));
+    if (!await filesUsable(config)) return EXIT_USAGE;
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
@@ -200,6 +203,7 @@ async function runBroker(
   signal: AbortSignal,
   onRunning: () => void = () => {},
 ): Promise<number> {
+  if (!await filesUsable(config)) return EXIT_USAGE;
   try {
     await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
   } catch (err) {
@@ -238,6 +242,18 @@ async function runBroker(
   await server.close();
   await teardownLogging();
   return EXIT_OK;
+}
+
+/** Opens the files the configuration names, as --check and every start do; false (said on stderr) when one is unusable. */
+async function filesUsable(config: ServerConfig): Promise<boolean> {
+  try {
+    await checkServerFiles(config);
+    return true;
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(`broker-server: ${err.message}`);
+    return false;
+  }
 }
 
 /** --install / --uninstall: the service named by SERVICE_NAME, on this OS. */
