@@ -91,6 +91,17 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
   } · balancing ${escape(s.sortMethod)} · memory ${
     escape(formatBytes(s.memory.rss))
   } · refreshes every ${REFRESH_SECONDS} s</div>
+<div class="meta">In force: ${escape(s.config.path)}${
+    s.config.reloadedAt ? ` (reloaded ${escape(s.config.reloadedAt)})` : ""
+  } · admission key ${s.config.admissionKey ? "set" : "not set"} · link ${
+    s.config.linkTls ? "TLS" : "plain TCP"
+  } · status page key ${s.config.statusAccessKey ? "set" : "not set"} · log ${escape(s.config.log)}</div>${
+    s.config.pendingRestart.length > 0
+      ? `\n<div class="meta"><span class="draining">Changed in the file, waiting for a restart: ${
+        escape(s.config.pendingRestart.join(", "))
+      }</span></div>`
+      : ""
+  }
 <div class="cards">${card("Active sessions", t.sessionsActive)}${card("Opened", t.sessionsOpened)}${
     card("Resumes", t.resumes)
   }${card("Expired", t.sessionsExpired)}${card("Ended by error", t.sessionsAborted)}${

@@ -30,6 +30,8 @@ export interface StatusServerOptions {
 export interface StatusServer {
   /** Where it listens. */
   address: HostPort;
+  /** Requires `key` from the next request on (null: none, on the loopback only). */
+  setAccessKey(key: string | null): void;
   /** Stops it. */
   shutdown(): Promise<void>;
 }
@@ -127,11 +129,12 @@ export async function handleStatusRequest(request: Request, options: StatusServe
 
 /** Starts the status listener; throws with a clear message when the port is taken. */
 export function startStatusServer(options: StatusServerOptions): StatusServer {
+  const live = { ...options };
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve(
       { hostname: options.listen.hostname, port: options.listen.port, onListen: () => {} },
-      (request) => handleStatusRequest(request, options),
+      (request) => handleStatusRequest(request, live),
     );
   } catch (err) {
     throw new Error(
@@ -145,5 +148,11 @@ export function startStatusServer(options: StatusServerOptions): StatusServer {
     address: formatHostPort(address),
     auth: options.accessKey ? ", access key required" : "",
   });
-  return { address, shutdown: () => server.shutdown() };
+  return {
+    address,
+    setAccessKey(key) {
+      live.accessKey = key;
+    },
+    shutdown: () => server.shutdown(),
+  };
 }

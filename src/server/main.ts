@@ -99,7 +99,9 @@ X values may end with weight=N and max=N, e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
 The configuration is reloaded on SIGHUP and when the file changes: added
-servers join, removed ones drain; a new port needs a restart.
+servers join, removed ones drain; the log names each key that needs a restart
+(LOCAL_SERVER_*, LINK_TLS_*; SERVICE_* a re-install). A file that removes a
+key or TLS or raises a limit is applied once it has read the same for 1 s.
 [GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -227,7 +229,9 @@ async function runBroker(
       },
     );
   }
-  const server = new BrokerServer(config);
+  const server = new BrokerServer(config, {
+    applyLogging: (next) => setupLogging(loggingFrom(next.log, next.consoleLog || cli.console, cli)),
+  });
   try {
     server.listen();
   } catch (err) {

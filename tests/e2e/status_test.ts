@@ -232,6 +232,7 @@ Deno.test("an ERP server that is draining and down reports broker_backend_up 0",
   })();
   const dir = await Deno.makeTempDir();
   const path = `${dir}/appserver.ini`;
+  const statusPort = freePort();
   const write = (servers: Record<string, number>) =>
     Deno.writeTextFile(
       path,
@@ -239,7 +240,7 @@ Deno.test("an ERP server that is draining and down reports broker_backend_up 0",
         "[BALANCE_SMART_CLIENT_DESKTOP]",
         "LOCAL_SERVER_ADDRESS = 127.0.0.1",
         `LOCAL_SERVER_PORT = ${freePort()}`,
-        "STATUS_PORT = 0",
+        `STATUS_PORT = ${statusPort}`,
         "DRAIN_TIMEOUT = 0",
         "HEALTH_CHECK_INTERVAL = 100ms",
         "HEALTH_CHECK_FALL = 1",
@@ -249,7 +250,7 @@ Deno.test("an ERP server that is draining and down reports broker_backend_up 0",
   await write({ REMOTE_SERVER_1: leavingPort, REMOTE_SERVER_2: keep.port });
   const config = await loadServerConfig(path);
   config.listen.port = 0;
-  await using server = startServer(withStatus(config));
+  await using server = startServer(config);
   await using client = startClient(clientConfig([server.address.port]));
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   await exchange(app, 10);
@@ -257,7 +258,7 @@ Deno.test("an ERP server that is draining and down reports broker_backend_up 0",
   await write({ REMOTE_SERVER_2: keep.port });
   equal(await server.reload(), true);
   await logs.waitFor(/REMOTE_SERVER_1 \(127\.0\.0\.1:\d+\) removed: draining 1 sessions/);
-  const base = `http://127.0.0.1:${server.statusAddress?.port}`;
+  const base = `http://127.0.0.1:${statusPort}`;
   const metrics = await (await fetch(`${base}/metrics`)).text();
   const labels = `{server="REMOTE_SERVER_1",address="127.0.0.1:${leavingPort}"}`;
   ok(metrics.includes(`broker_backend_up${labels} 0\n`), "down is down, draining or not");
