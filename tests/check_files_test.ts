@@ -91,10 +91,10 @@ Deno.test("broker-server --check fails when the log folder cannot be written; a 
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("a real broker-server start fails like --check on a missing certificate", async () => {
+Deno.test("a real broker-server start fails like --check on a missing certificate, on the console and in the log", async () => {
   const dir = await Deno.makeTempDir();
   const key = pathOf(new URL("test_key.pem", FIXTURES));
-  const path = await serverIni(dir, `LINK_TLS_CERT = missing_cert.pem\nLINK_TLS_KEY = ${key}`);
+  const path = await serverIni(dir, `LINK_TLS_CERT = missing_cert.pem\nLINK_TLS_KEY = ${key}\nLOG_FILE = broker.log`);
   const check = await run("server.ts", "--check", "--config", path);
   const start = await run("server.ts", "--config", path);
   equal(check.code, 2);
@@ -102,6 +102,8 @@ Deno.test("a real broker-server start fails like --check on a missing certificat
   const reason = /Cannot read LINK_TLS_CERT ".*missing_cert\.pem"/;
   match(check.stderr, reason);
   match(start.stderr, reason);
+  // A service has no console: the start also writes it to the log file.
+  match(await Deno.readTextFile(`${dir}/broker.log`), reason);
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -177,7 +177,11 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   }
   if (cli.check) {
     console.log(describeServerConfig(config));
-    if (!await filesUsable(config)) return EXIT_USAGE;
+    const problem = await unusableFile(config);
+    if (problem) {
+      console.error(`broker-server: ${problem}`);
+      return EXIT_USAGE;
+    }
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
@@ -205,7 +209,17 @@ async function runBroker(
   signal: AbortSignal,
   onRunning: () => void = () => {},
 ): Promise<number> {
-  if (!await filesUsable(config)) return EXIT_USAGE;
+  const problem = await unusableFile(config);
+  if (problem) {
+    console.error(`broker-server: ${problem}`);
+    // A service has no console: the log file gets it too, when that file is not the problem.
+    try {
+      await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
+      logger("server").error(problem);
+      await teardownLogging();
+    } catch { /* the console has it */ }
+    return EXIT_USAGE;
+  }
   try {
     await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
   } catch (err) {
@@ -248,15 +262,14 @@ async function runBroker(
   return EXIT_OK;
 }
 
-/** Opens the files the configuration names, as --check and every start do; false (said on stderr) when one is unusable. */
-async function filesUsable(config: ServerConfig): Promise<boolean> {
+/** Opens the files the configuration names, as --check and every start do: what is wrong with one, or null. */
+async function unusableFile(config: ServerConfig): Promise<string | null> {
   try {
     await checkServerFiles(config);
-    return true;
+    return null;
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    console.error(`broker-server: ${err.message}`);
-    return false;
+    return err.message;
   }
 }
 
