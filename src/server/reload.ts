@@ -70,6 +70,12 @@ export function watchConfig(path: string, reload: () => Promise<unknown>, option
   const sighup = Deno.build.os !== "windows" && (options.sighup ?? true);
   const onHangup = () => trigger("SIGHUP");
   if (sighup) Deno.addSignalListener("SIGHUP", onHangup);
+  if (watcher || sighup) {
+    log.info("Changes to {path} are applied live ({how})", {
+      path: target,
+      how: [watcher ? "when the file changes" : "", sighup ? "on SIGHUP" : ""].filter(Boolean).join(" and "),
+    });
+  }
 
   return {
     async close() {

@@ -211,6 +211,32 @@ Deno.test("reload: a file caught half-way through a save (without ADMISSION_KEY)
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("an editor saving in two steps, seen by the file watcher: no keyless session, no key removed", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const whole = brokerIni(erp.port, freePort(), { ADMISSION_KEY: ADMISSION });
+  await Deno.writeTextFile(path, whole);
+  await using server = await serverFromFile(path, { reloadSettleMs: 10_000 });
+  const watcher = watchConfig(path, () => server.reload(), { debounceMs: 50, sighup: false });
+  await using keyless = startClient(clientConfig([server.address.port]));
+  const file = await Deno.open(path, { write: true, truncate: true });
+  const bytes = new TextEncoder().encode(whole);
+  const cut = whole.indexOf("ADMISSION_KEY");
+  await file.write(bytes.subarray(0, cut));
+  await logs.waitFor(/weakens security \(ADMISSION_KEY removed\): applied only if the file stays so for 10 s/);
+  await refusedSession(keyless.address.port);
+  await file.write(bytes.subarray(cut));
+  file.close();
+  await logs.waitFor(/Configuration reloaded from .*: no change/);
+  await watcher.close();
+  equal(logs.lines.some((l) => /ADMISSION_KEY removed:/.test(l)), false, logs.lines.join("\n"));
+  equal(server.config.admissionKey, ADMISSION);
+  equal(erp.connections, 0, "no keyless session reached the ERP");
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("reload: ADMISSION_KEY removed for good is applied once the file has stayed so for the settle time", async () => {
   await using logs = await captureLogs();
   await using erp = startErp(echo);
@@ -294,7 +320,7 @@ Deno.test("broker-server applies a new LOG_FILE on reload: the next lines go to 
     }
     return false;
   };
-  ok(await logged("first.log", /broker-server listening on/), `broker-server started: ${await contents("first.log")}`);
+  ok(await logged("first.log", /are applied live/), `broker-server started: ${await contents("first.log")}`);
   await Deno.writeTextFile(path, brokerIni(erp.port, port, { LOG_FILE: "second.log", LOG_LEVEL: "debug" }));
   ok(
     await logged("second.log", /Configuration reloaded from .*LOG_FILE .*first\.log -> .*second\.log/),
