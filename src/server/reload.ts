@@ -91,17 +91,22 @@ export function watchConfig(path: string, reload: () => Promise<unknown>, option
 /** When a changed key takes effect. */
 export type KeyEffect = "now" | "new sessions" | "logging" | "restart" | "install";
 
-interface KeyRule {
+/** One key of appserver.ini and what a reload does with it. */
+export interface KeyRule {
+  /** The key, e.g. LOG_LEVEL. */
   key: string;
+  /** When a change takes effect. */
   effect: KeyEffect;
+  /** Its value in a configuration. */
   read: (c: ServerConfig) => string | number | boolean | null;
-  /** How a value is shown; secrets are never shown. */
+  /** How a value is shown (default: as is). */
   show?: (value: never) => string;
+  /** A secret: changes are reported as set, changed or removed, never with the value. */
   secret?: boolean;
 }
 
-const duration = (ms: number) => formatDuration(ms);
-const size = (bytes: number) => formatSize(bytes);
+const duration = formatDuration;
+const size = formatSize;
 const switched = (on: boolean) => (on ? "1" : "0");
 
 /**
