@@ -244,7 +244,7 @@ const SETTLE_POLL_MS = 200;
 
 /** Options of readSettledConfig. */
 export interface SettleOptions {
-  /** How long a file that weakens security must read the same before it is applied (ms). */
+  /** How long a file that weakens security (or does not parse) must read the same before it is taken as it is (ms). */
   settleMs: number;
   /** Stops waiting (the server is closing): resolves to null. */
   signal?: AbortSignal;
@@ -258,16 +258,18 @@ export interface SettledConfig {
   weakenings: string[];
 }
 
-async function readBytes(path: string): Promise<Uint8Array> {
+/** The file's bytes, or null when it cannot be read (with the reason). */
+async function readBytes(path: string): Promise<{ bytes: Uint8Array | null; error?: ConfigError }> {
   try {
-    return await Deno.readFile(path);
+    return { bytes: await Deno.readFile(path) };
   } catch (err) {
     const why = err instanceof Deno.errors.NotFound ? "file not found" : (err as Error).message;
-    throw new ConfigError(`Cannot read configuration file "${path}": ${why}`);
+    return { bytes: null, error: new ConfigError(`Cannot read configuration file "${path}": ${why}`) };
   }
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  if (a === null || b === null) return a === b;
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 
@@ -285,40 +287,60 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 /**
  * Reads and validates the file at `path` for a reload over `inForce`. A
- * file that weakens security is re-read every 200 ms (every fifth of
- * `settleMs` when that is shorter); it is
- * returned only once every read over `settleMs` gave the same bytes. A file
- * that changes meanwhile is taken as the new candidate (and returned at once
- * if it weakens nothing). Throws ConfigError for an unreadable or invalid
- * file; resolves to null when `signal` aborts.
+ * file that weakens security, or that cannot be read or parsed, may be an
+ * editor's save caught half-way: it is read again every 200 ms (every fifth
+ * of `settleMs` when that is shorter) and taken as it is only once every read
+ * over `settleMs` gave the same bytes. A file that changes meanwhile is
+ * judged afresh (and returned at once if it is valid and weakens nothing).
+ * Throws ConfigError for a file that stays unreadable or invalid; resolves
+ * to null when `signal` aborts.
  */
 export async function readSettledConfig(
   path: string,
   inForce: ServerConfig,
   options: SettleOptions,
 ): Promise<SettledConfig | null> {
-  const parse = (bytes: Uint8Array) => serverConfigFromIni(parseIni(decodeIniBytes(bytes), path));
-  let bytes = await readBytes(path);
-  let config = parse(bytes);
+  const judge = (read: { bytes: Uint8Array | null; error?: ConfigError }): ServerConfig | ConfigError => {
+    if (read.bytes === null) return read.error as ConfigError;
+    try {
+      return serverConfigFromIni(parseIni(decodeIniBytes(read.bytes), path));
+    } catch (err) {
+      if (err instanceof ConfigError) return err;
+      throw err;
+    }
+  };
+  let read = await readBytes(path);
   for (;;) {
-    const weakenings = securityWeakenings(inForce, config);
-    if (weakenings.length === 0) return { config, weakenings };
-    log.warn(
-      "{path} weakens security ({weakenings}): applied only if the file stays so for {settle} (an editor may be half-way through saving it)",
-      { path, weakenings: weakenings.join(", "), settle: formatDuration(options.settleMs) },
-    );
+    const config = judge(read);
+    let weakenings: string[] = [];
+    if (config instanceof ConfigError) {
+      log.debug("{path} cannot be read as it is ({error}); reading it again for {settle} in case it is being saved", {
+        path,
+        error: config.message,
+        settle: formatDuration(options.settleMs),
+      });
+    } else {
+      weakenings = securityWeakenings(inForce, config);
+      if (weakenings.length === 0) return { config, weakenings };
+      log.warn(
+        "{path} weakens security ({weakenings}): applied only if the file stays so for {settle} (an editor may be half-way through saving it)",
+        { path, weakenings: weakenings.join(", "), settle: formatDuration(options.settleMs) },
+      );
+    }
     const pollMs = Math.max(1, Math.min(SETTLE_POLL_MS, Math.floor(options.settleMs / 5)));
-    let changed: Uint8Array | null = null;
+    let changed: typeof read | null = null;
     for (let waited = 0; waited < options.settleMs && !changed; waited += pollMs) {
       await sleep(Math.min(pollMs, options.settleMs - waited), options.signal);
       if (options.signal?.aborted) return null;
       const again = await readBytes(path);
-      if (!sameBytes(again, bytes)) changed = again;
+      if (!sameBytes(again.bytes, read.bytes)) changed = again;
     }
-    if (!changed) return { config, weakenings };
+    if (!changed) {
+      if (config instanceof ConfigError) throw config;
+      return { config, weakenings };
+    }
     log.info("{path} changed while settling: reading it again", { path });
-    bytes = changed;
-    config = parse(bytes);
+    read = changed;
   }
 }
 

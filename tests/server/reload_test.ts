@@ -261,6 +261,43 @@ Deno.test("reload: ADMISSION_KEY removed for good is applied once the file has s
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("reload: a file that does not parse half-way through a save is not reported; one that stays so is, after the settle time", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const port = freePort();
+  const whole = brokerIni(erp.port, port, { LOG_LEVEL: "debug" });
+  await Deno.writeTextFile(path, brokerIni(erp.port, port));
+  await using server = await serverFromFile(path, { reloadSettleMs: 60_000, applyLogging: () => Promise.resolve() });
+
+  // Cut in the middle of the REMOTE_SERVER_01 line: "127.0" is no address.
+  await Deno.writeTextFile(path, whole.slice(0, whole.indexOf("127.0.0.1", whole.indexOf("REMOTE_SERVER_01")) + 5));
+  const reloading = server.reload();
+  await Promise.race([logs.waitFor(/cannot be read as it is .*Cannot parse REMOTE_SERVER_01/), reloading]);
+  await Deno.writeTextFile(path, whole);
+  equal(await reloading, true);
+  await logs.waitFor(/Configuration reloaded from .*: LOG_LEVEL info -> debug/);
+  equal(logs.lines.some((l) => l.includes("reload failed")), false, "no error for a file caught half-way");
+
+  const other = `${dir}/other.ini`;
+  const otherPort = freePort();
+  await Deno.writeTextFile(other, brokerIni(erp.port, otherPort));
+  await using quick = await serverFromFile(other, { reloadSettleMs: 300 });
+  await Deno.writeTextFile(
+    other,
+    "[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_PORT = 4000\nREMOTE_SERVER_01 = nowhere\n",
+  );
+  const started = Date.now();
+  equal(await quick.reload(), false);
+  ok(Date.now() - started >= 300, "reported once the file stayed so for the settle time");
+  await logs.waitFor(
+    /Configuration reload failed; the running configuration stays as it was: .*Cannot parse REMOTE_SERVER_01/,
+  );
+  equal(quick.config.listen.port, otherPort);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("security weakenings: removed keys and TLS, raised limits, a secret cut short; nothing else", async () => {
   const dir = await Deno.makeTempDir();
   const path = `${dir}/appserver.ini`;
