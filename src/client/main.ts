@@ -15,6 +15,7 @@ import {
   UsageError,
 } from "../cli.ts";
 import { type ClientConfig, loadClientConfig } from "../config/client_config.ts";
+import { checkClientFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
@@ -34,8 +35,9 @@ Options:
   -c, --config FILE     smartclient.ini to read (default: next to the executable,
                         or the current directory when run with deno run)
       --driver NAME     use section [NAME] instead of [drivers] active=
-      --check           validate the configuration, print the effective
-                        settings and exit (0 valid, 2 invalid)
+      --check           validate the configuration and the TLS CA file it
+                        names, print the effective settings and exit (0
+                        valid, 2 invalid)
       --console         log informational lines to the console (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -119,6 +121,7 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
       cli.config ?? defaultConfigPath(CLIENT_CONFIG_FILE, currentExecLocation()),
       cli.driver,
     );
+    if (!cli.check) checkClientFiles(config);
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError) {
       console.error(`broker-client: ${err.message}`);
@@ -129,6 +132,13 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   }
   if (cli.check) {
     console.log(describeClientConfig(config));
+    try {
+      checkClientFiles(config);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      console.error(`broker-client: ${err.message}`);
+      return EXIT_USAGE;
+    }
     console.log("Configuration is valid.");
     return EXIT_OK;
   }

@@ -15,6 +15,7 @@ import {
   parseCli,
   UsageError,
 } from "../cli.ts";
+import { checkServerFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
@@ -40,8 +41,9 @@ Usage: broker-server [options]
 Options:
   -c, --config FILE     appserver.ini to read (default: next to the executable,
                         or the current directory when run with deno run)
-      --check           validate the configuration, print the effective
-                        settings and exit (0 valid, 2 invalid)
+      --check           validate the configuration and the files it names
+                        (TLS certificate and key, log folder), print the
+                        effective settings and exit (0 valid, 2 invalid)
       --install         install as a service named SERVICE_NAME (Windows:
                         Service Control Manager, run as administrator;
                         Linux: systemd unit, run as root)
@@ -97,7 +99,9 @@ REMOTE_SERVER_<xx> values may end with weight=N and max=N (0: no limit), e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
 The configuration is reloaded on SIGHUP and when the file changes: added
-servers join, removed ones drain; a new port needs a restart.
+servers join, removed ones drain; the log names each key that needs a restart
+(LOCAL_SERVER_*, LINK_TLS_*; SERVICE_* a re-install). A file that removes a
+key or TLS or raises a limit is applied once it has read the same for 1 s.
 [GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -176,6 +180,11 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   }
   if (cli.check) {
     console.log(describeServerConfig(config));
+    const problem = await unusableFile(config);
+    if (problem) {
+      console.error(`broker-server: ${problem}`);
+      return EXIT_USAGE;
+    }
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
@@ -203,6 +212,17 @@ async function runBroker(
   signal: AbortSignal,
   onRunning: () => void = () => {},
 ): Promise<number> {
+  const problem = await unusableFile(config);
+  if (problem) {
+    console.error(`broker-server: ${problem}`);
+    // A service has no console: the log file gets it too, when that file is not the problem.
+    try {
+      await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
+      logger("server").error(problem);
+      await teardownLogging();
+    } catch { /* the console has it */ }
+    return EXIT_USAGE;
+  }
   try {
     await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
   } catch (err) {
@@ -226,7 +246,9 @@ async function runBroker(
       },
     );
   }
-  const server = new BrokerServer(config);
+  const server = new BrokerServer(config, {
+    applyLogging: (next) => setupLogging(loggingFrom(next.log, next.consoleLog || cli.console, cli)),
+  });
   try {
     server.listen();
   } catch (err) {
@@ -242,6 +264,17 @@ async function runBroker(
   await server.close();
   await teardownLogging();
   return EXIT_OK;
+}
+
+/** Opens the files the configuration names, as --check and every start do: what is wrong with one, or null. */
+async function unusableFile(config: ServerConfig): Promise<string | null> {
+  try {
+    await checkServerFiles(config);
+    return null;
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.message;
+  }
 }
 
 /** --install / --uninstall: the service named by SERVICE_NAME, on this OS. */

@@ -7,8 +7,9 @@
  * @module
  */
 
-import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
-import { formatHostPort, type HostPort } from "../config/values.ts";
+import type { ServerConfig, StatusConfig } from "../config/server_config.ts";
+import { describeLogSettings } from "../config/logging.ts";
+import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
 import { MAX_REPLAY_BUFFER_BYTES, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { logger } from "../ops/log.ts";
 import {
@@ -56,6 +57,7 @@ import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import { appliedMessage, keepRunningValue, keyChanges, readSettledConfig, restartMessage } from "./reload.ts";
 import { VERSION } from "../version.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
@@ -155,10 +157,20 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** How long a reloaded file that weakens security must read the same before it is applied (ms). */
+export const DEFAULT_RELOAD_SETTLE_MS = 1_000;
+
 /** Options of a BrokerServer. */
 export interface BrokerServerOptions {
   /** Clock in ms (injectable). */
   now?: () => number;
+  /** Settle time of a reload that weakens security (ms); default DEFAULT_RELOAD_SETTLE_MS. */
+  reloadSettleMs?: number;
+  /**
+   * Applies reloaded log settings (CONSOLELOG, LOG_*); the program that set
+   * up logging provides it. Without it, those keys take a restart.
+   */
+  applyLogging?: (config: ServerConfig) => Promise<void>;
 }
 
 /** The broker-server: listener, handshakes and the session registry. */
@@ -194,6 +206,12 @@ export class BrokerServer {
   #admissionKey: Promise<CryptoKey | null>;
   #bufferedSum = { at: -Infinity, bytes: 0 };
   #adopted = new WeakSet<Link>();
+  #reloadSettleMs: number;
+  #applyLogging: ((config: ServerConfig) => Promise<void>) | null;
+  #reloading: Promise<unknown> = Promise.resolve();
+  #reloadedAt: number | null = null;
+  /** Keys changed in the file that take a restart or a re-install. */
+  #pendingRestart: string[] = [];
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -207,6 +225,8 @@ export class BrokerServer {
     this.#refusalLog = new LogBudget(20, 10_000, this.#now);
     this.#abnormalEndLog = new SourceLogBudgets(20, 10_000, { now: this.#now });
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
+    this.#reloadSettleMs = options.reloadSettleMs ?? DEFAULT_RELOAD_SETTLE_MS;
+    this.#applyLogging = options.applyLogging ?? null;
   }
 
   /** Where the status page listens, when it does. */
@@ -233,6 +253,8 @@ export class BrokerServer {
         name: b.server.name,
         address: formatHostPort(b.server),
         state: b.draining ? "draining" : b.health,
+        health: b.health,
+        draining: b.draining,
         weight: b.server.weight,
         maxSessions: b.server.maxSessions,
         activeSessions: b.active,
@@ -269,6 +291,15 @@ export class BrokerServer {
         sum: stats.resumeHistogram.sum,
         count: stats.resumeHistogram.count,
       },
+      config: {
+        path: this.#config.path,
+        reloadedAt: this.#reloadedAt === null ? null : new Date(this.#reloadedAt).toISOString(),
+        admissionKey: this.#config.admissionKey !== null,
+        linkTls: this.#config.tls !== null,
+        statusAccessKey: this.#config.status.accessKey !== null,
+        log: describeLogSettings(this.#config.log),
+        pendingRestart: [...this.#pendingRestart],
+      },
     };
   }
 
@@ -283,16 +314,33 @@ export class BrokerServer {
   }
 
   /**
-   * Re-reads the configuration file and applies the broker section: added
-   * servers join, removed ones drain, balancing and timers change for new
-   * sessions. An invalid file changes nothing. A new listening address or
-   * port needs a restart and is reported, not half-applied. Resolves true
-   * when the new configuration was applied.
+   * Re-reads the configuration file and applies it; RELOAD_RULES (reload.ts)
+   * says when each key takes effect. Added servers join, removed ones drain;
+   * the status page and its key, limits, health checks and (with
+   * applyLogging) the log settings change at once; timers and the admission
+   * key apply to new sessions. Keys that take a restart or a re-install are
+   * logged by name and keep their running value. An invalid file changes
+   * nothing; a file that weakens security is applied only once it has read
+   * the same for the settle time. Reloads run one at a time. Resolves true
+   * when the file was applied.
    */
-  async reload(): Promise<boolean> {
+  reload(): Promise<boolean> {
+    const run = this.#reloading.then(() => this.#reload());
+    this.#reloading = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(): Promise<boolean> {
+    const old = this.#config;
     let next: ServerConfig;
+    let weakenings: string[];
     try {
-      next = await loadServerConfig(this.#config.path);
+      const settled = await readSettledConfig(old.path, old, {
+        settleMs: this.#reloadSettleMs,
+        signal: this.#shutdown.signal,
+      });
+      if (!settled) return false;
+      ({ config: next, weakenings } = settled);
     } catch (err) {
       log.error("Configuration reload failed; the running configuration stays as it was: {error}", {
         error: (err as Error).message,
@@ -300,40 +348,83 @@ export class BrokerServer {
       return false;
     }
     for (const w of next.warnings) log.warn(w);
-    const old = this.#config;
-    if (next.listen.hostname !== old.listen.hostname || next.listen.port !== old.listen.port) {
-      log.warn(
-        "The listening address changed from {old} to {new} in {path}: that takes a restart; still listening on {old}",
-        { old: formatHostPort(old.listen), new: formatHostPort(next.listen), path: next.path },
-      );
-      next.listen = old.listen;
+    const running = this.#listener ? formatHostPort(this.address) : formatHostPort(old.listen);
+    const pending: string[] = [];
+    const applied: string[] = [];
+    const logging: string[] = [];
+    for (const change of keyChanges(old, next)) {
+      if (
+        change.effect === "restart" || change.effect === "install" ||
+        (change.effect === "logging" && !this.#applyLogging)
+      ) {
+        log.warn(restartMessage(change, old, next, running));
+        pending.push(change.key);
+      } else {
+        (change.effect === "logging" ? logging : applied).push(appliedMessage(change));
+      }
     }
-    if (JSON.stringify(next.tls) !== JSON.stringify(old.tls)) {
-      log.warn("The link's TLS settings changed in {path}: that takes a restart; the running settings stay", {
-        path: next.path,
-      });
-      next.tls = old.tls;
+    for (const key of pending) keepRunningValue(key, old, next);
+    if (logging.length > 0 && this.#applyLogging) {
+      // First, so that the lines below go where the new settings say.
+      try {
+        await this.#applyLogging(next);
+        applied.unshift(...logging);
+      } catch (err) {
+        log.error("Cannot apply the new log settings ({error}); the running log settings stay", {
+          error: (err as Error).message,
+        });
+        keepRunningValue("CONSOLELOG", old, next);
+        keepRunningValue("LOG_FILE", old, next);
+      }
     }
-    const changes = this.#balancer.update(next.sortMethod, next.remoteServers, next.health);
+    const changes = [...this.#balancer.update(next.sortMethod, next.remoteServers, next.health), ...applied];
     if (next.admissionKey !== old.admissionKey) {
       this.#admissionKey = next.admissionKey ? importAdmissionKey(next.admissionKey) : Promise.resolve(null);
-      changes.push(next.admissionKey ? "admission key set (new sessions)" : "admission key removed");
     }
     if (next.limits.newSessionsPerMinute !== old.limits.newSessionsPerMinute) {
       this.#rates = new RateLimiter(next.limits.newSessionsPerMinute, this.#now);
     }
-    if (JSON.stringify(next.limits) !== JSON.stringify(old.limits)) changes.push("limits");
-    if (JSON.stringify(next.tuning) !== JSON.stringify(old.tuning)) {
-      changes.push("session timers and limits (for new sessions)");
-    }
-    if (JSON.stringify(next.health) !== JSON.stringify(old.health)) changes.push("health checks");
     this.#config = next;
     if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
-    log.info("Configuration reloaded from {path}: {changes}", {
+    await this.#applyStatus(old.status, next.status);
+    this.#pendingRestart = pending;
+    this.#reloadedAt = this.#now();
+    log.info("Configuration reloaded from {path}: {changes}{settled}", {
       path: next.path,
       changes: changes.length > 0 ? changes.join("; ") : "no change",
+      settled: weakenings.length > 0 ? ` (the file read the same for ${formatDuration(this.#reloadSettleMs)})` : "",
     });
     return true;
+  }
+
+  /** Starts the status page for `status`; a failure is logged, the broker goes on without it. */
+  #startStatus(status: StatusConfig): void {
+    if (!status.enabled) return;
+    try {
+      this.#status = startStatusServer({
+        listen: status.listen,
+        accessKey: status.accessKey,
+        snapshot: () => this.status(),
+      });
+    } catch (err) {
+      // The broker's job matters more than its dashboard: log and go on.
+      log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+    }
+  }
+
+  /** A reloaded status configuration: a new key in place, a new address by restarting the listener. */
+  async #applyStatus(old: StatusConfig, next: StatusConfig): Promise<void> {
+    const same = old.enabled === next.enabled && old.listen.hostname === next.listen.hostname &&
+      old.listen.port === next.listen.port;
+    if (same && this.#status) {
+      this.#status.setAccessKey(next.accessKey);
+      return;
+    }
+    if (!this.#listener || this.#stopping) return;
+    const previous = this.#status;
+    this.#status = null;
+    await previous?.shutdown();
+    this.#startStatus(next);
   }
 
   /** Where the server listens (the real port when configured with 0). */
@@ -393,18 +484,7 @@ export class BrokerServer {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#healthChecker.start(this.#config.health.intervalMs);
-    if (this.#config.status.enabled) {
-      try {
-        this.#status = startStatusServer({
-          listen: this.#config.status.listen,
-          accessKey: this.#config.status.accessKey,
-          snapshot: () => this.status(),
-        });
-      } catch (err) {
-        // The broker's job matters more than its dashboard: log and go on.
-        log.error("{error}; broker-server runs without it", { error: (err as Error).message });
-      }
-    }
+    this.#startStatus(this.#config.status);
   }
 
   async #accept(listener: Deno.Listener): Promise<void> {
@@ -1067,6 +1147,7 @@ export class BrokerServer {
       this.#drained = null;
     }
     this.#shutdown.abort();
+    await this.#reloading;
     this.#listener?.close();
     await this.#acceptLoop;
     await this.#healthChecker.stop();
