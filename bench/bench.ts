@@ -40,7 +40,7 @@ import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
 import { V8_FLAGS } from "../src/runtime_flags.ts";
 import { writeAll } from "../src/session/transport.ts";
-import { churnChart, type ChurnFigures, describeChurn, runChurn } from "./churn.ts";
+import { churnChart, churnClean, type ChurnFigures, describeChurn, runChurn } from "./churn.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -312,21 +312,27 @@ interface BrokerChainOptions {
   relay?: (serverPort: number) => Promise<number>;
   /** broker-server's status page port (0: off). */
   statusPort?: number;
-  /** broker-client's log file and level ("": none, warnings only). */
+  /** broker-client's log file, unrotated, at level info ("": none, warnings only on the console). */
   clientLog?: string;
+  /** broker-server's log file, unrotated, at level warning ("": none). */
+  serverLog?: string;
 }
 
 async function brokerChain(sinkPort: number, dir: string, options: BrokerChainOptions = {}): Promise<Chain> {
-  const { relay, statusPort = 0, clientLog = "" } = options;
+  const { relay, statusPort = 0, clientLog = "", serverLog = "" } = options;
   const serverPort = freePort();
   const clientPort = freePort();
   await Deno.writeTextFile(
     `${dir}/appserver.ini`,
-    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=${statusPort}\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n`,
+    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=${statusPort}\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n${
+      serverLog ? `LOG_FILE=${serverLog}\nLOG_MAX_SIZE=1G\n` : ""
+    }`,
   );
   await Deno.writeTextFile(
     `${dir}/smartclient.ini`,
-    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=${clientLog}\n`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=${clientLog}\n${
+      clientLog ? "LOG_MAX_SIZE=1G\n" : ""
+    }`,
   );
   const deno = Deno.execPath();
   const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
@@ -629,6 +635,7 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
   let chaos: ChaosLink | null = null;
   const statusPort = freePort();
   const clientLog = `${dir}/churn-client.log`;
+  const serverLog = `${dir}/churn-server.log`;
   const chain = await brokerChain(sinkPort, dir, {
     relay: async (serverPort) => {
       chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
@@ -636,10 +643,12 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
     },
     statusPort,
     clientLog,
+    serverLog,
   });
   const relay = chaos as unknown as ChaosLink;
+  let figures: ChurnFigures | undefined;
   try {
-    return await runChurn({
+    figures = await runChurn({
       port: chain.port,
       serverPid: chain.pids?.[0] ?? 0,
       statusUrl: `http://127.0.0.1:${statusPort}/status.json`,
@@ -655,9 +664,18 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
       idleSeconds: Number(values["churn-idle-seconds"]),
       seed: 1,
     });
+    return figures;
   } finally {
     await chain.stop();
     await relay.close();
+    if (!figures || !churnClean(figures)) {
+      // Keep the logs of a run that found a problem.
+      await Deno.mkdir("bench/results", { recursive: true });
+      for (const log of [clientLog, serverLog]) {
+        const kept = `bench/results/${log.split("/").pop()}`;
+        await Deno.copyFile(log, kept).then(() => console.log(`Kept ${kept}`), () => {});
+      }
+    }
   }
 }
 

@@ -270,6 +270,12 @@ export async function runChurn(chain: ChurnChain, options: ChurnOptions): Promis
   };
 }
 
+/** No wrong byte, no broken session, no unexpected expiry, and both brokers agree on every session. */
+export function churnClean(f: ChurnFigures): boolean {
+  return f.wrongBytes === 0 && f.brokenSessions === 0 && f.unexpectedExpiries === 0 && f.server.active === 0 &&
+    f.server.completed === f.clientLog.clean && f.server.aborted === f.clientLog.other;
+}
+
 /** A one-line verdict and the figures, for the console. */
 export function describeChurn(f: ChurnFigures): string {
   const m = f.memoryMiB;
