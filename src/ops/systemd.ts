@@ -14,7 +14,7 @@ import { VERSION } from "../version.ts";
  * How every unit broker-server writes begins (its first line, with the
  * version after it): uninstall and "already installed" go by it.
  */
-export const UNIT_MARK = "# Installed by broker-server ";
+const UNIT_MARK = "# Installed by broker-server ";
 
 /**
  * Folders systemd loads system units from (relative to the root), most
@@ -50,7 +50,7 @@ export function systemdQuote(word: string): string {
  * the next line, swallowing a directive) nor for control characters, so
  * those are refused.
  */
-export function systemdDescription(displayName: string): string {
+function systemdDescription(displayName: string): string {
   if (/\p{Cc}/u.test(displayName)) {
     throw new RangeError(
       `Cannot write SERVICE_DISPLAY_NAME into a systemd unit: it holds a control character, got ${
@@ -67,7 +67,7 @@ export function systemdDescription(displayName: string): string {
 }
 
 /** Refuses a SERVICE_NAME that is not a plain systemd unit name (it becomes a file name under /etc). */
-export function checkUnitName(name: string): void {
+function checkUnitName(name: string): void {
   if (!/^[A-Za-z0-9:_.-]+$/.test(name) || name.startsWith(".") || name.length > 240) {
     throw new RangeError(
       `Cannot use SERVICE_NAME "${name}" as a systemd unit name: expected letters, digits, "_", "-", ":" and "."`,

@@ -3,7 +3,9 @@
  *
  * Installing: `sc.exe create` with start type automatic and the config path
  * in the command line (plus a description and restart-on-failure), undone
- * entirely if any step fails. Running: when the Service Control Manager
+ * entirely if any step fails. The description and the `--service` command
+ * line mark the service as ours: uninstall, and install's "already
+ * installed", touch no other service of the same name. Running: when the Service Control Manager
  * starts the program (with `--service`), it must speak the service protocol:
  * StartServiceCtrlDispatcherW runs on a worker thread (FFI `nonblocking`), and
  * ServiceMain and the control handler are thread-safe callbacks into the
@@ -133,9 +135,6 @@ export class ServiceController {
 /** Runs a Windows command-line tool (sc.exe, reg.exe) with arguments; injectable for tests. */
 export type ToolRunner = (args: string[]) => Promise<{ code: number; output: string }>;
 
-/** How sc.exe is run (injectable for tests). */
-export type ScRunner = ToolRunner;
-
 function realTool(program: string): ToolRunner {
   return async (args) => {
     const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" }).output();
@@ -145,7 +144,7 @@ function realTool(program: string): ToolRunner {
 }
 
 /** Runs the real sc.exe. */
-export const realSc: ScRunner = realTool("sc.exe");
+export const realSc: ToolRunner = realTool("sc.exe");
 
 /** The tools the install steps use; each defaults to the real program. */
 export interface WindowsServiceOptions {
@@ -166,10 +165,10 @@ const DUPLICATE_SERVICE_NAME = 1078;
  * Words in the description of every service broker-server installs; with a
  * command line ending in `--service`, how uninstall knows the service is ours.
  */
-export const DESCRIPTION_MARK = "resilient broker for TOTVS Protheus Smart Client connections";
+const DESCRIPTION_MARK = "resilient broker for TOTVS Protheus Smart Client connections";
 
 /** A service as the Service Control Manager keeps it (its registry key). */
-export interface InstalledService {
+interface InstalledService {
   /** The command line it runs (ImagePath, sc.exe's binPath). */
   imagePath: string;
   /** Its description ("" when it has none). */
@@ -177,7 +176,7 @@ export interface InstalledService {
 }
 
 /** True for a service broker-server installed: our description and our `--service` command line. */
-export function isBrokerService(service: InstalledService): boolean {
+function isBrokerService(service: InstalledService): boolean {
   return service.description.includes(DESCRIPTION_MARK) && /(^|\s)--service$/.test(service.imagePath.trim());
 }
 
@@ -187,7 +186,7 @@ export function isBrokerService(service: InstalledService): boolean {
  * language, and Wine has reg.exe but not `sc.exe qc`); null when there is no
  * such service.
  */
-export async function queryWindowsService(
+async function queryWindowsService(
   name: string,
   reg: ToolRunner = realTool("reg.exe"),
 ): Promise<InstalledService | null> {

@@ -14,10 +14,10 @@ import {
 import {
   installWindowsService,
   scInstallSteps,
-  type ScRunner,
   ServiceController,
   ServiceState,
   serviceStatus,
+  type ToolRunner,
   uninstallWindowsService,
   windowsQuote,
 } from "../../src/ops/windows_service.ts";
@@ -367,7 +367,7 @@ Deno.test("Windows: sc.exe steps with automatic start and the config path in the
 });
 
 /** A fake reg.exe that knows the services in `services` (name -> ImagePath and Description), as reg query prints them. */
-function fakeReg(services: Record<string, { imagePath: string; description?: string }>): ScRunner {
+function fakeReg(services: Record<string, { imagePath: string; description?: string }>): ToolRunner {
   return (args) => {
     const name = (args[1] ?? "").split("\\").at(-1) ?? "";
     const service = services[name];
@@ -405,7 +405,7 @@ const totvsService = {
 
 Deno.test("Windows: install undoes itself on failure and explains missing rights", async () => {
   const calls: string[][] = [];
-  const sc = (answers: Record<string, number>): ScRunner => (args) => {
+  const sc = (answers: Record<string, number>): ToolRunner => (args) => {
     calls.push(args);
     return Promise.resolve({
       code: answers[args[0] as string] ?? 0,
@@ -445,7 +445,7 @@ Deno.test("Windows: install undoes itself on failure and explains missing rights
 
 Deno.test("Windows: a service broker-server did not install is never stopped nor deleted, and is named", async () => {
   const calls: string[][] = [];
-  const sc: ScRunner = (args) => {
+  const sc: ToolRunner = (args) => {
     calls.push(args);
     return Promise.resolve(
       args[0] === "create" ? { code: 1073, output: "[SC] CreateService FAILED 1073" } : { code: 0, output: "" },
