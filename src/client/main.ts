@@ -18,10 +18,11 @@ import { type ClientConfig, loadClientConfig } from "../config/client_config.ts"
 import { checkClientFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
-import { describeLogSettings } from "../config/logging.ts";
-import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
+import { describeLogSettings, perUserLogFile } from "../config/logging.ts";
+import { logger, loggingFrom, setupLoggingWithFallback, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
+import { basename } from "node:path";
 import { BrokerClient } from "./client.ts";
 
 /** The default configuration file name. */
@@ -61,7 +62,10 @@ smartclient.ini: [drivers] active=<section>, and in that section:
   REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session (default 4M)
   LOG_FILE               log file (default broker-client.log beside this file;
                          empty: none); informational lines also go to the
-                         console when run from a terminal
+                         console when run from a terminal. If it cannot be
+                         opened: the same name in %LOCALAPPDATA%\\protheus-broker
+                         (Windows) or $XDG_STATE_HOME/protheus-broker
+                         (~/.local/state/protheus-broker), else the console
   ADMISSION_KEY          the broker server's admission key, when it has one
   LINK_TLS=1             TLS on the link, trusting the system's CAs
   LINK_TLS_CA            PEM file of the CA (or certificate) to trust
@@ -142,14 +146,19 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  try {
-    await setupLogging(loggingFrom(config.log, cli.console || Deno.stdout.isTerminal(), cli));
-  } catch (err) {
-    console.error(`broker-client: ${(err as Error).message}`);
-    return EXIT_FAILURE;
-  }
+  // Smart Client's traffic never waits on a log file: beside smartclient.ini
+  // (often Program Files, read-only for desktop users), else the user's own
+  // folder, else the console alone.
+  const fallback = config.log.file
+    ? perUserLogFile(basename(config.log.file), { os: Deno.build.os, env: (name) => Deno.env.get(name) })
+    : null;
+  const logProblem = await setupLoggingWithFallback(
+    loggingFrom(config.log, cli.console || Deno.stdout.isTerminal(), cli),
+    fallback && fallback !== config.log.file ? [fallback] : [],
+  );
   const log = logger("client");
   log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
+  if (logProblem) log.warn(logProblem);
   for (const w of config.warnings) log.warn(w);
   const client = new BrokerClient(config);
   try {

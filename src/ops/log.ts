@@ -100,6 +100,32 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   });
 }
 
+/**
+ * setupLogging for a program that must run whatever happens to its log file:
+ * when the file cannot be opened, each of `fallbacks` is tried in turn, then
+ * the console alone (informational lines included: nothing else keeps them).
+ * Resolves to what was done instead, in words (null when the configured file
+ * opened), for the program to log as a warning.
+ */
+export async function setupLoggingWithFallback(options: LoggingOptions, fallbacks: string[]): Promise<string | null> {
+  const file = options.file;
+  if (!file) {
+    await setupLogging(options);
+    return null;
+  }
+  const problems: string[] = [];
+  for (const path of [file.path, ...fallbacks]) {
+    try {
+      await setupLogging({ ...options, file: { ...file, path } });
+      return problems.length > 0 ? `${problems.join("; ")}; logging to "${path}" instead` : null;
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  await setupLogging({ ...options, console: true, file: null });
+  return `${problems.join("; ")}; logging to the console only`;
+}
+
 /** Undoes setupLogging, flushing and closing the log file. */
 export async function teardownLogging(): Promise<void> {
   await reset();

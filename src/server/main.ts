@@ -25,14 +25,18 @@ import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.t
 import { aborted, holdHangup } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { resolve } from "node:path";
-import { selfCommand, type ServiceSpec } from "../ops/service.ts";
+import { readServiceName, selfCommand, type ServiceSpec } from "../ops/service.ts";
 import { installSystemd, realSystemdHost, uninstallSystemd } from "../ops/systemd.ts";
 import { installWindowsService, runAsWindowsService, uninstallWindowsService } from "../ops/windows_service.ts";
+import { within } from "../session/transport.ts";
 import { watchConfig } from "./reload.ts";
 import { BrokerServer } from "./server.ts";
 
 /** The default configuration file name. */
 export const SERVER_CONFIG_FILE = "appserver.ini";
+
+/** How long a stop may take beyond DRAIN_TIMEOUT before the program exits anyway. */
+const STOP_MARGIN_MS = 10_000;
 
 const USAGE = `broker-server ${VERSION}: resilient broker for TOTVS Protheus (server side)
 
@@ -47,7 +51,10 @@ Options:
       --install         install as a service named SERVICE_NAME (Windows:
                         Service Control Manager, run as administrator;
                         Linux: systemd unit, run as root)
-      --uninstall       stop and remove that service
+      --uninstall       stop and remove that service, if broker-server installed
+                        it (only SERVICE_NAME is read from the file)
+      --service-name NAME  with --uninstall: remove the service NAME (when
+                        appserver.ini cannot be read)
       --console         log to the console even if CONSOLELOG=0 (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -159,6 +166,7 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   using _hangup = holdHangup();
   let cli: CliOptions;
   let config: ServerConfig;
+  let uninstalling = false;
   try {
     cli = parseCli(args, { driver: false, service: true });
     if (cli.help) {
@@ -169,11 +177,17 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
       console.log(`broker-server ${VERSION}`);
       return EXIT_OK;
     }
-    config = await loadServerConfig(cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation()));
+    const path = cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation());
+    uninstalling = cli.uninstall;
+    if (cli.uninstall) return await uninstallService(cli.serviceName ?? await readServiceName(path));
+    config = await loadServerConfig(path);
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError) {
       console.error(`broker-server: ${err.message}`);
       if (err instanceof UsageError) console.error("Run broker-server --help for the options.");
+      else if (uninstalling) {
+        console.error("To remove the service by name: broker-server --uninstall --service-name NAME");
+      }
       return EXIT_USAGE;
     }
     throw err;
@@ -188,7 +202,7 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  if (cli.install || cli.uninstall) return await manageService(config, cli.install);
+  if (cli.install) return await installService(config);
   if (cli.service) {
     if (Deno.build.os !== "windows") {
       console.error(
@@ -261,7 +275,20 @@ async function runBroker(
   await aborted(signal);
   await watcher.close();
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
-  await server.close();
+  // The stop's deadline is ours, not the service manager's (the systemd unit
+  // says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force now, plus time to
+  // close what is left.
+  const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
+  const closing = server.close();
+  if (!await within(closing, deadlineMs)) {
+    log.error("The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway", {
+      seconds: deadlineMs / 1000,
+      margin: STOP_MARGIN_MS / 1000,
+    });
+    await teardownLogging();
+    return EXIT_FAILURE;
+  }
+  await closing;
   await teardownLogging();
   return EXIT_OK;
 }
@@ -277,22 +304,33 @@ async function unusableFile(config: ServerConfig): Promise<string | null> {
   }
 }
 
-/** --install / --uninstall: the service named by SERVICE_NAME, on this OS. */
-async function manageService(config: ServerConfig, install: boolean): Promise<number> {
+/** --install: the service named by SERVICE_NAME, on this OS. */
+async function installService(config: ServerConfig): Promise<number> {
   const spec: ServiceSpec = {
     name: config.serviceName,
     displayName: config.serviceDisplayName,
     command: selfCommand(Deno.execPath(), Deno.mainModule, isRunFromSource(Deno.execPath())),
     configPath: resolve(config.path),
-    stopTimeoutMs: config.drainTimeoutMs,
   };
-  const windows = Deno.build.os === "windows";
+  return await reportService(
+    `Installed the service ${spec.name}`,
+    () => Deno.build.os === "windows" ? installWindowsService(spec) : installSystemd(spec, realSystemdHost()),
+  );
+}
+
+/** --uninstall: the service `name`, on this OS, if broker-server installed it. */
+async function uninstallService(name: string): Promise<number> {
+  return await reportService(
+    `Removed the service ${name}`,
+    () => Deno.build.os === "windows" ? uninstallWindowsService(name) : uninstallSystemd(name, realSystemdHost()),
+  );
+}
+
+async function reportService(title: string, steps: () => Promise<string[]>): Promise<number> {
   try {
-    const steps = install
-      ? await (windows ? installWindowsService(spec) : installSystemd(spec, realSystemdHost()))
-      : await (windows ? uninstallWindowsService(spec.name) : uninstallSystemd(spec.name, realSystemdHost()));
-    console.log(`${install ? "Installed" : "Removed"} the service ${spec.name}:`);
-    for (const step of steps) console.log(`  ${step}`);
+    const done = await steps();
+    console.log(`${title}:`);
+    for (const step of done) console.log(`  ${step}`);
     return EXIT_OK;
   } catch (err) {
     console.error(`broker-server: ${(err as Error).message}`);
