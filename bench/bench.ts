@@ -469,7 +469,7 @@ try {
     console.log(
       `Churn: ${values["churn-rate"]} sessions a second for ${values["churn-seconds"]} s, link cut every 1-3 s...`,
     );
-    churn = await churnRun(sink.port, dir);
+    churn = await churnRun(dir);
   }
 } finally {
   sink.close();
@@ -630,22 +630,52 @@ async function resumeStorm(
   }
 }
 
-/** The churn soak through a broker chain whose link goes through a chaos relay. */
-async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
-  let chaos: ChaosLink | null = null;
+/** A process of bench/churn_peers.ts: its port (first line of its output) and its stdin for commands. */
+async function startChurnPeer(
+  args: string[],
+): Promise<{ port: number; send(line: string): void; stop(): Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "bench/churn_peers.ts", ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  const { value } = await reader.read();
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  const port = Number(new TextDecoder().decode(value).trim());
+  const writer = child.stdin.getWriter();
+  return {
+    port,
+    send: (line) => void writer.write(new TextEncoder().encode(`${line}\n`)).catch(() => {}),
+    stop: async () => {
+      await writer.close().catch(() => {});
+      await child.status;
+    },
+  };
+}
+
+/**
+ * The churn soak through a broker chain whose link goes through a chaos
+ * relay; the relay and the stand-in ERP run in processes of their own.
+ */
+async function churnRun(dir: string): Promise<ChurnFigures> {
+  const echo = await startChurnPeer(["echo"]);
+  let relay: Awaited<ReturnType<typeof startChurnPeer>> | null = null;
   const statusPort = freePort();
   const clientLog = `${dir}/churn-client.log`;
   const serverLog = `${dir}/churn-server.log`;
-  const chain = await brokerChain(sinkPort, dir, {
+  const chain = await brokerChain(echo.port, dir, {
     relay: async (serverPort) => {
-      chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
-      return chaos.port;
+      relay = await startChurnPeer(["relay", String(serverPort)]);
+      return relay.port;
     },
     statusPort,
     clientLog,
     serverLog,
   });
-  const relay = chaos as unknown as ChaosLink;
+  const link = relay as unknown as Awaited<ReturnType<typeof startChurnPeer>>;
   let figures: ChurnFigures | undefined;
   try {
     figures = await runChurn({
@@ -653,8 +683,7 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
       serverPid: chain.pids?.[0] ?? 0,
       statusUrl: `http://127.0.0.1:${statusPort}/status.json`,
       clientLog,
-      chaos: relay,
-      stop: () => chain.stop(),
+      cut: (how) => link.send(how),
     }, {
       rate: Number(values["churn-rate"]),
       seconds: Number(values["churn-seconds"]),
@@ -667,7 +696,8 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
     return figures;
   } finally {
     await chain.stop();
-    await relay.close();
+    await link.stop();
+    await echo.stop();
     if (!figures || !churnClean(figures)) {
       // Keep the logs of a run that found a problem.
       await Deno.mkdir("bench/results", { recursive: true });

@@ -10,7 +10,6 @@
  */
 
 import net from "node:net";
-import { ChaosLink } from "../tools/chaos_link.ts";
 import { seededRandom } from "../tools/streams.ts";
 
 /** Settings of a churn run. */
@@ -40,8 +39,8 @@ export interface ChurnChain {
   statusUrl: string;
   /** broker-client's log file. */
   clientLog: string;
-  chaos: ChaosLink;
-  stop(): Promise<void>;
+  /** Cuts every link between the brokers: with a reset (RST) or a clean close (FIN). */
+  cut(how: "reset" | "close"): void;
 }
 
 /** What a churn run found. */
@@ -190,8 +189,7 @@ export async function runChurn(chain: ChurnChain, options: ChurnOptions): Promis
     while (cutting) {
       await new Promise((r) => setTimeout(r, options.cutMinMs + random() * (options.cutMaxMs - options.cutMinMs)));
       if (!cutting) return;
-      if (cuts++ % 2 === 0) chain.chaos.resetAll();
-      else chain.chaos.closeAll();
+      chain.cut(cuts++ % 2 === 0 ? "reset" : "close");
     }
   })();
 
