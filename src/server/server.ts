@@ -73,8 +73,9 @@ const log = logger("server");
 const HELLO_TIMEOUT_MS = 2_000;
 
 /**
- * Most tombstones kept; the oldest go first. A tombstone costs some 300
- * bytes: 50,000 cover the default 3-minute window at 250 endings a second.
+ * Most tombstones kept; the oldest go first. A tombstone costs about 0.4 KiB
+ * of heap, 1.5 KiB of resident memory in all: 50,000 (some 70 MiB) cover
+ * the default 3-minute window at 270 endings a second.
  */
 const MAX_TOMBSTONES = 50_000;
 
