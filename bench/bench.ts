@@ -40,7 +40,7 @@ import { ChaosLink } from "../tools/chaos_link.ts";
 import { parseArgs } from "node:util";
 import { V8_FLAGS } from "../src/runtime_flags.ts";
 import { writeAll } from "../src/session/transport.ts";
-import { churnChart, type ChurnFigures, describeChurn, runChurn } from "./churn.ts";
+import { churnChart, churnClean, type ChurnFigures, describeChurn, runChurn } from "./churn.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -312,21 +312,27 @@ interface BrokerChainOptions {
   relay?: (serverPort: number) => Promise<number>;
   /** broker-server's status page port (0: off). */
   statusPort?: number;
-  /** broker-client's log file and level ("": none, warnings only). */
+  /** broker-client's log file, unrotated, at level info ("": none, warnings only on the console). */
   clientLog?: string;
+  /** broker-server's log file, unrotated, at level warning ("": none). */
+  serverLog?: string;
 }
 
 async function brokerChain(sinkPort: number, dir: string, options: BrokerChainOptions = {}): Promise<Chain> {
-  const { relay, statusPort = 0, clientLog = "" } = options;
+  const { relay, statusPort = 0, clientLog = "", serverLog = "" } = options;
   const serverPort = freePort();
   const clientPort = freePort();
   await Deno.writeTextFile(
     `${dir}/appserver.ini`,
-    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=${statusPort}\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n`,
+    `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${serverPort}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=${statusPort}\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\n${
+      serverLog ? `LOG_FILE=${serverLog}\nLOG_MAX_SIZE=1G\n` : ""
+    }`,
   );
   await Deno.writeTextFile(
     `${dir}/smartclient.ini`,
-    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=${clientLog}\n`,
+    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${serverPort}\nLOG_FILE=${clientLog}\n${
+      clientLog ? "LOG_MAX_SIZE=1G\n" : ""
+    }`,
   );
   const deno = Deno.execPath();
   const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
@@ -463,7 +469,7 @@ try {
     console.log(
       `Churn: ${values["churn-rate"]} sessions a second for ${values["churn-seconds"]} s, link cut every 1-3 s...`,
     );
-    churn = await churnRun(sink.port, dir);
+    churn = await churnRun(dir);
   }
 } finally {
   sink.close();
@@ -624,28 +630,60 @@ async function resumeStorm(
   }
 }
 
-/** The churn soak through a broker chain whose link goes through a chaos relay. */
-async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
-  let chaos: ChaosLink | null = null;
+/** A process of bench/churn_peers.ts: its port (first line of its output) and its stdin for commands. */
+async function startChurnPeer(
+  args: string[],
+): Promise<{ port: number; send(line: string): void; stop(): Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "bench/churn_peers.ts", ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  const { value } = await reader.read();
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  const port = Number(new TextDecoder().decode(value).trim());
+  const writer = child.stdin.getWriter();
+  return {
+    port,
+    send: (line) => void writer.write(new TextEncoder().encode(`${line}\n`)).catch(() => {}),
+    stop: async () => {
+      await writer.close().catch(() => {});
+      await child.status;
+    },
+  };
+}
+
+/**
+ * The churn soak through a broker chain whose link goes through a chaos
+ * relay; the relay and the stand-in ERP run in processes of their own.
+ */
+async function churnRun(dir: string): Promise<ChurnFigures> {
+  const echo = await startChurnPeer(["echo"]);
+  let relay: Awaited<ReturnType<typeof startChurnPeer>> | null = null;
   const statusPort = freePort();
   const clientLog = `${dir}/churn-client.log`;
-  const chain = await brokerChain(sinkPort, dir, {
+  const serverLog = `${dir}/churn-server.log`;
+  const chain = await brokerChain(echo.port, dir, {
     relay: async (serverPort) => {
-      chaos = await ChaosLink.start({ host: "127.0.0.1", port: serverPort });
-      return chaos.port;
+      relay = await startChurnPeer(["relay", String(serverPort)]);
+      return relay.port;
     },
     statusPort,
     clientLog,
+    serverLog,
   });
-  const relay = chaos as unknown as ChaosLink;
+  const link = relay as unknown as Awaited<ReturnType<typeof startChurnPeer>>;
+  let figures: ChurnFigures | undefined;
   try {
-    return await runChurn({
+    figures = await runChurn({
       port: chain.port,
       serverPid: chain.pids?.[0] ?? 0,
       statusUrl: `http://127.0.0.1:${statusPort}/status.json`,
       clientLog,
-      chaos: relay,
-      stop: () => chain.stop(),
+      cut: (how) => link.send(how),
     }, {
       rate: Number(values["churn-rate"]),
       seconds: Number(values["churn-seconds"]),
@@ -655,9 +693,19 @@ async function churnRun(sinkPort: number, dir: string): Promise<ChurnFigures> {
       idleSeconds: Number(values["churn-idle-seconds"]),
       seed: 1,
     });
+    return figures;
   } finally {
     await chain.stop();
-    await relay.close();
+    await link.stop();
+    await echo.stop();
+    if (!figures || !churnClean(figures)) {
+      // Keep the logs of a run that found a problem.
+      await Deno.mkdir("bench/results", { recursive: true });
+      for (const log of [clientLog, serverLog]) {
+        const kept = `bench/results/${log.split("/").pop()}`;
+        await Deno.copyFile(log, kept).then(() => console.log(`Kept ${kept}`), () => {});
+      }
+    }
   }
 }
 

@@ -10,7 +10,6 @@
  */
 
 import net from "node:net";
-import { ChaosLink } from "../tools/chaos_link.ts";
 import { seededRandom } from "../tools/streams.ts";
 
 /** Settings of a churn run. */
@@ -40,8 +39,8 @@ export interface ChurnChain {
   statusUrl: string;
   /** broker-client's log file. */
   clientLog: string;
-  chaos: ChaosLink;
-  stop(): Promise<void>;
+  /** Cuts every link between the brokers: with a reset (RST) or a clean close (FIN). */
+  cut(how: "reset" | "close"): void;
 }
 
 /** What a churn run found. */
@@ -190,8 +189,7 @@ export async function runChurn(chain: ChurnChain, options: ChurnOptions): Promis
     while (cutting) {
       await new Promise((r) => setTimeout(r, options.cutMinMs + random() * (options.cutMaxMs - options.cutMinMs)));
       if (!cutting) return;
-      if (cuts++ % 2 === 0) chain.chaos.resetAll();
-      else chain.chaos.closeAll();
+      chain.cut(cuts++ % 2 === 0 ? "reset" : "close");
     }
   })();
 
@@ -268,6 +266,12 @@ export async function runChurn(chain: ChurnChain, options: ChurnOptions): Promis
     memoryMiB: { start: mib[0] ?? 0, peak: Math.max(0, ...mib), endOfLoad, afterIdle },
     loadEndedAt,
   };
+}
+
+/** No wrong byte, no broken session, no unexpected expiry, and both brokers agree on every session. */
+export function churnClean(f: ChurnFigures): boolean {
+  return f.wrongBytes === 0 && f.brokenSessions === 0 && f.unexpectedExpiries === 0 && f.server.active === 0 &&
+    f.server.completed === f.clientLog.clean && f.server.aborted === f.clientLog.other;
 }
 
 /** A one-line verdict and the figures, for the console. */

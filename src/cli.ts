@@ -34,6 +34,8 @@ export interface CliOptions {
   uninstall: boolean;
   /** `--service`: started by the Windows Service Control Manager (broker-server only). */
   service: boolean;
+  /** `--service-name NAME`: the service `--uninstall` removes, instead of SERVICE_NAME (broker-server only). */
+  serviceName?: string;
   /** `--console` / TOTVS `-d`: log informational lines to the console whatever the file says. */
   console: boolean;
   /** `--log-level`, overriding LOG_LEVEL. */
@@ -82,6 +84,7 @@ export function parseCli(args: string[], options: { driver: boolean; service?: b
             install: { type: "boolean" as const },
             uninstall: { type: "boolean" as const },
             service: { type: "boolean" as const },
+            "service-name": { type: "string" as const },
           }
           : {}),
         check: { type: "boolean" },
@@ -120,6 +123,10 @@ export function parseCli(args: string[], options: { driver: boolean; service?: b
   if (logFormat) result.logFormat = logFormat;
   if (typeof v.config === "string") result.config = v.config;
   if (typeof v.driver === "string") result.driver = v.driver;
+  if (typeof v["service-name"] === "string") {
+    if (!result.uninstall) throw new UsageError("--service-name goes with --uninstall only");
+    result.serviceName = v["service-name"];
+  }
   return result;
 }
 

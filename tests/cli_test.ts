@@ -184,16 +184,3 @@ Deno.test("broker-client's log at start does not show an admission key written t
   );
   for (const secret of secrets) equal(log.includes(secret) || stderr.includes(secret), false, secret);
 });
-
-Deno.test("a log file that cannot be opened stops the program with exit 1 and says which", async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.writeTextFile(`${dir}/blocker`, "a file where the log folder should be");
-  await Deno.writeTextFile(
-    `${dir}/smartclient.ini`,
-    `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=1\nBrokerProxy=1\nBrokerServer=127.0.0.1:2\nLOG_FILE=blocker/client.log\n`,
-  );
-  const out = await run("client.ts", "--config", `${dir}/smartclient.ini`);
-  equal(out.code, 1);
-  match(out.stderr, /broker-client: Cannot open the log file ".*client\.log"/);
-  await Deno.remove(dir, { recursive: true });
-});

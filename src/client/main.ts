@@ -15,12 +15,14 @@ import {
   UsageError,
 } from "../cli.ts";
 import { type ClientConfig, loadClientConfig } from "../config/client_config.ts";
+import { checkClientFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
-import { describeLogSettings } from "../config/logging.ts";
-import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
+import { describeLogSettings, perUserLogFile } from "../config/logging.ts";
+import { logger, loggingFrom, setupLoggingWithFallback, teardownLogging } from "../ops/log.ts";
 import { aborted } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
+import { basename } from "node:path";
 import { BrokerClient } from "./client.ts";
 
 /** The default configuration file name. */
@@ -34,8 +36,9 @@ Options:
   -c, --config FILE     smartclient.ini to read (default: next to the executable,
                         or the current directory when run with deno run)
       --driver NAME     use section [NAME] instead of [drivers] active=
-      --check           validate the configuration, print the effective
-                        settings and exit (0 valid, 2 invalid)
+      --check           validate the configuration and the TLS CA file it
+                        names, print the effective settings and exit (0
+                        valid, 2 invalid)
       --console         log informational lines to the console (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -59,7 +62,10 @@ smartclient.ini: [drivers] active=<section>, and in that section:
   REPLAY_BUFFER_SIZE     unacknowledged bytes kept per session (default 4M)
   LOG_FILE               log file (default broker-client.log beside this file;
                          empty: none); informational lines also go to the
-                         console when run from a terminal
+                         console when run from a terminal. If it cannot be
+                         opened: the same name in %LOCALAPPDATA%\\protheus-broker
+                         (Windows) or $XDG_STATE_HOME/protheus-broker
+                         (~/.local/state/protheus-broker), else the console
   ADMISSION_KEY          the broker server's admission key, when it has one
   LINK_TLS=1             TLS on the link, trusting the system's CAs
   LINK_TLS_CA            PEM file of the CA (or certificate) to trust
@@ -119,6 +125,7 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
       cli.config ?? defaultConfigPath(CLIENT_CONFIG_FILE, currentExecLocation()),
       cli.driver,
     );
+    if (!cli.check) checkClientFiles(config);
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError) {
       console.error(`broker-client: ${err.message}`);
@@ -129,17 +136,29 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   }
   if (cli.check) {
     console.log(describeClientConfig(config));
+    try {
+      checkClientFiles(config);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      console.error(`broker-client: ${err.message}`);
+      return EXIT_USAGE;
+    }
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  try {
-    await setupLogging(loggingFrom(config.log, cli.console || Deno.stdout.isTerminal(), cli));
-  } catch (err) {
-    console.error(`broker-client: ${(err as Error).message}`);
-    return EXIT_FAILURE;
-  }
+  // Smart Client's traffic never waits on a log file: beside smartclient.ini
+  // (often Program Files, read-only for desktop users), else the user's own
+  // folder, else the console alone.
+  const fallback = config.log.file
+    ? perUserLogFile(basename(config.log.file), { os: Deno.build.os, env: (name) => Deno.env.get(name) })
+    : null;
+  const logProblem = await setupLoggingWithFallback(
+    loggingFrom(config.log, cli.console || Deno.stdout.isTerminal(), cli),
+    fallback && fallback !== config.log.file ? [fallback] : [],
+  );
   const log = logger("client");
   log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
+  if (logProblem) log.warn(logProblem);
   for (const w of config.warnings) log.warn(w);
   const client = new BrokerClient(config);
   try {

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { dirname, isAbsolute, join } from "node:path";
+import { dirname, isAbsolute, join, posix, win32 } from "node:path";
 import { readSize } from "./bounds.ts";
 import type { SectionReader } from "./section.ts";
 import { formatSize } from "./values.ts";
@@ -78,4 +78,34 @@ export function describeLogSettings(log: LogSettings): string {
     ? `file ${log.file} (rotated at ${formatSize(log.maxSizeBytes)}, ${log.maxFiles} kept)`
     : "no file";
   return `level ${log.level}, ${log.format}, ${file}`;
+}
+
+/** The folder, in the user's own folder for program state, where a log goes when its own folder cannot take it. */
+export const PER_USER_LOG_FOLDER = "protheus-broker";
+
+/** Where perUserLogFile looks (injectable for tests). */
+export interface PerUserLogOptions {
+  /** The operating system, as `Deno.build.os`. */
+  os: typeof Deno.build.os;
+  /** Reads an environment variable. */
+  env: (name: string) => string | undefined;
+}
+
+/**
+ * Where a log named `fileName` goes when the configured one cannot be opened
+ * (a desktop user cannot write beside a program in Program Files):
+ * `%LOCALAPPDATA%\protheus-broker\` on Windows, `$XDG_STATE_HOME/protheus-broker/`
+ * or `~/.local/state/protheus-broker/` elsewhere. Null when the environment
+ * names no such folder.
+ */
+export function perUserLogFile(fileName: string, options: PerUserLogOptions): string | null {
+  if (options.os === "windows") {
+    const local = options.env("LOCALAPPDATA");
+    return local ? win32.join(local, PER_USER_LOG_FOLDER, fileName) : null;
+  }
+  const state = options.env("XDG_STATE_HOME");
+  // The XDG specification: a relative path is invalid and ignored.
+  if (state && posix.isAbsolute(state)) return posix.join(state, PER_USER_LOG_FOLDER, fileName);
+  const home = options.env("HOME");
+  return home ? posix.join(home, ".local", "state", PER_USER_LOG_FOLDER, fileName) : null;
 }

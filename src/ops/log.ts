@@ -19,6 +19,7 @@ import {
 import { getRotatingFileSink } from "@logtape/file";
 import { dirname } from "node:path";
 import type { LogLevelName, LogSettings } from "../config/logging.ts";
+import { peerText } from "./peer_text.ts";
 
 /** Root category of every logger in this product. */
 export const LOG_ROOT = "broker";
@@ -64,8 +65,11 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = options.format === "json" ? getJsonLinesFormatter() : getTextFormatter({
     timestamp: "date-time-tz",
     category: ".",
-    // Strings as they are: session ids and addresses read better unquoted.
-    value: (v: unknown) => typeof v === "string" ? v : Deno.inspect(v),
+    // Strings unquoted (session ids and addresses read better so), but with
+    // control characters escaped: whatever a value holds, it cannot start a
+    // line of its own. Text from the network is also capped where it enters
+    // (see peerText).
+    value: (v: unknown) => typeof v === "string" ? peerText(v, { maxChars: Infinity }) : Deno.inspect(v),
   });
   const sinks: Record<string, Sink> = {
     console: options.console ? getConsoleSink({ formatter }) : withFilter(getConsoleSink({ formatter }), "warning"),
@@ -94,6 +98,32 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },
     ],
   });
+}
+
+/**
+ * setupLogging for a program that must run whatever happens to its log file:
+ * when the file cannot be opened, each of `fallbacks` is tried in turn, then
+ * the console alone (informational lines included: nothing else keeps them).
+ * Resolves to what was done instead, in words (null when the configured file
+ * opened), for the program to log as a warning.
+ */
+export async function setupLoggingWithFallback(options: LoggingOptions, fallbacks: string[]): Promise<string | null> {
+  const file = options.file;
+  if (!file) {
+    await setupLogging(options);
+    return null;
+  }
+  const problems: string[] = [];
+  for (const path of [file.path, ...fallbacks]) {
+    try {
+      await setupLogging({ ...options, file: { ...file, path } });
+      return problems.length > 0 ? `${problems.join("; ")}; logging to "${path}" instead` : null;
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  await setupLogging({ ...options, console: true, file: null });
+  return `${problems.join("; ")}; logging to the console only`;
 }
 
 /** Undoes setupLogging, flushing and closing the log file. */

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { readIniFile } from "../config/ini.ts";
+import { BROKER_SECTION, DEFAULT_SERVICE_NAME } from "../config/server_config.ts";
 import { V8_FLAGS_ARG } from "../runtime_flags.ts";
 
 /** What a service runs and how it is named. */
@@ -17,8 +19,6 @@ export interface ServiceSpec {
   command: string[];
   /** Absolute path of appserver.ini. */
   configPath: string;
-  /** How long a stop may take: the drain period (ms). */
-  stopTimeoutMs: number;
 }
 
 /**
@@ -43,4 +43,16 @@ export function selfCommand(execPath: string, mainModule: string, fromSource: bo
     "--allow-ffi",
     path,
   ];
+}
+
+/**
+ * SERVICE_NAME from appserver.ini, read alone: `--uninstall` needs nothing
+ * else, so a file that is invalid in other ways does not keep a service from
+ * being removed. Throws a ConfigError when the file cannot be read.
+ */
+export async function readServiceName(path: string): Promise<string> {
+  const doc = await readIniFile(path);
+  const entry = doc.sections.get(BROKER_SECTION.toLowerCase())?.entries
+    .find((e) => e.key.toUpperCase() === "SERVICE_NAME");
+  return entry ? entry.value.trim() : DEFAULT_SERVICE_NAME;
 }

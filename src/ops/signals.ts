@@ -1,6 +1,7 @@
 /**
  * Turns the operating system's stop signals into an AbortSignal, so the
- * programs shut down through one path whatever the platform.
+ * programs shut down through one path whatever the platform, and keeps
+ * SIGHUP from ending a program that uses it for something else.
  * @module
  */
 
@@ -22,4 +23,24 @@ export function aborted(signal: AbortSignal): Promise<void> {
     if (signal.aborted) resolve();
     else signal.addEventListener("abort", () => resolve(), { once: true });
   });
+}
+
+/**
+ * Keeps SIGHUP from ending the process until disposed, calling `onHangup`
+ * (if given) for each one; nothing on Windows, which has no SIGHUP. Without
+ * any listener SIGHUP's default action ends the process (exit 129), and
+ * Deno restores that default whenever the last listener is removed: a
+ * program that reloads on SIGHUP holds this for its whole life, so that a
+ * SIGHUP before its reload listener exists, or after it is gone (while
+ * stopping), does no harm.
+ */
+export function holdHangup(onHangup: () => void = () => {}): Disposable {
+  if (Deno.build.os === "windows") return { [Symbol.dispose]() {} };
+  const listener = () => onHangup();
+  Deno.addSignalListener("SIGHUP", listener);
+  return {
+    [Symbol.dispose]() {
+      Deno.removeSignalListener("SIGHUP", listener);
+    },
+  };
 }

@@ -10,6 +10,15 @@ import type { StatusSnapshot } from "../server/stats.ts";
 /** Seconds between automatic refreshes of the HTML page. */
 export const REFRESH_SECONDS = 5;
 
+/** Most sessions listed on the HTML page; status.json lists them all. */
+export const SESSION_ROWS = 100;
+
+/** Options of renderHtml. */
+export interface RenderHtmlOptions {
+  /** The access key the page was opened with as `?key=`, kept in its links; null or absent otherwise. */
+  linkKey?: string | null;
+}
+
 function escape(text: string | number): string {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
@@ -43,13 +52,16 @@ th{background:#eef2f6;font-weight:600}td.n{text-align:right;font-variant-numeric
 td.err{white-space:normal;min-width:14rem}.attached{color:#0a7a32}.detached{color:#a15c00;font-weight:600}.empty{color:#5b6b7c;padding:.8rem}
 `;
 
-/** The status page. */
-export function renderHtml(s: StatusSnapshot): string {
+/** The status page: every ERP server, the first SESSION_ROWS sessions. */
+export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): string {
   const t = s.totals;
+  const query = options.linkKey ? `?key=${encodeURIComponent(options.linkKey)}` : "";
   const card = (label: string, value: string | number) =>
     `<div class="card">${escape(label)}<b>${escape(value)}</b></div>`;
   const servers = s.servers.map((b) =>
-    `<tr><td>${escape(b.name)}</td><td>${escape(b.address)}</td><td class="${b.state}">${b.state}</td>` +
+    `<tr><td>${escape(b.name)}</td><td>${escape(b.address)}</td><td class="${b.health}">${b.health}${
+      b.draining ? ` <span class="draining">draining</span>` : ""
+    }</td>` +
     `<td class="n">${b.activeSessions}${
       b.maxSessions > 0 ? ` / ${b.maxSessions}` : ""
     }</td><td class="n">${b.totalSessions}</td>` +
@@ -57,7 +69,9 @@ export function renderHtml(s: StatusSnapshot): string {
       b.lastError ? `${escape(b.lastError.message)} <span class="meta">(${escape(b.lastError.at)})</span>` : ""
     }</td></tr>`
   ).join("");
-  const sessions = s.sessions.map((x) =>
+  const listed = s.sessions.slice(0, SESSION_ROWS);
+  const unlisted = s.sessions.length - listed.length;
+  const sessions = listed.map((x) =>
     `<tr><td><code>${escape(x.id)}</code></td><td>${escape(x.client)}</td><td>${escape(x.server)}</td>` +
     `<td class="${x.state}">${x.state} ${escape(formatAge(x.stateSeconds))}</td><td class="n">${
       escape(formatAge(x.ageSeconds))
@@ -77,6 +91,17 @@ export function renderHtml(s: StatusSnapshot): string {
   } · balancing ${escape(s.sortMethod)} · memory ${
     escape(formatBytes(s.memory.rss))
   } · refreshes every ${REFRESH_SECONDS} s</div>
+<div class="meta">In force: ${escape(s.config.path)}${
+    s.config.reloadedAt ? ` (reloaded ${escape(s.config.reloadedAt)})` : ""
+  } · admission key ${s.config.admissionKey ? "set" : "not set"} · link ${
+    s.config.linkTls ? "TLS" : "plain TCP"
+  } · status page key ${s.config.statusAccessKey ? "set" : "not set"} · log ${escape(s.config.log)}</div>${
+    s.config.pendingRestart.length > 0
+      ? `\n<div class="meta"><span class="draining">Changed in the file, waiting for a restart: ${
+        escape(s.config.pendingRestart.join(", "))
+      }</span></div>`
+      : ""
+  }
 <div class="cards">${card("Active sessions", t.sessionsActive)}${card("Opened", t.sessionsOpened)}${
     card("Resumes", t.resumes)
   }${card("Expired", t.sessionsExpired)}${card("Ended by error", t.sessionsAborted)}${
@@ -91,9 +116,17 @@ export function renderHtml(s: StatusSnapshot): string {
       ? `<div class="empty">No sessions.</div>`
       : `<table><thead><tr><th>Session</th><th>Client</th><th>ERP server</th><th>State</th><th>Age</th><th>To client</th><th>To ERP</th><th>Resumes</th><th>Replay buffer (of ${
         escape(formatBytes(s.replayBufferBytes))
-      })</th></tr></thead><tbody>${sessions}</tbody></table>`
+      })</th></tr></thead><tbody>${sessions}</tbody></table>${
+        unlisted > 0
+          ? `<div class="empty">… and ${unlisted} more sessions: see <a href="status.json${
+            escape(query)
+          }">status.json</a> for all of them.</div>`
+          : ""
+      }`
   }</div>
-<p class="meta">Machine-readable: <a href="status.json">status.json</a> · <a href="metrics">metrics</a> (Prometheus)</p>
+<p class="meta">Machine-readable: <a href="status.json${escape(query)}">status.json</a> · <a href="metrics${
+    escape(query)
+  }">metrics</a> (Prometheus)</p>
 </body></html>
 `;
 }
@@ -164,13 +197,13 @@ export function renderMetrics(s: StatusSnapshot): string {
     "broker_backend_up",
     "gauge",
     "ERP server health: 1 up, 0 down.",
-    s.servers.map((b) => [`{${server(b)}}`, b.state === "down" ? 0 : 1]),
+    s.servers.map((b) => [`{${server(b)}}`, b.health === "up" ? 1 : 0]),
   );
   metric(
     "broker_backend_draining",
     "gauge",
     "1 when the ERP server was removed from the configuration and drains its sessions.",
-    s.servers.map((b) => [`{${server(b)}}`, b.state === "draining" ? 1 : 0]),
+    s.servers.map((b) => [`{${server(b)}}`, b.draining ? 1 : 0]),
   );
   metric(
     "broker_backend_sessions",

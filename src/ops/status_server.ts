@@ -3,6 +3,9 @@
  * `/status.json` and `/metrics` (Prometheus). Bound to the loopback unless
  * configured otherwise; beyond it an access key is required (Bearer token,
  * Basic auth password, or `?key=`), and refused requests get a bare 401.
+ * Without a key, only requests naming a loopback host are answered, so a web
+ * page cannot read the status through DNS rebinding (a hostile name that
+ * resolves to 127.0.0.1 in the administrator's browser).
  * @module
  */
 
@@ -27,6 +30,8 @@ export interface StatusServerOptions {
 export interface StatusServer {
   /** Where it listens. */
   address: HostPort;
+  /** Requires `key` from the next request on (null: none, on the loopback only). */
+  setAccessKey(key: string | null): void;
   /** Stops it. */
   shutdown(): Promise<void>;
 }
@@ -58,9 +63,35 @@ export function presentedKey(request: Request): string | null {
   return new URL(request.url).searchParams.get("key");
 }
 
+/** The host name of a Host header value ("name", "name:port", "[v6]:port"), lowercased, without a final dot. */
+function hostName(host: string): string {
+  const value = host.trim().toLowerCase();
+  const name = value.startsWith("[") ? value.slice(1, value.indexOf("]")) : value.replace(/:\d*$/, "");
+  return name.replace(/\.$/, "");
+}
+
+/**
+ * True when `host` (a Host header) names the loopback: `localhost` (and
+ * `*.localhost`, which browsers keep on the loopback), 127.x.x.x, `::1`, or
+ * `configured` (STATUS_ADDRESS as written).
+ */
+export function isLoopbackHost(host: string, configured: string): boolean {
+  const name = hostName(host);
+  return name === "localhost" || name.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(name) ||
+    name === "::1" || name === hostName(configured.includes(":") ? `[${configured}]` : configured);
+}
+
 /** Handles one request (exported for tests without a socket). */
 export async function handleStatusRequest(request: Request, options: StatusServerOptions): Promise<Response> {
-  if (options.accessKey !== null) {
+  if (options.accessKey === null) {
+    const host = request.headers.get("host");
+    if (host !== null && !isLoopbackHost(host, options.listen.hostname)) {
+      return new Response("Forbidden: without STATUS_ACCESS_KEY the status page answers only to a loopback name\n", {
+        status: 403,
+        headers: { "content-type": "text/plain" },
+      });
+    }
+  } else {
     const key = presentedKey(request);
     if (key === null || !await sameSecret(key, options.accessKey)) {
       return new Response("Unauthorized\n", {
@@ -75,7 +106,11 @@ export async function handleStatusRequest(request: Request, options: StatusServe
   const path = new URL(request.url).pathname;
   const noStore = { "cache-control": "no-store" };
   if (path === "/" || path === "/index.html") {
-    return new Response(renderHtml(options.snapshot()), {
+    // A page opened with ?key= keeps it in its links (the header ways need no help).
+    const queryKey = options.accessKey !== null && !request.headers.has("authorization")
+      ? new URL(request.url).searchParams.get("key")
+      : null;
+    return new Response(renderHtml(options.snapshot(), { linkKey: queryKey }), {
       headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
     });
   }
@@ -94,11 +129,12 @@ export async function handleStatusRequest(request: Request, options: StatusServe
 
 /** Starts the status listener; throws with a clear message when the port is taken. */
 export function startStatusServer(options: StatusServerOptions): StatusServer {
+  const live = { ...options };
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve(
       { hostname: options.listen.hostname, port: options.listen.port, onListen: () => {} },
-      (request) => handleStatusRequest(request, options),
+      (request) => handleStatusRequest(request, live),
     );
   } catch (err) {
     throw new Error(
@@ -112,5 +148,11 @@ export function startStatusServer(options: StatusServerOptions): StatusServer {
     address: formatHostPort(address),
     auth: options.accessKey ? ", access key required" : "",
   });
-  return { address, shutdown: () => server.shutdown() };
+  return {
+    address,
+    setAccessKey(key) {
+      live.accessKey = key;
+    },
+    shutdown: () => server.shutdown(),
+  };
 }

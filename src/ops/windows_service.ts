@@ -3,7 +3,9 @@
  *
  * Installing: `sc.exe create` with start type automatic and the config path
  * in the command line (plus a description and restart-on-failure), undone
- * entirely if any step fails. Running: when the Service Control Manager
+ * entirely if any step fails. The description and the `--service` command
+ * line mark the service as ours: uninstall, and install's "already
+ * installed", touch no other service of the same name. Running: when the Service Control Manager
  * starts the program (with `--service`), it must speak the service protocol:
  * StartServiceCtrlDispatcherW runs on a worker thread (FFI `nonblocking`), and
  * ServiceMain and the control handler are thread-safe callbacks into the
@@ -17,6 +19,7 @@
  */
 
 import type { ServiceSpec } from "./service.ts";
+import { VERSION } from "../version.ts";
 
 /** SERVICE_STATUS dwCurrentState values. */
 export const ServiceState = { Stopped: 1, StartPending: 2, StopPending: 3, Running: 4 } as const;
@@ -47,7 +50,7 @@ export function serviceCommandLine(spec: ServiceSpec): string {
 export function scInstallSteps(spec: ServiceSpec): string[][] {
   return [
     ["create", spec.name, "binPath=", serviceCommandLine(spec), "start=", "auto", "DisplayName=", spec.displayName],
-    ["description", spec.name, `${spec.displayName}: resilient broker for TOTVS Protheus Smart Client connections`],
+    ["description", spec.name, `${spec.displayName}: ${DESCRIPTION_MARK} (installed by broker-server ${VERSION})`],
     ["failure", spec.name, "reset=", "86400", "actions=", "restart/5000/restart/5000/restart/30000"],
   ];
 }
@@ -129,18 +132,76 @@ export class ServiceController {
   }
 }
 
-/** How sc.exe is run (injectable for tests). */
-export type ScRunner = (args: string[]) => Promise<{ code: number; output: string }>;
+/** Runs a Windows command-line tool (sc.exe, reg.exe) with arguments; injectable for tests. */
+export type ToolRunner = (args: string[]) => Promise<{ code: number; output: string }>;
+
+function realTool(program: string): ToolRunner {
+  return async (args) => {
+    const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    return { code: out.code, output: text.trim() };
+  };
+}
 
 /** Runs the real sc.exe. */
-export const realSc: ScRunner = async (args) => {
-  const out = await new Deno.Command("sc.exe", { args, stdout: "piped", stderr: "piped" }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  return { code: out.code, output: text.trim() };
-};
+export const realSc: ToolRunner = realTool("sc.exe");
+
+/** The tools the install steps use; each defaults to the real program. */
+export interface WindowsServiceOptions {
+  /** Runs sc.exe. */
+  sc?: ToolRunner;
+  /** Runs reg.exe (to read a service's configuration: Wine's sc.exe has no `qc`). */
+  reg?: ToolRunner;
+}
 
 /** ERROR_ACCESS_DENIED: not an elevated prompt. */
 const ACCESS_DENIED = 5;
+/** ERROR_SERVICE_EXISTS. */
+const SERVICE_EXISTS = 1073;
+/** ERROR_DUPLICATE_SERVICE_NAME: the display name is another service's name or display name. */
+const DUPLICATE_SERVICE_NAME = 1078;
+
+/**
+ * Words in the description of every service broker-server installs; with a
+ * command line ending in `--service`, how uninstall knows the service is ours.
+ */
+const DESCRIPTION_MARK = "resilient broker for TOTVS Protheus Smart Client connections";
+
+/** A service as the Service Control Manager keeps it (its registry key). */
+interface InstalledService {
+  /** The command line it runs (ImagePath, sc.exe's binPath). */
+  imagePath: string;
+  /** Its description ("" when it has none). */
+  description: string;
+}
+
+/** True for a service broker-server installed: our description and our `--service` command line. */
+function isBrokerService(service: InstalledService): boolean {
+  return service.description.includes(DESCRIPTION_MARK) && /(^|\s)--service$/.test(service.imagePath.trim());
+}
+
+/**
+ * Reads the service `name` from the registry key the Service Control Manager
+ * keeps it in (reg.exe prints value lines the same way in every Windows
+ * language, and Wine has reg.exe but not `sc.exe qc`); null when there is no
+ * such service.
+ */
+async function queryWindowsService(
+  name: string,
+  reg: ToolRunner = realTool("reg.exe"),
+): Promise<InstalledService | null> {
+  if (name === "" || /[\\/]/.test(name)) {
+    throw new RangeError(`Cannot use SERVICE_NAME "${name}" as a Windows service name: it cannot hold "/" or "\\"`);
+  }
+  const result = await reg(["query", `HKLM\\SYSTEM\\CurrentControlSet\\Services\\${name}`]);
+  if (result.code !== 0) return null;
+  const value = (key: string) => {
+    const line = result.output.split(/\r?\n/).find((l) => new RegExp(`^\\s+${key}\\s+REG_`, "i").test(l));
+    return line?.replace(new RegExp(`^\\s+${key}\\s+REG_\\w+`, "i"), "").trim() ?? null;
+  };
+  const imagePath = value("ImagePath");
+  return imagePath === null ? null : { imagePath, description: value("Description") ?? "" };
+}
 
 function scFailure(step: string[], result: { code: number; output: string }): Error {
   if (result.code === ACCESS_DENIED || /access is denied/i.test(result.output)) {
@@ -152,13 +213,31 @@ function scFailure(step: string[], result: { code: number; output: string }): Er
 }
 
 /** Installs the service; if any step fails, deletes what was created. */
-export async function installWindowsService(spec: ServiceSpec, sc: ScRunner = realSc): Promise<string[]> {
+export async function installWindowsService(spec: ServiceSpec, options: WindowsServiceOptions = {}): Promise<string[]> {
+  const sc = options.sc ?? realSc;
   const done: string[] = [];
   for (const step of scInstallSteps(spec)) {
     const result = await sc(step);
     if (result.code !== 0) {
       if (step[0] !== "create") await sc(["delete", spec.name]);
-      if (result.code === 1073) throw new Error(`The service ${spec.name} is already installed: run --uninstall first`);
+      if (result.code === SERVICE_EXISTS) {
+        const existing = await queryWindowsService(spec.name, options.reg);
+        if (existing && isBrokerService(existing)) {
+          throw new Error(
+            `The service ${spec.name} is already installed (it runs ${existing.imagePath}): run --uninstall first`,
+          );
+        }
+        throw new Error(
+          `The service name ${spec.name} is taken by another service (${
+            existing ? `it runs ${existing.imagePath}` : "its configuration cannot be read"
+          }): choose another SERVICE_NAME`,
+        );
+      }
+      if (result.code === DUPLICATE_SERVICE_NAME) {
+        throw new Error(
+          `The display name "${spec.displayName}" is used by another service: choose another SERVICE_DISPLAY_NAME`,
+        );
+      }
       throw scFailure(step, result);
     }
     done.push(`sc.exe ${step[0]} ${spec.name}`);
@@ -167,8 +246,16 @@ export async function installWindowsService(spec: ServiceSpec, sc: ScRunner = re
   return done;
 }
 
-/** Stops (if running) and deletes the service. */
-export async function uninstallWindowsService(name: string, sc: ScRunner = realSc): Promise<string[]> {
+/** Stops (if running) and deletes the service, if broker-server installed it; refuses any other. */
+export async function uninstallWindowsService(name: string, options: WindowsServiceOptions = {}): Promise<string[]> {
+  const sc = options.sc ?? realSc;
+  const existing = await queryWindowsService(name, options.reg);
+  if (!existing) throw new Error(`The service ${name} is not installed`);
+  if (!isBrokerService(existing)) {
+    throw new Error(
+      `Refusing to remove the service ${name}: broker-server did not install it (it runs ${existing.imagePath}); it was left as it is`,
+    );
+  }
   const stop = await sc(["stop", name]);
   if (stop.code === ACCESS_DENIED) throw scFailure(["stop"], stop);
   if (stop.code === 1060) throw new Error(`The service ${name} is not installed`);

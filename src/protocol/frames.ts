@@ -19,6 +19,8 @@
  * @module
  */
 
+import { PEER_TEXT_MAX_CHARS, peerText } from "../ops/peer_text.ts";
+
 /** The four magic bytes that open every link: "PBRK". */
 export const MAGIC = new Uint8Array([0x50, 0x42, 0x52, 0x4b]);
 /** Version of this wire format; both ends must speak the same. */
@@ -69,9 +71,13 @@ export const FrameType = {
   Heartbeat: 18,
   /** The sender's application closed its side; payload is the stream length. */
   Fin: 19,
-  /** Server: both streams are finished and acknowledged; the session is over. No payload. */
+  /**
+   * The session is over; no payload. From the server: both streams are
+   * finished and acknowledged. From either side: the answer to the peer's
+   * ABORT (the client says its ABORT again on a new link until it gets it).
+   */
   Close: 20,
-  /** The session ends abnormally; payload is the reason (UTF-8). */
+  /** The session ends abnormally; payload is the reason (UTF-8). Answered with CLOSE. */
   Abort: 32,
   /** A handshake is refused; payload is a code and the reason (UTF-8). */
   Reject: 33,
@@ -455,29 +461,29 @@ export function encodeGoAway(drainMs: number, reason: string): Uint8Array {
 export function decodeGoAway(payload: Uint8Array): { drainMs: number; reason: string } {
   return {
     drainMs: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0),
-    reason: decodeText(payload.subarray(4)),
+    reason: decodeText(payload.subarray(4), SERVER_REASON_MAX_CHARS),
   };
 }
 
 /** Decodes a REJECT payload. */
 export function decodeReject(payload: Uint8Array): { code: number; reason: string } {
-  return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1)) };
+  return { code: payload[0] ?? 0, reason: decodeText(payload.subarray(1), SERVER_REASON_MAX_CHARS) };
 }
 
 /**
- * Most bytes of a peer's reason (ABORT, REJECT, GOAWAY) that are decoded:
- * every sender cuts its reasons to 1,000 characters, at most 4 bytes each.
+ * Most characters of a REJECT or GOAWAY reason kept: what broker-server
+ * sends at most (a refusal names every ERP server tried, and why).
  */
-export const MAX_REASON_BYTES = 4_000;
+const SERVER_REASON_MAX_CHARS = 1000;
 
 /**
- * Decodes UTF-8 reason text leniently, at most MAX_REASON_BYTES of it: a
- * peer's reason goes into logs and into what an ended session leaves behind
- * (a tombstone, for the resume window), and a frame may carry a megabyte.
+ * Decodes the UTF-8 reason text of an ABORT, REJECT or GOAWAY leniently, as
+ * text safe to log: the peer decides what it says, so control characters are
+ * escaped and it is cut to `maxChars` (see peerText), whatever length it came
+ * with. ABORT reasons, which either side sends, keep PEER_TEXT_MAX_CHARS.
  */
-export function decodeText(payload: Uint8Array): string {
-  if (payload.length <= MAX_REASON_BYTES) return new TextDecoder().decode(payload);
-  return `${new TextDecoder().decode(payload.subarray(0, MAX_REASON_BYTES))}… (${payload.length} bytes, cut)`;
+export function decodeText(payload: Uint8Array, maxChars: number = PEER_TEXT_MAX_CHARS): string {
+  return peerText(new TextDecoder().decode(payload), { maxChars });
 }
 
 const EMPTY = new Uint8Array(0);

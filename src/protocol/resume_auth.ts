@@ -48,20 +48,43 @@ export async function deriveResumeKey(
   clientPublicKey: Uint8Array,
   serverPublicKey: Uint8Array,
 ): Promise<CryptoKey> {
+  return await importResumeKey(
+    await deriveResumeSecret(own, peerPublicKey, sessionId, clientPublicKey, serverPublicKey),
+  );
+}
+
+/**
+ * The 32 bytes of the resume key (see deriveResumeKey): what broker-server
+ * keeps of an ended session, a CryptoKey costing some 2 KiB of heap.
+ */
+export async function deriveResumeSecret(
+  own: EphemeralKey,
+  peerPublicKey: Uint8Array,
+  sessionId: Uint8Array,
+  clientPublicKey: Uint8Array,
+  serverPublicKey: Uint8Array,
+): Promise<Uint8Array> {
   if (peerPublicKey.length !== PUBLIC_KEY_SIZE) {
     throw new RangeError(`Cannot use a peer public key of ${peerPublicKey.length} bytes: expected 32`);
   }
   const peer = await crypto.subtle.importKey("raw", peerPublicKey as BufferSource, { name: "X25519" }, false, []);
   const shared = await crypto.subtle.deriveBits({ name: "X25519", public: peer }, own.privateKey, 256);
-  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveKey"]);
+  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveBits"]);
   const info = concatBytes(INFO, clientPublicKey, serverPublicKey);
-  return await crypto.subtle.deriveKey(
+  const bits = await crypto.subtle.deriveBits(
     { name: "HKDF", hash: "SHA-256", salt: sessionId as BufferSource, info: info as BufferSource },
     ikm,
-    { name: "HMAC", hash: "SHA-256", length: 256 },
-    false,
-    ["sign", "verify"],
+    256,
   );
+  return new Uint8Array(bits);
+}
+
+/** The HMAC-SHA-256 resume key of a secret from deriveResumeSecret. */
+export function importResumeKey(secret: Uint8Array): Promise<CryptoKey> {
+  return crypto.subtle.importKey("raw", secret as BufferSource, { name: "HMAC", hash: "SHA-256", length: 256 }, false, [
+    "sign",
+    "verify",
+  ]);
 }
 
 /** What a resume proof covers. */

@@ -25,9 +25,9 @@ export interface Backend {
   readonly id: string;
   /** Configuration (weight, max) as last loaded. */
   server: RemoteServer;
-  /** Sessions on it now, attached or detached. */
+  /** Sessions on it now, attached or detached, and those still connecting to it. */
   active: number;
-  /** Sessions placed on it since start. */
+  /** Sessions placed on it since start (not counting those whose connect failed). */
   total: number;
   /** Up or down. */
   health: BackendHealth;
@@ -191,10 +191,25 @@ export class Balancer {
     return ordered;
   }
 
-  /** A session now lives on `backend`. */
-  acquire(backend: Backend): void {
+  /**
+   * A session is placed on `backend`: it counts there from now on, while it
+   * still connects, so that a burst of logins sees every session placed
+   * before it (for max=N and for CONNECTION). False, and nothing counted,
+   * when the server is full or draining by now: a failover candidate is
+   * checked again when the session reaches it.
+   */
+  acquire(backend: Backend): boolean {
+    if (backend.draining) return false;
+    if (backend.server.maxSessions > 0 && backend.active >= backend.server.maxSessions) return false;
     backend.active++;
     backend.total++;
+    return true;
+  }
+
+  /** A placement on `backend` that never became a session (its connect failed): as if it had not been made. */
+  cancel(backend: Backend): void {
+    backend.total = Math.max(0, backend.total - 1);
+    this.release(backend);
   }
 
   /** A session on `backend` ended; a draining server leaves once empty. */

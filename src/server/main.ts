@@ -15,23 +15,28 @@ import {
   parseCli,
   UsageError,
 } from "../cli.ts";
+import { checkServerFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
 import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings } from "../config/logging.ts";
 import { descriptorsNeeded, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
-import { aborted } from "../ops/signals.ts";
+import { aborted, holdHangup } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { resolve } from "node:path";
-import { selfCommand, type ServiceSpec } from "../ops/service.ts";
+import { readServiceName, selfCommand, type ServiceSpec } from "../ops/service.ts";
 import { installSystemd, realSystemdHost, uninstallSystemd } from "../ops/systemd.ts";
 import { installWindowsService, runAsWindowsService, uninstallWindowsService } from "../ops/windows_service.ts";
+import { within } from "../session/transport.ts";
 import { watchConfig } from "./reload.ts";
 import { BrokerServer } from "./server.ts";
 
 /** The default configuration file name. */
 export const SERVER_CONFIG_FILE = "appserver.ini";
+
+/** How long a stop may take beyond DRAIN_TIMEOUT before the program exits anyway. */
+const STOP_MARGIN_MS = 10_000;
 
 const USAGE = `broker-server ${VERSION}: resilient broker for TOTVS Protheus (server side)
 
@@ -40,12 +45,16 @@ Usage: broker-server [options]
 Options:
   -c, --config FILE     appserver.ini to read (default: next to the executable,
                         or the current directory when run with deno run)
-      --check           validate the configuration, print the effective
-                        settings and exit (0 valid, 2 invalid)
+      --check           validate the configuration and the files it names
+                        (TLS certificate and key, log folder), print the
+                        effective settings and exit (0 valid, 2 invalid)
       --install         install as a service named SERVICE_NAME (Windows:
                         Service Control Manager, run as administrator;
                         Linux: systemd unit, run as root)
-      --uninstall       stop and remove that service
+      --uninstall       stop and remove that service, if broker-server installed
+                        it (only SERVICE_NAME is read from the file)
+      --service-name NAME  with --uninstall: remove the service NAME (when
+                        appserver.ini cannot be read)
       --console         log to the console even if CONSOLELOG=0 (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -97,7 +106,9 @@ REMOTE_SERVER_<xx> values may end with weight=N and max=N (0: no limit), e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 
 The configuration is reloaded on SIGHUP and when the file changes: added
-servers join, removed ones drain; a new port needs a restart.
+servers join, removed ones drain; the log names each key that needs a restart
+(LOCAL_SERVER_*, LINK_TLS_*; SERVICE_* a re-install). A file that removes a
+key or TLS or raises a limit is applied once it has read the same for 1 s.
 [GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -150,8 +161,12 @@ export function describeServerConfig(config: ServerConfig): string {
 
 /** Runs broker-server with `args`; resolves to the process exit code. */
 export async function serverMain(args: string[], options: { signal: AbortSignal }): Promise<number> {
+  // SIGHUP means "reload" to this program: it must never end it, even while
+  // no reload listener is there (before the watcher starts, and while stopping).
+  using _hangup = holdHangup();
   let cli: CliOptions;
   let config: ServerConfig;
+  let uninstalling = false;
   try {
     cli = parseCli(args, { driver: false, service: true });
     if (cli.help) {
@@ -162,21 +177,32 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
       console.log(`broker-server ${VERSION}`);
       return EXIT_OK;
     }
-    config = await loadServerConfig(cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation()));
+    const path = cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation());
+    uninstalling = cli.uninstall;
+    if (cli.uninstall) return await uninstallService(cli.serviceName ?? await readServiceName(path));
+    config = await loadServerConfig(path);
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError) {
       console.error(`broker-server: ${err.message}`);
       if (err instanceof UsageError) console.error("Run broker-server --help for the options.");
+      else if (uninstalling) {
+        console.error("To remove the service by name: broker-server --uninstall --service-name NAME");
+      }
       return EXIT_USAGE;
     }
     throw err;
   }
   if (cli.check) {
     console.log(describeServerConfig(config));
+    const problem = await unusableFile(config);
+    if (problem) {
+      console.error(`broker-server: ${problem}`);
+      return EXIT_USAGE;
+    }
     console.log("Configuration is valid.");
     return EXIT_OK;
   }
-  if (cli.install || cli.uninstall) return await manageService(config, cli.install);
+  if (cli.install) return await installService(config);
   if (cli.service) {
     if (Deno.build.os !== "windows") {
       console.error(
@@ -200,6 +226,17 @@ async function runBroker(
   signal: AbortSignal,
   onRunning: () => void = () => {},
 ): Promise<number> {
+  const problem = await unusableFile(config);
+  if (problem) {
+    console.error(`broker-server: ${problem}`);
+    // A service has no console: the log file gets it too, when that file is not the problem.
+    try {
+      await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
+      logger("server").error(problem);
+      await teardownLogging();
+    } catch { /* the console has it */ }
+    return EXIT_USAGE;
+  }
   try {
     await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
   } catch (err) {
@@ -223,7 +260,9 @@ async function runBroker(
       },
     );
   }
-  const server = new BrokerServer(config);
+  const server = new BrokerServer(config, {
+    applyLogging: (next) => setupLogging(loggingFrom(next.log, next.consoleLog || cli.console, cli)),
+  });
   try {
     server.listen();
   } catch (err) {
@@ -235,27 +274,63 @@ async function runBroker(
   const watcher = watchConfig(config.path, () => server.reload());
   await aborted(signal);
   await watcher.close();
-  await server.close();
+  using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
+  // The stop's deadline is ours, not the service manager's (the systemd unit
+  // says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force now, plus time to
+  // close what is left.
+  const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
+  const closing = server.close();
+  if (!await within(closing, deadlineMs)) {
+    log.error("The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway", {
+      seconds: deadlineMs / 1000,
+      margin: STOP_MARGIN_MS / 1000,
+    });
+    await teardownLogging();
+    return EXIT_FAILURE;
+  }
+  await closing;
   await teardownLogging();
   return EXIT_OK;
 }
 
-/** --install / --uninstall: the service named by SERVICE_NAME, on this OS. */
-async function manageService(config: ServerConfig, install: boolean): Promise<number> {
+/** Opens the files the configuration names, as --check and every start do: what is wrong with one, or null. */
+async function unusableFile(config: ServerConfig): Promise<string | null> {
+  try {
+    await checkServerFiles(config);
+    return null;
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.message;
+  }
+}
+
+/** --install: the service named by SERVICE_NAME, on this OS. */
+async function installService(config: ServerConfig): Promise<number> {
   const spec: ServiceSpec = {
     name: config.serviceName,
     displayName: config.serviceDisplayName,
     command: selfCommand(Deno.execPath(), Deno.mainModule, isRunFromSource(Deno.execPath())),
     configPath: resolve(config.path),
-    stopTimeoutMs: config.drainTimeoutMs,
   };
-  const windows = Deno.build.os === "windows";
+  return await reportService(
+    `Installed the service ${spec.name}`,
+    () => Deno.build.os === "windows" ? installWindowsService(spec) : installSystemd(spec, realSystemdHost()),
+  );
+}
+
+/** --uninstall: the service `name`, on this OS, if broker-server installed it. */
+async function uninstallService(name: string): Promise<number> {
+  return await reportService(
+    `Removed the service ${name}`,
+    () => Deno.build.os === "windows" ? uninstallWindowsService(name) : uninstallSystemd(name, realSystemdHost()),
+  );
+}
+
+async function reportService(title: string, steps: () => Promise<string[]>): Promise<number> {
   try {
-    const steps = install
-      ? await (windows ? installWindowsService(spec) : installSystemd(spec, realSystemdHost()))
-      : await (windows ? uninstallWindowsService(spec.name) : uninstallSystemd(spec.name, realSystemdHost()));
-    console.log(`${install ? "Installed" : "Removed"} the service ${spec.name}:`);
-    for (const step of steps) console.log(`  ${step}`);
+    const done = await steps();
+    console.log(`${title}:`);
+    for (const step of done) console.log(`  ${step}`);
     return EXIT_OK;
   } catch (err) {
     console.error(`broker-server: ${(err as Error).message}`);

@@ -7,8 +7,9 @@
  * @module
  */
 
-import { loadServerConfig, type ServerConfig } from "../config/server_config.ts";
-import { formatHostPort, type HostPort } from "../config/values.ts";
+import type { ServerConfig, StatusConfig } from "../config/server_config.ts";
+import { describeLogSettings } from "../config/logging.ts";
+import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
 import { MAX_REPLAY_BUFFER_BYTES, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { logger } from "../ops/log.ts";
 import {
@@ -34,8 +35,9 @@ import {
 } from "../protocol/frames.ts";
 import {
   createEphemeralKey,
-  deriveResumeKey,
+  deriveResumeSecret,
   importAdmissionKey,
+  importResumeKey,
   randomId,
   signAdmission,
   signProof,
@@ -55,9 +57,11 @@ import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { RESUME_BUCKETS, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import { appliedMessage, keepRunningValue, keyChanges, readSettledConfig, restartMessage } from "./reload.ts";
 import { VERSION } from "../version.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
-import { LogBudget } from "../ops/log_budget.ts";
+import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
+import { peerText } from "../ops/peer_text.ts";
 
 const log = logger("server");
 
@@ -68,8 +72,12 @@ const log = logger("server");
  */
 const HELLO_TIMEOUT_MS = 2_000;
 
-/** Most tombstones kept; the oldest go first. */
-const MAX_TOMBSTONES = 10_000;
+/**
+ * Most tombstones kept; the oldest go first. A tombstone costs about 0.4 KiB
+ * of heap, 1.5 KiB of resident memory in all: 50,000 (some 70 MiB) cover
+ * the default 3-minute window at 270 endings a second.
+ */
+const MAX_TOMBSTONES = 50_000;
 
 /** The process's memory figures; zeros where the platform cannot tell. */
 function processMemory(): StatusSnapshot["memory"] {
@@ -98,16 +106,27 @@ export interface ServerSessionInfo {
 interface Entry extends ServerSessionInfo {
   /** The session id's bytes (the hex of `id`). */
   sessionId: Uint8Array;
+  /** The address (IPv6: /64) that opened it, for the budget of its log lines. */
+  source: string;
   key: CryptoKey;
+  /** The key's 32 bytes, which its tombstone keeps instead of the CryptoKey. */
+  secret: Uint8Array;
   /** Links attached so far: a resume proven for an older count was overtaken by a newer link. */
   attaches: number;
 }
 
+/**
+ * What is kept of an ended session for one resume window, so that a client
+ * that missed the end learns how it ended (and, after a clean end, gets the
+ * final acknowledgement). Small on purpose: thousands pile up under churn.
+ */
 interface Tombstone {
-  key: CryptoKey;
-  end: SessionEnd;
+  secret: Uint8Array;
+  reason: string;
+  clean: boolean;
   received: number;
-  timer: ReturnType<typeof setTimeout>;
+  /** Clock ms after which it is forgotten. */
+  expiresAt: number;
 }
 
 /** An attempt to open a session, known by its open token until the client confirms the session. */
@@ -139,10 +158,20 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** How long a reloaded file that weakens security must read the same before it is applied (ms). */
+export const DEFAULT_RELOAD_SETTLE_MS = 1_000;
+
 /** Options of a BrokerServer. */
 export interface BrokerServerOptions {
   /** Clock in ms (injectable). */
   now?: () => number;
+  /** Settle time of a reload that weakens security (ms); default DEFAULT_RELOAD_SETTLE_MS. */
+  reloadSettleMs?: number;
+  /**
+   * Applies reloaded log settings (CONSOLELOG, LOG_*); the program that set
+   * up logging provides it. Without it, those keys take a restart.
+   */
+  applyLogging?: (config: ServerConfig) => Promise<void>;
 }
 
 /** The broker-server: listener, handshakes and the session registry. */
@@ -151,13 +180,18 @@ export class BrokerServer {
   #now: () => number;
   #listener: Deno.Listener | null = null;
   #sessions = new Map<string, Entry>();
+  /** In the order they were made, which is (nearly) the order they expire in. */
   #tombstones = new Map<string, Tombstone>();
+  /** One timer for all tombstones: set for the oldest. */
+  #tombstoneTimer: ReturnType<typeof setTimeout> | undefined;
   #handshaking = new HandshakeAdmission<Link>();
   #evicted = new WeakSet<Link>();
   #crowdLogged = { at: -Infinity, dropped: 0 };
   /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
   #dropLog: LogBudget;
   #refusalLog: LogBudget;
+  /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
+  #abnormalEndLog: SourceLogBudgets;
   /** Open attempts by the client's open token, until the client confirms the session. */
   #opening = new Map<string, Opening>();
   #attempts = 0;
@@ -173,6 +207,12 @@ export class BrokerServer {
   #admissionKey: Promise<CryptoKey | null>;
   #bufferedSum = { at: -Infinity, bytes: 0 };
   #adopted = new WeakSet<Link>();
+  #reloadSettleMs: number;
+  #applyLogging: ((config: ServerConfig) => Promise<void>) | null;
+  #reloading: Promise<unknown> = Promise.resolve();
+  #reloadedAt: number | null = null;
+  /** Keys changed in the file that take a restart or a re-install. */
+  #pendingRestart: string[] = [];
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -184,7 +224,10 @@ export class BrokerServer {
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#dropLog = new LogBudget(20, 10_000, this.#now);
     this.#refusalLog = new LogBudget(20, 10_000, this.#now);
+    this.#abnormalEndLog = new SourceLogBudgets(20, 10_000, { now: this.#now });
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
+    this.#reloadSettleMs = options.reloadSettleMs ?? DEFAULT_RELOAD_SETTLE_MS;
+    this.#applyLogging = options.applyLogging ?? null;
   }
 
   /** Where the status page listens, when it does. */
@@ -211,6 +254,8 @@ export class BrokerServer {
         name: b.server.name,
         address: formatHostPort(b.server),
         state: b.draining ? "draining" : b.health,
+        health: b.health,
+        draining: b.draining,
         weight: b.server.weight,
         maxSessions: b.server.maxSessions,
         activeSessions: b.active,
@@ -247,6 +292,15 @@ export class BrokerServer {
         sum: stats.resumeHistogram.sum,
         count: stats.resumeHistogram.count,
       },
+      config: {
+        path: this.#config.path,
+        reloadedAt: this.#reloadedAt === null ? null : new Date(this.#reloadedAt).toISOString(),
+        admissionKey: this.#config.admissionKey !== null,
+        linkTls: this.#config.tls !== null,
+        statusAccessKey: this.#config.status.accessKey !== null,
+        log: describeLogSettings(this.#config.log),
+        pendingRestart: [...this.#pendingRestart],
+      },
     };
   }
 
@@ -261,16 +315,33 @@ export class BrokerServer {
   }
 
   /**
-   * Re-reads the configuration file and applies the broker section: added
-   * servers join, removed ones drain, balancing and timers change for new
-   * sessions. An invalid file changes nothing. A new listening address or
-   * port needs a restart and is reported, not half-applied. Resolves true
-   * when the new configuration was applied.
+   * Re-reads the configuration file and applies it; RELOAD_RULES (reload.ts)
+   * says when each key takes effect. Added servers join, removed ones drain;
+   * the status page and its key, limits, health checks and (with
+   * applyLogging) the log settings change at once; timers and the admission
+   * key apply to new sessions. Keys that take a restart or a re-install are
+   * logged by name and keep their running value. An invalid file changes
+   * nothing; a file that weakens security is applied only once it has read
+   * the same for the settle time. Reloads run one at a time. Resolves true
+   * when the file was applied.
    */
-  async reload(): Promise<boolean> {
+  reload(): Promise<boolean> {
+    const run = this.#reloading.then(() => this.#reload());
+    this.#reloading = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(): Promise<boolean> {
+    const old = this.#config;
     let next: ServerConfig;
+    let weakenings: string[];
     try {
-      next = await loadServerConfig(this.#config.path);
+      const settled = await readSettledConfig(old.path, old, {
+        settleMs: this.#reloadSettleMs,
+        signal: this.#shutdown.signal,
+      });
+      if (!settled) return false;
+      ({ config: next, weakenings } = settled);
     } catch (err) {
       log.error("Configuration reload failed; the running configuration stays as it was: {error}", {
         error: (err as Error).message,
@@ -278,40 +349,83 @@ export class BrokerServer {
       return false;
     }
     for (const w of next.warnings) log.warn(w);
-    const old = this.#config;
-    if (next.listen.hostname !== old.listen.hostname || next.listen.port !== old.listen.port) {
-      log.warn(
-        "The listening address changed from {old} to {new} in {path}: that takes a restart; still listening on {old}",
-        { old: formatHostPort(old.listen), new: formatHostPort(next.listen), path: next.path },
-      );
-      next.listen = old.listen;
+    const running = this.#listener ? formatHostPort(this.address) : formatHostPort(old.listen);
+    const pending: string[] = [];
+    const applied: string[] = [];
+    const logging: string[] = [];
+    for (const change of keyChanges(old, next)) {
+      if (
+        change.effect === "restart" || change.effect === "install" ||
+        (change.effect === "logging" && !this.#applyLogging)
+      ) {
+        log.warn(restartMessage(change, old, next, running));
+        pending.push(change.key);
+      } else {
+        (change.effect === "logging" ? logging : applied).push(appliedMessage(change));
+      }
     }
-    if (JSON.stringify(next.tls) !== JSON.stringify(old.tls)) {
-      log.warn("The link's TLS settings changed in {path}: that takes a restart; the running settings stay", {
-        path: next.path,
-      });
-      next.tls = old.tls;
+    for (const key of pending) keepRunningValue(key, old, next);
+    if (logging.length > 0 && this.#applyLogging) {
+      // First, so that the lines below go where the new settings say.
+      try {
+        await this.#applyLogging(next);
+        applied.unshift(...logging);
+      } catch (err) {
+        log.error("Cannot apply the new log settings ({error}); the running log settings stay", {
+          error: (err as Error).message,
+        });
+        keepRunningValue("CONSOLELOG", old, next);
+        keepRunningValue("LOG_FILE", old, next);
+      }
     }
-    const changes = this.#balancer.update(next.sortMethod, next.remoteServers, next.health);
+    const changes = [...this.#balancer.update(next.sortMethod, next.remoteServers, next.health), ...applied];
     if (next.admissionKey !== old.admissionKey) {
       this.#admissionKey = next.admissionKey ? importAdmissionKey(next.admissionKey) : Promise.resolve(null);
-      changes.push(next.admissionKey ? "admission key set (new sessions)" : "admission key removed");
     }
     if (next.limits.newSessionsPerMinute !== old.limits.newSessionsPerMinute) {
       this.#rates = new RateLimiter(next.limits.newSessionsPerMinute, this.#now);
     }
-    if (JSON.stringify(next.limits) !== JSON.stringify(old.limits)) changes.push("limits");
-    if (JSON.stringify(next.tuning) !== JSON.stringify(old.tuning)) {
-      changes.push("session timers and limits (for new sessions)");
-    }
-    if (JSON.stringify(next.health) !== JSON.stringify(old.health)) changes.push("health checks");
     this.#config = next;
     if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
-    log.info("Configuration reloaded from {path}: {changes}", {
+    await this.#applyStatus(old.status, next.status);
+    this.#pendingRestart = pending;
+    this.#reloadedAt = this.#now();
+    log.info("Configuration reloaded from {path}: {changes}{settled}", {
       path: next.path,
       changes: changes.length > 0 ? changes.join("; ") : "no change",
+      settled: weakenings.length > 0 ? ` (the file read the same for ${formatDuration(this.#reloadSettleMs)})` : "",
     });
     return true;
+  }
+
+  /** Starts the status page for `status`; a failure is logged, the broker goes on without it. */
+  #startStatus(status: StatusConfig): void {
+    if (!status.enabled) return;
+    try {
+      this.#status = startStatusServer({
+        listen: status.listen,
+        accessKey: status.accessKey,
+        snapshot: () => this.status(),
+      });
+    } catch (err) {
+      // The broker's job matters more than its dashboard: log and go on.
+      log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+    }
+  }
+
+  /** A reloaded status configuration: a new key in place, a new address by restarting the listener. */
+  async #applyStatus(old: StatusConfig, next: StatusConfig): Promise<void> {
+    const same = old.enabled === next.enabled && old.listen.hostname === next.listen.hostname &&
+      old.listen.port === next.listen.port;
+    if (same && this.#status) {
+      this.#status.setAccessKey(next.accessKey);
+      return;
+    }
+    if (!this.#listener || this.#stopping) return;
+    const previous = this.#status;
+    this.#status = null;
+    await previous?.shutdown();
+    this.#startStatus(next);
   }
 
   /** Where the server listens (the real port when configured with 0). */
@@ -371,18 +485,7 @@ export class BrokerServer {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#healthChecker.start(this.#config.health.intervalMs);
-    if (this.#config.status.enabled) {
-      try {
-        this.#status = startStatusServer({
-          listen: this.#config.status.listen,
-          accessKey: this.#config.status.accessKey,
-          snapshot: () => this.status(),
-        });
-      } catch (err) {
-        // The broker's job matters more than its dashboard: log and go on.
-        log.error("{error}; broker-server runs without it", { error: (err as Error).message });
-      }
-    }
+    this.#startStatus(this.#config.status);
   }
 
   async #accept(listener: Deno.Listener): Promise<void> {
@@ -449,7 +552,7 @@ export class BrokerServer {
       if (heldBack === null) return;
       log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
         peer: link.peer,
-        reason: describeError(err),
+        reason: peerText(describeError(err)), // may quote what the peer sent
         hint: this.#tlsHint(err),
         heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
       });
@@ -568,6 +671,11 @@ export class BrokerServer {
     const notes = placement.skipped.map((s) => `${s.backend.server.name}: ${s.reason}`);
     for (const backend of placement.order) {
       const server = backend.server;
+      // The session counts against this server from now on, while it connects (see Balancer.acquire).
+      if (!this.#balancer.acquire(backend)) {
+        notes.push(`${server.name}: ${backend.draining ? "draining" : `full (max ${server.maxSessions} sessions)`}`);
+        continue;
+      }
       try {
         const conn = await dialTcp(server.hostname, server.port, {
           timeoutMs: this.#config.tuning.connectTimeoutMs,
@@ -579,11 +687,11 @@ export class BrokerServer {
             address: formatHostPort(server),
           });
         }
-        this.#balancer.acquire(backend);
         const why = backend === placement.order[0] ? placement.why : "the servers before it failed";
         const decision = notes.length > 0 ? `${why}; skipped ${notes.join("; ")}` : why;
         return { conn, backend, decision };
       } catch (err) {
+        this.#balancer.cancel(backend);
         const error = describeError(err);
         notes.push(`${server.name}: ${error}`);
         if (this.#balancer.connectFailed(backend, error)) {
@@ -681,8 +789,10 @@ export class BrokerServer {
     const own = await createEphemeralKey();
     const sessionId = randomId();
     let key: CryptoKey;
+    let secret: Uint8Array;
     try {
-      key = await deriveResumeKey(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+      secret = await deriveResumeSecret(own, clientPublicKey, sessionId, clientPublicKey, own.publicKey);
+      key = await importResumeKey(secret);
     } catch {
       giveUp();
       await this.#reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
@@ -714,7 +824,9 @@ export class BrokerServer {
     const entry: Entry = {
       id,
       sessionId,
+      source,
       key,
+      secret,
       client: link.peer,
       backend: backend.backend,
       openedAt: this.#now(),
@@ -858,7 +970,7 @@ export class BrokerServer {
     const clientNonce = hello.payload.slice(ID_SIZE);
     const id = toHex(sessionId);
     const entry = this.#sessions.get(id);
-    const tombstone = entry ? undefined : this.#tombstones.get(id);
+    const tombstone = entry ? undefined : this.#tombstone(id);
     if (!entry && !tombstone) {
       await this.#reject(
         link,
@@ -879,7 +991,7 @@ export class BrokerServer {
       return;
     }
     const proof = decodeProof(proofFrame.payload);
-    const key = (entry ?? tombstone as Tombstone).key;
+    const key = entry ? entry.key : await importResumeKey((tombstone as Tombstone).secret);
     const input = { sessionId, clientNonce, serverNonce, receivedOffset: proof.receivedOffset };
     if (!await verifyProof(key, "client", input, proof.mac)) {
       await this.#reject(link, RejectCode.BadProof, `Resume proof for session ${shortId(id)} does not verify`);
@@ -887,8 +999,8 @@ export class BrokerServer {
     }
     if (!entry) {
       const ended = tombstone as Tombstone;
-      if (!ended.end.clean) {
-        await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.end.reason}`);
+      if (!ended.clean) {
+        await this.#reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.reason}`);
         return;
       }
       // It ended cleanly while the client was away: confirm the final offset,
@@ -962,6 +1074,7 @@ export class BrokerServer {
     });
     this.#balancer.release(entry.backend);
     const stats = entry.session.stats;
+    const heldBack = end.clean ? 0 : this.#abnormalEndLog.spend(entry.source);
     const fields = {
       session: shortId(entry.id),
       reason: end.reason,
@@ -969,30 +1082,48 @@ export class BrokerServer {
       toErp: stats.bytesToLocal,
       seconds: ((this.#now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
+      heldBack: heldBack
+        ? ` (${heldBack} more sessions from ${entry.source} ended abnormally before this one: not logged)`
+        : "",
     };
     const message =
-      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes";
+      "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes{heldBack}";
     if (end.clean) log.info(message, fields);
-    else log.warn(message, fields);
+    else if (heldBack !== null) log.warn(message, fields);
     if (this.#sessions.size === 0) this.#drained?.();
-    if (this.#shutdown.signal.aborted) return;
+    // The client sent the ABORT that ended it and was answered: it needs no tombstone.
+    if (this.#shutdown.signal.aborted || end.byPeer) return;
     if (this.#tombstones.size >= MAX_TOMBSTONES) {
       const [oldest] = this.#tombstones.keys();
-      if (oldest !== undefined) this.#dropTombstone(oldest);
+      if (oldest !== undefined) this.#tombstones.delete(oldest);
     }
     this.#tombstones.set(entry.id, {
-      key: entry.key,
-      end,
+      secret: entry.secret,
+      reason: end.reason,
+      clean: end.clean,
       received: entry.session.received,
-      timer: setTimeout(() => this.#dropTombstone(entry.id), this.#config.tuning.resumeTimeoutMs),
+      expiresAt: this.#now() + this.#config.tuning.resumeTimeoutMs,
     });
+    if (this.#tombstoneTimer === undefined) this.#sweepTombstones();
   }
 
-  #dropTombstone(id: string): void {
+  /** The tombstone of session `id`, unless it has expired. */
+  #tombstone(id: string): Tombstone | undefined {
     const t = this.#tombstones.get(id);
-    if (!t) return;
-    clearTimeout(t.timer);
-    this.#tombstones.delete(id);
+    return t && t.expiresAt > this.#now() ? t : undefined;
+  }
+
+  /** Forgets expired tombstones and sets the timer for the next. */
+  #sweepTombstones(): void {
+    this.#tombstoneTimer = undefined;
+    const now = this.#now();
+    for (const [id, t] of this.#tombstones) {
+      if (t.expiresAt > now) {
+        this.#tombstoneTimer = setTimeout(() => this.#sweepTombstones(), t.expiresAt - now);
+        return;
+      }
+      this.#tombstones.delete(id);
+    }
   }
 
   /**
@@ -1017,6 +1148,7 @@ export class BrokerServer {
       this.#drained = null;
     }
     this.#shutdown.abort();
+    await this.#reloading;
     this.#listener?.close();
     await this.#acceptLoop;
     await this.#healthChecker.stop();
@@ -1025,7 +1157,9 @@ export class BrokerServer {
     const sessions = [...this.#sessions.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);
     await Promise.all(sessions.map((s) => s.settled));
-    for (const id of [...this.#tombstones.keys()]) this.#dropTombstone(id);
+    clearTimeout(this.#tombstoneTimer);
+    this.#tombstoneTimer = undefined;
+    this.#tombstones.clear();
     log.info("broker-server stopped; {count} sessions were still open and were closed", { count: sessions.length });
     return sessions.length;
   }

@@ -68,8 +68,12 @@ export interface ServerStatus {
   name: string;
   /** host:port. */
   address: string;
-  /** up, down or draining. */
+  /** up, down or draining (draining wins: see health for the health of a draining server). */
   state: "up" | "down" | "draining";
+  /** up or down, draining or not. */
+  health: "up" | "down";
+  /** Removed from the configuration, finishing its sessions. */
+  draining: boolean;
   /** Weight. */
   weight: number;
   /** Most sessions, 0 for no limit. */
@@ -151,4 +155,24 @@ export interface StatusSnapshot {
   };
   /** Resume durations: cumulative counts per `le` bucket (s), sum and count. */
   resumeDuration: { buckets: { le: number; count: number }[]; sum: number; count: number };
+  /** The configuration in force (after reloads; secrets only as set or not). */
+  config: ConfigStatus;
+}
+
+/** The configuration in force, as the status page shows it. */
+export interface ConfigStatus {
+  /** The configuration file. */
+  path: string;
+  /** When a reload last applied it (ISO 8601), or null when none has since start. */
+  reloadedAt: string | null;
+  /** An admission key is in force. */
+  admissionKey: boolean;
+  /** The link uses TLS. */
+  linkTls: boolean;
+  /** The status page needs a key. */
+  statusAccessKey: boolean;
+  /** Log level, format and file, in words. */
+  log: string;
+  /** Keys changed in the file that take a restart (or a re-install); their running values stay. */
+  pendingRestart: string[];
 }

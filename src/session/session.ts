@@ -80,6 +80,8 @@ export interface SessionEnd {
   clean: boolean;
   /** complete: both streams finished; expired: the resume window passed; aborted: an error or the peer ended it. */
   cause: "complete" | "expired" | "aborted";
+  /** The peer ended it (its ABORT, answered with CLOSE): it knows. */
+  byPeer: boolean;
   /**
    * Resolves true once the peer is known to have the end (it answered this
    * side's ABORT with CLOSE, sent its own ABORT or CLOSE, or both streams
@@ -388,7 +390,7 @@ export class Session {
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
-    this.#end({ reason, clean: false, cause, told });
+    this.#end({ reason, clean: false, cause, told, byPeer: fromPeer });
   }
 
   /**
@@ -658,6 +660,7 @@ export class Session {
       clean: true,
       cause: "complete",
       told: Promise.resolve(true),
+      byPeer: false,
     });
   }
 

@@ -1,5 +1,6 @@
 /**
- * Balancing over real sockets: distribution, failover on refused and
+ * Balancing over real sockets: distribution, login bursts (max=N and
+ * CONNECTION while sessions are still connecting), failover on refused and
  * hanging connects, all servers down and back, live reload, and a client
  * with two broker servers.
  */
@@ -9,7 +10,14 @@ import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, freePort } from "../helpers/apps.ts";
-import { canHangConnects, startHangingListener } from "../helpers/hanging_listener.ts";
+import {
+  canHangConnects,
+  connectsPending,
+  startDelayedAcceptListeners,
+  startHangingListener,
+} from "../helpers/hanging_listener.ts";
+import { openRawSession, type RawSession } from "../helpers/raw_peer.ts";
+import type { BrokerServer } from "../../src/server/server.ts";
 
 /** Opens a session through broker-client and proves it carries data. */
 async function openApp(port: number): Promise<Deno.TcpConn> {
@@ -118,8 +126,62 @@ Deno.test({
     await waitFor(() => server.sessions.length === 0, "sessions to end");
   },
 });
+
+/**
+ * Opens `count` sessions at once on `server`, whose ERP servers are
+ * `listeners`: every connect to them hangs until all `count` have started
+ * (so every placement is made while the others are still connecting), then
+ * they all complete. Returns the sessions per ERP server name.
+ */
+async function burst(
+  server: BrokerServer,
+  listeners: { ports: number[]; release(): Promise<void> },
+  count: number,
+): Promise<Record<string, number>> {
+  const before = await connectsPending(listeners.ports); // the listeners' own, that fill their queues
+  const opening: Promise<RawSession>[] = [];
+  for (let i = 0; i < count; i++) opening.push(openRawSession(server.address.port));
+  const t0 = Date.now();
+  for (let pending = 0; pending < count; pending = await connectsPending(listeners.ports) - before) {
+    if (Date.now() - t0 > 10_000) throw new Error(`Only ${pending} of ${count} connects to the ERP servers started`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await listeners.release();
+  const sessions = await Promise.all(opening);
+  const counts: Record<string, number> = {};
+  for (const s of server.sessions) counts[s.backend.server.name] = (counts[s.backend.server.name] ?? 0) + 1;
+  for (const s of sessions) s.peer.close(); // detached: the server's stop ends them
+  return counts;
+}
+
+Deno.test({
+  name: "a login burst respects max=N: sessions still connecting to an ERP server count against it",
+  ignore: !canHangConnects,
+  async fn() {
+    await using erps = await startDelayedAcceptListeners(3);
+    const config = serverConfig(erps.ports);
+    config.remoteServers[0]!.maxSessions = 5;
+    config.remoteServers[1]!.maxSessions = 5;
+    await using server = startServer(config);
+    deepEqual(await burst(server, erps, 30), { REMOTE_SERVER_01: 5, REMOTE_SERVER_02: 5, REMOTE_SERVER_03: 20 });
+  },
+});
+
+Deno.test({
+  name: "CONNECTION under a login burst: each placement sees the sessions placed before it (weights 1:2 give 1:2)",
+  ignore: !canHangConnects,
+  async fn() {
+    await using erps = await startDelayedAcceptListeners(2);
+    const config = serverConfig(erps.ports);
+    config.remoteServers[1]!.weight = 2;
+    await using server = startServer(config);
+    deepEqual(await burst(server, erps, 30), { REMOTE_SERVER_01: 10, REMOTE_SERVER_02: 20 });
+  },
+});
 if (!canHangConnects) {
-  console.log("Skipping the hanging-connect test: it needs Linux and python3 (a listener with a full backlog)");
+  console.log(
+    "Skipping the hanging-connect and login-burst tests: they need Linux and python3 (a listener with a full backlog)",
+  );
 }
 
 Deno.test("all servers down: a clear reject within connect timeout x servers; back after rise probes", async () => {

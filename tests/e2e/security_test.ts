@@ -35,7 +35,7 @@ import { openRawSession, RawPeer, resumeRaw } from "../helpers/raw_peer.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, roundTrip } from "../helpers/apps.ts";
 import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
-import { canHangConnects, startHangingListener } from "../helpers/hanging_listener.ts";
+import { canHangConnects, startDelayedAcceptListeners, startHangingListener } from "../helpers/hanging_listener.ts";
 
 const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
 const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
@@ -706,5 +706,36 @@ Deno.test({
       equal(erp.connections, 1);
       real.peer.close();
     }
+  },
+});
+
+Deno.test({
+  name:
+    "a login burst from one address beyond MAX_HANDSHAKES_PER_ADDRESS while the ERP is slow to accept: every user gets in, with one ERP connection each",
+  ignore: !canHangConnects,
+  async fn() {
+    await using logs = await captureLogs();
+    // The ERP's connects hang until released: the openings pile up in their handshake.
+    await using erp = await startDelayedAcceptListeners(1);
+    await using server = startServer(
+      serverConfig(erp.ports, { MAX_HANDSHAKES_PER_ADDRESS: "5", CONNECT_TIMEOUT: "10s", HANDSHAKE_TIMEOUT: "10s" }),
+    );
+    await using client = startClient(clientConfig([server.address.port], { NEW_SESSION_TIMEOUT: "30s" }));
+    const USERS = 20;
+    const apps = await Promise.all(
+      Array.from({ length: USERS }, () => Deno.connect({ hostname: "127.0.0.1", port: client.address.port })),
+    );
+    await waitFor(() => server.status().totals.linksRefused >= USERS - 5, "newcomers beyond the cap to be turned away");
+    await erp.release();
+    await waitFor(
+      () => client.sessions.length === USERS && client.sessions.every((s) => s.state === "attached"),
+      "every session to open",
+      30_000,
+    );
+    equal(server.status().totals.sessionsOpened, USERS);
+    const wasted = logs.lines.filter((line) => /ERP connection closed unused/.test(line)).length;
+    equal(wasted, 0, "no opening under way was cut short (each cut opening leaves an ERP connection unused)");
+    for (const app of apps) app.close();
+    await waitFor(() => server.sessions.length === 0, "sessions to end");
   },
 });

@@ -4,7 +4,15 @@
  * connection.
  */
 import { equal } from "node:assert/strict";
-import { encodeData, encodeOffsetFrame, FrameType, readU64 } from "../../src/protocol/frames.ts";
+import {
+  decodeReject,
+  encodeAbort,
+  encodeData,
+  encodeOffsetFrame,
+  FrameType,
+  readU64,
+  RejectCode,
+} from "../../src/protocol/frames.ts";
 import { openRawSession, resumeRaw } from "../helpers/raw_peer.ts";
 import { serverConfig, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { readExactly } from "../helpers/apps.ts";
@@ -93,4 +101,46 @@ Deno.test("a session that ended cleanly while the client was away: the resume ge
   equal(readU64(ack?.payload as Uint8Array, 0), 3, "our 2 bytes and our FIN");
   equal((await peer.next())?.type, FrameType.Close);
   peer.close();
+});
+
+Deno.test("a session ended by its ERP leaves a tombstone for one window: a resume learns why, and after it nothing is known", async () => {
+  await using erp = startErp(async () => {}); // closes at once: the session ends from the ERP's side
+  await using server = startServer(serverConfig([erp.port], { RESUME_TIMEOUT: "1s" }));
+  const raw = await openRawSession(server.address.port);
+  // The ERP's FIN, then ours: the session could complete, but the link goes before our FIN.
+  raw.peer.close();
+  await erp.firstEnded;
+  await waitFor(() => server.sessions[0]?.session.state === "detached", "the server to see the link go");
+  await waitFor(() => server.sessions.length === 0, "the session to expire", 5_000);
+
+  const early = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(early.answer?.type, FrameType.Reject);
+  const rejected = decodeReject((early.answer as { payload: Uint8Array }).payload);
+  equal(rejected.code, RejectCode.SessionEnded, rejected.reason);
+  early.peer.close();
+
+  // The tombstone goes with the window (1 s after the end).
+  await new Promise((r) => setTimeout(r, 1_100));
+  const late = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(late.answer?.type, FrameType.Reject);
+  equal(decodeReject((late.answer as { payload: Uint8Array }).payload).code, RejectCode.UnknownSession);
+  late.peer.close();
+});
+
+Deno.test("a client's ABORT is answered with CLOSE, and the session it ended leaves no tombstone", async () => {
+  await using erp = startErp(async (conn) => {
+    await conn.read(new Uint8Array(1)).catch(() => null);
+  });
+  await using server = startServer(serverConfig([erp.port], { RESUME_TIMEOUT: "60s" }));
+  const raw = await openRawSession(server.address.port);
+  raw.peer.link.send(encodeAbort("Smart Client went away"));
+  const seen: number[] = [];
+  for (let f; (f = await raw.peer.next()) !== null;) seen.push(f.type);
+  equal(seen.at(-1), FrameType.Close, `the server answers the ABORT (frames: ${seen.join(",")})`);
+  raw.peer.close();
+  await waitFor(() => server.sessions.length === 0, "the session to end");
+  equal(server.status().totals.sessionsAborted, 1);
+  const again = await resumeRaw(server.address.port, raw.sessionId, raw.key, 0);
+  equal(decodeReject((again.answer as { payload: Uint8Array }).payload).code, RejectCode.UnknownSession);
+  again.peer.close();
 });

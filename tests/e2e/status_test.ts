@@ -8,6 +8,9 @@ import type { StatusSnapshot } from "../../src/server/stats.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { findChromium, headlessArgs } from "../../tools/chromium.ts";
 import { echo, freePort } from "../helpers/apps.ts";
+import { captureLogs } from "../helpers/log_capture.ts";
+import { loadServerConfig } from "../../src/config/server_config.ts";
+import { SESSION_ROWS } from "../../src/ops/status_render.ts";
 
 async function exchange(app: Deno.Conn, bytes: number): Promise<void> {
   await app.write(new Uint8Array(bytes));
@@ -149,4 +152,124 @@ Deno.test({
     await waitFor(() => server.sessions.length === 0, "sessions to end");
     await Deno.remove(profile, { recursive: true });
   },
+});
+
+/** A GET with a Host header of our choosing (fetch always sends the real one); resolves to the status code. */
+async function getWithHost(port: number, path: string, host: string): Promise<number> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+  const chunks: Uint8Array[] = [];
+  const buf = new Uint8Array(16 * 1024);
+  for (let n; (n = await conn.read(buf)) !== null;) chunks.push(buf.slice(0, n));
+  conn.close();
+  const head = new TextDecoder().decode(chunks[0] ?? new Uint8Array());
+  return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? NaN);
+}
+
+Deno.test("the keyless loopback page answers only to loopback host names (no DNS rebinding)", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(withStatus(serverConfig([erp.port])));
+  const port = server.statusAddress?.port as number;
+  for (const host of ["127.0.0.1", `127.0.0.1:${port}`, "localhost", `LocalHost:${port}`, `[::1]:${port}`, "[::1]"]) {
+    equal(await getWithHost(port, "/status.json", host), 200, `Host: ${host} is the loopback`);
+  }
+  for (const host of ["evil.example", `evil.example:${port}`, "127.0.0.1.evil.example", "localhost.evil.example"]) {
+    equal(await getWithHost(port, "/status.json", host), 403, `Host: ${host} is refused`);
+    equal(await getWithHost(port, "/", host), 403, `Host: ${host} is refused for the page too`);
+  }
+});
+
+Deno.test("a page opened with ?key= links to status.json and metrics with the key", async () => {
+  await using erp = startErp(echo);
+  const key = "s3cret-key-for-tests";
+  await using server = startServer(withStatus(serverConfig([erp.port]), key));
+  const base = `http://127.0.0.1:${server.statusAddress?.port}`;
+  const html = await (await fetch(`${base}/?key=${key}`)).text();
+  const links = [...html.matchAll(/href="([^"]+)"/g)].map((m) => m[1] as string);
+  deepEqual(links, [`status.json?key=${key}`, `metrics?key=${key}`]);
+  for (const link of links) {
+    const r = await fetch(new URL(link, `${base}/`));
+    equal(r.status, 200, `${link} is served`);
+    await r.body?.cancel();
+  }
+  // Opened with the header, the page does not put the key in its links.
+  const viaHeader = await (await fetch(`${base}/`, { headers: { authorization: `Bearer ${key}` } })).text();
+  ok(!viaHeader.includes(key), "no key in a page opened with the Authorization header");
+});
+
+Deno.test("with many sessions the page lists a bounded number and says how many more are in status.json", async () => {
+  await using erp = startErp(echo);
+  await using server = startServer(withStatus(serverConfig([erp.port])));
+  await using client = startClient(clientConfig([server.address.port]));
+  const apps: Deno.TcpConn[] = [];
+  for (let i = 0; i < SESSION_ROWS + 3; i++) {
+    const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+    await exchange(app, 10);
+    apps.push(app);
+  }
+  const base = `http://127.0.0.1:${server.statusAddress?.port}`;
+  const status = await (await fetch(`${base}/status.json`)).json() as StatusSnapshot;
+  equal(status.sessions.length, SESSION_ROWS + 3, "status.json lists every session");
+  const html = await (await fetch(`${base}/`)).text();
+  const rows = status.sessions.filter((s) => html.includes(`<code>${s.id}</code>`)).length;
+  equal(rows, SESSION_ROWS);
+  match(html, /and 3 more sessions: see <a href="status\.json">status\.json<\/a>/);
+  for (const app of apps) app.close();
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
+});
+
+Deno.test("an ERP server that is draining and down reports broker_backend_up 0", async () => {
+  await using logs = await captureLogs();
+  await using keep = startErp(echo);
+  // An ERP server that takes one session, then stops listening (its session goes on).
+  const leaving = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const leavingPort = (leaving.addr as Deno.NetAddr).port;
+  const served = (async () => {
+    const conn = await leaving.accept();
+    leaving.close();
+    await echo(conn).catch(() => {});
+    conn.close();
+  })();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const statusPort = freePort();
+  const write = (servers: Record<string, number>) =>
+    Deno.writeTextFile(
+      path,
+      [
+        "[BALANCE_SMART_CLIENT_DESKTOP]",
+        "LOCAL_SERVER_ADDRESS = 127.0.0.1",
+        `LOCAL_SERVER_PORT = ${freePort()}`,
+        `STATUS_PORT = ${statusPort}`,
+        "DRAIN_TIMEOUT = 0",
+        "HEALTH_CHECK_INTERVAL = 100ms",
+        "HEALTH_CHECK_FALL = 1",
+        ...Object.entries(servers).map(([name, port]) => `${name} = 127.0.0.1 ${port}`),
+      ].join("\n"),
+    );
+  await write({ REMOTE_SERVER_1: leavingPort, REMOTE_SERVER_2: keep.port });
+  const config = await loadServerConfig(path);
+  config.listen.port = 0;
+  await using server = startServer(config);
+  await using client = startClient(clientConfig([server.address.port]));
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  await exchange(app, 10);
+  await waitFor(() => server.backends[0]?.health === "down", "the probes to find REMOTE_SERVER_1 down");
+  await write({ REMOTE_SERVER_2: keep.port });
+  equal(await server.reload(), true);
+  await logs.waitFor(/REMOTE_SERVER_1 \(127\.0\.0\.1:\d+\) removed: draining 1 sessions/);
+  const base = `http://127.0.0.1:${statusPort}`;
+  const metrics = await (await fetch(`${base}/metrics`)).text();
+  const labels = `{server="REMOTE_SERVER_1",address="127.0.0.1:${leavingPort}"}`;
+  ok(metrics.includes(`broker_backend_up${labels} 0\n`), "down is down, draining or not");
+  ok(metrics.includes(`broker_backend_draining${labels} 1\n`), "and it drains");
+  const status = await (await fetch(`${base}/status.json`)).json() as StatusSnapshot;
+  deepEqual(
+    status.servers.map((s) => [s.name, s.state, s.health, s.draining]),
+    [["REMOTE_SERVER_2", "up", "up", false], ["REMOTE_SERVER_1", "draining", "down", true]],
+  );
+  app.close();
+  await served;
+  await waitFor(() => server.sessions.length === 0, "sessions to end");
+  await Deno.remove(dir, { recursive: true });
 });

@@ -1,8 +1,10 @@
 /**
  * broker-server as a real Windows service: --install, sc start, sessions
  * relayed, sc stop with a graceful stop in the log, --uninstall leaving
- * nothing behind. Runs under the Windows build of Deno (deno task
- * test:windows, which uses Wine here); skipped elsewhere.
+ * nothing behind (even with the configuration broken meanwhile), and a
+ * service broker-server did not install left alone. Runs under the Windows
+ * build of Deno (deno task test:windows, which uses Wine here); skipped
+ * elsewhere.
  */
 import { equal, match, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -97,11 +99,62 @@ Deno.test({
       equal(await app.read(new Uint8Array(1)).catch(() => null), null, "the session was closed by the stop");
       app.close();
     } finally {
+      // Only SERVICE_NAME is needed to remove the service: a file broken since does not stand in the way.
+      await Deno.writeTextFile(config, "\r\nREMOTE_SERVER_09 = nonsense\r\n", { append: true });
       const removed = await serverCli("--uninstall", "--config", config);
       equal(removed.code, 0, removed.text);
+      match(removed.text, new RegExp(`Removed the service ${name}`));
     }
     const query = await sc("query", name);
     ok(query.code !== 0 || /1060|does not exist/i.test(query.text), `the service is gone: ${query.text}`);
     await Deno.remove(dir.replace(/\\broker service$/, ""), { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "Windows service: a service of the same name that broker-server did not install is never removed nor taken",
+  ignore: !onWindows,
+  async fn() {
+    const port = freePort();
+    const name = `TOTVS_TEST_${port}`;
+    // What a TOTVS appserver service looks like: another program, no --service.
+    const created = await sc(
+      "create",
+      name,
+      "binPath=",
+      '"C:\\TOTVS\\bin\\appserver\\appserver.exe" -balance_smart_client_desktop',
+      "start=",
+      "demand",
+      "DisplayName=",
+      `TOTVS appserver ${port}`,
+    );
+    equal(created.code, 0, created.text);
+    const dir = await Deno.makeTempDir();
+    try {
+      const refused = await serverCli("--uninstall", "--service-name", name);
+      equal(refused.code, 1, refused.text);
+      match(
+        refused.text,
+        new RegExp(
+          `Refusing to remove the service ${name}: broker-server did not install it \\(it runs .*appserver\\.exe" -balance_smart_client_desktop\\)`,
+        ),
+      );
+      const config = `${dir}\\appserver.ini`;
+      await Deno.writeTextFile(
+        config,
+        `[BALANCE_SMART_CLIENT_DESKTOP]\r\nLOCAL_SERVER_PORT = ${port}\r\nREMOTE_SERVER_01 = 127.0.0.1 1\r\nSERVICE_NAME = ${name}\r\n`,
+      );
+      const taken = await serverCli("--install", "--config", config);
+      equal(taken.code, 1, taken.text);
+      match(
+        taken.text,
+        new RegExp(`The service name ${name} is taken by another service \\(it runs .*appserver\\.exe`),
+      );
+      const query = await sc("query", name);
+      equal(query.code, 0, `the other service is still there: ${query.text}`);
+    } finally {
+      await sc("delete", name);
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });

@@ -45,3 +45,26 @@ Deno.test("--log-format json writes one JSON object per line", async () => {
   equal(record.logger, "broker.client");
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("text logs show control characters in values as escapes, so no value can start a line of its own", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/broker-server.log`;
+  await setupLogging({
+    console: false,
+    level: "info",
+    format: "text",
+    file: { path, maxSizeBytes: 1 << 20, maxFiles: 1 },
+  });
+  logger("server").warn("Dropped link from {peer}: {reason}", {
+    peer: "127.0.0.1:4000",
+    reason: "bad\r\n2026-11-30 04:00:00.000 +00 [ERR] broker.server: forged\x1b[2J\u2028",
+  });
+  await teardownLogging();
+  const text = await Deno.readTextFile(path);
+  equal(text.split("\n").length, 2, text);
+  ok(
+    text.endsWith("127.0.0.1:4000: bad\\r\\n2026-11-30 04:00:00.000 +00 [ERR] broker.server: forged\\x1b[2J\\u2028\n"),
+    text,
+  );
+  await Deno.remove(dir, { recursive: true });
+});

@@ -2,6 +2,8 @@ import { equal, notDeepEqual } from "node:assert/strict";
 import {
   createEphemeralKey,
   deriveResumeKey,
+  deriveResumeSecret,
+  importResumeKey,
   randomId,
   signProof,
   signRetake,
@@ -62,4 +64,31 @@ Deno.test("a retake proof needs the session's key and is bound to the server's n
   equal(await verifyRetake(other.serverKey, "client", input, proof), false, "another key");
   const resume = { sessionId, clientNonce: input.openToken, serverNonce: input.serverNonce, receivedOffset: 0 };
   equal(await verifyProof(serverKey, "client", resume, proof), false, "a retake proof is not a resume proof");
+});
+
+Deno.test("the kept 32-byte secret gives the same key as the HKDF-derived HMAC key of protocol version 2", async () => {
+  const client = await createEphemeralKey();
+  const server = await createEphemeralKey();
+  const sessionId = randomId();
+  const secret = await deriveResumeSecret(server, client.publicKey, sessionId, client.publicKey, server.publicKey);
+  equal(secret.length, 32);
+  // The derivation as first written (HKDF straight to an HMAC key): keys of both kinds must agree.
+  const peer = await crypto.subtle.importKey("raw", server.publicKey as BufferSource, { name: "X25519" }, false, []);
+  const shared = await crypto.subtle.deriveBits({ name: "X25519", public: peer }, client.privateKey, 256);
+  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveKey"]);
+  const info = new Uint8Array([
+    ...new TextEncoder().encode("protheus-broker resume key v1"),
+    ...client.publicKey,
+    ...server.publicKey,
+  ]);
+  const direct = await crypto.subtle.deriveKey(
+    { name: "HKDF", hash: "SHA-256", salt: sessionId as BufferSource, info: info as BufferSource },
+    ikm,
+    { name: "HMAC", hash: "SHA-256", length: 256 },
+    false,
+    ["sign", "verify"],
+  );
+  const input = { sessionId, clientNonce: randomId(), serverNonce: randomId(), receivedOffset: 7 };
+  const proof = await signProof(direct, "client", input);
+  equal(await verifyProof(await importResumeKey(secret), "client", input, proof), true);
 });

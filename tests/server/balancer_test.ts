@@ -133,3 +133,40 @@ Deno.test("reload: added servers join, removed ones drain and leave once empty",
   deepEqual(balancer.backends.map((b) => b.server.name), ["B", "C"], "A left once its last session ended");
   ok(balancer.backends.every((b) => !b.draining));
 });
+
+Deno.test("a session counts from its placement: acquire refuses a server that filled up or drains meanwhile", () => {
+  const balancer = new Balancer("CONNECTION", servers(["A", 1, 1], ["B"]), checks);
+  const [a, b] = balancer.backends as Backend[];
+  // Another session placed on A while this one was trying a server before it: A is full now.
+  equal(balancer.acquire(a as Backend), true);
+  equal(balancer.acquire(a as Backend), false, "full: its failover candidates are checked again as it reaches them");
+  equal(a?.active, 1, "nothing counted for the refused one");
+  equal(a?.total, 1);
+  balancer.update("CONNECTION", servers(["A", 1, 1]), checks);
+  equal(balancer.acquire(b as Backend), false, "draining: removed from the configuration meanwhile");
+});
+
+Deno.test("a placement whose ERP connect fails is cancelled: it neither holds a place nor counts in the total", () => {
+  const balancer = new Balancer("CONNECTION", servers(["A", 1, 1], ["B"]), checks);
+  const [a] = balancer.backends as Backend[];
+  equal(balancer.acquire(a as Backend), true);
+  balancer.cancel(a as Backend);
+  equal(a?.active, 0);
+  equal(a?.total, 0);
+  equal(balancer.acquire(a as Backend), true, "its place is free again");
+});
+
+Deno.test("CONNECTION with A at 100 and B at 101: a burst of 50 placed before any connect completes splits evenly", () => {
+  const balancer = new Balancer("CONNECTION", servers(["A"], ["B"]), checks);
+  const [a, b] = balancer.backends as Backend[];
+  for (let i = 0; i < 100; i++) balancer.acquire(a as Backend);
+  for (let i = 0; i < 101; i++) balancer.acquire(b as Backend);
+  // Each placement is acquired at once (the server does so before dialing): the next one sees it.
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < 50; i++) {
+    const first = balancer.place().order[0] as Backend;
+    ok(balancer.acquire(first));
+    counts[first.server.name] = (counts[first.server.name] ?? 0) + 1;
+  }
+  deepEqual(counts, { A: 25, B: 25 });
+});
