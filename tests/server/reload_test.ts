@@ -385,3 +385,39 @@ Deno.test("every appserver.ini key in README has a reload rule, and README's rel
   deepEqual([...documented].filter((k) => !ruled.has(k)), [], "documented keys without a reload rule");
   deepEqual([...ruled].filter((k) => !reloadTable.has(k)), [], "rules missing from README's reload table");
 });
+
+Deno.test("reload: a new STATUS_PORT that another program holds keeps the status page on its old port (with the new key)", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const oldKey = "old-status-key-0123456789";
+  const newKey = "new-status-key-9876543210";
+  const [listenPort, statusPort] = [freePort(), freePort()];
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, listenPort, { STATUS_PORT: `${statusPort}`, STATUS_ACCESS_KEY: oldKey }),
+  );
+  await using server = await serverFromFile(path);
+  const url = `http://127.0.0.1:${statusPort}/status.json`;
+  equal(await statusCode(url, oldKey), 200);
+
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, listenPort, { STATUS_PORT: `${taken.addr.port}`, STATUS_ACCESS_KEY: newKey }),
+  );
+  await server.reload();
+  await logs.waitFor(/another program already uses this port/);
+  equal(server.statusAddress?.port, statusPort, "the page stays where it was");
+  equal(await statusCode(url, newKey), 200, "and answers with the new key");
+  equal(await statusCode(url, oldKey), 401, "the old key is refused");
+  equal(server.config.status.listen.port, statusPort, "the configuration in force says where the page is");
+
+  // Once the port is free, the same file moves the page on the next reload.
+  taken.close();
+  equal(await server.reload(), true);
+  equal(server.statusAddress?.port, taken.addr.port);
+  equal(await statusCode(`http://127.0.0.1:${taken.addr.port}/status.json`, newKey), 200);
+  await Deno.remove(dir, { recursive: true });
+});
