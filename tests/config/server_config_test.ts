@@ -407,3 +407,24 @@ Deno.test("a UNC path in LOG_FILE stays a UNC path (Windows: not a folder of the
   if (Deno.build.os === "windows") equal(config.log.file, "\\\\nas\\logs\\broker.log");
   else equal(config.log.file?.endsWith("\\\\nas\\logs\\broker.log"), true, config.log.file ?? "null");
 });
+
+Deno.test("secrets never appear in messages: a long key wrapped onto the next line, or a secret key's name in quotes", () => {
+  const secret = "wrapped-admission-key-0123456789";
+  for (
+    const lines of [
+      ["ADMISSION_KEY =", `    ${secret}`], // pasted from a mail that wrapped the long key
+      ["STATUS_ACCESS_KEY =", secret],
+      [`"ADMISSION_KEY" ${secret}`],
+      [`'status_access_key' ${secret}`],
+    ]
+  ) {
+    throws(
+      () => parse(...section, "REMOTE_SERVER_01 = a 1", ...lines),
+      (err: Error) => {
+        match(err.message, /Cannot parse line in \[BALANCE_SMART_CLIENT_DESKTOP\]: expected "KEY = value"/);
+        equal(err.message.includes(secret), false, `the secret is in: ${err.message}`);
+        return true;
+      },
+    );
+  }
+});
