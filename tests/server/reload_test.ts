@@ -421,3 +421,50 @@ Deno.test("reload: a new STATUS_PORT that another program holds keeps the status
   equal(await statusCode(`http://127.0.0.1:${taken.addr.port}/status.json`, newKey), 200);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test({
+  name:
+    "broker-server stops on request while a reload is settling a file that keeps changing (the stop has a deadline)",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    const { serverMain } = await import("../../src/server/main.ts");
+    await using erp = startErp(echo);
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/appserver.ini`;
+    const logFile = `${dir}/broker-server.log`;
+    const listenPort = freePort();
+    const ini = (maxSessions: number) =>
+      brokerIni(erp.port, listenPort, { MAX_SESSIONS: `${maxSessions}`, LOG_FILE: logFile });
+    await Deno.writeTextFile(path, ini(100));
+    const stop = new AbortController();
+    const main = serverMain(["--config", path], { signal: stop.signal });
+    // A tool that rewrites the file all the time, each time raising a limit: never the same bytes for the
+    // settle time, so the reload keeps settling.
+    let writing = true;
+    const writer = (async () => {
+      for (let n = 101; writing; n++) {
+        await Deno.writeTextFile(path, ini(n));
+        await new Promise((resolve) => setTimeout(resolve, 400)); // past the watcher's 300 ms debounce, within the 1 s settle
+      }
+    })();
+    try {
+      const logged = async (pattern: RegExp) => {
+        const deadline = Date.now() + 10_000;
+        while (!pattern.test(await Deno.readTextFile(logFile).catch(() => ""))) {
+          if (Date.now() > deadline) throw new Error(`broker-server never logged ${pattern}`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      };
+      await logged(/changed while settling/);
+      stop.abort();
+      // DRAIN_TIMEOUT = 0: the stop takes at most the 10 s margin; a stop that waits for the settle never ends.
+      equal(await within(main, 12_000), true, "broker-server stopped");
+      equal(await main, 0);
+    } finally {
+      writing = false;
+      await writer;
+      stop.abort();
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+});
