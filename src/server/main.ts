@@ -273,13 +273,14 @@ async function runBroker(
   onRunning();
   const watcher = watchConfig(config.path, () => server.reload());
   await aborted(signal);
-  await watcher.close();
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
   // The stop's deadline is ours, not the service manager's (the systemd unit
   // says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force now, plus time to
-  // close what is left.
+  // close what is left. It covers the watcher too: its close waits for a
+  // reload under way, which may be settling a file that keeps changing until
+  // the server's close stops it.
   const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
-  const closing = server.close();
+  const closing = Promise.all([watcher.close(), server.close()]);
   if (!await within(closing, deadlineMs)) {
     log.error("The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway", {
       seconds: deadlineMs / 1000,
