@@ -468,3 +468,35 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test("reload: a file caught half-way through a save (before its LOG_FILE line) does not turn the log file off, nor cut its name short", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const logFile = `${dir}/logs/broker-server.log`;
+  const whole = brokerIni(erp.port, freePort(), { LOG_FILE: logFile });
+  await Deno.writeTextFile(path, whole);
+  const applied: (string | null)[] = [];
+  await using server = await serverFromFile(path, {
+    reloadSettleMs: 60_000,
+    applyLogging: (next) => {
+      applied.push(next.log.file);
+      return Promise.resolve();
+    },
+  });
+  equal(server.config.log.file, logFile);
+
+  for (const cut of [whole.indexOf("LOG_FILE"), whole.indexOf("broker-server.log")]) {
+    // The editor's first write: everything before the cut.
+    await Deno.writeTextFile(path, whole.slice(0, cut));
+    const reloading = server.reload();
+    await Promise.race([logs.waitFor(/weakens security \(LOG_FILE /), reloading]);
+    // Its second write completes the file.
+    await Deno.writeTextFile(path, whole);
+    equal(await within(reloading, 10_000), true, "the reload ended once the file was complete");
+    deepEqual(applied, [], "the log settings were never changed");
+    equal(server.config.log.file, logFile);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
