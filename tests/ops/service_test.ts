@@ -492,3 +492,16 @@ Deno.test("Windows: the control state machine reports start, running, stop pendi
   ]);
   deepEqual([...serviceStatus(ServiceState.Stopped, { exitCode: 1 })], [0x10, 1, 0, 1, 0, 0, 0]);
 });
+
+Deno.test("systemctl is given the unit's full name: a SERVICE_NAME that ends like another unit type never enables, stops or disables that unit", async () => {
+  const root = await Deno.makeTempDir();
+  const host = fakeHost(root);
+  const named = { ...spec, name: "ssh.socket" }; // or multi-user.target, cron.timer...
+  await installSystemd(named, host);
+  ok(Deno.statSync(`${root}/etc/systemd/system/ssh.socket.service`).isFile);
+  await uninstallSystemd(named.name, host);
+  const touched = host.calls.flatMap((args) => args.filter((a) => !a.startsWith("-") && a !== "daemon-reload"))
+    .filter((a) => a !== "enable" && a !== "disable");
+  deepEqual(touched, ["ssh.socket.service", "ssh.socket.service"], "only our unit was enabled and disabled");
+  await Deno.remove(root, { recursive: true });
+});
