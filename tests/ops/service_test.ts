@@ -186,13 +186,13 @@ Deno.test("install writes the unit into the root, reloads and enables it; uninst
   const steps = await installSystemd(spec, host);
   const unit = await Deno.readTextFile(`${root}/etc/systemd/system/XXX_TOTVS_BALANCE_SC_001.service`);
   equal(unit, systemdUnit(spec));
-  deepEqual(host.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001"]]);
-  match(steps.at(-1) ?? "", /systemctl start XXX_TOTVS_BALANCE_SC_001/);
+  deepEqual(host.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001.service"]]);
+  match(steps.at(-1) ?? "", /systemctl start XXX_TOTVS_BALANCE_SC_001\.service/);
   await rejects(installSystemd(spec, host), /already installed .*run --uninstall first/);
 
   host.calls.length = 0;
   await uninstallSystemd(spec.name, host);
-  deepEqual(host.calls, [["disable", "--now", "XXX_TOTVS_BALANCE_SC_001"], ["daemon-reload"]]);
+  deepEqual(host.calls, [["disable", "--now", "XXX_TOTVS_BALANCE_SC_001.service"], ["daemon-reload"]]);
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], []);
   await rejects(uninstallSystemd(spec.name, host), /is not installed/);
   await Deno.remove(root, { recursive: true });
@@ -210,10 +210,10 @@ Deno.test("install refuses without root and leaves nothing behind when systemctl
   };
   await rejects(
     installSystemd(spec, failing),
-    /systemctl enable XXX_TOTVS_BALANCE_SC_001 failed \(Failed to enable unit\); the unit was removed again/,
+    /systemctl enable XXX_TOTVS_BALANCE_SC_001\.service failed \(Failed to enable unit\); the unit was removed again/,
   );
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], [], "no half-installed unit");
-  deepEqual(failing.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001"], ["daemon-reload"]]);
+  deepEqual(failing.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001.service"], ["daemon-reload"]]);
   await Deno.remove(root, { recursive: true });
 });
 
@@ -292,7 +292,7 @@ Deno.test("uninstall removes a unit an earlier version wrote", async () => {
   await Deno.writeTextFile(path, earlier);
   const host = fakeHost(root);
   await uninstallSystemd("OLD_BROKER", host);
-  deepEqual(host.calls, [["disable", "--now", "OLD_BROKER"], ["daemon-reload"]]);
+  deepEqual(host.calls, [["disable", "--now", "OLD_BROKER.service"], ["daemon-reload"]]);
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], []);
   await rejects(uninstallSystemd("../../x", host), RangeError);
   await Deno.remove(root, { recursive: true });
