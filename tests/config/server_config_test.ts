@@ -428,3 +428,14 @@ Deno.test("secrets never appear in messages: a long key wrapped onto the next li
     );
   }
 });
+
+Deno.test("a duration that is not zero as written never rounds to 0, the 'off' value of some keys", () => {
+  for (const line of ["HEALTH_CHECK_INTERVAL = 0.4ms", "DRAIN_TIMEOUT = 0.0001", "DRAIN_TIMEOUT = 0.1ms"]) {
+    throws(
+      () => parse(...section, "REMOTE_SERVER_01 = a 1", line),
+      configError(/is out of range: expected 100ms to .*, or 0 \(/),
+      line,
+    );
+  }
+  equal(parse(...section, "REMOTE_SERVER_01 = a 1", "DRAIN_TIMEOUT = 0.0s").drainTimeoutMs, 0, "0 written as 0.0s");
+});
