@@ -439,3 +439,20 @@ Deno.test("a duration that is not zero as written never rounds to 0, the 'off' v
   }
   equal(parse(...section, "REMOTE_SERVER_01 = a 1", "DRAIN_TIMEOUT = 0.0s").drainTimeoutMs, 0, "0 written as 0.0s");
 });
+
+Deno.test("REMOTE_SERVER: the same IPv6 address written two ways is a repeated address", () => {
+  const twice = parse(
+    ...section,
+    "REMOTE_SERVER_01 = ::1 5000",
+    "REMOTE_SERVER_02 = [0:0:0:0:0:0:0:1]:5000",
+    "REMOTE_SERVER_03 = 2001:DB8::0:1 5000",
+    "REMOTE_SERVER_04 = 2001:db8:0:0::1 5000",
+  );
+  deepEqual(
+    twice.warnings.map((w) => /REMOTE_SERVER_\d+ names the same ERP server as REMOTE_SERVER_\d+/.exec(w)?.[0]),
+    [
+      "REMOTE_SERVER_02 names the same ERP server as REMOTE_SERVER_01",
+      "REMOTE_SERVER_04 names the same ERP server as REMOTE_SERVER_03",
+    ],
+  );
+});
