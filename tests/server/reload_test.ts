@@ -500,3 +500,23 @@ Deno.test("reload: a file caught half-way through a save (before its LOG_FILE li
   }
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("reload: values with braces are logged as written (a message built from the file is not a log template)", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const port = freePort();
+  await Deno.writeTextFile(path, brokerIni(erp.port, port, { SERVICE_DISPLAY_NAME: "Broker {test}" }));
+  await using server = await serverFromFile(path);
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, port, { SERVICE_DISPLAY_NAME: "Broker {prod}", MAX_SESSIONS: "10" }) +
+      "MAX_SESSIONS = {twice}\n",
+  );
+  equal(await server.reload(), true);
+  const line = await logs.waitFor(/SERVICE_DISPLAY_NAME changed/);
+  match(line, /from Broker \{test\} to Broker \{prod\} in /);
+  match(await logs.waitFor(/Duplicate key MAX_SESSIONS/), /this one \("\{twice\}"\) is ignored/);
+  await Deno.remove(dir, { recursive: true });
+});
