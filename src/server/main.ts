@@ -232,7 +232,7 @@ async function runBroker(
     // A service has no console: the log file gets it too, when that file is not the problem.
     try {
       await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
-      logger("server").error(problem);
+      logger("server").error("{error}", { error: problem });
       await teardownLogging();
     } catch { /* the console has it */ }
     return EXIT_USAGE;
@@ -245,7 +245,7 @@ async function runBroker(
   }
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
-  for (const w of config.warnings) log.warn(w);
+  for (const w of config.warnings) log.warn("{warning}", { warning: w });
   const fileLimit = openFileLimit();
   const needed = descriptorsNeeded(config.limits);
   if (fileLimit !== null && fileLimit < needed) {
@@ -266,7 +266,7 @@ async function runBroker(
   try {
     server.listen();
   } catch (err) {
-    log.error((err as Error).message);
+    log.error("{error}", { error: (err as Error).message });
     await teardownLogging();
     return EXIT_FAILURE;
   }

@@ -348,7 +348,7 @@ export class BrokerServer {
       });
       return false;
     }
-    for (const w of next.warnings) log.warn(w);
+    for (const w of next.warnings) log.warn("{warning}", { warning: w });
     const running = this.#listener ? formatHostPort(this.address) : formatHostPort(old.listen);
     const pending: string[] = [];
     const applied: string[] = [];
@@ -358,7 +358,7 @@ export class BrokerServer {
         change.effect === "restart" || change.effect === "install" ||
         (change.effect === "logging" && !this.#applyLogging)
       ) {
-        log.warn(restartMessage(change, old, next, running));
+        log.warn("{warning}", { warning: restartMessage(change, old, next, running) });
         pending.push(change.key);
       } else {
         (change.effect === "logging" ? logging : applied).push(appliedMessage(change));
