@@ -182,7 +182,7 @@ export class BrokerClient {
         : describeError(err);
       throw new Error(`Cannot listen on ${formatHostPort({ hostname, port })}: ${hint}`);
     }
-    for (const note of this.#config.notes) log.info(note);
+    for (const note of this.#config.notes) log.info("{note}", { note });
     log.info("broker-client listening on {address} for Smart Client; broker servers: {servers}", {
       address: formatHostPort(this.address),
       servers: this.#config.brokerServers.map(formatHostPort).join(", "),

@@ -158,13 +158,13 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   );
   const log = logger("client");
   log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
-  if (logProblem) log.warn(logProblem);
-  for (const w of config.warnings) log.warn(w);
+  if (logProblem) log.warn("{warning}", { warning: logProblem });
+  for (const w of config.warnings) log.warn("{warning}", { warning: w });
   const client = new BrokerClient(config);
   try {
     client.listen();
   } catch (err) {
-    log.error((err as Error).message);
+    log.error("{error}", { error: (err as Error).message });
     return EXIT_FAILURE;
   }
   await aborted(options.signal);

@@ -84,7 +84,9 @@ function readBounded(section: SectionReader, key: BoundedKey, fallback: number):
   const entry = section.entry(key);
   if (!entry) return fallback;
   const value = section.parseEntry(entry, BOUNDS[key].kind === "duration" ? parseDuration : parseSize);
-  if (!withinBounds(key, value)) {
+  // 0 means "off" for some keys: only a value written as zero may mean it, not one rounded to it (0.4ms).
+  const writtenZero = /^0*(\.0*)?\s*[a-z]*$/i.test(entry.value.trim());
+  if (!withinBounds(key, value) || (value === 0 && !writtenZero)) {
     throw section.error(entry.line, `${key} is out of range: expected ${describeBounds(key)}, got "${entry.value}"`);
   }
   return value;

@@ -19,10 +19,19 @@ export function isSecretKey(key: string): boolean {
   return SECRET_KEYS.includes(key.trim().toUpperCase());
 }
 
-/** A line that is not `KEY = value`, shown in a message; hidden past its first word when that names a secret key. */
-function quoteMalformed(text: string): string {
+const SECRET_NAME = new RegExp(SECRET_KEYS.join("|"), "i");
+
+/**
+ * A line that is not `KEY = value`, shown in a message. Hidden when it may
+ * hold a secret: past its first word when it names a secret key (quoted or
+ * not), and whole when it follows a secret key's line (a long key that a
+ * mail or an editor wrapped onto the next line).
+ */
+function quoteMalformed(text: string, afterSecret: boolean): string {
+  if (afterSecret) return "(hidden: it follows a secret key's line, and may be the rest of its value)";
   const word = /^[^\s:=]+/.exec(text)?.[0] ?? "";
-  return isSecretKey(word) && word !== text ? `"${word}..." (the rest hidden: secret)` : `"${text}"`;
+  if (word !== text && SECRET_NAME.test(word)) return `"${word}..." (the rest hidden: secret)`;
+  return SECRET_NAME.test(text) ? "a line naming a secret key (hidden)" : `"${text}"`;
 }
 
 /** Reads keys of one section; collects warnings into the given array. */
@@ -40,9 +49,11 @@ export class SectionReader {
     this.#section = section;
     this.#warnings = warnings;
     for (const bad of section.malformed) {
+      const before = section.entries.filter((e) => e.line < bad.line).at(-1);
+      const afterSecret = before !== undefined && isSecretKey(before.key);
       throw this.error(
         bad.line,
-        `Cannot parse line in [${section.name}]: expected "KEY = value", got ${quoteMalformed(bad.text)}`,
+        `Cannot parse line in [${section.name}]: expected "KEY = value", got ${quoteMalformed(bad.text, afterSecret)}`,
       );
     }
   }

@@ -178,11 +178,22 @@ function parseServiceName(text: string): string {
   return text;
 }
 
+/** A host name lowercased; an IPv6 address in its one canonical spelling (`0:0:0:0:0:0:0:1` is `::1`). */
+function canonicalHost(hostname: string): string {
+  const host = hostname.toLowerCase();
+  if (!host.includes(":") || host.includes("%")) return host;
+  try {
+    return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return host;
+  }
+}
+
 /** Warns about REMOTE_SERVER_xx entries that name the same server: it would get a double share. */
 function warnRepeatedAddresses(section: SectionReader, servers: RemoteServer[]): void {
   const seen = new Map<string, RemoteServer>();
   for (const server of servers) {
-    const address = formatHostPort({ hostname: server.hostname.toLowerCase(), port: server.port });
+    const address = formatHostPort({ hostname: canonicalHost(server.hostname), port: server.port });
     const first = seen.get(address);
     if (!first) {
       seen.set(address, server);

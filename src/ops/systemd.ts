@@ -203,11 +203,13 @@ export async function installSystemd(spec: ServiceSpec, host: SystemdHost): Prom
   const done = [`wrote ${path}`];
   if (!host.systemdRunning) {
     done.push(
-      "systemd is not running here: enable it later with systemctl daemon-reload && systemctl enable " + spec.name,
+      `systemd is not running here: enable it later with systemctl daemon-reload && systemctl enable ${spec.name}.service`,
     );
     return done;
   }
-  for (const args of [["daemon-reload"], ["enable", spec.name]]) {
+  // The unit's full name: "NAME" alone would be another unit for a NAME that
+  // ends like one (ssh.socket, multi-user.target).
+  for (const args of [["daemon-reload"], ["enable", `${spec.name}.service`]]) {
     const result = await host.systemctl(args);
     if (result.code !== 0) {
       await Deno.remove(path).catch(() => {});
@@ -218,7 +220,7 @@ export async function installSystemd(spec: ServiceSpec, host: SystemdHost): Prom
     }
     done.push(`systemctl ${args.join(" ")}`);
   }
-  done.push(`start it with: systemctl start ${spec.name}`);
+  done.push(`start it with: systemctl start ${spec.name}.service`);
   return done;
 }
 
@@ -236,8 +238,8 @@ export async function uninstallSystemd(name: string, host: SystemdHost): Promise
   if (!host.isRoot) throw new Error(`Removing the systemd service ${name} needs root: run it again with sudo`);
   const done: string[] = [];
   if (host.systemdRunning) {
-    await host.systemctl(["disable", "--now", name]);
-    done.push(`systemctl disable --now ${name}`);
+    await host.systemctl(["disable", "--now", `${name}.service`]);
+    done.push(`systemctl disable --now ${name}.service`);
   }
   await Deno.remove(path);
   done.push(`removed ${path}`);

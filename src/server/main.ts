@@ -232,7 +232,7 @@ async function runBroker(
     // A service has no console: the log file gets it too, when that file is not the problem.
     try {
       await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
-      logger("server").error(problem);
+      logger("server").error("{error}", { error: problem });
       await teardownLogging();
     } catch { /* the console has it */ }
     return EXIT_USAGE;
@@ -245,7 +245,7 @@ async function runBroker(
   }
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
-  for (const w of config.warnings) log.warn(w);
+  for (const w of config.warnings) log.warn("{warning}", { warning: w });
   const fileLimit = openFileLimit();
   const needed = descriptorsNeeded(config.limits);
   if (fileLimit !== null && fileLimit < needed) {
@@ -266,20 +266,21 @@ async function runBroker(
   try {
     server.listen();
   } catch (err) {
-    log.error((err as Error).message);
+    log.error("{error}", { error: (err as Error).message });
     await teardownLogging();
     return EXIT_FAILURE;
   }
   onRunning();
   const watcher = watchConfig(config.path, () => server.reload());
   await aborted(signal);
-  await watcher.close();
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
   // The stop's deadline is ours, not the service manager's (the systemd unit
   // says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force now, plus time to
-  // close what is left.
+  // close what is left. It covers the watcher too: its close waits for a
+  // reload under way, which may be settling a file that keeps changing until
+  // the server's close stops it.
   const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
-  const closing = server.close();
+  const closing = Promise.all([watcher.close(), server.close()]);
   if (!await within(closing, deadlineMs)) {
     log.error("The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway", {
       seconds: deadlineMs / 1000,

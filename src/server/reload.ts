@@ -4,7 +4,7 @@
  * editors often save by replacing it), what each key does on reload (applies
  * at once, for new sessions, or takes a restart or a re-install), and the
  * settle rule: a file that weakens security (removes ADMISSION_KEY,
- * STATUS_ACCESS_KEY or TLS, raises a limit) is applied only once it has read
+ * STATUS_ACCESS_KEY, TLS or the log file, raises a limit) is applied only once it has read
  * the same for a settle time, so a file caught half-way through a save never
  * opens the door, not even for a moment.
  * @module
@@ -217,8 +217,9 @@ const LIMIT_KEYS: [keyof ServerLimits, string][] = [
 
 /**
  * What `next` loosens compared with `old`, among the security settings
- * (src/config/security.ts and the status page's key): a key or TLS removed,
- * a limit raised, a secret cut to a prefix of itself (what a file read
+ * (src/config/security.ts, the status page's key and the log file): a key,
+ * TLS or LOG_FILE removed, a limit raised, a secret or LOG_FILE cut to a
+ * prefix of itself (what a file read
  * half-way through a save looks like). A new secret or a lower limit is not
  * weaker. Empty when nothing is.
  */
@@ -231,6 +232,13 @@ export function securityWeakenings(old: ServerConfig, next: ServerConfig): strin
   secret("ADMISSION_KEY", old.admissionKey, next.admissionKey);
   secret("STATUS_ACCESS_KEY", old.status.accessKey, next.status.accessKey);
   if (old.tls && !next.tls) found.push("LINK_TLS_CERT and LINK_TLS_KEY removed");
+  // The log is the record of what happened: a file without its LOG_FILE line,
+  // or with the name cut short, would stop it or start a stray one.
+  const [oldLog, nextLog] = [old.log.file, next.log.file];
+  if (oldLog !== null && nextLog === null) found.push("LOG_FILE removed");
+  else if (oldLog !== null && nextLog !== null && nextLog !== oldLog && oldLog.startsWith(nextLog)) {
+    found.push("LOG_FILE cut short");
+  }
   for (const [field, key] of LIMIT_KEYS) {
     if (next.limits[field] > old.limits[field]) {
       found.push(`${key} raised from ${old.limits[field]} to ${next.limits[field]}`);

@@ -348,7 +348,7 @@ export class BrokerServer {
       });
       return false;
     }
-    for (const w of next.warnings) log.warn(w);
+    for (const w of next.warnings) log.warn("{warning}", { warning: w });
     const running = this.#listener ? formatHostPort(this.address) : formatHostPort(old.listen);
     const pending: string[] = [];
     const applied: string[] = [];
@@ -358,7 +358,7 @@ export class BrokerServer {
         change.effect === "restart" || change.effect === "install" ||
         (change.effect === "logging" && !this.#applyLogging)
       ) {
-        log.warn(restartMessage(change, old, next, running));
+        log.warn("{warning}", { warning: restartMessage(change, old, next, running) });
         pending.push(change.key);
       } else {
         (change.effect === "logging" ? logging : applied).push(appliedMessage(change));
@@ -387,7 +387,13 @@ export class BrokerServer {
     }
     this.#config = next;
     if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
-    await this.#applyStatus(old.status, next.status);
+    if (!await this.#applyStatus(old.status, next.status)) {
+      // The page stayed where it was: the line below must not say it moved.
+      for (const key of ["STATUS_PORT ", "STATUS_ADDRESS "]) {
+        const at = changes.findIndex((c) => c.startsWith(key));
+        if (at >= 0) changes.splice(at, 1);
+      }
+    }
     this.#pendingRestart = pending;
     this.#reloadedAt = this.#now();
     log.info("Configuration reloaded from {path}: {changes}{settled}", {
@@ -398,34 +404,59 @@ export class BrokerServer {
     return true;
   }
 
-  /** Starts the status page for `status`; a failure is logged, the broker goes on without it. */
-  #startStatus(status: StatusConfig): void {
-    if (!status.enabled) return;
+  /** Starts the status page for `status`; a failure is logged (unless `quiet`), the broker goes on without it. */
+  #startStatus(status: StatusConfig, quiet = false): string | null {
+    if (!status.enabled) return null;
     try {
       this.#status = startStatusServer({
         listen: status.listen,
         accessKey: status.accessKey,
         snapshot: () => this.status(),
       });
+      return null;
     } catch (err) {
       // The broker's job matters more than its dashboard: log and go on.
-      log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+      if (!quiet) log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+      return (err as Error).message;
     }
   }
 
-  /** A reloaded status configuration: a new key in place, a new address by restarting the listener. */
-  async #applyStatus(old: StatusConfig, next: StatusConfig): Promise<void> {
+  /**
+   * A reloaded status configuration: a new key in place, a new address by
+   * restarting the listener. When the new address cannot be listened on (a
+   * port another program holds), the page goes back to the old address with
+   * the new key, and `next` is set back to the address in force (the next
+   * reload tries again).
+   */
+  async #applyStatus(old: StatusConfig, next: StatusConfig): Promise<boolean> {
     const same = old.enabled === next.enabled && old.listen.hostname === next.listen.hostname &&
       old.listen.port === next.listen.port;
     if (same && this.#status) {
       this.#status.setAccessKey(next.accessKey);
-      return;
+      return true;
     }
-    if (!this.#listener || this.#stopping) return;
+    if (!this.#listener || this.#stopping) return true;
     const previous = this.#status;
     this.#status = null;
     await previous?.shutdown();
-    this.#startStatus(next);
+    if (!previous) {
+      this.#startStatus(next);
+      return true;
+    }
+    const error = this.#startStatus(next, true);
+    if (error === null) return true;
+    const kept: StatusConfig = { ...old, accessKey: next.accessKey };
+    if (this.#startStatus(kept, true) === null) {
+      log.error("{error}; the status page stays on http://{address}/", {
+        error,
+        address: formatHostPort(this.statusAddress ?? old.listen),
+      });
+      next.enabled = kept.enabled;
+      next.listen = kept.listen;
+      return false;
+    }
+    log.error("{error}; broker-server runs without it", { error });
+    return true;
   }
 
   /** Where the server listens (the real port when configured with 0). */

@@ -407,3 +407,52 @@ Deno.test("a UNC path in LOG_FILE stays a UNC path (Windows: not a folder of the
   if (Deno.build.os === "windows") equal(config.log.file, "\\\\nas\\logs\\broker.log");
   else equal(config.log.file?.endsWith("\\\\nas\\logs\\broker.log"), true, config.log.file ?? "null");
 });
+
+Deno.test("secrets never appear in messages: a long key wrapped onto the next line, or a secret key's name in quotes", () => {
+  const secret = "wrapped-admission-key-0123456789";
+  for (
+    const lines of [
+      ["ADMISSION_KEY =", `    ${secret}`], // pasted from a mail that wrapped the long key
+      ["STATUS_ACCESS_KEY =", secret],
+      [`"ADMISSION_KEY" ${secret}`],
+      [`'status_access_key' ${secret}`],
+    ]
+  ) {
+    throws(
+      () => parse(...section, "REMOTE_SERVER_01 = a 1", ...lines),
+      (err: Error) => {
+        match(err.message, /Cannot parse line in \[BALANCE_SMART_CLIENT_DESKTOP\]: expected "KEY = value"/);
+        equal(err.message.includes(secret), false, `the secret is in: ${err.message}`);
+        return true;
+      },
+    );
+  }
+});
+
+Deno.test("a duration that is not zero as written never rounds to 0, the 'off' value of some keys", () => {
+  for (const line of ["HEALTH_CHECK_INTERVAL = 0.4ms", "DRAIN_TIMEOUT = 0.0001", "DRAIN_TIMEOUT = 0.1ms"]) {
+    throws(
+      () => parse(...section, "REMOTE_SERVER_01 = a 1", line),
+      configError(/is out of range: expected 100ms to .*, or 0 \(/),
+      line,
+    );
+  }
+  equal(parse(...section, "REMOTE_SERVER_01 = a 1", "DRAIN_TIMEOUT = 0.0s").drainTimeoutMs, 0, "0 written as 0.0s");
+});
+
+Deno.test("REMOTE_SERVER: the same IPv6 address written two ways is a repeated address", () => {
+  const twice = parse(
+    ...section,
+    "REMOTE_SERVER_01 = ::1 5000",
+    "REMOTE_SERVER_02 = [0:0:0:0:0:0:0:1]:5000",
+    "REMOTE_SERVER_03 = 2001:DB8::0:1 5000",
+    "REMOTE_SERVER_04 = 2001:db8:0:0::1 5000",
+  );
+  deepEqual(
+    twice.warnings.map((w) => /REMOTE_SERVER_\d+ names the same ERP server as REMOTE_SERVER_\d+/.exec(w)?.[0]),
+    [
+      "REMOTE_SERVER_02 names the same ERP server as REMOTE_SERVER_01",
+      "REMOTE_SERVER_04 names the same ERP server as REMOTE_SERVER_03",
+    ],
+  );
+});

@@ -186,13 +186,13 @@ Deno.test("install writes the unit into the root, reloads and enables it; uninst
   const steps = await installSystemd(spec, host);
   const unit = await Deno.readTextFile(`${root}/etc/systemd/system/XXX_TOTVS_BALANCE_SC_001.service`);
   equal(unit, systemdUnit(spec));
-  deepEqual(host.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001"]]);
-  match(steps.at(-1) ?? "", /systemctl start XXX_TOTVS_BALANCE_SC_001/);
+  deepEqual(host.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001.service"]]);
+  match(steps.at(-1) ?? "", /systemctl start XXX_TOTVS_BALANCE_SC_001\.service/);
   await rejects(installSystemd(spec, host), /already installed .*run --uninstall first/);
 
   host.calls.length = 0;
   await uninstallSystemd(spec.name, host);
-  deepEqual(host.calls, [["disable", "--now", "XXX_TOTVS_BALANCE_SC_001"], ["daemon-reload"]]);
+  deepEqual(host.calls, [["disable", "--now", "XXX_TOTVS_BALANCE_SC_001.service"], ["daemon-reload"]]);
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], []);
   await rejects(uninstallSystemd(spec.name, host), /is not installed/);
   await Deno.remove(root, { recursive: true });
@@ -210,10 +210,10 @@ Deno.test("install refuses without root and leaves nothing behind when systemctl
   };
   await rejects(
     installSystemd(spec, failing),
-    /systemctl enable XXX_TOTVS_BALANCE_SC_001 failed \(Failed to enable unit\); the unit was removed again/,
+    /systemctl enable XXX_TOTVS_BALANCE_SC_001\.service failed \(Failed to enable unit\); the unit was removed again/,
   );
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], [], "no half-installed unit");
-  deepEqual(failing.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001"], ["daemon-reload"]]);
+  deepEqual(failing.calls, [["daemon-reload"], ["enable", "XXX_TOTVS_BALANCE_SC_001.service"], ["daemon-reload"]]);
   await Deno.remove(root, { recursive: true });
 });
 
@@ -292,7 +292,7 @@ Deno.test("uninstall removes a unit an earlier version wrote", async () => {
   await Deno.writeTextFile(path, earlier);
   const host = fakeHost(root);
   await uninstallSystemd("OLD_BROKER", host);
-  deepEqual(host.calls, [["disable", "--now", "OLD_BROKER"], ["daemon-reload"]]);
+  deepEqual(host.calls, [["disable", "--now", "OLD_BROKER.service"], ["daemon-reload"]]);
   deepEqual([...Deno.readDirSync(`${root}/etc/systemd/system`)], []);
   await rejects(uninstallSystemd("../../x", host), RangeError);
   await Deno.remove(root, { recursive: true });
@@ -491,4 +491,17 @@ Deno.test("Windows: the control state machine reports start, running, stop pendi
     [0x10, 1, 0, 0, 0, 0, 0],
   ]);
   deepEqual([...serviceStatus(ServiceState.Stopped, { exitCode: 1 })], [0x10, 1, 0, 1, 0, 0, 0]);
+});
+
+Deno.test("systemctl is given the unit's full name: a SERVICE_NAME that ends like another unit type never enables, stops or disables that unit", async () => {
+  const root = await Deno.makeTempDir();
+  const host = fakeHost(root);
+  const named = { ...spec, name: "ssh.socket" }; // or multi-user.target, cron.timer...
+  await installSystemd(named, host);
+  ok(Deno.statSync(`${root}/etc/systemd/system/ssh.socket.service`).isFile);
+  await uninstallSystemd(named.name, host);
+  const touched = host.calls.flatMap((args) => args.filter((a) => !a.startsWith("-") && a !== "daemon-reload"))
+    .filter((a) => a !== "enable" && a !== "disable");
+  deepEqual(touched, ["ssh.socket.service", "ssh.socket.service"], "only our unit was enabled and disabled");
+  await Deno.remove(root, { recursive: true });
 });

@@ -385,3 +385,138 @@ Deno.test("every appserver.ini key in README has a reload rule, and README's rel
   deepEqual([...documented].filter((k) => !ruled.has(k)), [], "documented keys without a reload rule");
   deepEqual([...ruled].filter((k) => !reloadTable.has(k)), [], "rules missing from README's reload table");
 });
+
+Deno.test("reload: a new STATUS_PORT that another program holds keeps the status page on its old port (with the new key)", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const oldKey = "old-status-key-0123456789";
+  const newKey = "new-status-key-9876543210";
+  const [listenPort, statusPort] = [freePort(), freePort()];
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, listenPort, { STATUS_PORT: `${statusPort}`, STATUS_ACCESS_KEY: oldKey }),
+  );
+  await using server = await serverFromFile(path);
+  const url = `http://127.0.0.1:${statusPort}/status.json`;
+  equal(await statusCode(url, oldKey), 200);
+
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, listenPort, { STATUS_PORT: `${taken.addr.port}`, STATUS_ACCESS_KEY: newKey }),
+  );
+  await server.reload();
+  await logs.waitFor(/another program already uses this port/);
+  equal(server.statusAddress?.port, statusPort, "the page stays where it was");
+  equal(await statusCode(url, newKey), 200, "and answers with the new key");
+  equal(await statusCode(url, oldKey), 401, "the old key is refused");
+  equal(server.config.status.listen.port, statusPort, "the configuration in force says where the page is");
+
+  // Once the port is free, the same file moves the page on the next reload.
+  taken.close();
+  equal(await server.reload(), true);
+  equal(server.statusAddress?.port, taken.addr.port);
+  equal(await statusCode(`http://127.0.0.1:${taken.addr.port}/status.json`, newKey), 200);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test({
+  name:
+    "broker-server stops on request while a reload is settling a file that keeps changing (the stop has a deadline)",
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    const { serverMain } = await import("../../src/server/main.ts");
+    await using erp = startErp(echo);
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/appserver.ini`;
+    const logFile = `${dir}/broker-server.log`;
+    const listenPort = freePort();
+    const ini = (maxSessions: number) =>
+      brokerIni(erp.port, listenPort, { MAX_SESSIONS: `${maxSessions}`, LOG_FILE: logFile });
+    await Deno.writeTextFile(path, ini(100));
+    const stop = new AbortController();
+    const main = serverMain(["--config", path], { signal: stop.signal });
+    // A tool that rewrites the file all the time, each time raising a limit: never the same bytes for the
+    // settle time, so the reload keeps settling.
+    let writing = true;
+    const writer = (async () => {
+      for (let n = 101; writing; n++) {
+        await Deno.writeTextFile(path, ini(n));
+        await new Promise((resolve) => setTimeout(resolve, 400)); // past the watcher's 300 ms debounce, within the 1 s settle
+      }
+    })();
+    try {
+      const logged = async (pattern: RegExp) => {
+        const deadline = Date.now() + 10_000;
+        while (!pattern.test(await Deno.readTextFile(logFile).catch(() => ""))) {
+          if (Date.now() > deadline) throw new Error(`broker-server never logged ${pattern}`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      };
+      await logged(/changed while settling/);
+      stop.abort();
+      // DRAIN_TIMEOUT = 0: the stop takes at most the 10 s margin; a stop that waits for the settle never ends.
+      equal(await within(main, 12_000), true, "broker-server stopped");
+      equal(await main, 0);
+    } finally {
+      writing = false;
+      await writer;
+      stop.abort();
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test("reload: a file caught half-way through a save (before its LOG_FILE line) does not turn the log file off, nor cut its name short", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const logFile = `${dir}/logs/broker-server.log`;
+  const whole = brokerIni(erp.port, freePort(), { LOG_FILE: logFile });
+  await Deno.writeTextFile(path, whole);
+  const applied: (string | null)[] = [];
+  await using server = await serverFromFile(path, {
+    reloadSettleMs: 60_000,
+    applyLogging: (next) => {
+      applied.push(next.log.file);
+      return Promise.resolve();
+    },
+  });
+  equal(server.config.log.file, logFile);
+
+  for (const cut of [whole.indexOf("LOG_FILE"), whole.indexOf("broker-server.log")]) {
+    // The editor's first write: everything before the cut.
+    await Deno.writeTextFile(path, whole.slice(0, cut));
+    const reloading = server.reload();
+    await Promise.race([logs.waitFor(/weakens security \(LOG_FILE /), reloading]);
+    // Its second write completes the file.
+    await Deno.writeTextFile(path, whole);
+    equal(await within(reloading, 10_000), true, "the reload ended once the file was complete");
+    deepEqual(applied, [], "the log settings were never changed");
+    equal(server.config.log.file, logFile);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("reload: values with braces are logged as written (a message built from the file is not a log template)", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/appserver.ini`;
+  const port = freePort();
+  await Deno.writeTextFile(path, brokerIni(erp.port, port, { SERVICE_DISPLAY_NAME: "Broker {test}" }));
+  await using server = await serverFromFile(path);
+  await Deno.writeTextFile(
+    path,
+    brokerIni(erp.port, port, { SERVICE_DISPLAY_NAME: "Broker {prod}", MAX_SESSIONS: "10" }) +
+      "MAX_SESSIONS = {twice}\n",
+  );
+  equal(await server.reload(), true);
+  const line = await logs.waitFor(/SERVICE_DISPLAY_NAME changed/);
+  match(line, /from Broker \{test\} to Broker \{prod\} in /);
+  match(await logs.waitFor(/Duplicate key MAX_SESSIONS/), /this one \("\{twice\}"\) is ignored/);
+  await Deno.remove(dir, { recursive: true });
+});
