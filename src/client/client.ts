@@ -626,13 +626,7 @@ class SessionRunner {
     // Opened: servers still in doubt hold an orphan that their unconfirmed
     // window ends (reopening it there would take the session over).
     if (this.#opened || this.#inDoubt.size === 0) return;
-    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
-    for (const wait of backoffSchedule(deadline, this.#now)) {
-      const interrupt = this.#shutdownSignal.aborted
-        ? this.#farewellsEnd
-        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
-      await sleep(wait, interrupt);
-      if (this.#farewellsEnd.aborted) break;
+    for await (const _ of this.#farewellRounds()) {
       for (const server of [...this.#inDoubt]) {
         try {
           await this.#openOn(server, this.#farewellsEnd);
@@ -779,6 +773,23 @@ class SessionRunner {
   }
 
   /**
+   * Paces the attempts of a goodbye: one per round, with backoff, until the
+   * resume window passes; a shutdown cuts the wait short (the next try
+   * comes at once), and the end of its grace ends the rounds.
+   */
+  async *#farewellRounds(): AsyncGenerator<void> {
+    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
+    for (const wait of backoffSchedule(deadline, this.#now)) {
+      const interrupt = this.#shutdownSignal.aborted
+        ? this.#farewellsEnd
+        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
+      await sleep(wait, interrupt);
+      if (this.#farewellsEnd.aborted) return;
+      yield;
+    }
+  }
+
+  /**
    * The session ended here, and the server may not know (the ABORT went out
    * on no link, or on one that died before the answer): it would hold the
    * ERP connection for the rest of its resume window. Until then, or until
@@ -787,14 +798,7 @@ class SessionRunner {
    */
   async #tellServer(identity: Identity, reason: string): Promise<void> {
     const server = formatHostPort(identity.server);
-    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
-    for (const wait of backoffSchedule(deadline, this.#now)) {
-      // A shutdown cuts the wait short: the next try comes at once.
-      const interrupt = this.#shutdownSignal.aborted
-        ? this.#farewellsEnd
-        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
-      await sleep(wait, interrupt);
-      if (this.#farewellsEnd.aborted) break;
+    for await (const _ of this.#farewellRounds()) {
       let link: Link;
       try {
         ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#farewellsEnd));

@@ -4,7 +4,6 @@
  * session is still opening, and a broker server that never answers an
  * ABORT but keeps the link busy.
  */
-import net from "node:net";
 import { equal, ok } from "node:assert/strict";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
@@ -24,6 +23,7 @@ import {
 import { createEphemeralKey, deriveResumeKey, randomId, signProof } from "../../src/protocol/resume_auth.ts";
 import { Link } from "../../src/session/link.ts";
 import { FAREWELL_GRACE_MS } from "../../src/client/client.ts";
+import { connectResettable, connectResettableApp, startResettableErp } from "../helpers/node_apps.ts";
 
 /** A resume window (and unconfirmed window) far longer than any wait below: an ending that waits for it fails. */
 const LONG_WINDOWS = {
@@ -33,17 +33,6 @@ const LONG_WINDOWS = {
   UNCONFIRMED_TIMEOUT: "60s",
 };
 
-/** A Smart Client stand-in that can reset its connection (RST). */
-async function connectRaw(port: number): Promise<net.Socket> {
-  const app = net.connect({ host: "127.0.0.1", port, noDelay: true });
-  app.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    app.once("connect", resolve);
-    app.once("error", reject);
-  });
-  return app;
-}
-
 Deno.test("Smart Client leaving while the link dies during the opening (after the server's WELCOME) still ends the session on broker-server", async () => {
   await using logs = await captureLogs();
   await using erp = startErp(echo);
@@ -52,7 +41,7 @@ Deno.test("Smart Client leaving while the link dies during the opening (after th
   await using client = startClient(clientConfig([chaos.port]));
   // The WELCOME lingers in the relay: the server has opened the session, broker-client does not know it yet.
   chaos.setDelay(500);
-  const app = await connectRaw(client.address.port);
+  const app = await connectResettable(client.address.port);
   await waitFor(() => server.sessions.length === 1, "broker-server to open the session (and send its WELCOME)");
   chaos.freezeAll(); // the WELCOME vanishes with the link
   app.resetAndDestroy();
@@ -83,7 +72,7 @@ Deno.test("broker-client stopping while a session is opening tells broker-server
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   const client = startClient(clientConfig([chaos.port]));
   chaos.setDelay(300);
-  const app = await connectRaw(client.address.port);
+  const app = await connectResettable(client.address.port);
   await waitFor(() => server.sessions.length === 1, "broker-server to open the session (and send its WELCOME)");
   const stoppedAt = Date.now();
   await client.close();
@@ -198,7 +187,7 @@ Deno.test("a broker server that keeps the link busy but never answers an ABORT d
   const fake = startChattyServer(4_000);
   const client = startClient(clientConfig([fake.port]));
   try {
-    const app = await connectRaw(client.address.port);
+    const app = await connectResettable(client.address.port);
     await logs.waitFor(/broker\.client: Session \w+ opened/);
     const resetAt = Date.now();
     app.resetAndDestroy();
@@ -222,24 +211,13 @@ Deno.test("a broker server that keeps the link busy but never answers an ABORT d
   }
 });
 
-/** Opens a session through the broker-client at `port` and checks that it is carried. */
-async function connectApp(port: number): Promise<net.Socket> {
-  const app = await connectRaw(port);
-  const echoed = new Promise<string>((resolve) =>
-    app.once("data", (b: Uint8Array) => resolve(new TextDecoder().decode(b)))
-  );
-  app.write("hello");
-  equal(await echoed, "hello");
-  return app;
-}
-
 Deno.test("the CLOSE answering an ABORT is lost with the link: broker-client learns of the end on a resume, both count it aborted", async () => {
   await using logs = await captureLogs();
   await using erp = startErp(echo);
   await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
-  const app = await connectApp(client.address.port);
+  const app = await connectResettableApp(client.address.port);
   chaos.setDelay(300); // the CLOSE lingers in the relay
   app.resetAndDestroy();
   await logs.waitFor(/broker\.server: Session \w+ closed: peer ended the session/);
@@ -256,19 +234,13 @@ Deno.test("the CLOSE answering an ABORT is lost with the link: broker-client lea
 
 Deno.test("the server's ABORT crossing the client's ABORT, both lost with the link: each side ends the session once, as aborted", async () => {
   await using logs = await captureLogs();
-  const erpSockets: net.Socket[] = [];
-  const erp = net.createServer({ noDelay: true }, (socket) => {
-    socket.on("error", () => {});
-    erpSockets.push(socket);
-    socket.on("data", (b: Uint8Array) => socket.write(b));
-  });
-  await new Promise<void>((resolve) => erp.listen(0, "127.0.0.1", resolve));
-  await using server = startServer(serverConfig([(erp.address() as net.AddressInfo).port], LONG_WINDOWS));
+  await using erp = await startResettableErp();
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOWS));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
-  const app = await connectApp(client.address.port);
+  const app = await connectResettableApp(client.address.port);
   chaos.freezeAll();
-  erpSockets[0]?.resetAndDestroy();
+  erp.sockets[0]?.resetAndDestroy();
   app.resetAndDestroy();
   await logs.waitFor(/broker\.server: Session \w+ closed: ERP server connection failed/);
   await logs.waitFor(/broker\.client: Session \w+ closed: Smart Client connection failed/);
@@ -284,7 +256,6 @@ Deno.test("the server's ABORT crossing the client's ABORT, both lost with the li
     "one ending on broker-client",
   );
   await chaos.close();
-  await new Promise<void>((resolve) => erp.close(() => resolve()));
 });
 
 Deno.test("a Smart Client reset racing with a link reset at every moment ends every session on broker-server", async () => {
@@ -295,7 +266,7 @@ Deno.test("a Smart Client reset racing with a link reset at every moment ends ev
   await using client = startClient(clientConfig([chaos.port]));
   const ROUNDS = 24;
   for (let i = 0; i < ROUNDS; i++) {
-    const app = await connectApp(client.address.port);
+    const app = await connectResettableApp(client.address.port);
     app.resetAndDestroy();
     // The link is reset from 0 to ~12 ms after the reset: before, while and after the ABORT crosses.
     if (i % 3 === 0) chaos.resetAll();
@@ -318,7 +289,7 @@ Deno.test("broker-client stopping while an opening waits on a broker server that
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   chaos.setMode("blackhole"); // the link connects, nothing ever comes back
   const client = startClient(clientConfig([chaos.port]));
-  const app = await connectRaw(client.address.port);
+  const app = await connectResettable(client.address.port);
   await waitFor(() => chaos.connections === 1, "broker-client to dial");
   const stoppedAt = Date.now();
   await client.close();

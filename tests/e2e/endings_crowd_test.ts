@@ -11,6 +11,7 @@ import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo } from "../helpers/apps.ts";
 import { FAREWELL_GRACE_MS } from "../../src/client/client.ts";
+import { connectResettableApp } from "../helpers/node_apps.ts";
 
 /** Wine's socket layer crawls past ~100 sockets in a process: tools/test_windows.sh runs fewer. */
 const SESSIONS = Number(Deno.env.get("ENDINGS_CROWD_SESSIONS") ?? 200);
@@ -24,21 +25,6 @@ const LONG_WINDOW = {
   MAX_HANDSHAKES_PER_ADDRESS: String(Math.max(2, Math.floor(SESSIONS / 6))),
 };
 
-async function connectApp(port: number): Promise<net.Socket> {
-  const app = net.connect({ host: "127.0.0.1", port, noDelay: true });
-  app.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    app.once("connect", resolve);
-    app.once("error", reject);
-  });
-  const echoed = new Promise<string>((resolve) =>
-    app.once("data", (b: Uint8Array) => resolve(new TextDecoder().decode(b)))
-  );
-  app.write("hello");
-  equal(await echoed, "hello");
-  return app;
-}
-
 /** Opens SESSIONS sessions through `chaos`, cuts the link for good, then resets every application. */
 async function resetAllWhileDown(
   client: { address: { port: number }; sessionCount: number; sessions: { state: string }[] },
@@ -47,7 +33,7 @@ async function resetAllWhileDown(
   const apps: net.Socket[] = [];
   for (let i = 0; i < SESSIONS; i += 20) {
     const batch = Math.min(20, SESSIONS - i);
-    apps.push(...await Promise.all(Array.from({ length: batch }, () => connectApp(client.address.port))));
+    apps.push(...await Promise.all(Array.from({ length: batch }, () => connectResettableApp(client.address.port))));
   }
   await waitFor(() => client.sessions.every((s) => s.state === "attached"), "every session attached");
   chaos.setMode("refuse");

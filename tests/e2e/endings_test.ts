@@ -12,25 +12,10 @@ import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, deadline, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo, roundTrip } from "../helpers/apps.ts";
+import { connectResettableApp, startResettableErp } from "../helpers/node_apps.ts";
 
 /** A resume window far longer than any wait below: an ending that waits for it fails the test. */
 const LONG_WINDOW = { HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "1s", RESUME_TIMEOUT: "60s" };
-
-/** Connects a Smart Client stand-in that can reset its connection (RST), and checks that it is carried. */
-async function connectApp(port: number): Promise<net.Socket> {
-  const app = net.connect({ host: "127.0.0.1", port, noDelay: true });
-  app.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    app.once("connect", resolve);
-    app.once("error", reject);
-  });
-  const echoed = new Promise<string>((resolve) =>
-    app.once("data", (b: Uint8Array) => resolve(new TextDecoder().decode(b)))
-  );
-  app.write("hello");
-  equal(await echoed, "hello");
-  return app;
-}
 
 /** Resolves when `app` is closed or reset by the broker. */
 function closed(app: net.Socket): Promise<void> {
@@ -46,7 +31,7 @@ Deno.test("a Smart Client reset whose ABORT dies with the link still ends the se
   await using server = startServer(serverConfig([erp.port], LONG_WINDOW));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
-  const app = await connectApp(client.address.port);
+  const app = await connectResettableApp(client.address.port);
 
   chaos.freezeAll(); // the link dies silently: the ABORT below is written into the void
   const resetAt = Date.now();
@@ -74,7 +59,7 @@ Deno.test("Smart Client leaving while the link is down ends the session on broke
   await using server = startServer(serverConfig([erp.port], LONG_WINDOW));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
-  const app = await connectApp(client.address.port);
+  const app = await connectResettableApp(client.address.port);
 
   chaos.setMode("refuse");
   chaos.resetAll();
@@ -97,7 +82,7 @@ Deno.test("broker-client stopping while the link is down still tells broker-serv
   await using server = startServer(serverConfig([erp.port], LONG_WINDOW));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   const client = startClient(clientConfig([chaos.port]));
-  const app = await connectApp(client.address.port);
+  const app = await connectResettableApp(client.address.port);
 
   chaos.setMode("refuse");
   chaos.resetAll();
@@ -118,22 +103,15 @@ Deno.test("broker-client stopping while the link is down still tells broker-serv
 Deno.test("an ERP reset while the link is frozen reaches Smart Client as soon as a link exists", async () => {
   await using logs = await captureLogs();
   // An ERP that resets its connection on command.
-  const erpSockets: net.Socket[] = [];
-  const erp = net.createServer({ noDelay: true }, (socket) => {
-    socket.on("error", () => {});
-    erpSockets.push(socket);
-    socket.on("data", (b: Uint8Array) => socket.write(b));
-  });
-  await new Promise<void>((resolve) => erp.listen(0, "127.0.0.1", resolve));
-  const erpPort = (erp.address() as net.AddressInfo).port;
-  await using server = startServer(serverConfig([erpPort], LONG_WINDOW));
+  await using erp = await startResettableErp();
+  await using server = startServer(serverConfig([erp.port], LONG_WINDOW));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   await using client = startClient(clientConfig([chaos.port]));
   const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
   equal(await roundTrip(app, "hi"), "hi");
 
   chaos.freezeAll();
-  erpSockets[0]?.resetAndDestroy();
+  erp.sockets[0]?.resetAndDestroy();
   await logs.waitFor(/broker\.server: Session \w+ closed: ERP server connection failed/);
   chaos.dropFrozen();
   const droppedAt = Date.now();
@@ -143,5 +121,4 @@ Deno.test("an ERP reset while the link is frozen reaches Smart Client as soon as
   await waitFor(() => client.sessionCount === 0, "broker-client to end the session");
   app.close();
   await chaos.close();
-  await new Promise<void>((resolve) => erp.close(() => resolve()));
 });
