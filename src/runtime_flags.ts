@@ -10,7 +10,7 @@
  * keeps it: broker-server then sat at 180 MiB instead of 143 MiB with this
  * cap. Collections of a small young generation are more frequent but short,
  * and bulk throughput and round-trip times did not change measurably
- * (`deno task bench`, README "Performance").
+ * (`deno task bench`, docs/performance.md).
  * @module
  */
 

@@ -1,7 +1,7 @@
 /**
  * The bounds of every duration and size key, in one table. The readers of
  * both configuration files check values against it, broker-client checks a
- * broker server's timers against it, and README shows it (a test compares
+ * broker server's timers against it, and docs/configuration.md shows it (a test compares
  * the two).
  * @module
  */
@@ -35,7 +35,7 @@ export interface KeyBounds {
  */
 export const MAX_DURATION_MS = 576 * HOUR;
 
-/** Every duration and size key of both files with its bounds, in README's order. */
+/** Every duration and size key of both files with its bounds, in the order of docs/configuration.md. */
 export const BOUNDS = {
   RESUME_TIMEOUT: { kind: "duration", min: SECOND, max: MAX_DURATION_MS },
   HEARTBEAT_INTERVAL: { kind: "duration", min: 100, max: HOUR },

@@ -1,6 +1,6 @@
 /**
  * Session tuning shared by both programs: the resume window, heartbeats,
- * timeouts and the replay buffer cap, with the defaults documented in README.
+ * timeouts and the replay buffer cap, with the defaults documented in docs/configuration.md.
  * @module
  */
 

@@ -23,11 +23,11 @@ Deno.test("every duration stays below what a timer can wait (2^31 ms); bounds re
   equal(formatBound(1024 ** 4, "size"), "1024G");
 });
 
-Deno.test("README's table of bounds is the code's table", async () => {
-  const readme = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
+Deno.test("the table of bounds in docs/configuration.md is the code's table", async () => {
+  const readme = await Deno.readTextFile(new URL("../../docs/configuration.md", import.meta.url));
   const lines = readme.split("\n");
   const header = lines.findIndex((line) => line.replaceAll(" ", "") === "|Key|Smallest|Largest|`0`means|");
-  equal(header >= 0, true, "README has a table with columns Key, Smallest, Largest, `0` means");
+  equal(header >= 0, true, "docs/configuration.md has a table with columns Key, Smallest, Largest, `0` means");
   const rows: string[][] = [];
   for (const line of lines.slice(header + 2)) {
     if (!line.startsWith("|")) break;

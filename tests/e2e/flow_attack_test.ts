@@ -1,7 +1,7 @@
 /**
  * Attacks on end-to-end flow control: a hostile broker-client that stays
  * inside the window but shapes its DATA to make broker-server hold far more
- * than the README's per-session bound, and applications that use the
+ * than the per-session bound in docs/operations.md, and applications that use the
  * session in unusual ways.
  */
 import { equal, ok } from "node:assert/strict";
@@ -38,8 +38,8 @@ function heldMemory(): number {
   return m.heapUsed + m.external;
 }
 
-Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot make broker-server hold more than the README's bound", async () => {
-  // README, "Flow control: what a session can hold": the receiving direction
+Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot make broker-server hold more than the documented bound", async () => {
+  // docs/operations.md, "Flow control: what a session can hold": the receiving direction
   // holds at most C waiting for the application plus about 6.3 MiB of link
   // buffers. With C = 16M, the client first sends 8 MiB in large frames to
   // an ERP that reads nothing (its socket buffers fill up), then 2 MiB as
@@ -86,7 +86,7 @@ Deno.test("a hostile client sending 1-byte DATA frames inside the window cannot 
       growth < 10 * MiB,
       `broker-server holds ${
         (growth / MiB).toFixed(1)
-      } MiB more for ${pending} bytes of one-byte DATA frames waiting for the ERP (README: the bytes plus about 6.3 MiB of link buffers)`,
+      } MiB more for ${pending} bytes of one-byte DATA frames waiting for the ERP (docs/operations.md: the bytes plus about 6.3 MiB of link buffers)`,
     );
   } finally {
     release();
@@ -236,7 +236,7 @@ for (const writer of ["Smart Client", "ERP"] as const) {
 }
 
 Deno.test("the replay buffer of a session holds about its cap, not 4x its cap in partly filled read buffers", async () => {
-  // README: "the direction it sends: at most C bytes in flight, kept in at
+  // docs/operations.md: "the direction it sends: at most C bytes in flight, kept in at
   // most 2 C of buffers, plus one 256 KiB read buffer". The ERP first writes 1 MiB at once (the read size grows
   // to 256 KiB), then 65 KiB pieces with pauses: each read takes one piece
   // into a 256 KiB pooled buffer, and the replay buffer keeps the whole
@@ -300,14 +300,14 @@ Deno.test("the replay buffer of a session holds about its cap, not 4x its cap in
     );
     ok(
       counted <= 8 * MiB + 256 * 1024,
-      `the replay buffer counts ${counted} bytes of buffers (README: at most 2 C + 256 KiB)`,
+      `the replay buffer counts ${counted} bytes of buffers (docs/operations.md: at most 2 C + 256 KiB)`,
     );
     // What the process holds, as a check on the count (this test process also holds the raw peer's buffers).
     ok(
       growth < 12 * MiB,
       `broker-server holds ${
         (growth / MiB).toFixed(1)
-      } MiB for a session whose replay buffer counts 4 MiB (README: at most 2 C + 256 KiB of buffers for the sending direction)`,
+      } MiB for a session whose replay buffer counts 4 MiB (docs/operations.md: at most 2 C + 256 KiB of buffers for the sending direction)`,
     );
     raw.peer.close();
     await drain;
@@ -463,7 +463,7 @@ Deno.test("a hostile client cannot pin link read buffers beyond the 2 MiB budget
       growth < pending + 7 * MiB,
       `broker-server holds ${
         (growth / MiB).toFixed(1)
-      } MiB more for ${pending} bytes waiting for the ERP (README: the bytes plus at most 4 MiB of link buffers and the one being read into)`,
+      } MiB more for ${pending} bytes waiting for the ERP (docs/operations.md: the bytes plus at most 4 MiB of link buffers and the one being read into)`,
     );
   } finally {
     release();

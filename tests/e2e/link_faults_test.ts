@@ -353,7 +353,7 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   const key = await Deno.readTextFile(new URL("../fixtures/test_key.pem", import.meta.url));
   const tlsListener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
   // 4 MiB each way by default: as much as a replay buffer holds. Wine runs
-  // use less (TLS_TEST_MIB, see tools/test_windows.sh and the README).
+  // use less (TLS_TEST_MIB, see tools/test_windows.sh and docs/development.md).
   const SIZE = Number(Deno.env.get("TLS_TEST_MIB") ?? 4) * 1024 * 1024;
   // The ERP serves every connection: a link cut while the server is still
   // connecting to the ERP makes the client retry the opening, and the server
