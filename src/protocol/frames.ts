@@ -431,7 +431,7 @@ export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
   return sealDataFrame(out, offset);
 }
 
-/** CLOSE: the server's goodbye once the session finished cleanly. */
+/** CLOSE: the server's goodbye once the session finished cleanly, or either side's answer to an ABORT. */
 export function encodeClose(): Uint8Array {
   return frame(FrameType.Close, 0);
 }
