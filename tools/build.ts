@@ -14,28 +14,20 @@
  */
 
 import { parseArgs } from "node:util";
-import { V8_FLAGS_ARG } from "../src/runtime_flags.ts";
+import { type Program, runtimeFlags } from "../src/runtime_flags.ts";
 
 /** Targets we ship. */
 export const TARGETS = ["x86_64-unknown-linux-gnu", "x86_64-pc-windows-msvc"] as const;
 
-/** Permissions both executables embed: network, config/log files, env and system info. */
-export const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"];
-
 /**
- * The programs: entry file, executable name, the example config shipped
- * beside it, and extra permissions (broker-server installs itself as a
- * service: systemctl/sc.exe, and the Windows service protocol through FFI).
+ * The programs: which one (for its permissions and V8 flags, in
+ * src/runtime_flags.ts), entry file, executable name, and the example config
+ * shipped beside it.
  */
-export const PROGRAMS = [
-  {
-    entry: "server.ts",
-    name: "broker-server",
-    example: "examples/appserver.ini",
-    extra: ["--allow-run", "--allow-ffi"],
-  },
-  { entry: "client.ts", name: "broker-client", example: "examples/smartclient.ini", extra: [] },
-] as const;
+export const PROGRAMS: readonly { program: Program; entry: string; name: string; example: string }[] = [
+  { program: "server", entry: "server.ts", name: "broker-server", example: "examples/appserver.ini" },
+  { program: "client", entry: "client.ts", name: "broker-client", example: "examples/smartclient.ini" },
+];
 
 /** One `deno compile` run. */
 export interface CompileStep {
@@ -62,9 +54,7 @@ export function planBuild(targets: readonly string[], outDir = "dist"): CompileS
         output,
         args: [
           "compile",
-          ...PERMISSIONS,
-          ...program.extra,
-          V8_FLAGS_ARG,
+          ...runtimeFlags(program.program),
           "--target",
           target,
           "--output",

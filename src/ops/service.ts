@@ -7,7 +7,7 @@
 
 import { readIniFile } from "../config/ini.ts";
 import { BROKER_SECTION, DEFAULT_SERVICE_NAME } from "../config/server_config.ts";
-import { V8_FLAGS_ARG } from "../runtime_flags.ts";
+import { runtimeFlags } from "../runtime_flags.ts";
 
 /** What a service runs and how it is named. */
 export interface ServiceSpec {
@@ -30,19 +30,7 @@ export function selfCommand(execPath: string, mainModule: string, fromSource: bo
   if (!fromSource) return [execPath];
   const entry = mainModule.startsWith("file://") ? decodeURIComponent(new URL(mainModule).pathname) : mainModule;
   const path = /^\/[A-Za-z]:\//.test(entry) ? entry.slice(1).replaceAll("/", "\\") : entry;
-  return [
-    execPath,
-    "run",
-    V8_FLAGS_ARG,
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env",
-    "--allow-sys",
-    "--allow-run",
-    "--allow-ffi",
-    path,
-  ];
+  return [execPath, "run", ...runtimeFlags("server"), path];
 }
 
 /**

@@ -104,7 +104,7 @@ export const RejectCode = {
   SessionEnded: 6,
   /** The handshake was malformed or out of order. */
   Protocol: 7,
-  /** The server is shutting down or over a limit. */
+  /** The server is shutting down, over a limit, or still opening this session for an earlier attempt. */
   Unavailable: 8,
 } as const;
 
@@ -130,7 +130,7 @@ const HELLO_NEW_SIZE = PUBLIC_KEY_SIZE + ID_SIZE + 4;
 /** Size of a WELCOME payload without the optional admission proof: id, key, three u32 timers and the u32 cap. */
 const WELCOME_SIZE = ID_SIZE + PUBLIC_KEY_SIZE + 16;
 
-/** Exact payload sizes of fixed-size frames; -1 means "at least the minimum". */
+/** Payload size per frame type: exact, or the minimum when `exact` is false. */
 const PAYLOAD_SIZES: Record<number, [min: number, exact: boolean]> = {
   [FrameType.HelloNew]: [HELLO_NEW_SIZE, true],
   [FrameType.HelloResume]: [ID_SIZE * 2, true],
@@ -221,7 +221,9 @@ function checkSize(what: string, bytes: Uint8Array, size: number): void {
  * value the client repeats, with the same key, on every attempt to open the
  * same session: a repeat tells the server that an earlier WELCOME may never
  * have arrived; both travel in clear, so a repeat proves nothing by itself:
- * the server answers it with WELCOME_BACK and a proof is required), and the
+ * while the earlier attempt still connects to an ERP server the server
+ * refuses the repeat as Unavailable, and once it opened a session not yet
+ * confirmed the server answers WELCOME_BACK and requires a proof), and the
  * client's replay buffer cap: the session's cap, which WELCOME states, is
  * the smaller of the two sides', so that each side acknowledges in time for
  * the other's window.
@@ -429,7 +431,7 @@ export function encodeData(offset: number, bytes: Uint8Array): Uint8Array {
   return sealDataFrame(out, offset);
 }
 
-/** CLOSE: the server's goodbye once the session finished cleanly. */
+/** CLOSE: the server's goodbye once the session finished cleanly, or either side's answer to an ABORT. */
 export function encodeClose(): Uint8Array {
   return frame(FrameType.Close, 0);
 }

@@ -89,7 +89,7 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   HEALTH_CHECK_RISE      good probes that bring a down server back (default 2)
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
   ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
-  LINK_TLS_CERT/_KEY     TLS on the link: PEM certificate and key files
+  LINK_TLS_CERT, LINK_TLS_KEY  TLS on the link: PEM certificate and key files
   MAX_SESSIONS (5000), MAX_HANDSHAKES (500; links in handshake that resume
   no session), MAX_HANDSHAKES_PER_ADDRESS (100, the same per source),
   NEW_SESSIONS_PER_MINUTE (6000 per source: IPv4 address, IPv6 /64),
@@ -102,6 +102,8 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   STATUS_ACCESS_KEY      required when STATUS_ADDRESS is not the loopback
   LOG_FILE               log file (relative to this file's folder; default none)
   LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
+  LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
+                         (--log-level and --log-format override them)
 REMOTE_SERVER_<xx> values may end with weight=N and max=N (0: no limit), e.g.
   "REMOTE_SERVER_01 = 10.0.0.5 5000 weight=2 max=300".
 

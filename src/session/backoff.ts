@@ -19,11 +19,11 @@ export interface BackoffOptions {
 /** Default first-delay ceiling: the first retry comes within 100 ms. */
 export const DEFAULT_BACKOFF_BASE_MS = 100;
 /**
- * Default cap: never wait more than 1 s between attempts. With 2 s, 1,000
- * sessions cut at once needed up to 3.5 s to all move again after the
- * network returned (`deno task bench`, resume storm); with 1 s, 2.2-2.6 s.
- * A retry is one TCP connect, so the extra attempts during an outage cost
- * little, and full jitter still keeps a crowd from reconnecting in step.
+ * Default cap: never wait more than 1 s between attempts, so that a crowd
+ * of sessions cut at once moves again soon after the network returns
+ * (docs/performance.md, resume storm). A retry is one TCP connect, so the
+ * extra attempts during an outage cost little, and full jitter still keeps
+ * a crowd from reconnecting in step.
  */
 export const DEFAULT_BACKOFF_CAP_MS = 1_000;
 

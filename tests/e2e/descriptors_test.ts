@@ -11,7 +11,7 @@ import { encodeHelloNew, encodePreface, FrameType } from "../../src/protocol/fra
 import { freePort } from "../helpers/apps.ts";
 import { RawPeer } from "../helpers/raw_peer.ts";
 import { waitFor } from "../helpers/setup.ts";
-import { PERMISSIONS, PROGRAMS } from "../../tools/build.ts";
+import { PERMISSIONS } from "../../src/runtime_flags.ts";
 import { DEFAULT_TUNING } from "../../src/config/tuning.ts";
 
 const onLinux = Deno.build.os === "linux";
@@ -34,8 +34,7 @@ async function startProgram(entry: string, ini: string[], fileLimit?: number): P
   const path = new URL(`../../${entry}`, import.meta.url).pathname;
   const limit = fileLimit ? `ulimit -n ${fileLimit} && ` : "";
   // The permissions the built executable has, so that what needs more (reading /proc/self) shows here.
-  const built = PROGRAMS.find((p) => p.entry === entry);
-  const permissions = [...PERMISSIONS, ...(built?.extra ?? [])].join(" ");
+  const permissions = PERMISSIONS[entry === "server.ts" ? "server" : "client"].join(" ");
   const process = new Deno.Command("sh", {
     args: ["-c", `${limit}exec "$0" run ${permissions} "$1" --config "$2" --console`, Deno.execPath(), path, file],
     stdout: "piped",

@@ -355,11 +355,12 @@ Deno.test("TLS between Smart Client and the ERP passes through opaque, across li
   // 4 MiB each way by default: as much as a replay buffer holds. Wine runs
   // use less (TLS_TEST_MIB, see tools/test_windows.sh and docs/development.md).
   const SIZE = Number(Deno.env.get("TLS_TEST_MIB") ?? 4) * 1024 * 1024;
-  // The ERP serves every connection: a link cut while the server is still
-  // connecting to the ERP makes the client retry the opening, and the server
-  // then closes that first ERP connection (it carried no byte, log line
-  // "abandoned") and opens another. (A cut after the WELCOME was sent is
-  // retaken: same ERP connection.)
+  // The ERP serves every connection: after a link cut while the server is
+  // still connecting to the ERP, the server refuses the client's retries
+  // until that attempt settles; the attempt, its link gone, closes its ERP
+  // connection (it carried no byte, log line "abandoned"), and a later retry
+  // opens another. (A cut after the WELCOME was sent is retaken: same ERP
+  // connection.)
   const erpConns: Promise<Digest | Error>[] = [];
   const accepting = (async () => {
     for (;;) {

@@ -1,7 +1,7 @@
 import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { readServiceName, selfCommand, type ServiceSpec } from "../../src/ops/service.ts";
-import { V8_FLAGS_ARG } from "../../src/runtime_flags.ts";
+import { runtimeFlags } from "../../src/runtime_flags.ts";
 import { VERSION } from "../../src/version.ts";
 import { parseCli } from "../../src/cli.ts";
 import {
@@ -335,13 +335,13 @@ Deno.test("--uninstall reads only SERVICE_NAME: an invalid file still names the 
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("the service runs the compiled program, or deno run with the V8 flags and the entry file", () => {
+Deno.test("the service runs the compiled program, or deno run with its V8 flags, permissions and entry file", () => {
   deepEqual(selfCommand("/opt/broker/broker-server", "file:///snapshot/server.ts", false), [
     "/opt/broker/broker-server",
   ]);
   const fromSource = selfCommand("/usr/bin/deno", "file:///work/main/server.ts", true);
   equal(fromSource[0], "/usr/bin/deno");
-  deepEqual(fromSource.slice(1, 3), ["run", V8_FLAGS_ARG]);
+  deepEqual(fromSource.slice(1, -1), ["run", ...runtimeFlags("server")]);
   equal(fromSource.at(-1), "/work/main/server.ts");
   equal(selfCommand("C:\\deno\\deno.exe", "file:///C:/broker/server.ts", true).at(-1), "C:\\broker\\server.ts");
 });

@@ -6,6 +6,7 @@ import { BrokerServer, type BrokerServerOptions } from "../../src/server/server.
 import { within } from "../../src/session/transport.ts";
 import { echo, freePort, roundTrip } from "../helpers/apps.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
+import { docSection, keyItems } from "../helpers/docs.ts";
 import { clientConfig, startClient, startErp, waitFor } from "../helpers/setup.ts";
 
 Deno.test("a change to the file on disk triggers one reload after the debounce", async () => {
@@ -369,22 +370,16 @@ Deno.test("broker-server applies a new LOG_FILE on reload: the next lines go to 
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("every appserver.ini key in the docs has a reload rule, and the docs' reload table lists each rule's key", async () => {
-  const readme = await Deno.readTextFile(new URL("../../docs/configuration.md", import.meta.url)) +
-    await Deno.readTextFile(new URL("../../docs/operations.md", import.meta.url));
-  const section = (from: string, to: string) =>
-    readme.slice(readme.indexOf(from), readme.indexOf(to, readme.indexOf(from)));
-  const keysOf = (text: string) =>
-    new Set(
-      [...text.matchAll(/^\| (.*?) \|/gm)].flatMap((m) => [...(m[1] as string).matchAll(/`([A-Z_<>a-z]+)`/g)])
-        .map((m) => m[1] as string),
-    );
-  const documented = keysOf(section("## Configuration: appserver.ini", "`[GENERAL] CONSOLELOG=1`"));
-  const reloadTable = keysOf(section("## Live reload", "Keys that wait for a restart"));
+Deno.test("every appserver.ini key in the docs has a reload rule, and the docs' reload list names each rule's key", async () => {
+  const keysOf = (text: string) => new Set(keyItems(text).flatMap((item) => item.keys));
+  const documented = keysOf(
+    await docSection("configuration.md", "## Configuration: appserver.ini", "`[GENERAL] CONSOLELOG=1`"),
+  );
+  const reloadList = keysOf(await docSection("operations.md", "## Live reload", "Keys that wait for a restart"));
   const ruled = new Set([...RELOAD_RULES.map((r) => r.key), "REMOTE_SERVER_<suffix>", "SORT_METHOD"]);
-  ok(documented.size > 30, `found the key table: ${[...documented]}`);
+  ok(documented.size > 30, `found the key list: ${[...documented]}`);
   deepEqual([...documented].filter((k) => !ruled.has(k)), [], "documented keys without a reload rule");
-  deepEqual([...ruled].filter((k) => !reloadTable.has(k)), [], "rules missing from the docs' reload table");
+  deepEqual([...ruled].filter((k) => !reloadList.has(k)), [], "rules missing from the docs' reload list");
 });
 
 Deno.test("reload: a new STATUS_PORT that another program holds keeps the status page on its old port (with the new key)", async () => {
