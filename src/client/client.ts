@@ -3,7 +3,8 @@
  * carries each one as a resilient session to a broker-server. New sessions
  * try the configured broker servers in turn; after a link loss the session
  * redials the broker server that holds it, with backoff, until the resume
- * window closes.
+ * window closes. The handshakes are in handshake.ts; every retry (opening,
+ * resuming, saying goodbye) is paced by retryUntil (retry.ts).
  * @module
  */
 
@@ -522,7 +523,7 @@ class SessionRunner {
         resumeTimeoutMs: welcome.resumeTimeoutMs,
         heartbeatIntervalMs: welcome.heartbeatIntervalMs,
         linkTimeoutMs: welcome.linkTimeoutMs,
-        // Flow control: the session's cap (at most ours, checked above) bounds what either side has in flight.
+        // Flow control: the session's cap (at most ours, see #acceptWelcome) bounds what either side has in flight.
         replayBufferBytes: welcome.replayBufferBytes,
         receiveWindowBytes: welcome.replayBufferBytes,
       });

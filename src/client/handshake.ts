@@ -267,9 +267,10 @@ export async function resumeHandshake(
   const { link, answer, input } = await sendResumeProof(options);
   const cancellable = options.signal ? closeOnAbort(link, options.signal) : null;
   try {
-    const frame = expected(link, answer, [FrameType.Resumed], input ? "RESUMED" : "CHALLENGE");
-    const resumed = decodeProof(frame.payload);
-    const serverInput = { ...input!, receivedOffset: resumed.receivedOffset };
+    // Without a CHALLENGE no proof went out: whatever came instead is the error.
+    if (!input) throw unexpected(link, answer, "CHALLENGE");
+    const resumed = decodeProof(expected(link, answer, [FrameType.Resumed], "RESUMED").payload);
+    const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
     if (!await verifyProof(options.key, "server", serverInput, resumed.mac)) {
       throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
     }
@@ -309,15 +310,18 @@ async function nextFrame(link: Link, what: string, deadline: number, now: () => 
 
 /** `frame` if it is one of `types`; the end of the link, a REJECT or another type becomes an error. */
 function expected(link: Link, frame: Frame | null, types: number[], what: string): Frame {
-  if (!frame) throw new Error(`broker server ${link.peer} closed the link during the handshake`);
+  if (frame && types.includes(frame.type)) return frame;
+  throw unexpected(link, frame, what);
+}
+
+/** The error for `frame` coming where `what` was expected: RejectedError for a REJECT. */
+function unexpected(link: Link, frame: Frame | null, what: string): Error {
+  if (!frame) return new Error(`broker server ${link.peer} closed the link during the handshake`);
   if (frame.type === FrameType.Reject) {
     const { code, reason } = decodeReject(frame.payload);
-    throw new RejectedError(link.peer, code, reason);
+    return new RejectedError(link.peer, code, reason);
   }
-  if (!types.includes(frame.type)) {
-    throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
-  }
-  return frame;
+  return new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
 }
 
 /** Reads the next handshake frame; a REJECT or an unexpected type becomes an error. */
