@@ -3,7 +3,8 @@
  * carries each one as a resilient session to a broker-server. New sessions
  * try the configured broker servers in turn; after a link loss the session
  * redials the broker server that holds it, with backoff, until the resume
- * window closes.
+ * window closes. The handshakes are in handshake.ts; every retry (opening,
+ * resuming, saying goodbye) is paced by retryUntil (retry.ts).
  * @module
  */
 
@@ -12,42 +13,26 @@ import { formatDuration, formatHostPort, type HostPort } from "../config/values.
 import { logger } from "../ops/log.ts";
 import { AcceptErrors, openFileLimit } from "../ops/accept_errors.ts";
 import {
-  decodeProof,
-  decodeReject,
-  decodeWelcome,
-  decodeWelcomeBack,
   encodeAbort,
-  encodeHelloNew,
-  encodeHelloResume,
   encodePreface,
-  encodeProof,
-  type Frame,
   FrameType,
   type Proof,
-  PROTOCOL_VERSION,
   RejectCode,
   toHex,
+  type Welcome,
 } from "../protocol/frames.ts";
-import {
-  createEphemeralKey,
-  deriveResumeKey,
-  type EphemeralKey,
-  importAdmissionKey,
-  randomId,
-  signAdmission,
-  signProof,
-  signRetake,
-  verifyAdmission,
-  verifyProof,
-  verifyRetake,
-} from "../protocol/resume_auth.ts";
+import { createEphemeralKey, type EphemeralKey, importAdmissionKey, randomId } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { backoffSchedule, DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
+import { DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
-import { Session } from "../session/session.ts";
+import { Session, type SessionEnd } from "../session/session.ts";
 import { checkAdoptedTimers, DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
+import { closeOnAbort, type OpenedSession, openHandshake, RejectedError, resumeHandshake } from "./handshake.ts";
+import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
+
+export { RejectedError } from "./handshake.ts";
 
 const log = logger("client");
 
@@ -69,14 +54,6 @@ export const FAREWELL_GRACE_MS = 3_000;
 /** How long a server gets to answer an ABORT with CLOSE on a link just resumed for it (ms). */
 const FAREWELL_ANSWER_MS = 3_000;
 
-/** Closes `link` when `signal` aborts (at once if it has), until released: a handshake waiting on it ends then. */
-function closeOnAbort(link: Link, signal: AbortSignal): { release(): void } {
-  const close = () => link.close();
-  if (signal.aborted) close();
-  else signal.addEventListener("abort", close, { once: true });
-  return { release: () => signal.removeEventListener("abort", close) };
-}
-
 /** Resolves when `signal` aborts or `done` settles, whichever comes first (no listener is left behind). */
 async function untilAborted(signal: AbortSignal, done: Promise<unknown>): Promise<void> {
   if (signal.aborted) return;
@@ -89,19 +66,6 @@ async function untilAborted(signal: AbortSignal, done: Promise<unknown>): Promis
     await Promise.race([done, aborted]);
   } finally {
     signal.removeEventListener("abort", onAbort);
-  }
-}
-
-/** The broker server refused: retrying the same request would not help. */
-export class RejectedError extends Error {
-  override name = "RejectedError";
-  /** The reject code from the server. */
-  readonly code: number;
-
-  /** Wraps a REJECT from `server`. */
-  constructor(server: string, code: number, reason: string) {
-    super(`broker server ${server} refused: ${reason}`);
-    this.code = code;
   }
 }
 
@@ -328,50 +292,56 @@ class SessionRunner {
       },
       now,
       events: {
-        goingAway: (drainMs, reason) => {
-          log.warn(
-            "Session {session}: broker server {server} is going away ({reason}); the session may end within {seconds} s",
-            {
-              session: this.#label,
-              server: this.#identity ? formatHostPort(this.#identity.server) : "?",
-              reason,
-              seconds: drainMs / 1000,
-            },
-          );
-        },
+        goingAway: (drainMs, reason) => this.#goingAway(drainMs, reason),
         detached: (reason) => {
           this.#detachedAt = this.#now();
           log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
           this.#reconnecting = this.#resumeLoop();
         },
-        ended: (end) => {
-          const stats = this.#session.stats;
-          const message =
-            "Session {session} closed: {reason}; {sent} bytes from Smart Client, {received} bytes to it, {seconds} s, {resumes} resumes";
-          const fields = {
-            session: this.#label,
-            reason: end.reason,
-            sent: stats.bytesFromLocal,
-            received: stats.bytesToLocal,
-            seconds: ((this.#now() - this.#openedAt) / 1000).toFixed(1),
-            resumes: stats.resumes,
-          };
-          if (end.clean) log.info(message, fields);
-          else log.warn(message, fields);
-          const identity = this.#identity;
-          if (end.cause === "aborted" && identity && !this.#serverKnows) {
-            // Until the server has the end, it holds the ERP connection: make sure it hears.
-            this.#farewell(end.told.then((told) => told ? undefined : this.#tellServer(identity, end.reason)));
-          }
-          // Still opening: a server may welcome the session yet (or have done so on a
-          // link that died); the opening tells it, and a stopping broker-client waits for that.
-          if (!this.#openFinished) this.#farewell(this.#openDone);
-          this.#stopped.abort();
-          this.#done();
-          this.#endedResolve();
-        },
+        ended: (end) => this.#onEnded(end),
       },
     });
+  }
+
+  /** The server announced that it is stopping: the session may end soon. */
+  #goingAway(drainMs: number, reason: string): void {
+    log.warn(
+      "Session {session}: broker server {server} is going away ({reason}); the session may end within {seconds} s",
+      {
+        session: this.#label,
+        server: this.#identity ? formatHostPort(this.#identity.server) : "?",
+        reason,
+        seconds: drainMs / 1000,
+      },
+    );
+  }
+
+  /** Logs the end of the session, makes sure its server hears of it, and lets the runner go. */
+  #onEnded(end: SessionEnd): void {
+    const stats = this.#session.stats;
+    const message =
+      "Session {session} closed: {reason}; {sent} bytes from Smart Client, {received} bytes to it, {seconds} s, {resumes} resumes";
+    const fields = {
+      session: this.#label,
+      reason: end.reason,
+      sent: stats.bytesFromLocal,
+      received: stats.bytesToLocal,
+      seconds: ((this.#now() - this.#openedAt) / 1000).toFixed(1),
+      resumes: stats.resumes,
+    };
+    if (end.clean) log.info(message, fields);
+    else log.warn(message, fields);
+    const identity = this.#identity;
+    if (end.cause === "aborted" && identity && !this.#serverKnows) {
+      // Until the server has the end, it holds the ERP connection: make sure it hears.
+      this.#farewell(end.told.then((told) => told ? undefined : this.#tellServer(identity, end.reason)));
+    }
+    // Still opening: a server may welcome the session yet (or have done so on a
+    // link that died); the opening tells it, and a stopping broker-client waits for that.
+    if (!this.#openFinished) this.#farewell(this.#openDone);
+    this.#stopped.abort();
+    this.#done();
+    this.#endedResolve();
   }
 
   /** The session this runner carries. */
@@ -421,43 +391,54 @@ class SessionRunner {
 
   /** Tries the broker servers in turn, with backoff between rounds, until one welcomes us. */
   async #openLoop(): Promise<void> {
-    const retries = backoffSchedule(this.#now() + this.#config.newSessionTimeoutMs, this.#now);
     const errors = new Map<string, string>();
-    for (let attempt = 0;; attempt++) {
-      let rejections = 0;
-      for (const server of this.#config.brokerServers) {
-        if (this.#session.state === "closed" || this.#signal.aborted) return;
-        try {
-          await this.#openOn(server);
-          return;
-        } catch (err) {
-          // A server at a limit or stopping may take us a moment later: only other refusals are final.
-          const transient = err instanceof RejectedError && err.code === RejectCode.Unavailable;
-          if ((err instanceof RejectedError && !transient) || err instanceof TlsTrustError) rejections++;
-          errors.set(formatHostPort(server), describeError(err));
-        }
-      }
-      const summary = [...errors].map(([server, error]) => `${server}: ${error}`).join("; ");
-      this.#opening = { failedRounds: attempt + 1, lastFailure: summary };
-      if (rejections === this.#config.brokerServers.length) {
-        this.#session.abort(`no broker server accepted the session (${summary})`);
-        return;
-      }
-      const wait = retries.next();
-      if (wait.done) {
-        this.#session.abort(
-          `no broker server reachable within ${formatDuration(this.#config.newSessionTimeoutMs)} (${summary})`,
-        );
-        return;
-      }
-      if (attempt === 0) {
-        log.warn("Session {session}: cannot reach a broker server yet ({summary}); retrying", {
-          session: this.#label,
-          summary,
-        });
-      }
-      await sleep(wait.value, this.#signal);
+    const outcome = await retryUntil(
+      this.#now() + this.#config.newSessionTimeoutMs,
+      (err) => err instanceof RoundFailed && err.final ? "final" : "retry",
+      {
+        now: this.#now,
+        attempt: (round) => this.#openRound(round, errors),
+        interrupt: () => this.#signal,
+        retrying: (_err, round) => {
+          if (round > 0) return;
+          log.warn("Session {session}: cannot reach a broker server yet ({summary}); retrying", {
+            session: this.#label,
+            summary: this.#opening.lastFailure,
+          });
+        },
+      },
+    );
+    const summary = this.#opening.lastFailure;
+    if (outcome.kind === "final") this.#session.abort(`no broker server accepted the session (${summary})`);
+    if (outcome.kind === "expired") {
+      this.#session.abort(
+        `no broker server reachable within ${formatDuration(this.#config.newSessionTimeoutMs)} (${summary})`,
+      );
     }
+  }
+
+  /**
+   * One round over the broker servers: returns once one welcomed the
+   * session (or the session or broker-client stopped); throws RoundFailed
+   * when none did, final when every server refused for good.
+   */
+  async #openRound(round: number, errors: Map<string, string>): Promise<void> {
+    let rejections = 0;
+    for (const server of this.#config.brokerServers) {
+      if (this.#session.state === "closed" || this.#signal.aborted) return;
+      try {
+        await this.#openOn(server);
+        return;
+      } catch (err) {
+        // A server at a limit or stopping may take us a moment later: only other refusals are final.
+        const transient = err instanceof RejectedError && err.code === RejectCode.Unavailable;
+        if ((err instanceof RejectedError && !transient) || err instanceof TlsTrustError) rejections++;
+        errors.set(formatHostPort(server), describeError(err));
+      }
+    }
+    const summary = [...errors].map(([server, error]) => `${server}: ${error}`).join("; ");
+    this.#opening = { failedRounds: round + 1, lastFailure: summary };
+    throw new RoundFailed(summary, rejections === this.#config.brokerServers.length);
   }
 
   /**
@@ -479,111 +460,60 @@ class SessionRunner {
     return link;
   }
 
-  /** Reads the next handshake frame; a REJECT or an unexpected type becomes an error. */
-  async #expect(link: Link, types: number[], what: string, deadline: number): Promise<Frame> {
-    const frame = await link.readFrameWithin(Math.max(1, deadline - this.#now()), what);
-    if (!frame) throw new Error(`broker server ${link.peer} closed the link during the handshake`);
-    if (frame.type === FrameType.Preface) {
-      const version = frame.payload[0];
-      if (version !== PROTOCOL_VERSION) {
-        // The server explains in the REJECT that follows; say it plainly if it does not.
-        const next = await link.readFrameWithin(Math.max(1, deadline - this.#now()), what).catch(() => null);
-        const reason = next?.type === FrameType.Reject ? decodeReject(next.payload).reason : "";
-        throw new RejectedError(
-          link.peer,
-          0,
-          `it speaks protocol version ${version}, this broker-client speaks ${PROTOCOL_VERSION}${
-            reason ? ` (${reason})` : ""
-          }`,
-        );
-      }
-      return this.#expect(link, types, what, deadline);
-    }
-    if (frame.type === FrameType.Reject) {
-      const { code, reason } = decodeReject(frame.payload);
-      throw new RejectedError(link.peer, code, reason);
-    }
-    if (!types.includes(frame.type)) {
-      throw new Error(`broker server ${link.peer} sent frame type ${frame.type}, expected ${what}`);
-    }
-    return frame;
-  }
-
+  /** One attempt to open the session on `server`; `signal` cancels the dial. */
   async #openOn(server: HostPort, signal: AbortSignal = this.#signal): Promise<void> {
     // One key pair for every attempt of this opening: if an earlier attempt's
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
-    const hello = encodeHelloNew(own.publicKey, this.#openToken, this.#config.replayBufferBytes);
-    const link = await this.#dial(server, hello, signal, this.#config.connectTimeoutMs);
-    // From here the server may open the session whatever becomes of this link.
-    this.#inDoubt.add(server);
-    // Not cancelled once connected: if Smart Client leaves meanwhile, the
-    // server is told (ABORT after its WELCOME) instead of holding the session;
-    // only the end of a stopping broker-client's grace cuts it short.
+    let opened: OpenedSession;
+    try {
+      opened = await openHandshake({
+        dial: (hello) => this.#dial(server, hello, signal, this.#config.connectTimeoutMs),
+        own,
+        openToken: this.#openToken,
+        replayBufferBytes: this.#config.replayBufferBytes,
+        admissionKey: await this.#admissionKey,
+        handshakeTimeoutMs: this.#config.handshakeTimeoutMs,
+        now: this.#now,
+        // From here the server may open the session whatever becomes of this link.
+        connected: () => this.#inDoubt.add(server),
+        // Not cancelled once connected: if Smart Client leaves meanwhile, the
+        // server is told (ABORT after its WELCOME) instead of holding the session;
+        // only the end of a stopping broker-client's grace cuts it short.
+        signal: this.#farewellsEnd,
+        acceptWelcome: (welcome) => this.#acceptWelcome(welcome),
+      });
+    } catch (err) {
+      // A definite refusal: it holds no session for this opening.
+      if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
+      throw err;
+    }
+    await this.#adopt(opened, server);
+  }
+
+  /** Refuses a WELCOME whose timers are out of bounds or whose cap exceeds the one offered. */
+  #acceptWelcome(welcome: Welcome): void {
+    checkAdoptedTimers(welcome);
+    if (welcome.replayBufferBytes > this.#config.replayBufferBytes) {
+      throw new RangeError(
+        `its session cap of ${welcome.replayBufferBytes} bytes exceeds the ${this.#config.replayBufferBytes} this broker-client offered`,
+      );
+    }
+  }
+
+  /** Takes the session `server` welcomed: attaches its link, or says goodbye if Smart Client left meanwhile. */
+  async #adopt({ link, welcome, key }: OpenedSession, server: HostPort): Promise<void> {
     const cancellable = closeOnAbort(link, this.#farewellsEnd);
     try {
-      const deadline = this.#now() + this.#config.handshakeTimeoutMs;
-      const admission = await this.#admissionKey;
-      const input = { clientPublicKey: own.publicKey, openToken: this.#openToken, serverNonce: new Uint8Array(0) };
-      const welcomes = [FrameType.Welcome, FrameType.WelcomeBack];
-      let next = await this.#expect(link, [FrameType.Challenge, ...welcomes], "WELCOME", deadline);
-      if (next.type === FrameType.Challenge && !admission) {
-        throw new RejectedError(link.peer, 0, "it requires an admission key: set ADMISSION_KEY in smartclient.ini");
-      }
-      if (next.type !== FrameType.Challenge && admission) {
-        throw new RejectedError(
-          link.peer,
-          0,
-          "it does not use an admission key, but ADMISSION_KEY is set here: refusing a server that cannot prove it",
-        );
-      }
-      if (admission) {
-        input.serverNonce = next.payload.slice();
-        link.send(encodeProof(FrameType.Proof, await signAdmission(admission, "client", input), 0));
-        next = await this.#expect(link, welcomes, "WELCOME", deadline);
-      }
-      const back = next.type === FrameType.WelcomeBack ? decodeWelcomeBack(next.payload) : null;
-      const welcomePayload = back ? back.welcomePayload : next.payload;
-      const welcome = back ? back.welcome : decodeWelcome(welcomePayload);
-      if (admission) {
-        const body = welcomePayload.subarray(0, welcomePayload.length - (welcome.admissionMac?.length ?? 0));
-        const ok = welcome.admissionMac !== null &&
-          await verifyAdmission(admission, "server", { ...input, welcome: body }, welcome.admissionMac);
-        if (!ok) throw new RejectedError(link.peer, 0, "it could not prove the admission key: refusing it");
-      }
-      try {
-        checkAdoptedTimers(welcome);
-        if (welcome.replayBufferBytes > this.#config.replayBufferBytes) {
-          throw new RangeError(
-            `its session cap of ${welcome.replayBufferBytes} bytes exceeds the ${this.#config.replayBufferBytes} this broker-client offered`,
-          );
-        }
-      } catch (err) {
-        // The server opened a session for us meanwhile: tell it, so that it frees the ERP connection now.
-        const reason = `unusable timers in its WELCOME (${(err as Error).message}): check its appserver.ini`;
-        link.send(encodeAbort(`broker-client refuses the session: ${reason}`));
-        await link.closeAfterFlush();
-        throw new RejectedError(link.peer, 0, reason);
-      }
-      const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
-      if (back) {
-        // An earlier attempt opened the session: prove that we made it.
-        const retake = { sessionId: welcome.sessionId, openToken: this.#openToken, serverNonce: back.serverNonce };
-        link.send(encodeProof(FrameType.Proof, await signRetake(key, "client", retake), 0));
-        const answer = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
-        if (!await verifyRetake(key, "server", retake, answer.mac)) {
-          throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
-        }
-      }
-      this.#identity = { sessionId: welcome.sessionId, key, server };
+      const identity = { sessionId: welcome.sessionId, key, server };
+      this.#identity = identity;
       // The session is ours: its ending is told as any session's is.
       this.#inDoubt.delete(server);
       if (this.#session.state === "closed") {
         // Smart Client left while we were opening: tell the server, so it
         // closes the ERP connection now rather than after the resume window.
         const reason = "Smart Client closed the connection before the session opened";
-        const identity = this.#identity;
         link.send(encodeAbort(reason));
         if (!await this.#answered(link, this.#farewellsEnd)) this.#farewell(this.#tellServer(identity, reason));
         link.close();
@@ -593,7 +523,7 @@ class SessionRunner {
         resumeTimeoutMs: welcome.resumeTimeoutMs,
         heartbeatIntervalMs: welcome.heartbeatIntervalMs,
         linkTimeoutMs: welcome.linkTimeoutMs,
-        // Flow control: the session's cap (at most ours, checked above) bounds what either side has in flight.
+        // Flow control: the session's cap (at most ours, see #acceptWelcome) bounds what either side has in flight.
         replayBufferBytes: welcome.replayBufferBytes,
         receiveWindowBytes: welcome.replayBufferBytes,
       });
@@ -606,8 +536,6 @@ class SessionRunner {
       });
     } catch (err) {
       link.close();
-      // A definite refusal: it holds no session for this opening.
-      if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
       throw err;
     } finally {
       cancellable.release();
@@ -626,14 +554,15 @@ class SessionRunner {
     // Opened: servers still in doubt hold an orphan that their unconfirmed
     // window ends (reopening it there would take the session over).
     if (this.#opened || this.#inDoubt.size === 0) return;
-    for await (const _ of this.#farewellRounds()) {
+    const outcome = await this.#farewellRetry(() => "retry", async () => {
       for (const server of [...this.#inDoubt]) {
         try {
           await this.#openOn(server, this.#farewellsEnd);
         } catch { /* still in doubt unless it refused: again after the next wait */ }
       }
-      if (this.#inDoubt.size === 0) return;
-    }
+      if (this.#inDoubt.size > 0) throw new Error("Cannot tell every broker server in doubt yet");
+    });
+    if (outcome.kind === "done") return;
     log.warn(
       "Session {session}: could not tell broker server(s) {servers} that Smart Client left during the opening; they may keep an ERP connection until their unconfirmed window passes",
       { session: this.#label, servers: [...this.#inDoubt].map(formatHostPort).join(", ") },
@@ -644,28 +573,28 @@ class SessionRunner {
   async #resumeLoop(): Promise<void> {
     const identity = this.#identity;
     if (!identity) return;
-    const deadline = this.#session.stateSince + this.#session.timers.resumeTimeoutMs;
     let lastError = "";
-    for (const wait of backoffSchedule(deadline, this.#now)) {
+    const classify = (err: unknown): Verdict => {
+      if (err instanceof RejectedError) return "final";
+      const error = describeError(err);
+      if (error !== lastError) {
+        log.info("Session {session}: resume attempt failed ({error}); retrying", { session: this.#label, error });
+        lastError = error;
+      }
+      return "retry";
+    };
+    const outcome = await retryUntil(this.#session.stateSince + this.#session.timers.resumeTimeoutMs, classify, {
+      now: this.#now,
+      waitFirst: true,
       // A shutdown cuts the wait short; a session that only waits for the
       // server's CLOSE still resumes to get it, within the shutdown's grace.
-      await sleep(wait, this.#resumeSignal());
-      if (this.#resumeSignal().aborted || this.#session.state !== "detached") return;
-      try {
-        await this.#resumeOn(identity, this.#resumeSignal());
-        return;
-      } catch (err) {
-        if (err instanceof RejectedError) {
-          this.#serverKnows = true;
-          this.#session.abort(`cannot resume: ${err.message}`);
-          return;
-        }
-        const error = describeError(err);
-        if (error !== lastError) {
-          log.info("Session {session}: resume attempt failed ({error}); retrying", { session: this.#label, error });
-          lastError = error;
-        }
-      }
+      interrupt: () => this.#resumeSignal(),
+      stop: () => this.#resumeSignal().aborted || this.#session.state !== "detached",
+      attempt: () => this.#resumeOn(identity, this.#resumeSignal()),
+    });
+    if (outcome.kind === "final") {
+      this.#serverKnows = true;
+      this.#session.abort(`cannot resume: ${(outcome.error as Error).message}`);
     }
   }
 
@@ -674,40 +603,23 @@ class SessionRunner {
    * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
    * The connect has a short deadline (RESUME_CONNECT_TIMEOUT_MS).
    */
-  async #resumeHandshake(
-    identity: Identity,
-    received: number,
-    signal: AbortSignal,
-  ): Promise<{ link: Link; resumed: Proof }> {
-    const clientNonce = randomId();
-    const hello = encodeHelloResume(identity.sessionId, clientNonce);
+  #resume(identity: Identity, received: number, signal: AbortSignal): Promise<{ link: Link; resumed: Proof }> {
     const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
-    const link = await this.#dial(identity.server, hello, signal, connectTimeoutMs);
-    const cancellable = closeOnAbort(link, signal);
-    try {
-      const deadline = this.#now() + this.#config.handshakeTimeoutMs;
-      const challenge = await this.#expect(link, [FrameType.Challenge], "CHALLENGE", deadline);
-      const serverNonce = challenge.payload.slice();
-      const input = { sessionId: identity.sessionId, clientNonce, serverNonce, receivedOffset: received };
-      link.send(encodeProof(FrameType.Proof, await signProof(identity.key, "client", input), received));
-      const resumed = decodeProof((await this.#expect(link, [FrameType.Resumed], "RESUMED", deadline)).payload);
-      const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
-      if (!await verifyProof(identity.key, "server", serverInput, resumed.mac)) {
-        throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
-      }
-      return { link, resumed };
-    } catch (err) {
-      link.close();
-      throw err;
-    } finally {
-      cancellable.release();
-    }
+    return resumeHandshake({
+      dial: (hello) => this.#dial(identity.server, hello, signal, connectTimeoutMs),
+      sessionId: identity.sessionId,
+      key: identity.key,
+      received,
+      handshakeTimeoutMs: this.#config.handshakeTimeoutMs,
+      now: this.#now,
+      signal,
+    });
   }
 
   async #resumeOn(identity: Identity, signal: AbortSignal): Promise<void> {
     const started = this.#now();
     const received = this.#session.received;
-    const { link, resumed } = await this.#resumeHandshake(identity, received, signal);
+    const { link, resumed } = await this.#resume(identity, received, signal);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
@@ -777,16 +689,15 @@ class SessionRunner {
    * resume window passes; a shutdown cuts the wait short (the next try
    * comes at once), and the end of its grace ends the rounds.
    */
-  async *#farewellRounds(): AsyncGenerator<void> {
-    const deadline = this.#now() + this.#session.timers.resumeTimeoutMs;
-    for (const wait of backoffSchedule(deadline, this.#now)) {
-      const interrupt = this.#shutdownSignal.aborted
-        ? this.#farewellsEnd
-        : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]);
-      await sleep(wait, interrupt);
-      if (this.#farewellsEnd.aborted) return;
-      yield;
-    }
+  #farewellRetry<T>(classify: (err: unknown) => Verdict, attempt: () => Promise<T>): Promise<RetryOutcome<T>> {
+    return retryUntil(this.#now() + this.#session.timers.resumeTimeoutMs, classify, {
+      now: this.#now,
+      waitFirst: true,
+      interrupt: () =>
+        this.#shutdownSignal.aborted ? this.#farewellsEnd : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]),
+      stop: () => this.#farewellsEnd.aborted,
+      attempt,
+    });
   }
 
   /**
@@ -798,37 +709,48 @@ class SessionRunner {
    */
   async #tellServer(identity: Identity, reason: string): Promise<void> {
     const server = formatHostPort(identity.server);
-    for await (const _ of this.#farewellRounds()) {
-      let link: Link;
-      try {
-        ({ link } = await this.#resumeHandshake(identity, this.#session.received, this.#farewellsEnd));
-      } catch (err) {
-        if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) {
-          // It no longer holds the session: it has the end already, or it expired.
-          log.info("Session {session}: broker server {server} no longer holds the session ({reason})", {
-            session: this.#label,
-            server,
-            reason: err.message,
-          });
-          return;
-        }
-        continue;
-      }
-      link.send(encodeAbort(reason));
-      const told = await this.#answered(link, this.#farewellsEnd);
-      link.close();
-      if (told) {
-        log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
-          session: this.#label,
-          server,
-          reason,
-        });
-        return;
-      }
+    // A refusal other than Unavailable: it no longer holds the session (it has the end already, or it expired).
+    const classify = (err: unknown): Verdict =>
+      err instanceof RejectedError && err.code !== RejectCode.Unavailable ? "final" : "retry";
+    const outcome = await this.#farewellRetry(classify, () => this.#sayGoodbye(identity, reason));
+    if (outcome.kind === "final") {
+      log.info("Session {session}: broker server {server} no longer holds the session ({reason})", {
+        session: this.#label,
+        server,
+        reason: (outcome.error as Error).message,
+      });
+    } else if (outcome.kind === "done") {
+      log.info("Session {session}: told broker server {server} that the session had ended ({reason})", {
+        session: this.#label,
+        server,
+        reason,
+      });
+    } else {
+      log.warn(
+        "Session {session}: could not tell broker server {server} that the session had ended; it keeps the ERP connection until its resume window passes",
+        { session: this.#label, server },
+      );
     }
-    log.warn(
-      "Session {session}: could not tell broker server {server} that the session had ended; it keeps the ERP connection until its resume window passes",
-      { session: this.#label, server },
-    );
+  }
+
+  /** One goodbye: resumes the session on a new link and sends ABORT; throws unless the server answered. */
+  async #sayGoodbye(identity: Identity, reason: string): Promise<void> {
+    const { link } = await this.#resume(identity, this.#session.received, this.#farewellsEnd);
+    link.send(encodeAbort(reason));
+    const told = await this.#answered(link, this.#farewellsEnd);
+    link.close();
+    if (!told) throw new Error("The broker server did not answer the ABORT");
+  }
+}
+
+/** A round over every broker server failed; `final` when each refused for good. */
+class RoundFailed extends Error {
+  override name = "RoundFailed";
+  /** Every server refused: another round would not help. */
+  readonly final: boolean;
+
+  constructor(summary: string, final: boolean) {
+    super(summary);
+    this.final = final;
   }
 }

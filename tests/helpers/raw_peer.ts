@@ -5,28 +5,14 @@
  * @module
  */
 
-import {
-  decodeProof,
-  decodeWelcome,
-  decodeWelcomeBack,
-  encodeHelloNew,
-  encodeHelloResume,
-  encodePreface,
-  encodeProof,
-  type Frame,
-  FrameType,
-} from "../../src/protocol/frames.ts";
-import {
-  createEphemeralKey,
-  deriveResumeKey,
-  type EphemeralKey,
-  randomId,
-  signProof,
-  signRetake,
-  verifyRetake,
-} from "../../src/protocol/resume_auth.ts";
+import { encodePreface, type Frame } from "../../src/protocol/frames.ts";
+import { createEphemeralKey, type EphemeralKey, randomId } from "../../src/protocol/resume_auth.ts";
 import { Link } from "../../src/session/link.ts";
 import { MAX_REPLAY_BUFFER_BYTES } from "../../src/config/tuning.ts";
+import { type DialBroker, openHandshake, sendResumeProof } from "../../src/client/handshake.ts";
+
+/** How long a raw handshake may take (ms). */
+const RAW_HANDSHAKE_MS = 5_000;
 
 /** A raw link to a broker-server. */
 export class RawPeer {
@@ -92,42 +78,42 @@ export interface OpenRawOptions {
   replayBufferBytes?: number;
 }
 
+/** A dial function for the shared handshake that connects a RawPeer and keeps it in `peers`. */
+function rawDial(port: number, peers: RawPeer[]): DialBroker {
+  return async (hello) => {
+    const peer = await RawPeer.connect(port);
+    peers.push(peer);
+    peer.link.send(encodePreface());
+    peer.link.send(hello);
+    return peer.link;
+  };
+}
+
 /**
- * Opens a session the way broker-client does. When the server answers with
- * WELCOME_BACK (the opening was retried), proves the resume key the first
- * attempt derived and waits for the server's RESUMED.
+ * Opens a session the way broker-client does (its handshake, without an
+ * admission key or checks of the server's timers). When the server answers
+ * with WELCOME_BACK (the opening was retried), proves the resume key the
+ * first attempt derived and checks the server's proof.
  */
 export async function openRawSession(port: number, options: OpenRawOptions = {}): Promise<RawSession> {
   const openToken = options.openToken ?? randomId();
   const own = options.own ?? await createEphemeralKey();
-  const peer = await RawPeer.connect(port);
-  peer.link.send(encodePreface());
-  peer.link.send(encodeHelloNew(own.publicKey, openToken, options.replayBufferBytes ?? MAX_REPLAY_BUFFER_BYTES));
-  const preface = await peer.next();
-  if (preface?.type !== FrameType.Preface) throw new Error("expected the server's preface");
-  const frame = await peer.next();
-  if (frame?.type !== FrameType.Welcome && frame?.type !== FrameType.WelcomeBack) {
-    throw new Error(`expected WELCOME, got ${frame?.type}`);
-  }
-  const back = frame.type === FrameType.WelcomeBack ? decodeWelcomeBack(frame.payload) : null;
-  const welcome = back ? back.welcome : decodeWelcome(frame.payload);
-  const key = await deriveResumeKey(own, welcome.publicKey, welcome.sessionId, own.publicKey, welcome.publicKey);
-  if (back) {
-    const input = { sessionId: welcome.sessionId, openToken, serverNonce: back.serverNonce };
-    peer.link.send(encodeProof(FrameType.Proof, await signRetake(key, "client", input), 0));
-    const answer = await peer.next();
-    if (answer?.type !== FrameType.Resumed) throw new Error(`expected RESUMED, got ${answer?.type}`);
-    if (!await verifyRetake(key, "server", input, decodeProof(answer.payload).mac)) {
-      throw new Error("the server's RESUMED does not prove the session's key");
-    }
-  }
-  return { peer, sessionId: welcome.sessionId, key, own };
+  const peers: RawPeer[] = [];
+  const { welcome, key } = await openHandshake({
+    dial: rawDial(port, peers),
+    own,
+    openToken,
+    replayBufferBytes: options.replayBufferBytes ?? MAX_REPLAY_BUFFER_BYTES,
+    admissionKey: null,
+    handshakeTimeoutMs: RAW_HANDSHAKE_MS,
+  });
+  return { peer: peers[0]!, sessionId: welcome.sessionId, key, own };
 }
 
 /**
  * Tries to resume `sessionId` claiming `received`; signs with `key`, or
  * sends garbage as the proof when `key` is null. Returns the peer and the
- * server's answer (RESUMED or REJECT).
+ * server's answer (RESUMED or REJECT) as it came, unverified.
  */
 export async function resumeRaw(
   port: number,
@@ -135,15 +121,13 @@ export async function resumeRaw(
   key: CryptoKey | null,
   received: number,
 ): Promise<{ peer: RawPeer; answer: Frame | null }> {
-  const peer = await RawPeer.connect(port);
-  const clientNonce = randomId();
-  peer.link.send(encodePreface());
-  peer.link.send(encodeHelloResume(sessionId, clientNonce));
-  await peer.next(); // preface
-  const challenge = await peer.next();
-  if (challenge?.type !== FrameType.Challenge) return { peer, answer: challenge };
-  const input = { sessionId, clientNonce, serverNonce: challenge.payload.slice(), receivedOffset: received };
-  const mac = key ? await signProof(key, "client", input) : crypto.getRandomValues(new Uint8Array(32));
-  peer.link.send(encodeProof(FrameType.Proof, mac, received));
-  return { peer, answer: await peer.next() };
+  const peers: RawPeer[] = [];
+  const { answer } = await sendResumeProof({
+    dial: rawDial(port, peers),
+    sessionId,
+    key,
+    received,
+    handshakeTimeoutMs: RAW_HANDSHAKE_MS,
+  });
+  return { peer: peers[0]!, answer };
 }
