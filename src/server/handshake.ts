@@ -247,3 +247,15 @@ export async function answerCleanEnd(
   link.send(encodeClose());
   await link.closeAfterFlush();
 }
+
+/** A hint when a link failed because one side uses TLS and the other does not (`linkTls`: this side does). */
+export function tlsHint(err: unknown, linkTls: boolean): string {
+  const message = String((err as Error)?.message ?? err);
+  if (!linkTls && /0x1603/.test(message)) {
+    return " (a TLS client: this broker-server has no LINK_TLS_CERT/LINK_TLS_KEY; set them, or turn LINK_TLS off in smartclient.ini)";
+  }
+  if (linkTls && /tls|handshake|certificate|corrupt|InvalidData|received/i.test(message)) {
+    return " (this broker-server requires TLS on the link: is LINK_TLS set in that smartclient.ini?)";
+  }
+  return "";
+}

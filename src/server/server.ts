@@ -9,8 +9,8 @@
  * @module
  */
 
-import type { ServerConfig, StatusConfig } from "../config/server_config.ts";
-import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
+import type { ServerConfig } from "../config/server_config.ts";
+import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import { CLIENT_HANDSHAKE_LIMITS, encodeReject, type RejectCodeValue } from "../protocol/frames.ts";
 import { importAdmissionKey } from "../protocol/resume_auth.ts";
@@ -22,12 +22,12 @@ import { describeError, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { buildStatus, ServerStats, type StatusSnapshot } from "./stats.ts";
-import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
-import { appliedMessage, keepRunningValue, keyChanges, readSettledConfig, restartMessage } from "./reload.ts";
+import { Reloader } from "./reloading.ts";
+import { StatusPage } from "./status_page.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
 import { peerText } from "../ops/peer_text.ts";
-import { readHello } from "./handshake.ts";
+import { readHello, tlsHint } from "./handshake.ts";
 import { type ServerSessionInfo, SessionRegistry } from "./registry.ts";
 import { SessionDesk } from "./sessions.ts";
 
@@ -76,18 +76,13 @@ export class BrokerServer {
   #balancer: Balancer;
   #healthChecker: HealthChecker;
   #stats: ServerStats;
-  #status: StatusServer | null = null;
+  #statusPage = new StatusPage(() => this.status());
   #stopping = false;
   #drained: (() => void) | null = null;
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
   #adopted = new WeakSet<Link>();
-  #reloadSettleMs: number;
-  #applyLogging: ((config: ServerConfig) => Promise<void>) | null;
-  #reloading: Promise<unknown> = Promise.resolve();
-  #reloadedAt: number | null = null;
-  /** Keys changed in the file that take a restart or a re-install. */
-  #pendingRestart: string[] = [];
+  #reloader: Reloader;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -100,8 +95,15 @@ export class BrokerServer {
     this.#dropLog = new LogBudget(20, 10_000, this.#now);
     this.#refusalLog = new LogBudget(20, 10_000, this.#now);
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
-    this.#reloadSettleMs = options.reloadSettleMs ?? DEFAULT_RELOAD_SETTLE_MS;
-    this.#applyLogging = options.applyLogging ?? null;
+    this.#reloader = new Reloader({
+      current: () => this.#config,
+      running: () => formatHostPort(this.#listener ? this.address : this.#config.listen),
+      signal: this.#shutdown.signal,
+      settleMs: options.reloadSettleMs ?? DEFAULT_RELOAD_SETTLE_MS,
+      applyLogging: options.applyLogging ?? null,
+      apply: (next, old, applied) => this.#applyConfig(next, old, applied),
+      now: this.#now,
+    });
     this.#registry = new SessionRegistry({ now: this.#now });
     this.#desk = new SessionDesk({
       config: () => this.#config,
@@ -126,7 +128,7 @@ export class BrokerServer {
 
   /** Where the status page listens, when it does. */
   get statusAddress(): HostPort | null {
-    return this.#status?.address ?? null;
+    return this.#statusPage.address;
   }
 
   /** The figures of the status page, /status.json and /metrics. */
@@ -136,8 +138,8 @@ export class BrokerServer {
       stats: this.#stats,
       listen: this.#listener ? formatHostPort(this.address) : formatHostPort(this.#config.listen),
       config: this.#config,
-      reloadedAt: this.#reloadedAt,
-      pendingRestart: this.#pendingRestart,
+      reloadedAt: this.#reloader.reloadedAt,
+      pendingRestart: this.#reloader.pendingRestart,
       sortMethod: this.#balancer.method,
       backends: this.#balancer.backends,
       sessions: this.sessions,
@@ -167,58 +169,11 @@ export class BrokerServer {
    * when the file was applied.
    */
   reload(): Promise<boolean> {
-    const run = this.#reloading.then(() => this.#reload());
-    this.#reloading = run.catch(() => {});
-    return run;
+    return this.#reloader.reload();
   }
 
-  async #reload(): Promise<boolean> {
-    const old = this.#config;
-    let next: ServerConfig;
-    let weakenings: string[];
-    try {
-      const settled = await readSettledConfig(old.path, old, {
-        settleMs: this.#reloadSettleMs,
-        signal: this.#shutdown.signal,
-      });
-      if (!settled) return false;
-      ({ config: next, weakenings } = settled);
-    } catch (err) {
-      log.error("Configuration reload failed; the running configuration stays as it was: {error}", {
-        error: (err as Error).message,
-      });
-      return false;
-    }
-    for (const w of next.warnings) log.warn("{warning}", { warning: w });
-    const running = this.#listener ? formatHostPort(this.address) : formatHostPort(old.listen);
-    const pending: string[] = [];
-    const applied: string[] = [];
-    const logging: string[] = [];
-    for (const change of keyChanges(old, next)) {
-      if (
-        change.effect === "restart" || change.effect === "install" ||
-        (change.effect === "logging" && !this.#applyLogging)
-      ) {
-        log.warn("{warning}", { warning: restartMessage(change, old, next, running) });
-        pending.push(change.key);
-      } else {
-        (change.effect === "logging" ? logging : applied).push(appliedMessage(change));
-      }
-    }
-    for (const key of pending) keepRunningValue(key, old, next);
-    if (logging.length > 0 && this.#applyLogging) {
-      // First, so that the lines below go where the new settings say.
-      try {
-        await this.#applyLogging(next);
-        applied.unshift(...logging);
-      } catch (err) {
-        log.error("Cannot apply the new log settings ({error}); the running log settings stay", {
-          error: (err as Error).message,
-        });
-        keepRunningValue("CONSOLELOG", old, next);
-        keepRunningValue("LOG_FILE", old, next);
-      }
-    }
+  /** Applies a reloaded `next` (see reload()); resolves to every line saying what changed. */
+  async #applyConfig(next: ServerConfig, old: ServerConfig, applied: string[]): Promise<string[]> {
     const changes = [...this.#balancer.update(next.sortMethod, next.remoteServers, next.health), ...applied];
     if (next.admissionKey !== old.admissionKey) {
       this.#admissionKey = next.admissionKey ? importAdmissionKey(next.admissionKey) : Promise.resolve(null);
@@ -228,76 +183,14 @@ export class BrokerServer {
     }
     this.#config = next;
     if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
-    if (!await this.#applyStatus(old.status, next.status)) {
+    if (!await this.#statusPage.apply(old.status, next.status, this.#listener !== null && !this.#stopping)) {
       // The page stayed where it was: the line below must not say it moved.
       for (const key of ["STATUS_PORT ", "STATUS_ADDRESS "]) {
         const at = changes.findIndex((c) => c.startsWith(key));
         if (at >= 0) changes.splice(at, 1);
       }
     }
-    this.#pendingRestart = pending;
-    this.#reloadedAt = this.#now();
-    log.info("Configuration reloaded from {path}: {changes}{settled}", {
-      path: next.path,
-      changes: changes.length > 0 ? changes.join("; ") : "no change",
-      settled: weakenings.length > 0 ? ` (the file read the same for ${formatDuration(this.#reloadSettleMs)})` : "",
-    });
-    return true;
-  }
-
-  /** Starts the status page for `status`; a failure is logged (unless `quiet`), the broker goes on without it. */
-  #startStatus(status: StatusConfig, quiet = false): string | null {
-    if (!status.enabled) return null;
-    try {
-      this.#status = startStatusServer({
-        listen: status.listen,
-        accessKey: status.accessKey,
-        snapshot: () => this.status(),
-      });
-      return null;
-    } catch (err) {
-      // The broker's job matters more than its dashboard: log and go on.
-      if (!quiet) log.error("{error}; broker-server runs without it", { error: (err as Error).message });
-      return (err as Error).message;
-    }
-  }
-
-  /**
-   * A reloaded status configuration: a new key in place, a new address by
-   * restarting the listener. When the new address cannot be listened on (a
-   * port another program holds), the page goes back to the old address with
-   * the new key, and `next` is set back to the address in force (the next
-   * reload tries again).
-   */
-  async #applyStatus(old: StatusConfig, next: StatusConfig): Promise<boolean> {
-    const same = old.enabled === next.enabled && old.listen.hostname === next.listen.hostname &&
-      old.listen.port === next.listen.port;
-    if (same && this.#status) {
-      this.#status.setAccessKey(next.accessKey);
-      return true;
-    }
-    if (!this.#listener || this.#stopping) return true;
-    const previous = this.#status;
-    this.#status = null;
-    await previous?.shutdown();
-    if (!previous) {
-      this.#startStatus(next);
-      return true;
-    }
-    const error = this.#startStatus(next, true);
-    if (error === null) return true;
-    const kept: StatusConfig = { ...old, accessKey: next.accessKey };
-    if (this.#startStatus(kept, true) === null) {
-      log.error("{error}; the status page stays on http://{address}/", {
-        error,
-        address: formatHostPort(this.statusAddress ?? old.listen),
-      });
-      next.enabled = kept.enabled;
-      next.listen = kept.listen;
-      return false;
-    }
-    log.error("{error}; broker-server runs without it", { error });
-    return true;
+    return changes;
   }
 
   /** Where the server listens (the real port when configured with 0). */
@@ -343,7 +236,7 @@ export class BrokerServer {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#healthChecker.start(this.#config.health.intervalMs);
-    this.#startStatus(this.#config.status);
+    this.#statusPage.start(this.#config.status);
   }
 
   async #accept(listener: Deno.Listener): Promise<void> {
@@ -407,7 +300,7 @@ export class BrokerServer {
     log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
       peer: link.peer,
       reason: peerText(describeError(err)), // may quote what the peer sent
-      hint: this.#tlsHint(err),
+      hint: tlsHint(err, this.#config.tls !== null),
       heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
     });
   }
@@ -440,18 +333,6 @@ export class BrokerServer {
     this.#stats.linksRefused++;
     this.#crowdLogged.dropped++;
     link.close();
-  }
-
-  /** A hint when a link failed because one side uses TLS and the other does not. */
-  #tlsHint(err: unknown): string {
-    const message = String((err as Error)?.message ?? err);
-    if (!this.#config.tls && /0x1603/.test(message)) {
-      return " (a TLS client: this broker-server has no LINK_TLS_CERT/LINK_TLS_KEY; set them, or turn LINK_TLS off in smartclient.ini)";
-    }
-    if (this.#config.tls && /tls|handshake|certificate|corrupt|InvalidData|received/i.test(message)) {
-      return " (this broker-server requires TLS on the link: is LINK_TLS set in that smartclient.ini?)";
-    }
-    return "";
   }
 
   /** Refuses `link` with REJECT `code`: counted, logged within budget, closed once the REJECT is sent. */
@@ -497,11 +378,11 @@ export class BrokerServer {
       this.#drained = null;
     }
     this.#shutdown.abort();
-    await this.#reloading;
+    await this.#reloader.idle;
     this.#listener?.close();
     await this.#acceptLoop;
     await this.#healthChecker.stop();
-    await this.#status?.shutdown();
+    await this.#statusPage.shutdown();
     for (const link of this.#handshaking) link.close();
     const sessions = [...this.#registry.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);
