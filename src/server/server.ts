@@ -12,10 +12,10 @@
 import type { ServerConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
-import { CLIENT_HANDSHAKE_LIMITS, encodeReject, type RejectCodeValue } from "../protocol/frames.ts";
+import { CLIENT_HANDSHAKE_LIMITS } from "../protocol/frames.ts";
 import { importAdmissionKey } from "../protocol/resume_auth.ts";
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
-import { HandshakeAdmission } from "./admission.ts";
+import { LinkGate } from "./link_gate.ts";
 import { Link } from "../session/link.ts";
 import { sleep } from "../session/backoff.ts";
 import { describeError, within } from "../session/transport.ts";
@@ -25,9 +25,8 @@ import { buildStatus, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { Reloader } from "./reloading.ts";
 import { StatusPage } from "./status_page.ts";
 import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
-import { LogBudget, SourceLogBudgets } from "../ops/log_budget.ts";
-import { peerText } from "../ops/peer_text.ts";
-import { readHello, tlsHint } from "./handshake.ts";
+import { SourceLogBudgets } from "../ops/log_budget.ts";
+import { readHello } from "./handshake.ts";
 import { type ServerSessionInfo, SessionRegistry } from "./registry.ts";
 import { SessionDesk } from "./sessions.ts";
 
@@ -65,12 +64,7 @@ export class BrokerServer {
   #listener: Deno.Listener | null = null;
   #registry: SessionRegistry;
   #desk: SessionDesk;
-  #handshaking = new HandshakeAdmission<Link>();
-  #evicted = new WeakSet<Link>();
-  #crowdLogged = { at: -Infinity, dropped: 0 };
-  /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
-  #dropLog: LogBudget;
-  #refusalLog: LogBudget;
+  #gate: LinkGate;
   #shutdown = new AbortController();
   #acceptLoop: Promise<void> | null = null;
   #balancer: Balancer;
@@ -92,8 +86,12 @@ export class BrokerServer {
     this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
     this.#stats = new ServerStats(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
-    this.#dropLog = new LogBudget(20, 10_000, this.#now);
-    this.#refusalLog = new LogBudget(20, 10_000, this.#now);
+    this.#gate = new LinkGate({
+      now: this.#now,
+      stats: this.#stats,
+      limits: () => this.#config.limits,
+      linkTls: () => this.#config.tls !== null,
+    });
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
     this.#reloader = new Reloader({
       current: () => this.#config,
@@ -115,11 +113,9 @@ export class BrokerServer {
       stopping: () => this.#stopping,
       admissionKey: () => this.#admissionKey,
       rates: () => this.#rates,
-      reject: (link, code, reason) => this.#reject(link, code, reason),
+      reject: (link, code, reason) => this.#gate.reject(link, code, reason),
       adopt: (link) => this.#adopt(link),
-      resuming: (link, id) => {
-        for (const older of this.#handshaking.resuming(link, id)) this.#evict(older);
-      },
+      resuming: (link, id) => this.#gate.resuming(link, id),
       /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
       abnormalEndLog: new SourceLogBudgets(20, 10_000, { now: this.#now }),
       drained: () => this.#drained?.(),
@@ -143,7 +139,7 @@ export class BrokerServer {
       sortMethod: this.#balancer.method,
       backends: this.#balancer.backends,
       sessions: this.sessions,
-      linksInHandshake: this.#handshaking.size,
+      linksInHandshake: this.#gate.size,
     });
   }
 
@@ -269,86 +265,24 @@ export class BrokerServer {
     // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
     const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
     const source = sourceOf(remote.hostname);
-    this.#admit(link, source);
+    this.#gate.admit(link, source);
     const started = this.#now();
     const deadline = started + this.#config.tuning.handshakeTimeoutMs;
     const helloBy = started + Math.min(this.#config.tuning.handshakeTimeoutMs, HELLO_TIMEOUT_MS);
     const readBy = (by: number) => (what: string) => link.readFrameWithin(Math.max(1, by - this.#now()), what);
     try {
-      const hello = await readHello(link, { read: readBy(helloBy), spoke: () => this.#handshaking.spoke(link) });
+      const hello = await readHello(link, { read: readBy(helloBy), spoke: () => this.#gate.spoke(link) });
       if (hello?.kind === "open") await this.#desk.open(link, source, hello, readBy(deadline));
       else if (hello?.kind === "resume") await this.#desk.resume(link, hello, readBy(deadline));
-      else if (hello?.kind === "refused") await this.#reject(link, hello.code, hello.reason);
+      else if (hello?.kind === "refused") await this.#gate.reject(link, hello.code, hello.reason);
     } catch (err) {
-      this.#dropped(link, err);
+      this.#gate.dropped(link, err);
     } finally {
-      this.#handshaking.remove(link);
+      this.#gate.remove(link);
       // A link that did not become a session's (refused, ended, or the peer
       // went quiet) is closed here, whatever path the handshake took.
       if (!this.#adopted.has(link)) link.close();
     }
-  }
-
-  /** A link whose handshake failed with `err`: closed, counted and (within budget) logged. */
-  #dropped(link: Link, err: unknown): void {
-    link.close();
-    // An evicted link was counted, and its crowd logged, when it made room.
-    if (this.#evicted.has(link)) return;
-    this.#stats.linksRefused++;
-    const heldBack = this.#dropLog.spend();
-    if (heldBack === null) return;
-    log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
-      peer: link.peer,
-      reason: peerText(describeError(err)), // may quote what the peer sent
-      hint: tlsHint(err, this.#config.tls !== null),
-      heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
-    });
-  }
-
-  /** Counts a new link in handshake; the links it displaces are closed (see HandshakeAdmission). */
-  #admit(link: Link, source: string): void {
-    const limits = this.#config.limits;
-    const { evicted, cap } = this.#handshaking.admit(link, source, {
-      total: limits.maxHandshakes,
-      perSource: limits.maxHandshakesPerAddress,
-    });
-    for (const old of evicted) this.#evict(old);
-    if (!cap) return;
-    // One line per 10 s at most: a flood must not flood the log too.
-    const now = this.#now();
-    if (now - this.#crowdLogged.at < 10_000) return;
-    const dropped = this.#crowdLogged.dropped;
-    this.#crowdLogged = { at: now, dropped: 0 };
-    log.warn(
-      cap === "perSource"
-        ? "MAX_HANDSHAKES_PER_ADDRESS ({limit}) links from {source} are introducing themselves at once: its oldest make room for its newest ({dropped} more dropped since the last such line)"
-        : "MAX_HANDSHAKES ({limit}) links that resume no session are introducing themselves at once: the oldest of the busiest source make room ({dropped} more dropped since the last such line)",
-      { limit: cap === "perSource" ? limits.maxHandshakesPerAddress : limits.maxHandshakes, source, dropped },
-    );
-  }
-
-  /** Closes a link in handshake to make room for another. */
-  #evict(link: Link): void {
-    this.#evicted.add(link);
-    this.#stats.linksRefused++;
-    this.#crowdLogged.dropped++;
-    link.close();
-  }
-
-  /** Refuses `link` with REJECT `code`: counted, logged within budget, closed once the REJECT is sent. */
-  async #reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
-    if (this.#evicted.has(link)) return; // closed already, and counted when it made room
-    this.#stats.linksRefused++;
-    const heldBack = this.#refusalLog.spend();
-    if (heldBack !== null) {
-      log.warn("Refused link from {peer}: {reason}{heldBack}", {
-        peer: link.peer,
-        reason,
-        heldBack: heldBack > 0 ? ` (${heldBack} more links were refused before this one)` : "",
-      });
-    }
-    link.send(encodeReject(code, reason));
-    await link.closeAfterFlush();
   }
 
   /** Marks `link` as a session's from now on: the handshake leaves it open, and it takes every frame a session uses. */
@@ -356,6 +290,7 @@ export class BrokerServer {
     this.#adopted.add(link);
     link.setFrameLimits({ maxPayload: this.#config.limits.maxFrameBytes });
   }
+
   /**
    * Stops gracefully: new sessions are refused at once, attached clients are
    * told (GOAWAY), live sessions get `drainMs` (DRAIN_TIMEOUT) to finish and
@@ -383,7 +318,7 @@ export class BrokerServer {
     await this.#acceptLoop;
     await this.#healthChecker.stop();
     await this.#statusPage.shutdown();
-    for (const link of this.#handshaking) link.close();
+    for (const link of this.#gate) link.close();
     const sessions = [...this.#registry.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);
     await Promise.all(sessions.map((s) => s.settled));
