@@ -33,7 +33,7 @@ export interface LinkGateOptions {
 
 /** Links in handshake: admitted, refused, dropped. */
 export class LinkGate {
-  #o: LinkGateOptions;
+  #options: LinkGateOptions;
   #handshaking = new HandshakeAdmission<Link>();
   #evicted = new WeakSet<Link>();
   #crowdLogged = { at: -Infinity, dropped: 0 };
@@ -43,7 +43,7 @@ export class LinkGate {
 
   /** A gate for the server that `options` describe. */
   constructor(options: LinkGateOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#dropLog = new LogBudget(20, 10_000, options.now);
     this.#refusalLog = new LogBudget(20, 10_000, options.now);
   }
@@ -60,7 +60,7 @@ export class LinkGate {
 
   /** Counts a new link in handshake; the links it displaces are closed (see HandshakeAdmission). */
   admit(link: Link, source: string): void {
-    const limits = this.#o.limits();
+    const limits = this.#options.limits();
     const { evicted, cap } = this.#handshaking.admit(link, source, {
       total: limits.maxHandshakes,
       perSource: limits.maxHandshakesPerAddress,
@@ -68,7 +68,7 @@ export class LinkGate {
     for (const old of evicted) this.#evict(old);
     if (!cap) return;
     // One line per 10 s at most: a flood must not flood the log too.
-    const now = this.#o.now();
+    const now = this.#options.now();
     if (now - this.#crowdLogged.at < 10_000) return;
     const dropped = this.#crowdLogged.dropped;
     this.#crowdLogged = { at: now, dropped: 0 };
@@ -98,7 +98,7 @@ export class LinkGate {
   /** Refuses `link` with REJECT `code`: counted, logged within budget, closed once the REJECT is sent. */
   async reject(link: Link, code: RejectCodeValue, reason: string): Promise<void> {
     if (this.#evicted.has(link)) return; // closed already, and counted when it made room
-    this.#o.stats.linksRefused++;
+    this.#options.stats.linksRefused++;
     const heldBack = this.#refusalLog.spend();
     if (heldBack !== null) {
       log.warn("Refused link from {peer}: {reason}{heldBack}", {
@@ -116,13 +116,13 @@ export class LinkGate {
     link.close();
     // An evicted link was counted, and its crowd logged, when it made room.
     if (this.#evicted.has(link)) return;
-    this.#o.stats.linksRefused++;
+    this.#options.stats.linksRefused++;
     const heldBack = this.#dropLog.spend();
     if (heldBack === null) return;
     log.warn("Dropped link from {peer} during handshake: {reason}{hint}{heldBack}", {
       peer: link.peer,
       reason: peerText(describeError(err)), // may quote what the peer sent
-      hint: tlsHint(err, this.#o.linkTls()),
+      hint: tlsHint(err, this.#options.linkTls()),
       heldBack: heldBack > 0 ? ` (${heldBack} more links were dropped during their handshake before this one)` : "",
     });
   }
@@ -130,7 +130,7 @@ export class LinkGate {
   /** Closes a link in handshake to make room for another. */
   #evict(link: Link): void {
     this.#evicted.add(link);
-    this.#o.stats.linksRefused++;
+    this.#options.stats.linksRefused++;
     this.#crowdLogged.dropped++;
     link.close();
   }

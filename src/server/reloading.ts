@@ -46,14 +46,14 @@ interface SortedChanges {
 
 /** Runs configuration reloads one at a time. */
 export class Reloader {
-  #o: ReloaderOptions;
+  #server: ReloaderOptions;
   #reloading: Promise<unknown> = Promise.resolve();
   #reloadedAt: number | null = null;
   #pendingRestart: string[] = [];
 
   /** A reloader for the server that `options` describe. */
   constructor(options: ReloaderOptions) {
-    this.#o = options;
+    this.#server = options;
   }
 
   /** When a reload last applied the file (clock ms), or null. */
@@ -79,20 +79,20 @@ export class Reloader {
   }
 
   async #reload(): Promise<boolean> {
-    const old = this.#o.current();
+    const old = this.#server.current();
     const settled = await this.#read(old);
     if (!settled) return false;
     const { config: next, weakenings } = settled;
     for (const w of next.warnings) log.warn("{warning}", { warning: w });
     const { pending, applied, logging } = this.#sort(old, next);
     if (logging.length > 0) await this.#applyLogging(old, next, logging, applied);
-    const changes = await this.#o.apply(next, old, applied);
+    const changes = await this.#server.apply(next, old, applied);
     this.#pendingRestart = pending;
-    this.#reloadedAt = this.#o.now();
+    this.#reloadedAt = this.#server.now();
     log.info("Configuration reloaded from {path}: {changes}{settled}", {
       path: next.path,
       changes: changes.length > 0 ? changes.join("; ") : "no change",
-      settled: weakenings.length > 0 ? ` (the file read the same for ${formatDuration(this.#o.settleMs)})` : "",
+      settled: weakenings.length > 0 ? ` (the file read the same for ${formatDuration(this.#server.settleMs)})` : "",
     });
     return true;
   }
@@ -100,7 +100,7 @@ export class Reloader {
   /** The file once it has settled; null (logged when it is invalid) to change nothing. */
   async #read(old: ServerConfig): Promise<{ config: ServerConfig; weakenings: string[] } | null> {
     try {
-      return await readSettledConfig(old.path, old, { settleMs: this.#o.settleMs, signal: this.#o.signal });
+      return await readSettledConfig(old.path, old, { settleMs: this.#server.settleMs, signal: this.#server.signal });
     } catch (err) {
       log.error("Configuration reload failed; the running configuration stays as it was: {error}", {
         error: (err as Error).message,
@@ -111,12 +111,12 @@ export class Reloader {
 
   /** Sorts the changes by effect; keys that take a restart are logged and keep their running value in `next`. */
   #sort(old: ServerConfig, next: ServerConfig): SortedChanges {
-    const running = this.#o.running();
+    const running = this.#server.running();
     const sorted: SortedChanges = { pending: [], applied: [], logging: [] };
     for (const change of keyChanges(old, next)) {
       if (
         change.effect === "restart" || change.effect === "install" ||
-        (change.effect === "logging" && !this.#o.applyLogging)
+        (change.effect === "logging" && !this.#server.applyLogging)
       ) {
         log.warn("{warning}", { warning: restartMessage(change, old, next, running) });
         sorted.pending.push(change.key);
@@ -130,9 +130,9 @@ export class Reloader {
 
   /** Applies the new log settings first, so that the lines that follow go where they say. */
   async #applyLogging(old: ServerConfig, next: ServerConfig, logging: string[], applied: string[]): Promise<void> {
-    if (!this.#o.applyLogging) return;
+    if (!this.#server.applyLogging) return;
     try {
-      await this.#o.applyLogging(next);
+      await this.#server.applyLogging(next);
       applied.unshift(...logging);
     } catch (err) {
       log.error("Cannot apply the new log settings ({error}); the running log settings stay", {

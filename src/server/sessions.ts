@@ -97,17 +97,17 @@ type BackendConnection = { conn: Deno.TcpConn; backend: Backend; decision: strin
 
 /** Opens, retakes, resumes and ends sessions for broker-server. */
 export class SessionDesk {
-  #o: SessionDeskOptions;
+  #server: SessionDeskOptions;
   #bufferedSum = { at: -Infinity, bytes: 0 };
 
   /** A desk working for the server that `options` describe. */
   constructor(options: SessionDeskOptions) {
-    this.#o = options;
+    this.#server = options;
   }
 
   /** A new session's timers; its cap is the smaller of ours and the client's `clientCap` (WELCOME states it). */
   #timers(clientCap: number): SessionTimers {
-    const t = this.#o.config().tuning;
+    const t = this.#server.config().tuning;
     const cap = Math.min(t.replayBufferBytes, clientCap);
     return {
       resumeTimeoutMs: t.resumeTimeoutMs,
@@ -125,10 +125,10 @@ export class SessionDesk {
    * sessions open must not walk all of them for each new one.
    */
   #bufferedBytes(): number {
-    const now = this.#o.now();
+    const now = this.#server.now();
     if (now - this.#bufferedSum.at >= 100 || now < this.#bufferedSum.at) {
       let sum = 0;
-      for (const e of this.#o.registry.values()) sum += e.session.bufferedBytes + e.session.pendingLocalBytes;
+      for (const e of this.#server.registry.values()) sum += e.session.bufferedBytes + e.session.pendingLocalBytes;
       this.#bufferedSum = { at: now, bytes: sum };
     }
     return this.#bufferedSum.bytes;
@@ -140,12 +140,12 @@ export class SessionDesk {
    * has proved the admission key.
    */
   #refuseNewSession(source: string): string | null {
-    const limits = this.#o.config().limits;
-    if (this.#o.stopping()) return "broker-server is shutting down and takes no new sessions";
-    if (this.#o.registry.size >= limits.maxSessions) {
+    const limits = this.#server.config().limits;
+    if (this.#server.stopping()) return "broker-server is shutting down and takes no new sessions";
+    if (this.#server.registry.size >= limits.maxSessions) {
       return `broker-server is at its limit of ${limits.maxSessions} sessions (MAX_SESSIONS)`;
     }
-    if (!this.#o.rates().allows(source)) return this.#tooManyNewSessions(source);
+    if (!this.#server.rates().allows(source)) return this.#tooManyNewSessions(source);
     const buffered = this.#bufferedBytes();
     if (buffered >= limits.maxBufferedBytes) {
       return `broker-server buffers ${buffered} bytes for detached or slow sessions, its limit (MAX_BUFFERED): new sessions wait until that drains`;
@@ -154,7 +154,7 @@ export class SessionDesk {
   }
 
   #tooManyNewSessions(source: string): string {
-    return `too many new sessions from ${source}: the limit is ${this.#o.config().limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
+    return `too many new sessions from ${source}: the limit is ${this.#server.config().limits.newSessionsPerMinute} per minute (NEW_SESSIONS_PER_MINUTE)`;
   }
 
   /**
@@ -163,7 +163,7 @@ export class SessionDesk {
    * fails is marked down at once (passive health check).
    */
   async #connectBackend(): Promise<BackendConnection> {
-    const balancer = this.#o.balancer;
+    const balancer = this.#server.balancer;
     const placement = balancer.place();
     const notes = placement.skipped.map((s) => `${s.backend.server.name}: ${s.reason}`);
     for (const backend of placement.order) {
@@ -175,8 +175,8 @@ export class SessionDesk {
       }
       try {
         const conn = await dialTcp(server.hostname, server.port, {
-          timeoutMs: this.#o.config().tuning.connectTimeoutMs,
-          signal: this.#o.shutdown,
+          timeoutMs: this.#server.config().tuning.connectTimeoutMs,
+          signal: this.#server.shutdown,
         });
         if (balancer.connectSucceeded(backend)) {
           log.info("ERP server {server} ({address}) accepts connections again", {
@@ -211,30 +211,30 @@ export class SessionDesk {
    * it proves the key the first attempt derived (#retake).
    */
   async open(link: Link, source: string, request: OpenRequest, read: ReadFrame): Promise<void> {
-    const registry = this.#o.registry;
+    const registry = this.#server.registry;
     const openToken = toHex(request.openToken);
-    if (registry.connecting(openToken)) return this.#o.reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
+    if (registry.connecting(openToken)) return this.#server.reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
     // Retaking an orphan costs no new session or ERP connection: the limits do not apply.
     const refusal = registry.orphan(openToken) ? null : this.#refuseNewSession(source);
-    if (refusal) return this.#o.reject(link, RejectCode.Unavailable, refusal);
+    if (refusal) return this.#server.reject(link, RejectCode.Unavailable, refusal);
     // With an admission key, the client proves it over our fresh nonce and
     // its own key before anything is spent on it (no ERP connection yet).
-    const admission = await this.#o.admissionKey();
+    const admission = await this.#server.admissionKey();
     const serverNonce = randomId();
     if (admission) {
       const proved = await proveAdmission(link, read, { admission, request, serverNonce });
       if (proved === null) return;
-      if (proved !== true) return this.#o.reject(link, proved.code, proved.reason);
+      if (proved !== true) return this.#server.reject(link, proved.code, proved.reason);
     }
     // Only a client that proved the key spends its source's budget: a wrong key must not use up the right one's.
-    if (!registry.orphan(openToken) && !this.#o.rates().take(source)) {
-      return this.#o.reject(link, RejectCode.Unavailable, this.#tooManyNewSessions(source));
+    if (!registry.orphan(openToken) && !this.#server.rates().take(source)) {
+      return this.#server.reject(link, RejectCode.Unavailable, this.#tooManyNewSessions(source));
     }
     const { clientPublicKey } = request;
     const signed = admission ? { admission, clientPublicKey, openToken: request.openToken, serverNonce } : null;
     const orphan = registry.orphan(openToken);
     if (orphan) return this.#retake(link, orphan, request, signed, read);
-    if (registry.connecting(openToken)) return this.#o.reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
+    if (registry.connecting(openToken)) return this.#server.reject(link, RejectCode.Unavailable, OPENING_IN_PROGRESS);
     await this.#create(link, source, request, signed);
   }
 
@@ -242,7 +242,7 @@ export class SessionDesk {
   async #create(link: Link, source: string, request: OpenRequest, signed: WelcomeSignature | null): Promise<void> {
     const { clientPublicKey } = request;
     // From here until it settles, this attempt is the only one for its token.
-    const attempt = this.#o.registry.beginOpening(toHex(request.openToken), clientPublicKey);
+    const attempt = this.#server.registry.beginOpening(toHex(request.openToken), clientPublicKey);
     // Keys first: a bad public key must not cost an ERP connection.
     const own = await createEphemeralKey();
     const sessionId = randomId();
@@ -253,17 +253,17 @@ export class SessionDesk {
       key = await importResumeKey(secret);
     } catch {
       attempt.giveUp();
-      return this.#o.reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
+      return this.#server.reject(link, RejectCode.Protocol, "the client's public key is not a valid X25519 key");
     }
     const backend = await this.#connectBackend();
     if ("errors" in backend) {
       attempt.giveUp();
       const reason = `No ERP server accepted the connection (${backend.errors.join("; ")})`;
-      return this.#o.reject(link, RejectCode.NoBackend, reason);
+      return this.#server.reject(link, RejectCode.NoBackend, reason);
     }
-    if (link.closed || this.#o.shutdown.aborted || !attempt.isLatest()) {
+    if (link.closed || this.#server.shutdown.aborted || !attempt.isLatest()) {
       attempt.giveUp();
-      this.#o.balancer.release(backend.backend);
+      this.#server.balancer.release(backend.backend);
       backend.conn.close();
       link.close();
       log.info("Opening from {client} abandoned: its link closed before the welcome; ERP connection closed unused", {
@@ -274,10 +274,10 @@ export class SessionDesk {
     const timers = this.#timers(request.clientCap);
     link.send(await welcomeFrame({ sessionId, publicKey: own.publicKey, timers }, signed));
     const entry = this.#entry({ sessionId, source, key, secret, client: link.peer }, backend, timers, attempt);
-    this.#o.stats.sessionsOpened++;
+    this.#server.stats.sessionsOpened++;
     attempt.opened(own.publicKey, entry);
     entry.session.start();
-    this.#o.adopt(link);
+    this.#server.adopt(link);
     entry.session.attach(link, 0);
     log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
       session: shortId(entry.id),
@@ -304,7 +304,7 @@ export class SessionDesk {
       id,
       ...fields,
       backend: backend.backend,
-      openedAt: this.#o.now(),
+      openedAt: this.#server.now(),
       attaches: 1,
       session: new Session({
         role: "server",
@@ -344,9 +344,9 @@ export class SessionDesk {
     read: ReadFrame,
   ): Promise<void> {
     const openToken = toHex(hello.openToken);
-    const opening = this.#o.registry.opening(openToken);
+    const opening = this.#server.registry.opening(openToken);
     const refuse = (why: string) =>
-      this.#o.reject(
+      this.#server.reject(
         link,
         RejectCode.BadProof,
         `retried opening of session ${shortId(entry.id)} refused: ${why}; the session is untouched`,
@@ -365,13 +365,13 @@ export class SessionDesk {
     if (proved === null) return;
     if (!proved) return refuse("it does not prove the first attempt's key");
     const mac = await signRetake(entry.key, "server", input);
-    if (this.#o.registry.orphan(openToken) !== entry || link.closed || this.#o.shutdown.aborted) {
+    if (this.#server.registry.orphan(openToken) !== entry || link.closed || this.#server.shutdown.aborted) {
       link.close(); // it changed meanwhile: the client retries, and finds out afresh
       return;
     }
     link.send(encodeProof(FrameType.Resumed, mac, 0));
     entry.client = link.peer;
-    this.#o.adopt(link);
+    this.#server.adopt(link);
     entry.session.attach(link, 0, true);
     entry.attaches++;
     log.info(
@@ -384,30 +384,30 @@ export class SessionDesk {
   async resume(link: Link, request: ResumeRequest, read: ReadFrame): Promise<void> {
     const { sessionId, clientNonce } = request;
     const id = toHex(sessionId);
-    const entry = this.#o.registry.get(id);
-    const tombstone = entry ? undefined : this.#o.registry.tombstone(id);
+    const entry = this.#server.registry.get(id);
+    const tombstone = entry ? undefined : this.#server.registry.tombstone(id);
     if (!entry && !tombstone) {
       const reason = `Session ${
         shortId(id)
       } is not known to this broker-server: it expired, or the server was restarted`;
-      return this.#o.reject(link, RejectCode.UnknownSession, reason);
+      return this.#server.reject(link, RejectCode.UnknownSession, reason);
     }
     const attachesAtChallenge = entry?.attaches;
     // It names a session we hold: idle and new links no longer compete with it.
-    this.#o.resuming(link, id);
+    this.#server.resuming(link, id);
     const serverNonce = randomId();
     const proof = await readResumeProof(link, read, serverNonce);
     if (proof === null) return;
-    if (proof.kind === "refused") return this.#o.reject(link, proof.code, proof.reason);
+    if (proof.kind === "refused") return this.#server.reject(link, proof.code, proof.reason);
     const ended = tombstone as Tombstone;
     const key = entry ? entry.key : await importResumeKey(ended.secret);
     const input = { sessionId, clientNonce, serverNonce, receivedOffset: proof.receivedOffset };
     if (!await verifyResumeProof(key, input, proof.mac)) {
-      return this.#o.reject(link, RejectCode.BadProof, `Resume proof for session ${shortId(id)} does not verify`);
+      return this.#server.reject(link, RejectCode.BadProof, `Resume proof for session ${shortId(id)} does not verify`);
     }
     if (entry) return this.#resumeLive(link, entry, { key, input, attachesAtChallenge });
     if (!ended.clean) {
-      return this.#o.reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.reason}`);
+      return this.#server.reject(link, RejectCode.SessionEnded, `Session ${shortId(id)} has ended: ${ended.reason}`);
     }
     // It ended cleanly while the client was away.
     await answerCleanEnd(link, key, input, ended.received);
@@ -429,7 +429,7 @@ export class SessionDesk {
     // From here the old link (maybe half-open) must not deliver more bytes:
     // our received offset is what the proof below states.
     session.detach(`replaced by a new link from ${link.peer}`);
-    const detachedFor = this.#o.now() - session.stateSince;
+    const detachedFor = this.#server.now() - session.stateSince;
     const received = session.received;
     const mac = await signProof(key, "server", { ...input, receivedOffset: received });
     if (session.state === "closed" || link.closed || session.received !== received) {
@@ -437,11 +437,13 @@ export class SessionDesk {
       return;
     }
     link.send(encodeProof(FrameType.Resumed, mac, received));
-    this.#o.adopt(link);
+    this.#server.adopt(link);
     const replayed = session.attach(link, input.receivedOffset);
     entry.attaches++;
-    if (this.#o.stopping()) session.sendGoAway(this.#o.config().drainTimeoutMs, "broker-server is shutting down");
-    this.#o.stats.recordResume(detachedFor / 1000);
+    if (this.#server.stopping()) {
+      session.sendGoAway(this.#server.config().drainTimeoutMs, "broker-server is shutting down");
+    }
+    this.#server.stats.recordResume(detachedFor / 1000);
     entry.client = link.peer;
     log.info(
       "Session {session} resumed from {client} after {seconds} s: {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
@@ -472,7 +474,7 @@ export class SessionDesk {
         // A valid proof that a newer link overtook (an attempt the client gave
         // up on, delivered late): what it claims is stale, not a gap. Only
         // this link ends; the session carries on with the newer one.
-        await this.#o.reject(
+        await this.#server.reject(
           link,
           RejectCode.CannotResume,
           `stale resume of session ${shortId(entry.id)}: a newer link took over while it was being proven (${
@@ -482,7 +484,11 @@ export class SessionDesk {
         return false;
       }
       const reason = `cannot resume: ${(err as Error).message}`;
-      await this.#o.reject(link, err instanceof ResumeGapError ? RejectCode.CannotResume : RejectCode.Protocol, reason);
+      await this.#server.reject(
+        link,
+        err instanceof ResumeGapError ? RejectCode.CannotResume : RejectCode.Protocol,
+        reason,
+      );
       session.abort(reason);
       return false;
     }
@@ -490,22 +496,22 @@ export class SessionDesk {
 
   /** Records the end of `entry`: counters, the ERP server's count, the log line, its tombstone. */
   #ended(entry: SessionEntry, end: SessionEnd): void {
-    const registry = this.#o.registry;
+    const registry = this.#server.registry;
     registry.delete(entry.id);
     const stats = entry.session.stats;
-    this.#o.stats.recordEnd(end.cause, {
+    this.#server.stats.recordEnd(end.cause, {
       toClient: stats.bytesFromLocal,
       toErp: stats.bytesToLocal,
       replayed: stats.bytesReplayed,
     });
-    this.#o.balancer.release(entry.backend);
-    const heldBack = end.clean ? 0 : this.#o.abnormalEndLog.spend(entry.source);
+    this.#server.balancer.release(entry.backend);
+    const heldBack = end.clean ? 0 : this.#server.abnormalEndLog.spend(entry.source);
     const fields = {
       session: shortId(entry.id),
       reason: end.reason,
       toClient: stats.bytesFromLocal,
       toErp: stats.bytesToLocal,
-      seconds: ((this.#o.now() - entry.openedAt) / 1000).toFixed(1),
+      seconds: ((this.#server.now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
       heldBack: heldBack
         ? ` (${heldBack} more sessions from ${entry.source} ended abnormally before this one: not logged)`
@@ -515,13 +521,13 @@ export class SessionDesk {
       "Session {session} closed: {reason}; {toClient} bytes to the client, {toErp} bytes to the ERP, {seconds} s, {resumes} resumes{heldBack}";
     if (end.clean) log.info(message, fields);
     else if (heldBack !== null) log.warn(message, fields);
-    if (registry.size === 0) this.#o.drained();
+    if (registry.size === 0) this.#server.drained();
     // The client sent the ABORT that ended it and was answered: it needs no tombstone.
-    if (this.#o.shutdown.aborted || end.byPeer) return;
+    if (this.#server.shutdown.aborted || end.byPeer) return;
     registry.bury(
       entry.id,
       { secret: entry.secret, reason: end.reason, clean: end.clean, received: entry.session.received },
-      this.#o.config().tuning.resumeTimeoutMs,
+      this.#server.config().tuning.resumeTimeoutMs,
     );
   }
 }
