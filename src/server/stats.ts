@@ -1,9 +1,16 @@
 /**
  * broker-server's counters and the status snapshot that the status page,
  * /status.json and /metrics are rendered from. Pure data: the server feeds
- * it events and live figures.
+ * it events and live figures, and buildStatus() puts them together.
  * @module
  */
+
+import type { ServerConfig } from "../config/server_config.ts";
+import { describeLogSettings } from "../config/logging.ts";
+import { formatHostPort } from "../config/values.ts";
+import { VERSION } from "../version.ts";
+import type { Backend } from "./balancer.ts";
+import { type ServerSessionInfo, shortId } from "./registry.ts";
 
 /** Upper bounds (s) of the resume duration histogram buckets. */
 export const RESUME_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 180];
@@ -175,4 +182,121 @@ export interface ConfigStatus {
   log: string;
   /** Keys changed in the file that take a restart (or a re-install); their running values stay. */
   pendingRestart: string[];
+}
+
+/** The process's memory figures; zeros where the platform cannot tell. */
+function processMemory(): StatusSnapshot["memory"] {
+  try {
+    const { rss, heapUsed, heapTotal, external } = Deno.memoryUsage();
+    return { rss, heapUsed, heapTotal, external };
+  } catch {
+    return { rss: 0, heapUsed: 0, heapTotal: 0, external: 0 };
+  }
+}
+
+/** What a status snapshot is built from. */
+export interface StatusSources {
+  /** Clock ms now. */
+  now: number;
+  /** The counters. */
+  stats: ServerStats;
+  /** Where broker-clients connect (host:port). */
+  listen: string;
+  /** The configuration in force. */
+  config: ServerConfig;
+  /** When a reload last applied it (clock ms), or null. */
+  reloadedAt: number | null;
+  /** Keys that take a restart. */
+  pendingRestart: readonly string[];
+  /** Balancing method. */
+  sortMethod: string;
+  /** The ERP servers. */
+  backends: readonly Backend[];
+  /** Live sessions. */
+  sessions: readonly ServerSessionInfo[];
+  /** Links in handshake now. */
+  linksInHandshake: number;
+}
+
+/** The figures of the status page, /status.json and /metrics. */
+export function buildStatus(from: StatusSources): StatusSnapshot {
+  const { now, stats, config } = from;
+  let cumulative = 0;
+  return {
+    version: VERSION,
+    startedAt: new Date(stats.startedAt).toISOString(),
+    uptimeSeconds: Math.round((now - stats.startedAt) / 1000),
+    listen: from.listen,
+    memory: processMemory(),
+    sortMethod: from.sortMethod,
+    replayBufferBytes: config.tuning.replayBufferBytes,
+    servers: from.backends.map(serverStatus),
+    sessions: from.sessions.map((e) => sessionStatus(e, now)),
+    totals: totals(from),
+    resumeDuration: {
+      buckets: RESUME_BUCKETS.map((le, i) => ({ le, count: cumulative += stats.resumeHistogram.buckets[i] ?? 0 })),
+      sum: stats.resumeHistogram.sum,
+      count: stats.resumeHistogram.count,
+    },
+    config: {
+      path: config.path,
+      reloadedAt: from.reloadedAt === null ? null : new Date(from.reloadedAt).toISOString(),
+      admissionKey: config.admissionKey !== null,
+      linkTls: config.tls !== null,
+      statusAccessKey: config.status.accessKey !== null,
+      log: describeLogSettings(config.log),
+      pendingRestart: [...from.pendingRestart],
+    },
+  };
+}
+
+/** One ERP server's status. */
+function serverStatus(b: Backend): ServerStatus {
+  return {
+    name: b.server.name,
+    address: formatHostPort(b.server),
+    state: b.draining ? "draining" : b.health,
+    health: b.health,
+    draining: b.draining,
+    weight: b.server.weight,
+    maxSessions: b.server.maxSessions,
+    activeSessions: b.active,
+    totalSessions: b.total,
+    lastError: b.lastError ? { message: b.lastError.message, at: new Date(b.lastError.at).toISOString() } : null,
+  };
+}
+
+/** One live session's status. */
+function sessionStatus(e: ServerSessionInfo, now: number): SessionStatus {
+  return {
+    id: shortId(e.id),
+    client: e.client,
+    server: e.backend.server.name,
+    state: e.session.state === "attached" ? "attached" : "detached",
+    stateSeconds: Math.round((now - e.session.stateSince) / 1000),
+    ageSeconds: Math.round((now - e.openedAt) / 1000),
+    bytesToClient: e.session.stats.bytesFromLocal,
+    bytesToErp: e.session.stats.bytesToLocal,
+    resumes: e.session.stats.resumes,
+    bufferedBytes: e.session.bufferedBytes,
+  };
+}
+
+/** Counters since start, with the live sessions' bytes. */
+function totals(from: StatusSources): StatusSnapshot["totals"] {
+  const { stats, sessions } = from;
+  const sum = (pick: (e: ServerSessionInfo) => number) => sessions.reduce((n, e) => n + pick(e), 0);
+  return {
+    sessionsOpened: stats.sessionsOpened,
+    sessionsActive: sessions.length,
+    resumes: stats.resumes,
+    sessionsCompleted: stats.sessionsCompleted,
+    sessionsExpired: stats.sessionsExpired,
+    sessionsAborted: stats.sessionsAborted,
+    linksRefused: stats.linksRefused,
+    linksInHandshake: from.linksInHandshake,
+    bytesToClients: stats.endedBytesToClient + sum((e) => e.session.stats.bytesFromLocal),
+    bytesToErp: stats.endedBytesToErp + sum((e) => e.session.stats.bytesToLocal),
+    bytesReplayed: stats.endedBytesReplayed + sum((e) => e.session.stats.bytesReplayed),
+  };
 }
