@@ -632,9 +632,10 @@ class SessionRunner {
       } catch (err) {
         const reason = `cannot resume: ${(err as Error).message}`;
         if (err instanceof ResumeGapError || err instanceof RangeError) {
-          this.#serverKnows = true;
+          // Told like any ending: if the answer does not come, the goodbye is said again on a new link.
           link.send(encodeAbort(reason));
-          await link.closeAfterFlush();
+          this.#serverKnows = await this.#answered(link, this.#farewellsEnd);
+          link.close();
           this.#session.abort(reason);
           return;
         }

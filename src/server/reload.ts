@@ -16,6 +16,7 @@ import type { ServerLimits } from "../config/security.ts";
 import { type ServerConfig, serverConfigFromIni } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
+import { sleep } from "../session/backoff.ts";
 
 const log = logger("server");
 
@@ -279,18 +280,6 @@ async function readBytes(path: string): Promise<{ bytes: Uint8Array | null; erro
 function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
   if (a === null || b === null) return a === b;
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }
 
 /**
