@@ -261,6 +261,9 @@ export class SessionDesk {
       const reason = `No ERP server accepted the connection (${backend.errors.join("; ")})`;
       return this.#server.reject(link, RejectCode.NoBackend, reason);
     }
+    // The WELCOME is signed before the last check: nothing may await between that check and the session's creation.
+    const timers = this.#timers(request.clientCap);
+    const welcome = await welcomeFrame({ sessionId, publicKey: own.publicKey, timers }, signed);
     if (link.closed || this.#server.shutdown.aborted || !attempt.isLatest()) {
       attempt.giveUp();
       this.#server.balancer.release(backend.backend);
@@ -271,8 +274,7 @@ export class SessionDesk {
       });
       return;
     }
-    const timers = this.#timers(request.clientCap);
-    link.send(await welcomeFrame({ sessionId, publicKey: own.publicKey, timers }, signed));
+    link.send(welcome);
     const entry = this.#entry({ sessionId, source, key, secret, client: link.peer }, backend, timers, attempt);
     this.#server.stats.sessionsOpened++;
     attempt.opened(own.publicKey, entry);
