@@ -2,13 +2,24 @@
  * Recycled byte buffers for the hot path. Allocating a buffer in V8 zeroes
  * it (a 256 KiB buffer costs about 50 µs here, a 4 KiB one about 4 µs), so
  * reads go into buffers that earlier reads used and that nobody holds any
- * more. Buffers are kept by exact length, up to a byte budget; a buffer
- * handed back must no longer be referenced anywhere, or another session
- * could see, or overwrite, its bytes. Two helpers make that rule easy to
- * keep: `PoolLease` hands a buffer back only when every holder released
- * it, and a write queue's `WriteProgress` tells when it has written what
- * was pushed before a given moment.
- * Pooled buffers are not zeroed: only the bytes a read filled are ever used.
+ * more. Buffers are kept by exact length, up to a byte budget. Pooled
+ * buffers are not zeroed: only the bytes a read filled are ever used.
+ *
+ * The one rule of ownership: a pooled buffer travels with a `PoolLease`,
+ * and everything that may still touch its bytes holds one count of it.
+ * - The link reading into the buffer holds one until it moves on to
+ *   another buffer (see `Link`). (The session's local read owns its buffer
+ *   outright until the bytes are framed; the frame then gets a lease.)
+ * - Every write-queue entry holds one until its bytes are written
+ *   (`WriteQueue.push` with the lease as owner), every replay-buffer chunk
+ *   until its bytes are acknowledged (`ReplayBuffer.append`); a holder that
+ *   shares the buffer further calls `retain()` first.
+ * - The buffer goes back to the pool when the last holder calls
+ *   `release()`, never earlier and never by anyone else.
+ * - A holder that cannot know whether its bytes are still in use (a write
+ *   queue closed while a write may be in flight, a link closed while a read
+ *   may still fill the buffer) never releases, or `abandon`s the lease: the
+ *   buffer is then left to the garbage collector, the safe outcome.
  * @module
  */
 
@@ -72,16 +83,21 @@ export interface Shared extends Releasable {
   retain(): void;
 }
 
+/** A running count of bytes of buffers kept alive, e.g. a session's lent read buffers. */
+export interface HeldBytes {
+  /** Bytes of buffers charged and not yet handed back. */
+  bytes: number;
+}
+
 /**
- * A pooled buffer shared by `holders` owners (e.g. the replay buffer and a
- * link's write queue): it returns to the pool once all of them released it.
- * An owner that is dropped without releasing (a closed link) keeps the
- * buffer out of the pool for good, which is the safe outcome.
+ * A pooled buffer shared by `holders` owners (see the rule above): it
+ * returns to the pool once all of them released it.
  */
 export class PoolLease implements Shared {
   #buffer: Uint8Array;
-  #pool: BufferPool;
+  #pool: BufferPool | null;
   #holders: number;
+  #charged: HeldBytes | null = null;
 
   /** Lends `buffer` (from `pool`) to `holders` owners. */
   constructor(buffer: Uint8Array, pool: BufferPool, holders: number) {
@@ -90,88 +106,47 @@ export class PoolLease implements Shared {
     this.#holders = holders;
   }
 
+  /** The whole buffer. */
+  get buffer(): Uint8Array {
+    return this.#buffer;
+  }
+
+  /** True while more than one owner holds the buffer. */
+  get shared(): boolean {
+    return this.#holders > 1;
+  }
+
   /** One more owner holds the buffer. */
   retain(): void {
     this.#holders++;
   }
 
-  /** One owner is done; the last one hands the buffer back. */
+  /** One owner is done; the last one hands the buffer back (and takes it off the count it was charged to). */
   release(): void {
-    if (--this.#holders === 0) this.#pool.give(this.#buffer);
+    if (--this.#holders > 0) return;
+    if (this.#charged) this.#charged.bytes -= this.#buffer.length;
+    this.#charged = null;
+    this.#pool?.give(this.#buffer);
   }
-}
 
-/** Byte counters of a write queue: pushed so far and written so far. */
-export interface WriteProgress {
-  /** Bytes pushed since the queue was made. */
-  readonly pushedTotal: number;
-  /** Bytes written since the queue was made (never counts bytes dropped on close). */
-  readonly writtenTotal: number;
+  /** Counts the whole buffer in `held` until the last holder releases it (once: later calls do nothing). */
+  chargeTo(held: HeldBytes): void {
+    if (this.#charged || this.#holders === 0) return;
+    this.#charged = held;
+    held.bytes += this.#buffer.length;
+  }
+
+  /**
+   * Releases this holder's count, but the buffer never goes back to the
+   * pool: something this holder cannot stop may still write into it.
+   */
+  abandon(): void {
+    this.#pool = null;
+    this.release();
+  }
 }
 
 /** The smallest power of two that is at least `n`. */
 export function powerOfTwoAtLeast(n: number): number {
   return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
-}
-
-interface Retired {
-  buffer: Uint8Array;
-  /** The queue's pushedTotal when the buffer was retired: once that much is written, nothing refers to it. */
-  mark: number;
-}
-
-/**
- * Read buffers whose views were lent to one write queue (a session's local
- * socket), kept until the queue has written everything pushed while they
- * were in use, then handed back to the pool. One per session, shared by
- * every link it has had: what a replaced link lent still counts, so a peer
- * that resumes on a new link cannot start a fresh budget.
- */
-export class LentBuffers {
-  /** The write queue the views went to. */
-  readonly local: WriteProgress;
-  #retired: Retired[] = [];
-  #bytes = 0;
-  #dropped = false;
-
-  /** Tracks buffers lent to `local`. */
-  constructor(local: WriteProgress) {
-    this.local = local;
-  }
-
-  /** Bytes of buffers still kept for unwritten views (those written past are handed back first). */
-  get bytes(): number {
-    this.release();
-    return this.#bytes;
-  }
-
-  /**
-   * The queue is closed and writes no more: hands back the buffers it wrote
-   * past, forgets the others (left to the garbage collector: a write in
-   * progress may still use a view) and keeps nothing retired from now on.
-   * An ended session may be kept a while (a farewell): not its buffers.
-   */
-  drop(): void {
-    this.release();
-    this.#retired = [];
-    this.#bytes = 0;
-    this.#dropped = true;
-  }
-
-  /** Keeps `buffer` until the queue has written what was pushed so far. */
-  retire(buffer: Uint8Array): void {
-    if (this.#dropped) return;
-    this.#retired.push({ buffer, mark: this.local.pushedTotal });
-    this.#bytes += buffer.length;
-  }
-
-  /** Hands back to the pool every buffer the queue has written past. */
-  release(): void {
-    const written = this.local.writtenTotal;
-    while (this.#retired.length > 0 && (this.#retired[0] as Retired).mark <= written) {
-      const done = this.#retired.shift() as Retired;
-      this.#bytes -= done.buffer.length;
-      readBufferPool.give(done.buffer);
-    }
-  }
 }

@@ -6,7 +6,7 @@
  */
 
 import { type Frame, FrameDecoder, type FrameLimits, type FrameTypeValue, ProtocolError } from "../protocol/frames.ts";
-import { type LentBuffers, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
+import { type HeldBytes, PoolLease, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Smallest read buffer (an idle socket keeps one). */
@@ -67,11 +67,11 @@ export class Link {
   #transport: Transport;
   #decoder: FrameDecoder;
   #sizer = new ReadSizer(MAX_LINK_READ_SIZE);
-  #buffer: Uint8Array | null = null;
+  #lease: PoolLease | null = null;
   #target: Uint8Array | null = null;
   #carried = 0;
-  #lent = false;
-  #lentBuffers: LentBuffers | null = null;
+  #reading = false;
+  #lent: HeldBytes | null = null;
   #closed = false;
   #now: () => number;
   #writeError: Error | null = null;
@@ -105,25 +105,29 @@ export class Link {
   }
 
   /**
-   * Tells the link where the DATA it hands out goes: frames are views into
-   * its read buffers, and a buffer whose views were lent (see
-   * lendReadBuffer) goes to `lent` (the session's) when the link moves on
-   * from it or closes, to be recycled once the local queue has written them.
-   * Until this is called (the handshake, whose frames may be kept), buffers
-   * are never recycled.
+   * From now on the link reads into pooled buffers, each held through a
+   * lease (see buffer_pool.ts): frames are views into them, and a DATA
+   * payload kept beyond the next read must be lent (lendReadBuffer). A
+   * buffer the link moves on from while lent views remain is counted in
+   * `lent` (the session's, shared by all its links) until they are
+   * written. Until this is called (the handshake, whose frames may be
+   * kept), every read gets a fresh buffer that is never recycled.
    */
-  recycleBuffersAfter(lent: LentBuffers): void {
-    this.#lentBuffers = lent;
-    this.#buffer = null;
-    this.#lent = false;
+  recycleBuffers(lent: HeldBytes): void {
+    this.#lent = lent;
+    this.#lease = null;
   }
 
   /**
-   * The session pushed views into the current read buffer (DATA payloads)
-   * to its local write queue: the buffer must outlive them.
+   * The caller keeps a view into the current read buffer (a DATA payload
+   * pushed to the local write queue): the lease it must release when done,
+   * or undefined when the buffer is not pooled (frames read with the
+   * handshake), which nothing else will ever read into.
    */
-  lendReadBuffer(): void {
-    this.#lent = true;
+  lendReadBuffer(): PoolLease | undefined {
+    const lease = this.#lease ?? undefined;
+    lease?.retain();
+    return lease;
   }
 
   /** Changes which frames are accepted from the next one on (a handshake accepts fewer than a session). */
@@ -141,7 +145,7 @@ export class Link {
    * The next frame, or null when the peer closed the link cleanly. Throws
    * ProtocolError for malformed input or a stream cut inside a frame, and
    * the transport's error when the connection fails. The frame's payload is
-   * a view into a read buffer: see recycleBuffersAfter.
+   * a view into a read buffer: see recycleBuffers.
    */
   async readFrame(): Promise<Frame | null> {
     for (;;) {
@@ -175,6 +179,7 @@ export class Link {
     const buffer = this.#readBuffer(size, carried);
     this.#carried = carried.length;
     this.#target = buffer;
+    this.#reading = true;
     return this.#transport.read(carried.length === 0 ? buffer : buffer.subarray(carried.length));
   }
 
@@ -183,6 +188,7 @@ export class Link {
    * end of stream; throws ProtocolError when the stream ended inside a frame.
    */
   afterRead(n: number | null): boolean {
+    this.#reading = false;
     const carried = this.#carried;
     if (n === null) {
       if (carried > 0) throw new ProtocolError(`Link closed inside a frame (${carried} bytes pending)`);
@@ -196,34 +202,33 @@ export class Link {
 
   /**
    * A buffer of `size` bytes starting with the `carried` bytes (a view into
-   * the current buffer): the current one when nothing refers to it and it
-   * has the right size, else a pooled one. A current buffer with lent views
-   * goes to the session's lent buffers; one without goes back to the pool.
+   * the current buffer): the current one again when the link is its only
+   * holder and it has the right size, else a pooled one.
    */
   #readBuffer(size: number, carried: Uint8Array): Uint8Array {
-    const lent = this.#lentBuffers;
-    if (!lent) {
+    if (!this.#lent) {
       // Handshake: its frames may be kept, so every read gets a fresh buffer.
       const fresh = new Uint8Array(size);
       fresh.set(carried);
       return fresh;
     }
-    lent.release();
-    const current = this.#buffer;
-    const free = current !== null && (!this.#lent || lent.local.writtenTotal >= lent.local.pushedTotal);
-    if (current && free && current.length === size) {
-      if (carried.length > 0) current.copyWithin(0, carried.byteOffset, carried.byteOffset + carried.length);
-      this.#lent = false;
-      return current;
+    const current = this.#lease;
+    if (current && !current.shared && current.buffer.length === size) {
+      if (carried.length > 0) current.buffer.copyWithin(0, carried.byteOffset, carried.byteOffset + carried.length);
+      return current.buffer;
     }
-    if (current && !free) lent.retire(current);
     const next = readBufferPool.take(size);
     next.set(carried);
-    // Copied out of it above: a free buffer of the wrong size goes back now.
-    if (current && free) readBufferPool.give(current);
-    this.#buffer = next;
-    this.#lent = false;
+    // Copied out of it above: the link lets go of the current buffer now.
+    if (current) this.#moveOn(current);
+    this.#lease = new PoolLease(next, readBufferPool, 1);
     return next;
+  }
+
+  /** Lets go of a read buffer: views lent from it keep it (counted in the session's lent bytes). */
+  #moveOn(lease: PoolLease): void {
+    if (lease.shared) lease.chargeTo(this.#lent as HeldBytes);
+    lease.release();
   }
 
   /** Like readFrame, but closes the link and throws TimedOut after `ms`. */
@@ -252,9 +257,13 @@ export class Link {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    // Views lent from the current buffer may still wait for the local socket.
-    if (this.#lent && this.#buffer) this.#lentBuffers?.retire(this.#buffer);
-    this.#lent = false;
+    const lease = this.#lease;
+    this.#lease = null;
+    if (lease && this.#reading) {
+      // A read may still fill the buffer: it never goes back to the pool.
+      if (lease.shared) lease.chargeTo(this.#lent as HeldBytes);
+      lease.abandon();
+    } else if (lease) this.#moveOn(lease);
     this.writer.close();
     closeQuietly(this.#transport);
   }

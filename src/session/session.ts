@@ -42,7 +42,7 @@ import {
 } from "../protocol/frames.ts";
 import { formatDuration } from "../config/values.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
-import { LentBuffers, PoolLease, readBufferPool } from "./buffer_pool.ts";
+import { type HeldBytes, PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
@@ -196,7 +196,8 @@ export class Session {
   #settled: Promise<void> = Promise.resolve();
   #goodbye: Goodbye | null = null;
   /** Link read buffers that DATA views queued for the local socket keep alive, over every link. */
-  #lentBuffers: LentBuffers;
+  /** Bytes of link read buffers kept only for DATA waiting for the local socket (all links together). */
+  #lent: HeldBytes = { bytes: 0 };
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -211,7 +212,6 @@ export class Session {
       (err) => this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`),
       () => this.#onDelivered(),
     );
-    this.#lentBuffers = new LentBuffers(this.#localWriter);
   }
 
   /**
@@ -303,7 +303,7 @@ export class Session {
     this.#link = link;
     this.#setState("attached");
     link.lastReceivedAt = this.#now();
-    link.recycleBuffersAfter(this.#lentBuffers);
+    link.recycleBuffers(this.#lent);
     // The peer's received offset says where to resume, not what it has
     // delivered: the replay buffer is trimmed by its ACKs only, so that what
     // waits for its local socket stays counted against the cap.
@@ -386,7 +386,6 @@ export class Session {
       localClosed = this.#closeLocalAfterFlush();
     } else {
       this.#localWriter.close();
-      this.#lentBuffers.drop();
       closeQuietly(this.#local);
     }
     this.#settled = Promise.all([linkClosed, localClosed]).then(() => {});
@@ -519,9 +518,8 @@ export class Session {
           // Small pieces are gathered into shared buffers: a peer sending
           // one byte per DATA frame must not cost an object (and a write) per byte.
           this.#localWriter.pushCopy(bytes);
-        } else if (this.#lentBuffers.bytes < LENT_BUFFERS_BUDGET) {
-          this.#localWriter.push(bytes);
-          link.lendReadBuffer();
+        } else if (this.#lent.bytes < LENT_BUFFERS_BUDGET) {
+          this.#localWriter.push(bytes, link.lendReadBuffer());
         } else {
           // The local socket is far behind: keep a copy, not the link's buffer.
           this.#localWriter.push(bytes.slice());
@@ -668,7 +666,6 @@ export class Session {
   async #closeLocalAfterFlush(): Promise<void> {
     await within(this.#localWriter.flushed(), LOCAL_LINGER_MS);
     this.#localWriter.close();
-    this.#lentBuffers.drop();
     closeQuietly(this.#local);
   }
 

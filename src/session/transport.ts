@@ -6,7 +6,7 @@
  * @module
  */
 
-import { powerOfTwoAtLeast, readBufferPool, type Releasable, type WriteProgress } from "./buffer_pool.ts";
+import { PoolLease, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
 
 /** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
 export interface Transport {
@@ -57,7 +57,7 @@ export function closeQuietly(transport: Transport): void {
  * A pushed buffer may come with an owner to release once it is written
  * (pooled buffers); buffers dropped on close are never released.
  */
-export class WriteQueue implements WriteProgress {
+export class WriteQueue {
   #transport: Transport;
   #queue: Uint8Array[] = [];
   #owners: (Releasable | undefined)[] = [];
@@ -140,7 +140,7 @@ export class WriteQueue implements WriteProgress {
     buffer.set(bytes);
     const view = buffer.subarray(0, bytes.length);
     this.#tail = { buffer, used: bytes.length, view };
-    this.push(view, { release: () => readBufferPool.give(buffer) });
+    this.push(view, new PoolLease(buffer, readBufferPool, 1));
   }
 
   /** Resolves when fewer than `limit` bytes are queued, or the queue is closed. */

@@ -1,5 +1,5 @@
 import { deepEqual, equal } from "node:assert/strict";
-import { BufferPool, LentBuffers, PoolLease } from "../../src/session/buffer_pool.ts";
+import { BufferPool, type HeldBytes, PoolLease } from "../../src/session/buffer_pool.ts";
 import { type Transport, WriteQueue } from "../../src/session/transport.ts";
 import { ReplayBuffer } from "../../src/session/replay_buffer.ts";
 import { Link } from "../../src/session/link.ts";
@@ -124,45 +124,55 @@ function scriptedTransport(chunks: Uint8Array[]): Transport {
   };
 }
 
+/** A stand-in for a session's local write queue: keeps the leases of lent payloads until "written". */
+function fakeLocal() {
+  const held: { bytes: Uint8Array; lease: PoolLease | undefined }[] = [];
+  return {
+    held,
+    lend(link: Link, bytes: Uint8Array) {
+      held.push({ bytes, lease: link.lendReadBuffer() });
+    },
+    writeAll() {
+      for (const { lease } of held.splice(0)) lease?.release();
+    },
+  };
+}
+
 Deno.test("a link never reads into a buffer whose DATA the local side has not written yet", async () => {
   const frames = Array.from({ length: 40 }, (_, i) => encodeData(i * 1000, new Uint8Array(1000).fill(i)));
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
-  const local = { pushedTotal: 0, writtenTotal: 0 };
   equal((await link.readFrame())?.type, FrameType.Preface);
-  const lent = new LentBuffers(local);
-  link.recycleBuffersAfter(lent);
-  const held: Uint8Array[] = [];
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const local = fakeLocal();
   for (let i = 0; i < 40; i++) {
     const frame = await link.readFrame();
-    const payload = frame?.payload.subarray(8) as Uint8Array;
-    held.push(payload);
-    local.pushedTotal += payload.length;
-    link.lendReadBuffer();
+    local.lend(link, frame?.payload.subarray(8) as Uint8Array);
     if (i % 10 === 9) {
       // The local socket catches up only now and then: earlier payloads must be intact meanwhile.
-      for (const [j, bytes] of held.entries()) deepEqual(bytes, new Uint8Array(1000).fill(i - held.length + 1 + j));
-      local.writtenTotal = local.pushedTotal;
-      held.length = 0;
+      for (const [j, { bytes }] of local.held.entries()) {
+        deepEqual(bytes, new Uint8Array(1000).fill(i - local.held.length + 1 + j));
+      }
+      local.writeAll();
     }
   }
   equal(await link.readFrame(), null);
   link.close();
+  equal(lent.bytes, 0);
 });
 
 Deno.test("a link reuses its read buffers once the local side wrote what they carried", async () => {
   const frames = Array.from({ length: 200 }, (_, i) => encodeData(i * 3000, new Uint8Array(3000).fill(i)));
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
-  const local = { pushedTotal: 0, writtenTotal: 0 };
   await link.readFrame();
-  const lent = new LentBuffers(local);
-  link.recycleBuffersAfter(lent);
+  link.recycleBuffers({ bytes: 0 });
+  const local = fakeLocal();
   const before = readBufferPool.counts.allocated;
   for (let i = 0; i < 200; i++) {
     const frame = await link.readFrame();
     equal(frame?.payload[8], i & 0xff, `frame ${i} intact`);
-    local.pushedTotal += 3000;
-    link.lendReadBuffer();
-    local.writtenTotal = local.pushedTotal; // written at once
+    local.lend(link, frame?.payload as Uint8Array);
+    local.writeAll(); // written at once
   }
   const allocated = readBufferPool.counts.allocated - before;
   equal(allocated <= 4, true, `200 frames split across reads needed only ${allocated} new buffers`);
@@ -170,14 +180,13 @@ Deno.test("a link reuses its read buffers once the local side wrote what they ca
 });
 
 Deno.test("a link whose local side is stuck keeps no buffer for frames it did not lend (control frames, copies)", async () => {
-  // The local socket never takes anything (pushedTotal > writtenTotal for good): every
-  // read used to retire the buffer, so a stream of ACKs and heartbeats grew memory without end.
+  // The local socket never takes anything: a stream of ACKs and heartbeats
+  // must not keep buffers alive, since none of their bytes were lent.
   const frames = Array.from({ length: 2000 }, (_, i) => encodeOffsetFrame(FrameType.Heartbeat, i));
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
-  const local = { pushedTotal: 1000, writtenTotal: 0 };
   await link.readFrame();
-  const lent = new LentBuffers(local);
-  link.recycleBuffersAfter(lent);
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
   const before = readBufferPool.counts.allocated + readBufferPool.counts.reused;
   for (let i = 0; i < 2000; i++) equal(readU64((await link.readFrame())?.payload as Uint8Array, 0), i);
   equal(lent.bytes, 0, "no buffer is kept for the stuck local side");
@@ -189,20 +198,78 @@ Deno.test("a link whose local side is stuck keeps no buffer for frames it did no
 Deno.test("a link keeps a lent buffer until the local side wrote past it, and counts what it keeps", async () => {
   const frames = Array.from({ length: 8 }, (_, i) => encodeData(i * 1000, new Uint8Array(1000).fill(i)));
   const link = new Link(scriptedTransport([encodePreface(), ...frames]), "test");
-  const local = { pushedTotal: 0, writtenTotal: 0 };
   await link.readFrame();
-  const lent = new LentBuffers(local);
-  link.recycleBuffersAfter(lent);
-  const held: Uint8Array[] = [];
-  for (let i = 0; i < 8; i++) {
-    held.push(((await link.readFrame())?.payload as Uint8Array).subarray(8));
-    local.pushedTotal += 1000;
-    link.lendReadBuffer();
-  }
-  equal(lent.bytes > 0, true, "buffers holding unwritten DATA are kept and counted");
-  for (const [i, bytes] of held.entries()) deepEqual(bytes, new Uint8Array(1000).fill(i), `payload ${i} intact`);
-  local.writtenTotal = local.pushedTotal;
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const local = fakeLocal();
+  for (let i = 0; i < 8; i++) local.lend(link, ((await link.readFrame())?.payload as Uint8Array).subarray(8));
   equal(await link.readFrame(), null);
+  link.close();
+  equal(lent.bytes > 0, true, "buffers holding unwritten DATA are kept and counted");
+  for (const [i, { bytes }] of local.held.entries()) {
+    deepEqual(bytes, new Uint8Array(1000).fill(i), `payload ${i} intact`);
+  }
+  const pooled = readBufferPool.pooledBytes;
+  local.writeAll();
   equal(lent.bytes, 0, "all handed back once written");
+  equal(readBufferPool.pooledBytes > pooled, true, "and back in the pool");
+});
+
+Deno.test("a link closed while a read may still fill its buffer never hands that buffer back", async () => {
+  let fill: ((n: number | null) => void) | null = null;
+  let target: Uint8Array | null = null;
+  const chunks = [encodePreface(), encodeData(0, new Uint8Array(5000).fill(7))];
+  const transport: Transport = {
+    read: (p) => {
+      const next = chunks.shift();
+      if (next) {
+        const n = Math.min(p.length, next.length);
+        p.set(next.subarray(0, n));
+        if (n < next.length) chunks.unshift(next.subarray(n));
+        return Promise.resolve(n);
+      }
+      target = p;
+      return new Promise((resolve) => fill = resolve);
+    },
+    write: (p) => Promise.resolve(p.length),
+    closeWrite: () => Promise.resolve(),
+    close: () => {},
+  };
+  const link = new Link(transport, "test");
+  await link.readFrame();
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const local = fakeLocal();
+  local.lend(link, ((await link.readFrame())?.payload as Uint8Array).subarray(8));
+  const pending = link.readFrame().catch(() => null);
+  while (!target) await Promise.resolve();
+  link.close();
+  equal(lent.bytes > 0, true, "the lent view's buffer is counted after the close");
+  local.writeAll();
+  equal(lent.bytes, 0, "and uncounted once written");
+  const buffer = (target as Uint8Array).buffer;
+  const reused: ArrayBufferLike[] = [];
+  for (let i = 0; i < 64 && readBufferPool.pooledBytes > 0; i++) reused.push(readBufferPool.take(8192).buffer);
+  equal(reused.includes(buffer), false, "the buffer a read may still fill is not in the pool");
+  (fill as unknown as (n: number | null) => void)(null);
+  await pending;
+});
+
+Deno.test("DATA that came in the same read as the handshake is lent without a lease (its buffer is never pooled)", async () => {
+  const data = encodeData(0, new Uint8Array(300).fill(9));
+  const first = new Uint8Array([...encodePreface(), ...data]);
+  const link = new Link(scriptedTransport([first, encodeData(300, new Uint8Array(5000).fill(8))]), "test");
+  equal((await link.readFrame())?.type, FrameType.Preface);
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const frame = await link.readFrame();
+  equal(frame?.type, FrameType.Data);
+  equal(link.lendReadBuffer(), undefined, "the handshake's buffer has no lease");
+  const next = await link.readFrame();
+  deepEqual(next?.payload.subarray(8), new Uint8Array(5000).fill(8));
+  const lease = link.lendReadBuffer();
+  equal(lease instanceof PoolLease, true, "pooled buffers come with their lease");
+  deepEqual(frame?.payload.subarray(8), new Uint8Array(300).fill(9), "the first payload is intact");
+  lease?.release();
   link.close();
 });
