@@ -1,13 +1,16 @@
 /**
  * Command-line handling shared by broker-server and broker-client: argument
  * parsing (with the TOTVS spellings administrators already type), the default
- * configuration path next to the executable, and exit codes.
+ * configuration path next to the executable, exit codes, and what both
+ * programs print for --help, --version and a start-up error.
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { basename } from "node:path";
 import { type LogLevelName, parseLogFormat, parseLogLevel } from "./config/logging.ts";
+import { ConfigError } from "./config/ini.ts";
+import { VERSION } from "./version.ts";
 
 /** Exit code for success. */
 export const EXIT_OK = 0;
@@ -62,18 +65,14 @@ const TOTVS_ALIASES: Record<string, string | null> = {
   "-remove": "--uninstall",
 };
 
-/** Parses command-line arguments; throws UsageError with a readable message. */
-export function parseCli(args: string[], options: { driver: boolean; service?: boolean }): CliOptions {
-  const mapped: string[] = [];
-  for (const arg of args) {
-    const alias = TOTVS_ALIASES[arg.toLowerCase()];
-    if (alias === null) continue;
-    mapped.push(alias ?? arg);
-  }
-  let parsed;
+/** The flags each program takes, parsed (node's parseArgs); throws UsageError. */
+function parseFlags(
+  args: string[],
+  options: { driver: boolean; service?: boolean },
+): Record<string, string | boolean | undefined> {
   try {
-    parsed = parseArgs({
-      args: mapped,
+    return parseArgs({
+      args,
       strict: true,
       allowPositionals: false,
       options: {
@@ -94,11 +93,21 @@ export function parseCli(args: string[], options: { driver: boolean; service?: b
         "log-level": { type: "string" },
         "log-format": { type: "string" },
       },
-    });
+    }).values as Record<string, string | boolean | undefined>;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const v = parsed.values as Record<string, string | boolean | undefined>;
+}
+
+/** Parses command-line arguments; throws UsageError with a readable message. */
+export function parseCli(args: string[], options: { driver: boolean; service?: boolean }): CliOptions {
+  const mapped: string[] = [];
+  for (const arg of args) {
+    const alias = TOTVS_ALIASES[arg.toLowerCase()];
+    if (alias === null) continue;
+    mapped.push(alias ?? arg);
+  }
+  const v = parseFlags(mapped, options);
   const result: CliOptions = {
     check: v.check === true,
     help: v.help === true,
@@ -165,4 +174,30 @@ export function isRunFromSource(execPath: string): boolean {
 /** The running process' location. */
 export function currentExecLocation(): ExecLocation {
   return { execPath: Deno.execPath(), cwd: Deno.cwd() };
+}
+
+/** Prints the answer to --help or --version and returns the exit code; null when neither was asked. */
+export function answerHelpOrVersion(cli: CliOptions, program: string, usage: string): number | null {
+  if (cli.help) {
+    console.log(usage);
+    return EXIT_OK;
+  }
+  if (cli.version) {
+    console.log(`${program} ${VERSION}`);
+    return EXIT_OK;
+  }
+  return null;
+}
+
+/**
+ * Prints a start-up error the user can fix (a bad option, a bad
+ * configuration file) and returns EXIT_USAGE; anything else is rethrown.
+ * `configHint`: a line printed after a configuration error.
+ */
+export function usageFailure(err: unknown, program: string, configHint?: string): number {
+  if (!(err instanceof UsageError) && !(err instanceof ConfigError)) throw err;
+  console.error(`${program}: ${err.message}`);
+  if (err instanceof UsageError) console.error(`Run ${program} --help for the options.`);
+  else if (configHint) console.error(configHint);
+  return EXIT_USAGE;
 }

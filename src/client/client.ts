@@ -11,7 +11,7 @@
 import type { ClientConfig } from "../config/client_config.ts";
 import { formatDuration, formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
-import { AcceptErrors, openFileLimit } from "../ops/accept_errors.ts";
+import { acceptLoop, type AcceptNote, openFileLimit } from "../ops/accept_errors.ts";
 import {
   encodeAbort,
   encodePreface,
@@ -23,7 +23,7 @@ import {
 } from "../protocol/frames.ts";
 import { createEphemeralKey, type EphemeralKey, importAdmissionKey, randomId } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
+import { DEFAULT_BACKOFF_CAP_MS } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd } from "../session/session.ts";
@@ -154,28 +154,17 @@ export class BrokerClient {
     this.#acceptLoop = this.#accept(this.#listener);
   }
 
-  async #accept(listener: Deno.TcpListener): Promise<void> {
-    const errors = new AcceptErrors({
+  #accept(listener: Deno.TcpListener): Promise<void> {
+    const options = {
       what: "Smart Client connections",
       advice:
         "raise the limit (ulimit -n in the shell that starts broker-client), or close programs that hold many files",
       openFileLimit: openFileLimit(),
       now: this.#now,
-    });
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch (err) {
-        if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
-        const { delayMs, note } = errors.failed(err);
-        if (note) log[note.level](note.message, note.fields);
-        if (delayMs > 0) await sleep(delayMs, this.#shutdown.signal);
-        continue;
-      }
-      const recovered = errors.succeeded();
-      if (recovered) log[recovered.level](recovered.message, recovered.fields);
-      conn.setNoDelay(true);
+      signal: this.#shutdown.signal,
+      log: (note: AcceptNote) => log[note.level](note.message, note.fields),
+    };
+    return acceptLoop(listener, options, (conn) => {
       const runner = new SessionRunner(conn, {
         config: this.#config,
         shutdown: this.#shutdown.signal,
@@ -190,7 +179,7 @@ export class BrokerClient {
       });
       this.#runners.add(runner);
       runner.run();
-    }
+    });
   }
 
   /** Stops listening and ends every session. */
@@ -324,8 +313,8 @@ class SessionRunner {
     const fields = {
       session: this.#label,
       reason: end.reason,
-      sent: stats.bytesFromLocal,
-      received: stats.bytesToLocal,
+      sent: stats.bytesSent,
+      received: stats.bytesReceived,
       seconds: ((this.#now() - this.#openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
     };

@@ -5,18 +5,17 @@
  */
 
 import {
+  answerHelpOrVersion,
   type CliOptions,
   currentExecLocation,
   defaultConfigPath,
   EXIT_FAILURE,
   EXIT_OK,
-  EXIT_USAGE,
   parseCli,
-  UsageError,
+  usageFailure,
 } from "../cli.ts";
 import { type ClientConfig, loadClientConfig } from "../config/client_config.ts";
 import { checkClientFiles } from "../config/files.ts";
-import { ConfigError } from "../config/ini.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings, perUserLogFile } from "../config/logging.ts";
 import { logger, loggingFrom, setupLoggingWithFallback, teardownLogging } from "../ops/log.ts";
@@ -113,39 +112,34 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   let config: ClientConfig;
   try {
     cli = parseCli(args, { driver: true });
-    if (cli.help) {
-      console.log(USAGE);
-      return EXIT_OK;
-    }
-    if (cli.version) {
-      console.log(`broker-client ${VERSION}`);
-      return EXIT_OK;
-    }
+    const answered = answerHelpOrVersion(cli, "broker-client", USAGE);
+    if (answered !== null) return answered;
     config = await loadClientConfig(
       cli.config ?? defaultConfigPath(CLIENT_CONFIG_FILE, currentExecLocation()),
       cli.driver,
     );
     if (!cli.check) checkClientFiles(config);
   } catch (err) {
-    if (err instanceof UsageError || err instanceof ConfigError) {
-      console.error(`broker-client: ${err.message}`);
-      if (err instanceof UsageError) console.error("Run broker-client --help for the options.");
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageFailure(err, "broker-client");
   }
-  if (cli.check) {
-    console.log(describeClientConfig(config));
-    try {
-      checkClientFiles(config);
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      console.error(`broker-client: ${err.message}`);
-      return EXIT_USAGE;
-    }
-    console.log("Configuration is valid.");
-    return EXIT_OK;
+  if (cli.check) return checkOnly(config);
+  return await runClient(config, cli, options.signal);
+}
+
+/** --check: prints the configuration as understood and whether its files open. */
+function checkOnly(config: ClientConfig): number {
+  console.log(describeClientConfig(config));
+  try {
+    checkClientFiles(config);
+  } catch (err) {
+    return usageFailure(err, "broker-client");
   }
+  console.log("Configuration is valid.");
+  return EXIT_OK;
+}
+
+/** Runs broker-client until `signal` aborts; resolves to the exit code. */
+async function runClient(config: ClientConfig, cli: CliOptions, signal: AbortSignal): Promise<number> {
   // Smart Client's traffic never waits on a log file: beside smartclient.ini
   // (often Program Files, read-only for desktop users), else the user's own
   // folder, else the console alone.
@@ -167,7 +161,7 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
     log.error("{error}", { error: (err as Error).message });
     return EXIT_FAILURE;
   }
-  await aborted(options.signal);
+  await aborted(signal);
   await client.close();
   await teardownLogging();
   return EXIT_OK;

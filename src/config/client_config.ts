@@ -11,7 +11,7 @@
  * @module
  */
 
-import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
+import { ConfigError, type IniDocument, type IniSection, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { type ClientTls, readAdmissionKey, readClientTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
@@ -73,6 +73,32 @@ function parseHost(text: string): string {
 export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): ClientConfig {
   const warnings: string[] = [];
   const notes: string[] = [];
+  const raw = connectionSection(doc, driverOverride, warnings);
+  const section = new SectionReader(doc, raw, warnings);
+  const { listen, brokerServers } = readEndpoints(section, raw, notes);
+  const config: ClientConfig = {
+    path: doc.path,
+    driver: raw.name,
+    listen,
+    brokerServers,
+    newSessionTimeoutMs: readDuration(section, "NEW_SESSION_TIMEOUT", DEFAULT_NEW_SESSION_TIMEOUT_MS),
+    connectTimeoutMs: readDuration(section, "CONNECT_TIMEOUT", DEFAULT_TUNING.connectTimeoutMs),
+    handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
+    replayBufferBytes: readReplayBufferSize(section),
+    log: readLogSettings(section, doc.path, DEFAULT_CLIENT_LOG_FILE),
+    admissionKey: readAdmissionKey(section),
+    tls: readClientTls(section, doc.path),
+    notes,
+    warnings,
+  };
+  // Smart Client keeps its own keys in the same section; only report keys
+  // that look like ours, so a typo such as "BrokerServr" does not go unseen.
+  section.reportUnknownKeys((key) => !key.startsWith("broker") && !/^[a-z0-9]+(_[a-z0-9]+)+$/.test(key));
+  return config;
+}
+
+/** The connection's section: the one --driver names, else the one [drivers] active= names. */
+function connectionSection(doc: IniDocument, driverOverride: string | undefined, warnings: string[]): IniSection {
   let driver = driverOverride;
   if (driver === undefined) {
     const drivers = doc.sections.get("drivers");
@@ -97,8 +123,11 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
       }: the sections in this file are ${[...doc.sections.values()].map((s) => `[${s.name}]`).join(", ")}`,
     );
   }
-  const section = new SectionReader(doc, raw, warnings);
+  return raw;
+}
 
+/** Throws unless the section enables the broker (BrokerProxy=1): broker-client carries no other connection. */
+function requireBrokerProxy(section: SectionReader, raw: IniSection): void {
   const proxy = section.entry("BrokerProxy");
   if (!proxy || section.parseEntry(proxy, parseSwitch) !== true) {
     throw section.error(
@@ -108,6 +137,19 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
       }. broker-client only carries connections whose section says BrokerProxy=1`,
     );
   }
+}
+
+/**
+ * Where broker-client listens and which broker servers it uses: from
+ * server/port and BrokerServer (with LISTEN_ADDRESS, LISTEN_PORT), after
+ * checking that the section enables the broker (BrokerProxy=1).
+ */
+function readEndpoints(
+  section: SectionReader,
+  raw: IniSection,
+  notes: string[],
+): { listen: HostPort; brokerServers: HostPort[] } {
+  requireBrokerProxy(section, raw);
   const serverEntry = section.entry("server");
   const portEntry = section.entry("port");
   if (!serverEntry) {
@@ -153,32 +195,14 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
     }
   }
   if (!isLoopback(listen.hostname)) {
-    warnings.push(
-      `${doc.path}:${listenAddressEntry?.line ?? serverEntry.line}: broker-client listens on ${
+    section.warn(
+      listenAddressEntry?.line ?? serverEntry.line,
+      `broker-client listens on ${
         formatHostPort(listen)
       }, which is not a loopback address: other machines can reach it`,
     );
   }
-
-  const config: ClientConfig = {
-    path: doc.path,
-    driver: raw.name,
-    listen,
-    brokerServers,
-    newSessionTimeoutMs: readDuration(section, "NEW_SESSION_TIMEOUT", DEFAULT_NEW_SESSION_TIMEOUT_MS),
-    connectTimeoutMs: readDuration(section, "CONNECT_TIMEOUT", DEFAULT_TUNING.connectTimeoutMs),
-    handshakeTimeoutMs: readDuration(section, "HANDSHAKE_TIMEOUT", DEFAULT_TUNING.handshakeTimeoutMs),
-    replayBufferBytes: readReplayBufferSize(section),
-    log: readLogSettings(section, doc.path, DEFAULT_CLIENT_LOG_FILE),
-    admissionKey: readAdmissionKey(section),
-    tls: readClientTls(section, doc.path),
-    notes,
-    warnings,
-  };
-  // Smart Client keeps its own keys in the same section; only report keys
-  // that look like ours, so a typo such as "BrokerServr" does not go unseen.
-  section.reportUnknownKeys((key) => !key.startsWith("broker") && !/^[a-z0-9]+(_[a-z0-9]+)+$/.test(key));
-  return config;
+  return { listen, brokerServers };
 }
 
 /** Reads and validates a smartclient.ini file. */

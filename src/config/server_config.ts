@@ -6,7 +6,7 @@
  */
 
 import { readDuration } from "./bounds.ts";
-import { ConfigError, type IniDocument, readIniFile } from "./ini.ts";
+import { ConfigError, type IniDocument, type IniSection, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { readAdmissionKey, readLimits, readServerTls, type ServerLimits, type ServerTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
@@ -220,58 +220,12 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
   const general = doc.sections.get("general");
   const consoleLog = general ? new SectionReader(doc, general, warnings).value("CONSOLELOG", parseSwitch, true) : true;
 
-  const portEntry = section.entry("LOCAL_SERVER_PORT");
-  if (!portEntry) {
-    throw section.error(
-      raw.line,
-      `Cannot find LOCAL_SERVER_PORT in [${raw.name}]: expected the port broker-clients connect to, e.g. "LOCAL_SERVER_PORT = 4000"`,
-    );
-  }
-  const listen: HostPort = {
-    hostname: section.value("LOCAL_SERVER_ADDRESS", (t) => {
-      if (t.trim() === "") throw new SyntaxError(`expected an address, got ""`);
-      return t.trim();
-    }, DEFAULT_SERVER_BIND),
-    port: section.parseEntry(portEntry, parsePort),
-  };
-
-  const remoteServers = section.prefixed("REMOTE_SERVER_").map((e): RemoteServer => {
-    const suffix = e.key.slice("REMOTE_SERVER_".length);
-    if (!/^[A-Za-z0-9]+$/.test(suffix)) {
-      throw section.error(
-        e.line,
-        `Cannot parse key ${e.key}: the suffix after REMOTE_SERVER_ must be letters and digits`,
-      );
-    }
-    return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseRemoteServer) };
-  });
-  warnRepeatedAddresses(section, remoteServers);
-  if (remoteServers.length === 0) {
-    throw section.error(
-      raw.line,
-      `Cannot find any REMOTE_SERVER_xx in [${raw.name}]: expected at least one ERP server, e.g. "REMOTE_SERVER_01 = 10.0.0.5 5000"`,
-    );
-  }
-
-  const methodEntry = section.entry("SORT_METHOD");
-  let sortMethod: SortMethod = "CONNECTION";
-  if (methodEntry) {
-    const method = section.parseEntry(methodEntry, parseSortMethod);
-    if (method === "ROUND_ROBIN") sortMethod = "ROUND_ROBIN";
-    else if (method !== "CONNECTION") {
-      section.warn(
-        methodEntry.line,
-        `SORT_METHOD ${methodEntry.value} needs Protheus' own monitoring protocol, which this broker does not speak: balancing by CONNECTION (fewest sessions) instead`,
-      );
-    }
-  }
-
   const config: ServerConfig = {
     path: doc.path,
     consoleLog,
-    listen,
-    remoteServers,
-    sortMethod,
+    listen: readListen(section, raw),
+    remoteServers: readRemoteServers(section, raw),
+    sortMethod: readSortMethod(section),
     serviceName: section.value("SERVICE_NAME", parseServiceName, DEFAULT_SERVICE_NAME),
     serviceDisplayName: section.value("SERVICE_DISPLAY_NAME", (t) => t, "TOTVS Protheus broker server"),
     tuning: readTuning(section),
@@ -290,6 +244,64 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
   };
   section.reportUnknownKeys();
   return config;
+}
+
+/** LOCAL_SERVER_ADDRESS and LOCAL_SERVER_PORT: where broker-server listens. */
+function readListen(section: SectionReader, raw: IniSection): HostPort {
+  const portEntry = section.entry("LOCAL_SERVER_PORT");
+  if (!portEntry) {
+    throw section.error(
+      raw.line,
+      `Cannot find LOCAL_SERVER_PORT in [${raw.name}]: expected the port broker-clients connect to, e.g. "LOCAL_SERVER_PORT = 4000"`,
+    );
+  }
+  return {
+    hostname: section.value("LOCAL_SERVER_ADDRESS", (t) => {
+      if (t.trim() === "") throw new SyntaxError(`expected an address, got ""`);
+      return t.trim();
+    }, DEFAULT_SERVER_BIND),
+    port: section.parseEntry(portEntry, parsePort),
+  };
+}
+
+/** The REMOTE_SERVER_xx entries: at least one. */
+function readRemoteServers(section: SectionReader, raw: IniSection): RemoteServer[] {
+  const remoteServers = section.prefixed("REMOTE_SERVER_").map((e): RemoteServer => {
+    const suffix = e.key.slice("REMOTE_SERVER_".length);
+    if (!/^[A-Za-z0-9]+$/.test(suffix)) {
+      throw section.error(
+        e.line,
+        `Cannot parse key ${e.key}: the suffix after REMOTE_SERVER_ must be letters and digits`,
+      );
+    }
+    return { name: e.key.toUpperCase(), line: e.line, ...section.parseEntry(e, parseRemoteServer) };
+  });
+  warnRepeatedAddresses(section, remoteServers);
+  if (remoteServers.length === 0) {
+    throw section.error(
+      raw.line,
+      `Cannot find any REMOTE_SERVER_xx in [${raw.name}]: expected at least one ERP server, e.g. "REMOTE_SERVER_01 = 10.0.0.5 5000"`,
+    );
+  }
+  return remoteServers;
+}
+
+/** SORT_METHOD: CONNECTION (default) or ROUND_ROBIN; Protheus' other methods fall back to CONNECTION. */
+function readSortMethod(section: SectionReader): SortMethod {
+  const methodEntry = section.entry("SORT_METHOD");
+  let sortMethod: SortMethod = "CONNECTION";
+  if (methodEntry) {
+    const method = section.parseEntry(methodEntry, parseSortMethod);
+    if (method === "ROUND_ROBIN") sortMethod = "ROUND_ROBIN";
+    else if (method !== "CONNECTION") {
+      section.warn(
+        methodEntry.line,
+        `SORT_METHOD ${methodEntry.value} needs Protheus' own monitoring protocol, which this broker does not speak: balancing by CONNECTION (fewest sessions) instead`,
+      );
+    }
+  }
+
+  return sortMethod;
 }
 
 /** Reads and validates an appserver.ini file. */

@@ -4,10 +4,13 @@
  * peer's doing (debug, summed up at most every 10 s); running out of file
  * descriptors is said once, with the limit and how to raise it, and retried
  * with backoff instead of at once. Also the process's descriptor limit, and
- * how many descriptors a broker-server's limits need. Pure but for
- * openFileLimit, with an injectable clock.
+ * how many descriptors a broker-server's limits need; and `acceptLoop`,
+ * the one accept loop both programs run on that policy. Pure but for
+ * openFileLimit and acceptLoop, with an injectable clock.
  * @module
  */
+
+import { sleep } from "../session/backoff.ts";
 
 /** What went wrong in accept(). */
 export type AcceptFailure = "peer" | "descriptors" | "other";
@@ -191,4 +194,41 @@ export const SERVER_DESCRIPTOR_ADVICE =
  */
 export function descriptorsNeeded(limits: { maxSessions: number; maxHandshakes: number }): number {
   return 2 * limits.maxSessions + 2 * limits.maxHandshakes + 64;
+}
+
+/** Options of acceptLoop. */
+export interface AcceptLoopOptions extends AcceptErrorsOptions {
+  /** Stops the loop (with the listener's closing). */
+  signal: AbortSignal;
+  /** Writes a note (the program's logger). */
+  log: (note: AcceptNote) => void;
+}
+
+/**
+ * Accepts connections until `signal` aborts or the listener is closed,
+ * handing each to `onConn` with Nagle's algorithm off. Failures are
+ * retried and logged as AcceptErrors says; the loop never throws.
+ */
+export async function acceptLoop<C extends Deno.Conn>(
+  listener: Deno.Listener<C>,
+  options: AcceptLoopOptions,
+  onConn: (conn: C) => void,
+): Promise<void> {
+  const errors = new AcceptErrors(options);
+  for (;;) {
+    let conn: C;
+    try {
+      conn = await listener.accept();
+    } catch (err) {
+      if (options.signal.aborted || err instanceof Deno.errors.BadResource) return;
+      const { delayMs, note } = errors.failed(err);
+      if (note) options.log(note);
+      if (delayMs > 0) await sleep(delayMs, options.signal);
+      continue;
+    }
+    const recovered = errors.succeeded();
+    if (recovered) options.log(recovered);
+    (conn as unknown as Deno.TcpConn).setNoDelay?.(true);
+    onConn(conn);
+  }
 }

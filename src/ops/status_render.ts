@@ -58,29 +58,10 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
   const query = options.linkKey ? `?key=${encodeURIComponent(options.linkKey)}` : "";
   const card = (label: string, value: string | number) =>
     `<div class="card">${escape(label)}<b>${escape(value)}</b></div>`;
-  const servers = s.servers.map((b) =>
-    `<tr><td>${escape(b.name)}</td><td>${escape(b.address)}</td><td class="${b.health}">${b.health}${
-      b.draining ? ` <span class="draining">draining</span>` : ""
-    }</td>` +
-    `<td class="n">${b.activeSessions}${
-      b.maxSessions > 0 ? ` / ${b.maxSessions}` : ""
-    }</td><td class="n">${b.totalSessions}</td>` +
-    `<td class="n">${b.weight}</td><td class="err">${
-      b.lastError ? `${escape(b.lastError.message)} <span class="meta">(${escape(b.lastError.at)})</span>` : ""
-    }</td></tr>`
-  ).join("");
   const listed = s.sessions.slice(0, SESSION_ROWS);
   const unlisted = s.sessions.length - listed.length;
-  const sessions = listed.map((x) =>
-    `<tr><td><code>${escape(x.id)}</code></td><td>${escape(x.client)}</td><td>${escape(x.server)}</td>` +
-    `<td class="${x.state}">${x.state} ${escape(formatAge(x.stateSeconds))}</td><td class="n">${
-      escape(formatAge(x.ageSeconds))
-    }</td>` +
-    `<td class="n">${escape(formatBytes(x.bytesToClient))}</td><td class="n">${
-      escape(formatBytes(x.bytesToErp))
-    }</td>` +
-    `<td class="n">${x.resumes}</td><td class="n">${escape(formatBytes(x.bufferedBytes))}</td></tr>`
-  ).join("");
+  const servers = serverRows(s.servers);
+  const sessions = sessionRows(listed);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <meta http-equiv="refresh" content="${REFRESH_SECONDS}"><title>Protheus broker: ${t.sessionsActive} sessions</title>
@@ -131,6 +112,35 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
 `;
 }
 
+/** The ERP servers table's rows. */
+function serverRows(list: StatusSnapshot["servers"]): string {
+  return list.map((b) =>
+    `<tr><td>${escape(b.name)}</td><td>${escape(b.address)}</td><td class="${b.health}">${b.health}${
+      b.draining ? ` <span class="draining">draining</span>` : ""
+    }</td>` +
+    `<td class="n">${b.activeSessions}${
+      b.maxSessions > 0 ? ` / ${b.maxSessions}` : ""
+    }</td><td class="n">${b.totalSessions}</td>` +
+    `<td class="n">${b.weight}</td><td class="err">${
+      b.lastError ? `${escape(b.lastError.message)} <span class="meta">(${escape(b.lastError.at)})</span>` : ""
+    }</td></tr>`
+  ).join("");
+}
+
+/** The sessions table's rows. */
+function sessionRows(list: StatusSnapshot["sessions"]): string {
+  return list.map((x) =>
+    `<tr><td><code>${escape(x.id)}</code></td><td>${escape(x.client)}</td><td>${escape(x.server)}</td>` +
+    `<td class="${x.state}">${x.state} ${escape(formatAge(x.stateSeconds))}</td><td class="n">${
+      escape(formatAge(x.ageSeconds))
+    }</td>` +
+    `<td class="n">${escape(formatBytes(x.bytesToClient))}</td><td class="n">${
+      escape(formatBytes(x.bytesToErp))
+    }</td>` +
+    `<td class="n">${x.resumes}</td><td class="n">${escape(formatBytes(x.bufferedBytes))}</td></tr>`
+  ).join("");
+}
+
 function label(value: string): string {
   return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 }
@@ -138,7 +148,7 @@ function label(value: string): string {
 /** Prometheus text exposition of the snapshot. */
 export function renderMetrics(s: StatusSnapshot): string {
   const out: string[] = [];
-  const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
+  const metric: MetricWriter = (name, type, help, samples) => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const [labels, value] of samples) out.push(`${name}${labels} ${value}`);
   };
@@ -192,30 +202,37 @@ export function renderMetrics(s: StatusSnapshot): string {
     "Bytes held in replay buffers (sent to clients, not yet acknowledged).",
     [["", s.sessions.reduce((n, x) => n + x.bufferedBytes, 0)]],
   );
-  const server = (b: (typeof s.servers)[number]) => `server="${label(b.name)}",address="${label(b.address)}"`;
+  backendMetrics(s.servers, metric);
+  return out.join("\n") + "\n";
+}
+
+type MetricWriter = (name: string, type: string, help: string, samples: [string, number][]) => void;
+
+/** The per-ERP-server metrics. */
+function backendMetrics(servers: StatusSnapshot["servers"], metric: MetricWriter): void {
+  const server = (b: StatusSnapshot["servers"][number]) => `server="${label(b.name)}",address="${label(b.address)}"`;
   metric(
     "broker_backend_up",
     "gauge",
     "ERP server health: 1 up, 0 down.",
-    s.servers.map((b) => [`{${server(b)}}`, b.health === "up" ? 1 : 0]),
+    servers.map((b) => [`{${server(b)}}`, b.health === "up" ? 1 : 0]),
   );
   metric(
     "broker_backend_draining",
     "gauge",
     "1 when the ERP server was removed from the configuration and drains its sessions.",
-    s.servers.map((b) => [`{${server(b)}}`, b.draining ? 1 : 0]),
+    servers.map((b) => [`{${server(b)}}`, b.draining ? 1 : 0]),
   );
   metric(
     "broker_backend_sessions",
     "gauge",
     "Live sessions per ERP server.",
-    s.servers.map((b) => [`{${server(b)}}`, b.activeSessions]),
+    servers.map((b) => [`{${server(b)}}`, b.activeSessions]),
   );
   metric(
     "broker_backend_sessions_total",
     "counter",
     "Sessions placed on each ERP server.",
-    s.servers.map((b) => [`{${server(b)}}`, b.totalSessions]),
+    servers.map((b) => [`{${server(b)}}`, b.totalSessions]),
   );
-  return out.join("\n") + "\n";
 }

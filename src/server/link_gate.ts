@@ -3,6 +3,9 @@
  * caps of HandshakeAdmission (closing the links that make room), and
  * refuses or drops the ones that do not become a session's, counting each
  * once and logging within a budget (peers can fail handshakes at will).
+ * It owns every link until the link is adopted by a session (see adopt):
+ * a link whose handshake ends unadopted is closed here, whatever path the
+ * handshake took.
  * @module
  */
 
@@ -36,6 +39,7 @@ export class LinkGate {
   #options: LinkGateOptions;
   #handshaking = new HandshakeAdmission<Link>();
   #evicted = new WeakSet<Link>();
+  #adopted = new WeakSet<Link>();
   #crowdLogged = { at: -Infinity, dropped: 0 };
   /** Peers can make handshakes fail, or be refused, at will: 20 lines of each per 10 s at most. */
   #dropLog: LogBudget;
@@ -90,9 +94,19 @@ export class LinkGate {
     for (const older of this.#handshaking.resuming(link, id)) this.#evict(older);
   }
 
-  /** Forgets a link whose handshake is over. */
-  remove(link: Link): void {
+  /**
+   * `link` belongs to a session from now on: its handshake's end leaves it
+   * open, and it takes every frame a session uses (up to `maxPayload`).
+   */
+  adopt(link: Link, maxPayload: number): void {
+    this.#adopted.add(link);
+    link.setFrameLimits({ maxPayload });
+  }
+
+  /** The handshake of `link` is over: forgets it, and closes it unless a session adopted it. */
+  finish(link: Link): void {
     this.#handshaking.remove(link);
+    if (!this.#adopted.has(link)) link.close();
   }
 
   /** Refuses `link` with REJECT `code`: counted, logged within budget, closed once the REJECT is sent. */

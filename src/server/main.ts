@@ -5,6 +5,7 @@
  */
 
 import {
+  answerHelpOrVersion,
   type CliOptions,
   currentExecLocation,
   defaultConfigPath,
@@ -13,7 +14,7 @@ import {
   EXIT_USAGE,
   isRunFromSource,
   parseCli,
-  UsageError,
+  usageFailure,
 } from "../cli.ts";
 import { checkServerFiles } from "../config/files.ts";
 import { ConfigError } from "../config/ini.ts";
@@ -171,39 +172,17 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   let uninstalling = false;
   try {
     cli = parseCli(args, { driver: false, service: true });
-    if (cli.help) {
-      console.log(USAGE);
-      return EXIT_OK;
-    }
-    if (cli.version) {
-      console.log(`broker-server ${VERSION}`);
-      return EXIT_OK;
-    }
+    const answered = answerHelpOrVersion(cli, "broker-server", USAGE);
+    if (answered !== null) return answered;
     const path = cli.config ?? defaultConfigPath(SERVER_CONFIG_FILE, currentExecLocation());
     uninstalling = cli.uninstall;
     if (cli.uninstall) return await uninstallService(cli.serviceName ?? await readServiceName(path));
     config = await loadServerConfig(path);
   } catch (err) {
-    if (err instanceof UsageError || err instanceof ConfigError) {
-      console.error(`broker-server: ${err.message}`);
-      if (err instanceof UsageError) console.error("Run broker-server --help for the options.");
-      else if (uninstalling) {
-        console.error("To remove the service by name: broker-server --uninstall --service-name NAME");
-      }
-      return EXIT_USAGE;
-    }
-    throw err;
+    const hint = uninstalling ? "To remove the service by name: broker-server --uninstall --service-name NAME" : "";
+    return usageFailure(err, "broker-server", hint);
   }
-  if (cli.check) {
-    console.log(describeServerConfig(config));
-    const problem = await unusableFile(config);
-    if (problem) {
-      console.error(`broker-server: ${problem}`);
-      return EXIT_USAGE;
-    }
-    console.log("Configuration is valid.");
-    return EXIT_OK;
-  }
+  if (cli.check) return await checkOnly(config);
   if (cli.install) return await installService(config);
   if (cli.service) {
     if (Deno.build.os !== "windows") {
@@ -221,6 +200,18 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
   return await runBroker(config, cli, options.signal);
 }
 
+/** --check: prints the configuration as understood and whether its files open. */
+async function checkOnly(config: ServerConfig): Promise<number> {
+  console.log(describeServerConfig(config));
+  const problem = await unusableFile(config);
+  if (problem) {
+    console.error(`broker-server: ${problem}`);
+    return EXIT_USAGE;
+  }
+  console.log("Configuration is valid.");
+  return EXIT_OK;
+}
+
 /** Runs the broker until `signal` aborts; resolves to the exit code. */
 async function runBroker(
   config: ServerConfig,
@@ -228,40 +219,12 @@ async function runBroker(
   signal: AbortSignal,
   onRunning: () => void = () => {},
 ): Promise<number> {
-  const problem = await unusableFile(config);
-  if (problem) {
-    console.error(`broker-server: ${problem}`);
-    // A service has no console: the log file gets it too, when that file is not the problem.
-    try {
-      await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
-      logger("server").error("{error}", { error: problem });
-      await teardownLogging();
-    } catch { /* the console has it */ }
-    return EXIT_USAGE;
-  }
-  try {
-    await setupLogging(loggingFrom(config.log, config.consoleLog || cli.console, cli));
-  } catch (err) {
-    console.error(`broker-server: ${(err as Error).message}`);
-    return EXIT_FAILURE;
-  }
+  const failed = await startLogging(config, cli);
+  if (failed !== null) return failed;
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
   for (const w of config.warnings) log.warn("{warning}", { warning: w });
-  const fileLimit = openFileLimit();
-  const needed = descriptorsNeeded(config.limits);
-  if (fileLimit !== null && fileLimit < needed) {
-    log.warn(
-      "The open-file limit is {limit}, below the {needed} descriptors that MAX_SESSIONS ({sessions}) and MAX_HANDSHAKES ({handshakes}) can take: {advice}",
-      {
-        limit: fileLimit,
-        needed,
-        sessions: config.limits.maxSessions,
-        handshakes: config.limits.maxHandshakes,
-        advice: SERVER_DESCRIPTOR_ADVICE,
-      },
-    );
-  }
+  warnIfFewDescriptors(config);
   const server = new BrokerServer(config, {
     applyLogging: (next) => setupLogging(loggingFrom(next.log, next.consoleLog || cli.console, cli)),
   });
@@ -276,24 +239,74 @@ async function runBroker(
   const watcher = watchConfig(config.path, () => server.reload());
   await aborted(signal);
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
-  // The stop's deadline is ours, not the service manager's (the systemd unit
-  // says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force now, plus time to
-  // close what is left. It covers the watcher too: its close waits for a
-  // reload under way, which may be settling a file that keeps changing until
-  // the server's close stops it.
+  const stopped = await stopWithinDeadline(server, watcher);
+  await teardownLogging();
+  return stopped ? EXIT_OK : EXIT_FAILURE;
+}
+
+/**
+ * Checks the files the configuration names and starts logging; the exit
+ * code when either fails (said on the console, and in the log file when
+ * that file is not the problem: a service has no console), else null.
+ */
+async function startLogging(config: ServerConfig, cli: CliOptions): Promise<number | null> {
+  const settings = loggingFrom(config.log, config.consoleLog || cli.console, cli);
+  const problem = await unusableFile(config);
+  if (problem) {
+    console.error(`broker-server: ${problem}`);
+    try {
+      await setupLogging(settings);
+      logger("server").error("{error}", { error: problem });
+      await teardownLogging();
+    } catch { /* the console has it */ }
+    return EXIT_USAGE;
+  }
+  try {
+    await setupLogging(settings);
+    return null;
+  } catch (err) {
+    console.error(`broker-server: ${(err as Error).message}`);
+    return EXIT_FAILURE;
+  }
+}
+
+/** Warns when the process's open-file limit is below what the configured limits can take. */
+function warnIfFewDescriptors(config: ServerConfig): void {
+  const fileLimit = openFileLimit();
+  const needed = descriptorsNeeded(config.limits);
+  if (fileLimit === null || fileLimit >= needed) return;
+  logger("server").warn(
+    "The open-file limit is {limit}, below the {needed} descriptors that MAX_SESSIONS ({sessions}) and MAX_HANDSHAKES ({handshakes}) can take: {advice}",
+    {
+      limit: fileLimit,
+      needed,
+      sessions: config.limits.maxSessions,
+      handshakes: config.limits.maxHandshakes,
+      advice: SERVER_DESCRIPTOR_ADVICE,
+    },
+  );
+}
+
+/**
+ * Stops the server and the config watcher; false (logged) when that did not
+ * finish in time. The stop's deadline is ours, not the service manager's
+ * (the systemd unit says TimeoutStopSec=infinity): DRAIN_TIMEOUT as in force
+ * now, plus time to close what is left. It covers the watcher too: its close
+ * waits for a reload under way, which may be settling a file that keeps
+ * changing until the server's close stops it.
+ */
+async function stopWithinDeadline(server: BrokerServer, watcher: { close(): Promise<void> }): Promise<boolean> {
   const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
   const closing = Promise.all([watcher.close(), server.close()]);
   if (!await within(closing, deadlineMs)) {
-    log.error("The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway", {
-      seconds: deadlineMs / 1000,
-      margin: STOP_MARGIN_MS / 1000,
-    });
-    await teardownLogging();
-    return EXIT_FAILURE;
+    logger("server").error(
+      "The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway",
+      { seconds: deadlineMs / 1000, margin: STOP_MARGIN_MS / 1000 },
+    );
+    return false;
   }
   await closing;
-  await teardownLogging();
-  return EXIT_OK;
+  return true;
 }
 
 /** Opens the files the configuration names, as --check and every start do: what is wrong with one, or null. */

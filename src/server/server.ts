@@ -17,14 +17,13 @@ import { importAdmissionKey } from "../protocol/resume_auth.ts";
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
 import { LinkGate } from "./link_gate.ts";
 import { Link } from "../session/link.ts";
-import { sleep } from "../session/backoff.ts";
 import { describeError, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
 import { buildStatus, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { Reloader } from "./reloading.ts";
 import { StatusPage } from "./status_page.ts";
-import { AcceptErrors, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
+import { acceptLoop, type AcceptNote, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { SourceLogBudgets } from "../ops/log_budget.ts";
 import { readHello } from "./handshake.ts";
 import { type ServerSessionInfo, SessionRegistry } from "./registry.ts";
@@ -75,7 +74,6 @@ export class BrokerServer {
   #drained: (() => void) | null = null;
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
-  #adopted = new WeakSet<Link>();
   #reloader: Reloader;
 
   /** Creates a server for `config`; call listen() to start. */
@@ -114,7 +112,7 @@ export class BrokerServer {
       admissionKey: () => this.#admissionKey,
       rates: () => this.#rates,
       reject: (link, code, reason) => this.#gate.reject(link, code, reason),
-      adopt: (link) => this.#adopt(link),
+      adopt: (link) => this.#gate.adopt(link, this.#config.limits.maxFrameBytes),
       resuming: (link, id) => this.#gate.resuming(link, id),
       /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
       abnormalEndLog: new SourceLogBudgets(20, 10_000, { now: this.#now }),
@@ -235,34 +233,21 @@ export class BrokerServer {
     this.#statusPage.start(this.#config.status);
   }
 
-  async #accept(listener: Deno.Listener): Promise<void> {
-    const errors = new AcceptErrors({
+  #accept(listener: Deno.Listener): Promise<void> {
+    const options = {
       what: "links",
       advice: SERVER_DESCRIPTOR_ADVICE,
       openFileLimit: openFileLimit(),
       now: this.#now,
-    });
-    for (;;) {
-      let conn: Deno.Conn;
-      try {
-        conn = await listener.accept();
-      } catch (err) {
-        if (this.#shutdown.signal.aborted || err instanceof Deno.errors.BadResource) return;
-        const { delayMs, note } = errors.failed(err);
-        if (note) log[note.level](note.message, note.fields);
-        if (delayMs > 0) await sleep(delayMs, this.#shutdown.signal);
-        continue;
-      }
-      const recovered = errors.succeeded();
-      if (recovered) log[recovered.level](recovered.message, recovered.fields);
-      (conn as Deno.TcpConn).setNoDelay?.(true);
-      this.#handshake(conn);
-    }
+      signal: this.#shutdown.signal,
+      log: (note: AcceptNote) => log[note.level](note.message, note.fields),
+    };
+    return acceptLoop(listener, options, (conn) => this.#handshake(conn));
   }
 
   async #handshake(conn: Deno.Conn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
-    // Until it belongs to a session, a link may send only what the handshake reads (see #adopt).
+    // Until it belongs to a session, a link may send only what the handshake reads (see LinkGate.adopt).
     const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
     const source = sourceOf(remote.hostname);
     this.#gate.admit(link, source);
@@ -278,17 +263,8 @@ export class BrokerServer {
     } catch (err) {
       this.#gate.dropped(link, err);
     } finally {
-      this.#gate.remove(link);
-      // A link that did not become a session's (refused, ended, or the peer
-      // went quiet) is closed here, whatever path the handshake took.
-      if (!this.#adopted.has(link)) link.close();
+      this.#gate.finish(link);
     }
-  }
-
-  /** Marks `link` as a session's from now on: the handshake leaves it open, and it takes every frame a session uses. */
-  #adopt(link: Link): void {
-    this.#adopted.add(link);
-    link.setFrameLimits({ maxPayload: this.#config.limits.maxFrameBytes });
   }
 
   /**

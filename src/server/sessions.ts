@@ -47,7 +47,7 @@ import {
 } from "./handshake.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import { type OpeningAttempt, type SessionEntry, type SessionRegistry, shortId, type Tombstone } from "./registry.ts";
-import type { ServerStats } from "./stats.ts";
+import { erpTraffic, type ServerStats } from "./stats.ts";
 
 const log = logger("server");
 
@@ -374,7 +374,7 @@ export class SessionDesk {
     link.send(encodeProof(FrameType.Resumed, mac, 0));
     entry.client = link.peer;
     this.#server.adopt(link);
-    entry.session.attach(link, 0, true);
+    entry.session.attach(link, 0, { reopened: true });
     entry.attaches++;
     log.info(
       "Session {session}: the client retried opening it (the welcome was lost) and proved it; {client} carries on with the same ERP connection",
@@ -455,7 +455,7 @@ export class SessionDesk {
         seconds: (detachedFor / 1000).toFixed(1),
         replayed,
         clientReceived: input.receivedOffset,
-        sent: session.stats.bytesFromLocal,
+        sent: erpTraffic(session.stats).toClient,
       },
     );
   }
@@ -501,18 +501,14 @@ export class SessionDesk {
     const registry = this.#server.registry;
     registry.delete(entry.id);
     const stats = entry.session.stats;
-    this.#server.stats.recordEnd(end.cause, {
-      toClient: stats.bytesFromLocal,
-      toErp: stats.bytesToLocal,
-      replayed: stats.bytesReplayed,
-    });
+    const traffic = erpTraffic(stats);
+    this.#server.stats.recordEnd(end.cause, { ...traffic, replayed: stats.bytesReplayed });
     this.#server.balancer.release(entry.backend);
     const heldBack = end.clean ? 0 : this.#server.abnormalEndLog.spend(entry.source);
     const fields = {
       session: shortId(entry.id),
       reason: end.reason,
-      toClient: stats.bytesFromLocal,
-      toErp: stats.bytesToLocal,
+      ...traffic,
       seconds: ((this.#server.now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
       heldBack: heldBack

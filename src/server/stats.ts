@@ -11,6 +11,16 @@ import { formatHostPort } from "../config/values.ts";
 import { VERSION } from "../version.ts";
 import type { Backend } from "./balancer.ts";
 import { type ServerSessionInfo, shortId } from "./registry.ts";
+import type { SessionStats } from "../session/session.ts";
+
+/**
+ * A server session's bytes in the administrator's terms: the session sends
+ * what it reads from the ERP (to the client) and receives what it writes
+ * to the ERP. The one place where the session's names meet the server's.
+ */
+export function erpTraffic(stats: SessionStats): { toClient: number; toErp: number } {
+  return { toClient: stats.bytesSent, toErp: stats.bytesReceived };
+}
 
 /** Upper bounds (s) of the resume duration histogram buckets. */
 export const RESUME_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 180];
@@ -275,8 +285,8 @@ function sessionStatus(e: ServerSessionInfo, now: number): SessionStatus {
     state: e.session.state === "attached" ? "attached" : "detached",
     stateSeconds: Math.round((now - e.session.stateSince) / 1000),
     ageSeconds: Math.round((now - e.openedAt) / 1000),
-    bytesToClient: e.session.stats.bytesFromLocal,
-    bytesToErp: e.session.stats.bytesToLocal,
+    bytesToClient: erpTraffic(e.session.stats).toClient,
+    bytesToErp: erpTraffic(e.session.stats).toErp,
     resumes: e.session.stats.resumes,
     bufferedBytes: e.session.bufferedBytes,
   };
@@ -295,8 +305,8 @@ function totals(from: StatusSources): StatusSnapshot["totals"] {
     sessionsAborted: stats.sessionsAborted,
     linksRefused: stats.linksRefused,
     linksInHandshake: from.linksInHandshake,
-    bytesToClients: stats.endedBytesToClient + sum((e) => e.session.stats.bytesFromLocal),
-    bytesToErp: stats.endedBytesToErp + sum((e) => e.session.stats.bytesToLocal),
+    bytesToClients: stats.endedBytesToClient + sum((e) => erpTraffic(e.session.stats).toClient),
+    bytesToErp: stats.endedBytesToErp + sum((e) => erpTraffic(e.session.stats).toErp),
     bytesReplayed: stats.endedBytesReplayed + sum((e) => e.session.stats.bytesReplayed),
   };
 }

@@ -28,8 +28,11 @@ export class StatusPage {
     return this.#server?.address ?? null;
   }
 
-  /** Starts the page for `status`; a failure is logged (unless `quiet`), the broker goes on without it. */
-  start(status: StatusConfig, quiet = false): string | null {
+  /**
+   * Starts the page for `status`; a failure is logged (unless
+   * `options.quiet`: the caller reports it) and returned, the broker goes on without it.
+   */
+  start(status: StatusConfig, options: { quiet?: boolean } = {}): string | null {
     if (!status.enabled) return null;
     try {
       this.#server = startStatusServer({
@@ -40,7 +43,7 @@ export class StatusPage {
       return null;
     } catch (err) {
       // The broker's job matters more than its dashboard: log and go on.
-      if (!quiet) log.error("{error}; broker-server runs without it", { error: (err as Error).message });
+      if (!options.quiet) log.error("{error}; broker-server runs without it", { error: (err as Error).message });
       return (err as Error).message;
     }
   }
@@ -68,10 +71,10 @@ export class StatusPage {
       this.start(next);
       return true;
     }
-    const error = this.start(next, true);
+    const error = this.start(next, { quiet: true });
     if (error === null) return true;
     const kept: StatusConfig = { ...old, accessKey: next.accessKey };
-    if (this.start(kept, true) === null) {
+    if (this.start(kept, { quiet: true }) === null) {
       log.error("{error}; the status page stays on http://{address}/", {
         error,
         address: formatHostPort(this.address ?? old.listen),

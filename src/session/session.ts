@@ -95,9 +95,9 @@ export interface SessionEnd {
 /** Counters a session keeps for logs and status. */
 export interface SessionStats {
   /** Bytes read from the local socket (sent toward the peer). */
-  bytesFromLocal: number;
+  bytesSent: number;
   /** Bytes written to the local socket (received from the peer). */
-  bytesToLocal: number;
+  bytesReceived: number;
   /** Successful resumes. */
   resumes: number;
   /** Bytes sent again on resumes. */
@@ -169,7 +169,7 @@ interface Goodbye {
 /** One resilient session. */
 export class Session {
   /** Counters for logs and status. */
-  readonly stats: SessionStats = { bytesFromLocal: 0, bytesToLocal: 0, resumes: 0, bytesReplayed: 0 };
+  readonly stats: SessionStats = { bytesSent: 0, bytesReceived: 0, resumes: 0, bytesReplayed: 0 };
 
   #role: "client" | "server";
   #local: Transport;
@@ -291,13 +291,13 @@ export class Session {
    * the peer says it has. Throws ResumeGapError when those bytes are gone
    * (the caller answers "cannot resume" and aborts), RangeError when the peer
    * claims bytes never sent. Returns the number of bytes replayed.
-   * `reopened`: the link belongs to a client that retried opening this
-   * (still unconfirmed) session, not to one resuming it: it starts from 0
-   * and is neither a resume nor a confirmation.
+   * `options.reopened`: the link belongs to a client that retried opening
+   * this (still unconfirmed) session, not to one resuming it: it starts
+   * from 0 and is neither a resume nor a confirmation.
    */
-  attach(link: Link, peerReceived: number, reopened = false): number {
+  attach(link: Link, peerReceived: number, options: { reopened?: boolean } = {}): number {
     this.checkResumable(peerReceived);
-    const resumed = !reopened && (this.#state === "detached" || this.#link !== null);
+    const resumed = !options.reopened && (this.#state === "detached" || this.#link !== null);
     this.#dropLink();
     clearTimeout(this.#windowTimer);
     this.#link = link;
@@ -356,12 +356,15 @@ export class Session {
 
   /**
    * Ends the session abnormally: tells the peer (when a link is attached),
-   * closes the local socket and frees everything. `fromPeer` when the peer
-   * sent the abort: bytes already received are still delivered first, and
-   * the peer gets CLOSE in answer. The client keeps reading its link until
-   * the server answers its ABORT (see SessionEnd.told).
+   * closes the local socket and frees everything. `options.fromPeer` when
+   * the peer sent the abort: bytes already received are still delivered
+   * first, and the peer gets CLOSE in answer. The client keeps reading its
+   * link until the server answers its ABORT (see SessionEnd.told).
+   * `options.cause`: how the end is counted (default "aborted").
    */
-  abort(reason: string, fromPeer = false, cause: SessionEnd["cause"] = "aborted"): void {
+  abort(reason: string, options: { fromPeer?: boolean; cause?: SessionEnd["cause"] } = {}): void {
+    const fromPeer = options.fromPeer ?? false;
+    const cause = options.cause ?? "aborted";
     if (this.#state === "closed") return;
     const link = this.#link;
     this.#link = null;
@@ -447,7 +450,7 @@ export class Session {
       ? this.#timers.resumeTimeoutMs
       : Math.min(this.#timers.resumeTimeoutMs, this.#timers.unconfirmedTimeoutMs ?? Infinity);
     this.#windowTimer = setTimeout(() => {
-      this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
+      this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, { cause: "expired" });
     }, window);
     this.#events.detached?.(reason);
   }
@@ -498,55 +501,16 @@ export class Session {
   #onFrame(link: Link, frame: Frame): void {
     const payload = frame.payload;
     switch (frame.type) {
-      case FrameType.Data: {
-        const offset = readU64(payload, 0);
-        if (offset !== this.#received || this.#peerFin) {
-          throw new ProtocolError(
-            `DATA at offset ${offset}, expected ${this.#peerFin ? "none after FIN" : this.#received}`,
-          );
-        }
-        const bytes = payload.subarray(8);
-        const waiting = this.#received + bytes.length - this.#localWriter.writtenTotal;
-        if (waiting > this.#timers.receiveWindowBytes) {
-          throw new ProtocolError(
-            `DATA beyond the window: ${waiting} bytes would wait for the ${this.#localName}, the window is ${this.#timers.receiveWindowBytes}`,
-          );
-        }
-        this.#received += bytes.length;
-        this.stats.bytesToLocal += bytes.length;
-        if (bytes.length < SMALL_DATA_BYTES) {
-          // Small pieces are gathered into shared buffers: a peer sending
-          // one byte per DATA frame must not cost an object (and a write) per byte.
-          this.#localWriter.pushCopy(bytes);
-        } else if (this.#lent.bytes < LENT_BUFFERS_BUDGET) {
-          this.#localWriter.push(bytes, link.lendReadBuffer());
-        } else {
-          // The local socket is far behind: keep a copy, not the link's buffer.
-          this.#localWriter.push(bytes.slice());
-        }
+      case FrameType.Data:
+        this.#onData(link, payload);
         return;
-      }
       case FrameType.Ack:
       case FrameType.Heartbeat:
         this.#applyAck(readU64(payload, 0));
         return;
-      case FrameType.Fin: {
-        const offset = readU64(payload, 0);
-        if (this.#peerFin) return;
-        if (offset !== this.#received) {
-          throw new ProtocolError(`FIN at offset ${offset}, expected ${this.#received}`);
-        }
-        this.#peerFin = true;
-        this.#received += 1;
-        this.#localWriter.endAfterFlush();
-        this.#localWriter.flushed().then(() => {
-          this.#localFlushed = true;
-          // The FIN is delivered: acknowledge it at once, the peer may be waiting to finish.
-          if (this.#link) this.#sendAck(this.#link);
-          this.#checkComplete();
-        });
+      case FrameType.Fin:
+        this.#onFin(readU64(payload, 0));
         return;
-      }
       case FrameType.GoAway: {
         const { drainMs, reason } = decodeGoAway(payload);
         this.#events.goingAway?.(drainMs, reason);
@@ -559,11 +523,57 @@ export class Session {
         this.#finishClean();
         return;
       case FrameType.Abort:
-        this.abort(`peer ended the session: ${decodeText(payload)}`, true);
+        this.abort(`peer ended the session: ${decodeText(payload)}`, { fromPeer: true });
         return;
       default:
         throw new ProtocolError(`Unexpected frame type ${frame.type} on an established link`);
     }
+  }
+
+  /** DATA: the next bytes for the local socket, checked against the offset and the window. */
+  #onData(link: Link, payload: Uint8Array): void {
+    const offset = readU64(payload, 0);
+    if (offset !== this.#received || this.#peerFin) {
+      throw new ProtocolError(
+        `DATA at offset ${offset}, expected ${this.#peerFin ? "none after FIN" : this.#received}`,
+      );
+    }
+    const bytes = payload.subarray(8);
+    const waiting = this.#received + bytes.length - this.#localWriter.writtenTotal;
+    if (waiting > this.#timers.receiveWindowBytes) {
+      throw new ProtocolError(
+        `DATA beyond the window: ${waiting} bytes would wait for the ${this.#localName}, the window is ${this.#timers.receiveWindowBytes}`,
+      );
+    }
+    this.#received += bytes.length;
+    this.stats.bytesReceived += bytes.length;
+    if (bytes.length < SMALL_DATA_BYTES) {
+      // Small pieces are gathered into shared buffers: a peer sending
+      // one byte per DATA frame must not cost an object (and a write) per byte.
+      this.#localWriter.pushCopy(bytes);
+    } else if (this.#lent.bytes < LENT_BUFFERS_BUDGET) {
+      this.#localWriter.push(bytes, link.lendReadBuffer());
+    } else {
+      // The local socket is far behind: keep a copy, not the link's buffer.
+      this.#localWriter.push(bytes.slice());
+    }
+  }
+
+  /** FIN at `offset`: the peer's stream ends there; the local socket is half-closed once written. */
+  #onFin(offset: number): void {
+    if (this.#peerFin) return;
+    if (offset !== this.#received) {
+      throw new ProtocolError(`FIN at offset ${offset}, expected ${this.#received}`);
+    }
+    this.#peerFin = true;
+    this.#received += 1;
+    this.#localWriter.endAfterFlush();
+    this.#localWriter.flushed().then(() => {
+      this.#localFlushed = true;
+      // The FIN is delivered: acknowledge it at once, the peer may be waiting to finish.
+      if (this.#link) this.#sendAck(this.#link);
+      this.#checkComplete();
+    });
   }
 
   #confirm(): void {
@@ -746,7 +756,7 @@ export class Session {
         buffer = readBufferPool.take(size);
       }
       const offset = this.#out.append(frame.subarray(DATA_HEADER_SIZE), lease, held);
-      this.stats.bytesFromLocal += n;
+      this.stats.bytesSent += n;
       this.#link?.send(sealDataFrame(frame, offset), lease);
     }
   }

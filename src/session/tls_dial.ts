@@ -161,39 +161,45 @@ export async function dialTls(
       socket.removeAllListeners("error");
     };
     socket.once("error", (err: Error & { code?: string }) => {
-      const untrusted = /certificate|self.signed|verify|CERT_|issuer/i.test(`${err.code ?? ""} ${err.message}`);
-      if (untrusted) {
-        fail(
-          `the broker server's certificate is not trusted (${err.message}): check LINK_TLS_CA, or pin it with LINK_TLS_FINGERPRINT`,
-          true,
-        );
-        return;
-      }
-      const plainServer = /ECONNRESET|EPIPE|socket disconnected|wrong version|packet length/i.test(
-        `${err.code ?? ""} ${err.message}`,
-      );
-      fail(
-        plainServer
-          ? `the TLS handshake failed (${err.message}): does the broker server use LINK_TLS_CERT and LINK_TLS_KEY?`
-          : err.message,
-      );
+      const { message, trust } = describeTlsError(err);
+      fail(message, trust);
     });
     socket.once("secureConnect", () => {
-      if (settings.fingerprint) {
-        const seen = (socket.getPeerCertificate()?.fingerprint256 ?? "").toUpperCase();
-        if (seen !== settings.fingerprint) {
-          fail(
-            `the broker server's certificate has fingerprint ${
-              seen || "(none)"
-            }, not the pinned ${settings.fingerprint}`,
-            true,
-          );
-          return;
-        }
+      const mismatch = fingerprintMismatch(socket.getPeerCertificate()?.fingerprint256, settings.fingerprint);
+      if (mismatch) {
+        fail(mismatch, true);
+        return;
       }
       cleanup();
       socket.setNoDelay(true);
       resolve(new NodeSocketTransport(socket));
     });
   });
+}
+
+/** What a failed TLS dial says, and whether it is about trust (the certificate) rather than the network. */
+function describeTlsError(err: Error & { code?: string }): { message: string; trust: boolean } {
+  const text = `${err.code ?? ""} ${err.message}`;
+  if (/certificate|self.signed|verify|CERT_|issuer/i.test(text)) {
+    return {
+      message:
+        `the broker server's certificate is not trusted (${err.message}): check LINK_TLS_CA, or pin it with LINK_TLS_FINGERPRINT`,
+      trust: true,
+    };
+  }
+  if (/ECONNRESET|EPIPE|socket disconnected|wrong version|packet length/i.test(text)) {
+    return {
+      message: `the TLS handshake failed (${err.message}): does the broker server use LINK_TLS_CERT and LINK_TLS_KEY?`,
+      trust: false,
+    };
+  }
+  return { message: err.message, trust: false };
+}
+
+/** Why the certificate `seen` (its SHA-256 fingerprint) is not the `pinned` one, or null when it is (or nothing is pinned). */
+function fingerprintMismatch(seen: string | undefined, pinned: string | null): string | null {
+  if (!pinned) return null;
+  const got = (seen ?? "").toUpperCase();
+  if (got === pinned) return null;
+  return `the broker server's certificate has fingerprint ${got || "(none)"}, not the pinned ${pinned}`;
 }

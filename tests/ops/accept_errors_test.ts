@@ -1,6 +1,8 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import {
   AcceptErrors,
+  acceptLoop,
+  type AcceptNote,
   classifyAcceptError,
   descriptorsNeeded,
   parseOpenFileLimit,
@@ -93,4 +95,41 @@ Deno.test("open-file limit: read from /proc/self/limits; what broker-server's li
   equal(parseOpenFileLimit(text.replace("1024 ", "unlimited ")), null);
   equal(parseOpenFileLimit("nothing"), null);
   equal(descriptorsNeeded({ maxSessions: 5000, maxHandshakes: 500 }), 11_064);
+});
+
+Deno.test("the accept loop hands over each connection, rides out failures with a note, and ends when the listener closes", async () => {
+  const accepted: string[] = [];
+  const notes: AcceptNote[] = [];
+  let noDelay = 0;
+  const conn = (name: string) => ({ name, setNoDelay: () => noDelay++ }) as unknown as Deno.TcpConn;
+  const script: (() => Deno.TcpConn)[] = [
+    () => conn("a"),
+    () => {
+      throw EMFILE;
+    },
+    () => conn("b"),
+    () => {
+      throw new Deno.errors.BadResource("listener closed");
+    },
+  ];
+  const listener = {
+    accept: () => {
+      const step = script.shift();
+      return step ? Promise.resolve().then(step) : new Promise<Deno.TcpConn>(() => {});
+    },
+  } as unknown as Deno.TcpListener;
+  let t = 0;
+  await acceptLoop(listener, {
+    what: "links",
+    advice: "raise it",
+    openFileLimit: 1024,
+    now: () => t += 100,
+    signal: new AbortController().signal,
+    log: (note) => notes.push(note),
+  }, (c) => accepted.push((c as unknown as { name: string }).name));
+  deepEqual(accepted, ["a", "b"]);
+  equal(noDelay, 2, "Nagle is off on every accepted connection");
+  equal(notes.length, 2, "one note when descriptors ran out, one when accepting worked again");
+  match(notes[0]?.message ?? "", /descriptor|open files/i);
+  equal(script.length, 0, "the loop stopped at the closed listener");
 });
