@@ -60,8 +60,24 @@ Deno.test("link gate: a refusal sends REJECT with the reason and closes after th
   equal(a.sent[0]?.[0], FrameType.Reject);
   ok(a.flushed);
   equal(stats.linksRefused, 1);
-  g.remove(a as unknown as Link);
+  g.finish(a as unknown as Link);
   equal(g.size, 0);
+});
+
+Deno.test("link gate: a link whose handshake ends is closed unless a session adopted it", () => {
+  const { g, link, admit } = gate();
+  const limits: { maxPayload?: number }[] = [];
+  const [a, b] = [link("a"), link("b")];
+  const adoptable = Object.assign(b, { setFrameLimits: (l: { maxPayload?: number }) => limits.push(l) });
+  admit(a, "10.0.0.1");
+  admit(b, "10.0.0.2");
+  g.adopt(adoptable as unknown as Link, 65_536);
+  deepEqual(limits, [{ maxPayload: 65_536 }], "an adopted link takes a session's frames");
+  g.finish(a as unknown as Link);
+  g.finish(b as unknown as Link);
+  ok(a.closed, "nobody took it: closed");
+  ok(!b.closed, "its session has it: left open");
+  equal(g.size, 0, "neither is in handshake any more");
 });
 
 Deno.test("link gate: a dropped link is closed and counted", () => {
