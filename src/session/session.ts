@@ -195,7 +195,6 @@ export class Session {
   #confirmed = false;
   #settled: Promise<void> = Promise.resolve();
   #goodbye: Goodbye | null = null;
-  /** Link read buffers that DATA views queued for the local socket keep alive, over every link. */
   /** Bytes of link read buffers kept only for DATA waiting for the local socket (all links together). */
   #lent: HeldBytes = { bytes: 0 };
 
