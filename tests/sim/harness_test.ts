@@ -1,7 +1,8 @@
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { VirtualClock } from "./clock.ts";
 import { Rng } from "./rng.ts";
-import { FAST_PATH, type PathModel, SimConnection } from "./connection.ts";
+import { FAST_PATH, type PathModel, SimConnection, type SimEndpoint } from "./connection.ts";
+import { SimNetwork } from "./network.ts";
 import { runUntil, settle } from "./settle.ts";
 import { APP_KINDS, type AppResult, checkPair, describePlan, planApp, runApp } from "./apps.ts";
 
@@ -190,4 +191,43 @@ Deno.test("sim apps: every kind of application pair, over a bare simulated conne
   }
   equal(kinds.size, APP_KINDS.length, "every kind drawn");
   console.log(`300 worlds in ${(performance.now() - started).toFixed(0)} ms`);
+});
+
+Deno.test("sim network: dials reach listeners; refused, dropped and cancelled dials fail as real ones do", async () => {
+  const clock = new VirtualClock();
+  const net = new SimNetwork(clock, new Rng(11), FAST_PATH);
+  const listener = net.listen("192.0.2.1", 0);
+  const accepted: SimEndpoint[] = [];
+  (async () => {
+    for (;;) accepted.push(await listener.accept());
+  })().catch(() => {});
+  const outcomes: string[] = [];
+  const note = (name: string, p: Promise<unknown>) =>
+    p.then(() => outcomes.push(`${name}: ok`), (e) => outcomes.push(`${name}: ${(e as Error).name}`));
+  note("open", net.dial("192.0.2.10", "192.0.2.1", listener.addr.port, { timeoutMs: 1000 }));
+  note("nobody", net.dial("192.0.2.10", "192.0.2.1", listener.addr.port + 1, { timeoutMs: 1000 }));
+  net.setDialFault("192.0.2.1", "drop");
+  note("dropped", net.dial("192.0.2.10", "192.0.2.1", listener.addr.port, { timeoutMs: 1000 }));
+  const controller = new AbortController();
+  note(
+    "cancelled",
+    net.dial("192.0.2.10", "192.0.2.1", listener.addr.port, { timeoutMs: 1000, signal: controller.signal }),
+  );
+  controller.abort();
+  await runUntil(clock, () => outcomes.length === 4, clock.now() + 10_000);
+  net.setDialFault("192.0.2.1", "refuse");
+  note("refused", net.dial("192.0.2.10", "192.0.2.1", listener.addr.port, { timeoutMs: 1000 }));
+  await runUntil(clock, () => outcomes.length === 5, clock.now() + 10_000);
+  deepEqual(outcomes.sort(), [
+    "cancelled: Interrupted",
+    "dropped: TimedOut",
+    "nobody: ConnectionRefused",
+    "open: ok",
+    "refused: ConnectionRefused",
+  ]);
+  equal(accepted.length, 1);
+  equal(accepted[0]?.remoteAddr.hostname, "192.0.2.10");
+  equal(net.between("192.0.2.10", "192.0.2.1").length, 1);
+  listener.close();
+  equal(clock.pending, 0, "no timer left behind");
 });
