@@ -11,6 +11,8 @@
  */
 
 import { sleep } from "../session/backoff.ts";
+import { type Clock, systemClock } from "../session/clock.ts";
+import type { NetConn, NetListener } from "../session/network.ts";
 
 /** What went wrong in accept(). */
 export type AcceptFailure = "peer" | "descriptors" | "other";
@@ -197,7 +199,9 @@ export function descriptorsNeeded(limits: { maxSessions: number; maxHandshakes: 
 }
 
 /** Options of acceptLoop. */
-export interface AcceptLoopOptions extends AcceptErrorsOptions {
+export interface AcceptLoopOptions extends Omit<AcceptErrorsOptions, "now"> {
+  /** Time and timers (the backoff after a failure); default systemClock. */
+  clock?: Clock;
   /** Stops the loop (with the listener's closing). */
   signal: AbortSignal;
   /** Writes a note (the program's logger). */
@@ -209,12 +213,13 @@ export interface AcceptLoopOptions extends AcceptErrorsOptions {
  * handing each to `onConn` with Nagle's algorithm off. Failures are
  * retried and logged as AcceptErrors says; the loop never throws.
  */
-export async function acceptLoop<C extends Deno.Conn>(
-  listener: Deno.Listener<C>,
+export async function acceptLoop<C extends NetConn>(
+  listener: NetListener<C>,
   options: AcceptLoopOptions,
   onConn: (conn: C) => void,
 ): Promise<void> {
-  const errors = new AcceptErrors(options);
+  const clock = options.clock ?? systemClock;
+  const errors = new AcceptErrors({ ...options, now: () => clock.now() });
   for (;;) {
     let conn: C;
     try {
@@ -223,12 +228,12 @@ export async function acceptLoop<C extends Deno.Conn>(
       if (options.signal.aborted || err instanceof Deno.errors.BadResource) return;
       const { delayMs, note } = errors.failed(err);
       if (note) options.log(note);
-      if (delayMs > 0) await sleep(delayMs, options.signal);
+      if (delayMs > 0) await sleep(delayMs, options.signal, clock);
       continue;
     }
     const recovered = errors.succeeded();
     if (recovered) options.log(recovered);
-    (conn as unknown as Deno.TcpConn).setNoDelay?.(true);
+    (conn as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     onConn(conn);
   }
 }

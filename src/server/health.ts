@@ -7,7 +7,9 @@
 
 import { formatHostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
-import { describeError, dialTcp } from "../session/transport.ts";
+import { describeError } from "../session/transport.ts";
+import { type Clock, systemClock, type TimerHandle } from "../session/clock.ts";
+import { type Network, systemNetwork } from "../session/network.ts";
 import type { Backend, Balancer } from "./balancer.ts";
 
 const log = logger("server", "health");
@@ -15,24 +17,31 @@ const log = logger("server", "health");
 /** Probes every configured server of a Balancer at an interval. */
 export class HealthChecker {
   #balancer: Balancer;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  #timer: TimerHandle | undefined;
+  #clock: Clock;
+  #network: Network;
   #inFlight = new Map<Backend, Promise<void>>();
   #connectTimeoutMs: number;
   #abort = new AbortController();
 
-  /** Creates a checker; start() begins probing. */
-  constructor(balancer: Balancer, connectTimeoutMs: number) {
+  /** Creates a checker (on `options`' clock and network, default the system's); start() begins probing. */
+  constructor(balancer: Balancer, connectTimeoutMs: number, options: { clock?: Clock; network?: Network } = {}) {
     this.#balancer = balancer;
     this.#connectTimeoutMs = connectTimeoutMs;
+    this.#clock = options.clock ?? systemClock;
+    this.#network = options.network ?? systemNetwork;
   }
 
   /** (Re)starts probing every `intervalMs` (0 stops it). */
   start(intervalMs: number, connectTimeoutMs = this.#connectTimeoutMs): void {
-    clearInterval(this.#timer);
+    this.#clock.clear(this.#timer);
     this.#timer = undefined;
     this.#connectTimeoutMs = connectTimeoutMs;
     if (intervalMs <= 0) return;
-    this.#timer = setInterval(() => this.probeAll(Math.min(this.#connectTimeoutMs, intervalMs)), intervalMs);
+    this.#timer = this.#clock.setInterval(
+      () => this.probeAll(Math.min(this.#connectTimeoutMs, intervalMs)),
+      intervalMs,
+    );
   }
 
   /** Probes every server not draining, skipping those whose last probe is still running. */
@@ -49,7 +58,7 @@ export class HealthChecker {
     let ok = true;
     let message = "";
     try {
-      const conn = await dialTcp(backend.server.hostname, backend.server.port, {
+      const conn = await this.#network.dial(backend.server.hostname, backend.server.port, {
         timeoutMs,
         signal: this.#abort.signal,
       });
@@ -69,7 +78,7 @@ export class HealthChecker {
 
   /** Stops probing and waits for probes in flight. */
   async stop(): Promise<void> {
-    clearInterval(this.#timer);
+    this.#clock.clear(this.#timer);
     this.#timer = undefined;
     this.#abort.abort();
     await Promise.all(this.#inFlight.values());

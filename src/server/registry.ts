@@ -8,6 +8,7 @@
 
 import type { Backend } from "./balancer.ts";
 import type { Session } from "../session/session.ts";
+import { type Clock, systemClock, type TimerHandle } from "../session/clock.ts";
 
 /**
  * Most tombstones kept; the oldest go first. A tombstone costs about 0.4 KiB
@@ -89,28 +90,17 @@ export interface OpeningAttempt {
   opened(serverPublicKey: Uint8Array, entry: SessionEntry): void;
 }
 
-/** Timer functions (injectable for tests). */
-export interface RegistryTimers {
-  /** Like setTimeout. */
-  set(fn: () => void, ms: number): unknown;
-  /** Like clearTimeout. */
-  clear(timer: unknown): void;
-}
-
 /** Options of a SessionRegistry. */
 export interface SessionRegistryOptions {
-  /** Clock in ms; default Date.now. */
-  now?: () => number;
-  /** Timers; default setTimeout/clearTimeout. */
-  timers?: RegistryTimers;
+  /** Time and timers; default systemClock. */
+  clock?: Clock;
   /** Most tombstones kept; default MAX_TOMBSTONES. */
   maxTombstones?: number;
 }
 
 /** Live sessions, openings by token, and tombstones of ended sessions. */
 export class SessionRegistry {
-  #now: () => number;
-  #timers: RegistryTimers;
+  #clock: Clock;
   #maxTombstones: number;
   #sessions = new Map<string, SessionEntry>();
   #opening = new Map<string, Opening>();
@@ -118,15 +108,11 @@ export class SessionRegistry {
   /** In the order they were made, which is (nearly) the order they expire in. */
   #tombstones = new Map<string, Tombstone>();
   /** One timer for all tombstones: set for the oldest. */
-  #tombstoneTimer: unknown;
+  #tombstoneTimer: TimerHandle | undefined;
 
   /** An empty registry. */
   constructor(options: SessionRegistryOptions = {}) {
-    this.#now = options.now ?? Date.now;
-    this.#timers = options.timers ?? {
-      set: (fn, ms) => setTimeout(fn, ms),
-      clear: (timer) => clearTimeout(timer as number),
-    };
+    this.#clock = options.clock ?? systemClock;
     this.#maxTombstones = options.maxTombstones ?? MAX_TOMBSTONES;
   }
 
@@ -201,19 +187,19 @@ export class SessionRegistry {
       const [oldest] = this.#tombstones.keys();
       if (oldest !== undefined) this.#tombstones.delete(oldest);
     }
-    this.#tombstones.set(id, { ...ended, expiresAt: this.#now() + windowMs });
+    this.#tombstones.set(id, { ...ended, expiresAt: this.#clock.now() + windowMs });
     if (this.#tombstoneTimer === undefined) this.#sweepTombstones();
   }
 
   /** The tombstone of session `id`, unless it has expired. */
   tombstone(id: string): Tombstone | undefined {
     const t = this.#tombstones.get(id);
-    return t && t.expiresAt > this.#now() ? t : undefined;
+    return t && t.expiresAt > this.#clock.now() ? t : undefined;
   }
 
   /** Forgets every tombstone and stops the sweep timer. */
   clearTombstones(): void {
-    if (this.#tombstoneTimer !== undefined) this.#timers.clear(this.#tombstoneTimer);
+    if (this.#tombstoneTimer !== undefined) this.#clock.clear(this.#tombstoneTimer);
     this.#tombstoneTimer = undefined;
     this.#tombstones.clear();
   }
@@ -221,10 +207,10 @@ export class SessionRegistry {
   /** Forgets expired tombstones and sets the timer for the next. */
   #sweepTombstones(): void {
     this.#tombstoneTimer = undefined;
-    const now = this.#now();
+    const now = this.#clock.now();
     for (const [id, t] of this.#tombstones) {
       if (t.expiresAt > now) {
-        this.#tombstoneTimer = this.#timers.set(() => this.#sweepTombstones(), t.expiresAt - now);
+        this.#tombstoneTimer = this.#clock.setTimeout(() => this.#sweepTombstones(), t.expiresAt - now);
         return;
       }
       this.#tombstones.delete(id);

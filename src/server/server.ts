@@ -17,6 +17,8 @@ import { importAdmissionKey } from "../protocol/resume_auth.ts";
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
 import { LinkGate } from "./link_gate.ts";
 import { Link } from "../session/link.ts";
+import { type Clock, systemClock } from "../session/clock.ts";
+import { type NetConn, type NetListener, type Network, systemNetwork } from "../session/network.ts";
 import { describeError, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
@@ -45,8 +47,12 @@ export const DEFAULT_RELOAD_SETTLE_MS = 1_000;
 
 /** Options of a BrokerServer. */
 export interface BrokerServerOptions {
-  /** Clock in ms (injectable). */
+  /** Time and timers (the simulation's virtual clock); default systemClock. */
+  clock?: Clock;
+  /** Clock in ms only, with the system's timers (tests that shift the time); ignored with `clock`. */
   now?: () => number;
+  /** Sockets (the simulation's network); default systemNetwork. */
+  network?: Network;
   /** Settle time of a reload that weakens security (ms); default DEFAULT_RELOAD_SETTLE_MS. */
   reloadSettleMs?: number;
   /**
@@ -59,8 +65,10 @@ export interface BrokerServerOptions {
 /** The broker-server: listener, handshakes and the session registry. */
 export class BrokerServer {
   #config: ServerConfig;
+  #clock: Clock;
   #now: () => number;
-  #listener: Deno.Listener | null = null;
+  #network: Network;
+  #listener: NetListener | null = null;
   #registry: SessionRegistry;
   #desk: SessionDesk;
   #gate: LinkGate;
@@ -79,9 +87,15 @@ export class BrokerServer {
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
     this.#config = config;
-    this.#now = options.now ?? Date.now;
+    this.#clock = options.clock ?? (options.now ? { ...systemClock, now: options.now } : systemClock);
+    const clock = this.#clock;
+    this.#now = () => clock.now();
+    this.#network = options.network ?? systemNetwork;
     this.#balancer = new Balancer(config.sortMethod, config.remoteServers, config.health, this.#now);
-    this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs);
+    this.#healthChecker = new HealthChecker(this.#balancer, config.tuning.connectTimeoutMs, {
+      clock,
+      network: this.#network,
+    });
     this.#stats = new ServerStats(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#gate = new LinkGate({
@@ -100,10 +114,11 @@ export class BrokerServer {
       apply: (next, old, applied) => this.#applyConfig(next, old, applied),
       now: this.#now,
     });
-    this.#registry = new SessionRegistry({ now: this.#now });
+    this.#registry = new SessionRegistry({ clock });
     this.#desk = new SessionDesk({
       config: () => this.#config,
-      now: this.#now,
+      clock,
+      network: this.#network,
       registry: this.#registry,
       balancer: this.#balancer,
       stats: this.#stats,
@@ -214,9 +229,7 @@ export class BrokerServer {
       }
     }
     try {
-      this.#listener = tls
-        ? Deno.listenTls({ hostname, port, transport: "tcp", cert, key })
-        : Deno.listen({ hostname, port, transport: "tcp" });
+      this.#listener = this.#network.listen({ hostname, port, ...(tls ? { tls: { cert, key } } : {}) });
     } catch (err) {
       const hint = err instanceof Deno.errors.AddrInUse
         ? "another program (or another broker-server) already uses this port"
@@ -233,22 +246,22 @@ export class BrokerServer {
     this.#statusPage.start(this.#config.status);
   }
 
-  #accept(listener: Deno.Listener): Promise<void> {
+  #accept(listener: NetListener): Promise<void> {
     const options = {
       what: "links",
       advice: SERVER_DESCRIPTOR_ADVICE,
       openFileLimit: openFileLimit(),
-      now: this.#now,
+      clock: this.#clock,
       signal: this.#shutdown.signal,
       log: (note: AcceptNote) => log[note.level](note.message, note.fields),
     };
     return acceptLoop(listener, options, (conn) => this.#handshake(conn));
   }
 
-  async #handshake(conn: Deno.Conn): Promise<void> {
+  async #handshake(conn: NetConn): Promise<void> {
     const remote = conn.remoteAddr as Deno.NetAddr;
     // Until it belongs to a session, a link may send only what the handshake reads (see LinkGate.adopt).
-    const link = new Link(conn, formatHostPort(remote), CLIENT_HANDSHAKE_LIMITS);
+    const link = new Link(conn, formatHostPort(remote), { ...CLIENT_HANDSHAKE_LIMITS, clock: this.#clock });
     const source = sourceOf(remote.hostname);
     this.#gate.admit(link, source);
     const started = this.#now();
@@ -285,7 +298,7 @@ export class BrokerServer {
         },
       );
       for (const entry of this.#registry.values()) entry.session.sendGoAway(drainMs, reason);
-      await within(new Promise<void>((resolve) => this.#drained = resolve), drainMs);
+      await within(new Promise<void>((resolve) => this.#drained = resolve), drainMs, this.#clock);
       this.#drained = null;
     }
     this.#shutdown.abort();

@@ -29,7 +29,9 @@ import {
 import type { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd, type SessionTimers } from "../session/session.ts";
-import { describeError, dialTcp } from "../session/transport.ts";
+import { describeError } from "../session/transport.ts";
+import type { Clock } from "../session/clock.ts";
+import type { NetConn, Network } from "../session/network.ts";
 import type { SourceLogBudgets } from "../ops/log_budget.ts";
 import type { Backend, Balancer } from "./balancer.ts";
 import {
@@ -64,8 +66,10 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 export interface SessionDeskOptions {
   /** The configuration in force (changes on reload). */
   config: () => ServerConfig;
-  /** Clock in ms. */
-  now: () => number;
+  /** Time and timers. */
+  clock: Clock;
+  /** Sockets (the ERP connections). */
+  network: Network;
   /** The session registry. */
   registry: SessionRegistry;
   /** The ERP servers. */
@@ -93,7 +97,7 @@ export interface SessionDeskOptions {
 }
 
 /** A new session's ERP connection, or why there is none. */
-type BackendConnection = { conn: Deno.TcpConn; backend: Backend; decision: string } | { errors: string[] };
+type BackendConnection = { conn: NetConn; backend: Backend; decision: string } | { errors: string[] };
 
 /** Opens, retakes, resumes and ends sessions for broker-server. */
 export class SessionDesk {
@@ -125,7 +129,7 @@ export class SessionDesk {
    * sessions open must not walk all of them for each new one.
    */
   #bufferedBytes(): number {
-    const now = this.#server.now();
+    const now = this.#server.clock.now();
     if (now - this.#bufferedSum.at >= 100 || now < this.#bufferedSum.at) {
       let sum = 0;
       for (const e of this.#server.registry.values()) sum += e.session.bufferedBytes + e.session.pendingLocalBytes;
@@ -174,7 +178,7 @@ export class SessionDesk {
         continue;
       }
       try {
-        const conn = await dialTcp(server.hostname, server.port, {
+        const conn = await this.#server.network.dial(server.hostname, server.port, {
           timeoutMs: this.#server.config().tuning.connectTimeoutMs,
           signal: this.#server.shutdown,
         });
@@ -297,7 +301,7 @@ export class SessionDesk {
    */
   #entry(
     fields: Pick<SessionEntry, "sessionId" | "source" | "key" | "secret" | "client">,
-    backend: { conn: Deno.TcpConn; backend: Backend },
+    backend: { conn: NetConn; backend: Backend },
     timers: SessionTimers,
     attempt: OpeningAttempt,
   ): SessionEntry {
@@ -306,7 +310,7 @@ export class SessionDesk {
       id,
       ...fields,
       backend: backend.backend,
-      openedAt: this.#server.now(),
+      openedAt: this.#server.clock.now(),
       attaches: 1,
       session: new Session({
         role: "server",
@@ -431,7 +435,7 @@ export class SessionDesk {
     // From here the old link (maybe half-open) must not deliver more bytes:
     // our received offset is what the proof below states.
     session.detach(`replaced by a new link from ${link.peer}`);
-    const detachedFor = this.#server.now() - session.stateSince;
+    const detachedFor = this.#server.clock.now() - session.stateSince;
     const received = session.received;
     const mac = await signProof(key, "server", { ...input, receivedOffset: received });
     if (session.state === "closed" || link.closed || session.received !== received) {
@@ -509,7 +513,7 @@ export class SessionDesk {
       session: shortId(entry.id),
       reason: end.reason,
       ...traffic,
-      seconds: ((this.#server.now() - entry.openedAt) / 1000).toFixed(1),
+      seconds: ((this.#server.clock.now() - entry.openedAt) / 1000).toFixed(1),
       resumes: stats.resumes,
       heldBack: heldBack
         ? ` (${heldBack} more sessions from ${entry.source} ended abnormally before this one: not logged)`

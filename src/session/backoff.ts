@@ -6,6 +6,8 @@
  * @module
  */
 
+import { type Clock, systemClock } from "./clock.ts";
+
 /** Backoff parameters. */
 export interface BackoffOptions {
   /** Ceiling of the first delay (ms); default 100. */
@@ -53,15 +55,15 @@ export function* backoffSchedule(
   }
 }
 
-/** Waits `ms`, or less if `signal` aborts first (then resolves false). */
-export function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+/** Waits `ms` on `clock`, or less if `signal` aborts first (then resolves false). */
+export function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<boolean> {
   if (signal?.aborted) return Promise.resolve(false);
   return new Promise((resolve) => {
     const onAbort = () => {
-      clearTimeout(timer);
+      clock.clear(timer);
       resolve(false);
     };
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve(true);
     }, ms);

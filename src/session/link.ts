@@ -8,6 +8,7 @@
 import { type Frame, FrameDecoder, type FrameLimits, type FrameTypeValue, ProtocolError } from "../protocol/frames.ts";
 import { type HeldBytes, PoolLease, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
 import { closeQuietly, type Transport, within, WriteQueue } from "./transport.ts";
+import { type Clock, systemClock, type TimerHandle } from "./clock.ts";
 
 /** Smallest read buffer (an idle socket keeps one). */
 export const MIN_READ_SIZE = 2 * 1024;
@@ -49,8 +50,8 @@ export interface LinkOptions {
   maxPayload?: number;
   /** The frame types accepted (default: every type). */
   types?: readonly FrameTypeValue[];
-  /** Clock in ms (injectable). */
-  now?: () => number;
+  /** Time and timers; default systemClock. */
+  clock?: Clock;
 }
 
 /** A framed connection between the two brokers. */
@@ -73,14 +74,14 @@ export class Link {
   #reading = false;
   #lent: HeldBytes | null = null;
   #closed = false;
-  #now: () => number;
+  #clock: Clock;
   #writeError: Error | null = null;
 
   /** Wraps an open transport to `peer`. */
   constructor(transport: Transport, peer: string, options: LinkOptions = {}) {
     this.peer = peer;
     this.#transport = transport;
-    this.#now = options.now ?? Date.now;
+    this.#clock = options.clock ?? systemClock;
     this.#decoder = new FrameDecoder({
       carry: true,
       ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
@@ -90,7 +91,7 @@ export class Link {
       this.#writeError = err;
       this.close();
     });
-    this.lastReceivedAt = this.#now();
+    this.lastReceivedAt = this.#clock.now();
     this.lastSentAt = this.lastReceivedAt;
   }
 
@@ -137,7 +138,7 @@ export class Link {
 
   /** Queues a frame; `owner` is released once it is written. */
   send(frame: Uint8Array, owner?: Releasable): void {
-    this.lastSentAt = this.#now();
+    this.lastSentAt = this.#clock.now();
     this.writer.push(frame, owner);
   }
 
@@ -194,7 +195,7 @@ export class Link {
       if (carried > 0) throw new ProtocolError(`Link closed inside a frame (${carried} bytes pending)`);
       return false;
     }
-    this.lastReceivedAt = this.#now();
+    this.lastReceivedAt = this.#clock.now();
     this.#sizer.update(carried + n);
     this.#decoder.push((this.#target as Uint8Array).subarray(0, carried + n));
     return true;
@@ -233,9 +234,9 @@ export class Link {
 
   /** Like readFrame, but closes the link and throws TimedOut after `ms`. */
   async readFrameWithin(ms: number, what: string): Promise<Frame | null> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: TimerHandle | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      timer = this.#clock.setTimeout(() => {
         this.close();
         reject(new Deno.errors.TimedOut(`No ${what} from ${this.peer} within ${ms} ms`));
       }, ms);
@@ -243,13 +244,13 @@ export class Link {
     try {
       return await Promise.race([this.readFrame(), timeout]);
     } finally {
-      clearTimeout(timer);
+      this.#clock.clear(timer);
     }
   }
 
   /** Sends what is queued, then closes (bounded by `ms`). */
   async closeAfterFlush(ms = 1_000): Promise<void> {
-    await within(this.writer.flushed(), ms);
+    await within(this.writer.flushed(), ms, this.#clock);
     this.close();
   }
 

@@ -7,6 +7,7 @@
  */
 
 import { PoolLease, powerOfTwoAtLeast, readBufferPool, type Releasable } from "./buffer_pool.ts";
+import { type Clock, systemClock, type TimerHandle } from "./clock.ts";
 
 /** A byte stream: what the session needs from a socket. Deno.TcpConn and Deno.TlsConn fit. */
 export interface Transport {
@@ -28,16 +29,16 @@ export async function writeAll(transport: Transport, bytes: Uint8Array): Promise
   }
 }
 
-/** Waits for `promise`, but no longer than `ms`; resolves true if it settled in time. */
-export async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
+/** Waits for `promise`, but no longer than `ms` (on `clock`); resolves true if it settled in time. */
+export async function within(promise: Promise<unknown>, ms: number, clock: Clock = systemClock): Promise<boolean> {
+  let timer: TimerHandle | undefined;
   try {
     return await Promise.race([
       promise.then(() => true, () => true),
-      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
+      new Promise<boolean>((resolve) => timer = clock.setTimeout(() => resolve(false), ms)),
     ]);
   } finally {
-    clearTimeout(timer);
+    clock.clear(timer);
   }
 }
 

@@ -1,4 +1,5 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { systemClock } from "../../src/session/clock.ts";
 import {
   AcceptErrors,
   acceptLoop,
@@ -123,7 +124,7 @@ Deno.test("the accept loop hands over each connection, rides out failures with a
     what: "links",
     advice: "raise it",
     openFileLimit: 1024,
-    now: () => t += 100,
+    clock: { ...systemClock, now: () => t += 100 },
     signal: new AbortController().signal,
     log: (note) => notes.push(note),
   }, (c) => accepted.push((c as unknown as { name: string }).name));

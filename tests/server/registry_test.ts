@@ -1,47 +1,11 @@
 import { deepEqual as assertEquals, equal as assertStrictEquals, ok as assert } from "node:assert/strict";
-import { type RegistryTimers, type SessionEntry, SessionRegistry, shortId } from "../../src/server/registry.ts";
+import { type SessionEntry, SessionRegistry, shortId } from "../../src/server/registry.ts";
+import { VirtualClock } from "../sim/clock.ts";
 import type { Session } from "../../src/session/session.ts";
 import type { Backend } from "../../src/server/balancer.ts";
 
-/** A clock and timers that move only when told. */
-class FakeClock {
-  now = 1_000;
-  #timers = new Map<number, { at: number; fn: () => void }>();
-  #next = 1;
-  readonly timers: RegistryTimers = {
-    set: (fn, ms) => {
-      const id = this.#next++;
-      this.#timers.set(id, { at: this.now + ms, fn });
-      return id;
-    },
-    clear: (id) => void this.#timers.delete(id as number),
-  };
-
-  /** Timers set and not yet fired or cleared. */
-  get pending(): number {
-    return this.#timers.size;
-  }
-
-  /** Moves the clock by `ms`, firing due timers in order. */
-  advance(ms: number): void {
-    const until = this.now + ms;
-    for (;;) {
-      const due = [...this.#timers].filter(([, t]) => t.at <= until).sort((a, b) => a[1].at - b[1].at)[0];
-      if (!due) break;
-      this.#timers.delete(due[0]);
-      this.now = Math.max(this.now, due[1].at);
-      due[1].fn();
-    }
-    this.now = until;
-  }
-}
-
-function registry(clock: FakeClock, maxTombstones?: number): SessionRegistry {
-  return new SessionRegistry({
-    now: () => clock.now,
-    timers: clock.timers,
-    ...(maxTombstones === undefined ? {} : { maxTombstones }),
-  });
+function registry(clock: VirtualClock, maxTombstones?: number): SessionRegistry {
+  return new SessionRegistry({ clock, ...(maxTombstones === undefined ? {} : { maxTombstones }) });
 }
 
 /** An entry whose session reports `state` and `confirmed` as set on it. */
@@ -64,7 +28,7 @@ function entry(id: string, session: { confirmed?: boolean; state?: string } = {}
 const ended = { secret: new Uint8Array(32), reason: "the ERP closed", clean: true, received: 42 };
 
 Deno.test("registry: an opening is connecting until it opens a session, then that session is its orphan", () => {
-  const clock = new FakeClock();
+  const clock = new VirtualClock(1_000);
   const r = registry(clock);
   const attempt = r.beginOpening("tok", new Uint8Array([1]));
   assert(r.connecting("tok"));
@@ -79,7 +43,7 @@ Deno.test("registry: an opening is connecting until it opens a session, then tha
 });
 
 Deno.test("registry: a confirmed or closed session is no orphan", () => {
-  const r = registry(new FakeClock());
+  const r = registry(new VirtualClock(1_000));
   r.beginOpening("a", new Uint8Array()).opened(new Uint8Array(), entry("1", { confirmed: true }));
   r.beginOpening("b", new Uint8Array()).opened(new Uint8Array(), entry("2", { state: "closed" }));
   assertEquals(r.orphan("a"), undefined);
@@ -87,7 +51,7 @@ Deno.test("registry: a confirmed or closed session is no orphan", () => {
 });
 
 Deno.test("registry: giving up forgets the token, unless a later attempt replaced this one", () => {
-  const r = registry(new FakeClock());
+  const r = registry(new VirtualClock(1_000));
   const first = r.beginOpening("tok", new Uint8Array([1]));
   const second = r.beginOpening("tok", new Uint8Array([1]));
   assert(!first.isLatest());
@@ -100,7 +64,7 @@ Deno.test("registry: giving up forgets the token, unless a later attempt replace
 });
 
 Deno.test("registry: deleting a session leaves its opening to the opener", () => {
-  const r = registry(new FakeClock());
+  const r = registry(new VirtualClock(1_000));
   const attempt = r.beginOpening("tok", new Uint8Array());
   attempt.opened(new Uint8Array(), entry("aa"));
   r.delete("aa");
@@ -111,7 +75,7 @@ Deno.test("registry: deleting a session leaves its opening to the opener", () =>
 });
 
 Deno.test("registry: a tombstone answers for one window, then one sweep timer forgets it", () => {
-  const clock = new FakeClock();
+  const clock = new VirtualClock(1_000);
   const r = registry(clock);
   r.bury("aa", ended, 1_000);
   clock.advance(500);
@@ -132,16 +96,16 @@ Deno.test("registry: a tombstone answers for one window, then one sweep timer fo
 });
 
 Deno.test("registry: an expired tombstone is not answered even before the sweep", () => {
-  const clock = new FakeClock();
+  const clock = new VirtualClock(1_000);
   const r = registry(clock);
   r.bury("aa", ended, 1_000);
-  clock.now += 1_000; // the clock moves without the timer firing
+  clock.jump(1_000); // the clock moves without the timer firing
   assertEquals(r.tombstone("aa"), undefined);
   assertEquals(r.tombstoneCount, 1);
 });
 
 Deno.test("registry: beyond the most tombstones, the oldest goes first", () => {
-  const clock = new FakeClock();
+  const clock = new VirtualClock(1_000);
   const r = registry(clock, 2);
   r.bury("a", ended, 10_000);
   r.bury("b", ended, 10_000);
@@ -153,7 +117,7 @@ Deno.test("registry: beyond the most tombstones, the oldest goes first", () => {
 });
 
 Deno.test("registry: clearing tombstones stops the sweep timer", () => {
-  const clock = new FakeClock();
+  const clock = new VirtualClock(1_000);
   const r = registry(clock);
   r.bury("aa", ended, 1_000);
   r.clearTombstones();

@@ -77,8 +77,15 @@ export class VirtualClock implements Clock {
     return true;
   }
 
-  /** Moves time forward by `ms` without running anything (timers due meanwhile run at the next runNext). */
+  /** Moves time forward by `ms`, running the timers due meanwhile in order. */
   advance(ms: number): void {
+    const until = this.#now + ms;
+    while (this.nextAt !== null && (this.nextAt as number) <= until) this.runNext();
+    this.#now = until;
+  }
+
+  /** Moves time forward by `ms` without running anything (a process that was not scheduled). */
+  jump(ms: number): void {
     this.#now += ms;
   }
 
