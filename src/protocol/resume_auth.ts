@@ -25,10 +25,27 @@ export type ProofRole = "client" | "server";
 
 const INFO = new TextEncoder().encode("protheus-broker resume key v1");
 
+let pending = 0;
+
+/**
+ * WebCrypto calls in flight. They complete on the runtime's event loop,
+ * not as promise reactions, so the simulation tests (tests/sim/) wait for
+ * this to reach 0 before they move their virtual clock.
+ */
+export function cryptoInFlight(): number {
+  return pending;
+}
+
+/** Counts `operation` in cryptoInFlight until it settles. */
+function tracked<T>(operation: Promise<T>): Promise<T> {
+  pending++;
+  return operation.finally(() => pending--);
+}
+
 /** Makes an ephemeral X25519 key pair. */
 export async function createEphemeralKey(): Promise<EphemeralKey> {
-  const pair = await crypto.subtle.generateKey({ name: "X25519" }, true, ["deriveBits"]) as CryptoKeyPair;
-  const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  const pair = await tracked(crypto.subtle.generateKey({ name: "X25519" }, true, ["deriveBits"])) as CryptoKeyPair;
+  const publicKey = new Uint8Array(await tracked(crypto.subtle.exportKey("raw", pair.publicKey)));
   return { privateKey: pair.privateKey, publicKey };
 }
 
@@ -67,24 +84,28 @@ export async function deriveResumeSecret(
   if (peerPublicKey.length !== PUBLIC_KEY_SIZE) {
     throw new RangeError(`Cannot use a peer public key of ${peerPublicKey.length} bytes: expected 32`);
   }
-  const peer = await crypto.subtle.importKey("raw", peerPublicKey as BufferSource, { name: "X25519" }, false, []);
-  const shared = await crypto.subtle.deriveBits({ name: "X25519", public: peer }, own.privateKey, 256);
-  const ikm = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveBits"]);
+  const peer = await tracked(
+    crypto.subtle.importKey("raw", peerPublicKey as BufferSource, { name: "X25519" }, false, []),
+  );
+  const shared = await tracked(crypto.subtle.deriveBits({ name: "X25519", public: peer }, own.privateKey, 256));
+  const ikm = await tracked(crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveBits"]));
   const info = concatBytes(INFO, clientPublicKey, serverPublicKey);
-  const bits = await crypto.subtle.deriveBits(
+  const bits = await tracked(crypto.subtle.deriveBits(
     { name: "HKDF", hash: "SHA-256", salt: sessionId as BufferSource, info: info as BufferSource },
     ikm,
     256,
-  );
+  ));
   return new Uint8Array(bits);
 }
 
 /** The HMAC-SHA-256 resume key of a secret from deriveResumeSecret. */
 export function importResumeKey(secret: Uint8Array): Promise<CryptoKey> {
-  return crypto.subtle.importKey("raw", secret as BufferSource, { name: "HMAC", hash: "SHA-256", length: 256 }, false, [
-    "sign",
-    "verify",
-  ]);
+  return tracked(
+    crypto.subtle.importKey("raw", secret as BufferSource, { name: "HMAC", hash: "SHA-256", length: 256 }, false, [
+      "sign",
+      "verify",
+    ]),
+  );
 }
 
 /** What a resume proof covers. */
@@ -107,12 +128,12 @@ function transcript(role: ProofRole, input: ProofInput): Uint8Array {
 }
 
 async function hmac(key: CryptoKey, transcript: Uint8Array): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.sign("HMAC", key, transcript as BufferSource));
+  return new Uint8Array(await tracked(crypto.subtle.sign("HMAC", key, transcript as BufferSource)));
 }
 
 /** HMAC check in constant time (WebCrypto's verify). */
 async function hmacMatches(key: CryptoKey, transcript: Uint8Array, mac: Uint8Array): Promise<boolean> {
-  return await crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript as BufferSource);
+  return await tracked(crypto.subtle.verify("HMAC", key, mac as BufferSource, transcript as BufferSource));
 }
 
 /** Computes the proof `role` sends. */
@@ -168,13 +189,13 @@ export async function verifyRetake(
 
 /** An HMAC key from the shared ADMISSION_KEY text. */
 export async function importAdmissionKey(secret: string): Promise<CryptoKey> {
-  return await crypto.subtle.importKey(
+  return await tracked(crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(secret) as BufferSource,
     { name: "HMAC", hash: "SHA-256" },
     false,
     ["sign", "verify"],
-  );
+  ));
 }
 
 /**

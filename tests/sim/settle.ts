@@ -8,10 +8,18 @@
 
 import { setImmediate } from "node:timers";
 import type { VirtualClock } from "./clock.ts";
+import { cryptoInFlight } from "../../src/protocol/resume_auth.ts";
 
-/** Resolves once every promise reaction queued so far (and those they queue) has run. */
-export function settle(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Resolves once every promise reaction queued so far (and those they
+ * queue) has run, and no WebCrypto call is in flight (those complete on
+ * the event loop, after a turn or two).
+ */
+export async function settle(): Promise<void> {
+  await turn();
+  while (cryptoInFlight() > 0) await turn();
 }
 
 /** How a run ended: done, stuck (no timer left and not done), or out of time. */
