@@ -273,3 +273,44 @@ Deno.test("DATA that came in the same read as the handshake is lent without a le
   lease?.release();
   link.close();
 });
+
+/** Fills every buffer handed back to the shared pool with 0xEE (so a view still in use sees it); returns the undo. */
+function poisonOnGive(): () => void {
+  const give = readBufferPool.give;
+  readBufferPool.give = function (buffer: Uint8Array) {
+    buffer.fill(0xee);
+    give.call(this, buffer);
+  };
+  return () => readBufferPool.give = give;
+}
+
+Deno.test("a lease released more often than it is held puts its buffer in the pool only once", () => {
+  // One holder too many (a bug elsewhere) must not make two takers share a buffer: the
+  // old lease gave only when the count hit zero exactly.
+  const pool = new BufferPool(1 << 20);
+  const lease = new PoolLease(pool.take(4096), pool, 1);
+  lease.release();
+  lease.release();
+  equal(pool.pooledBytes, 4096, "the buffer is in the pool once");
+  const a = pool.take(4096);
+  const b = pool.take(4096);
+  equal(a === b, false, "two takers never get the same buffer");
+});
+
+Deno.test("a link closed between frames hands out no frame from a buffer that went back to the pool", async () => {
+  // Three small DATA frames arrive in one read; the link is closed after the first
+  // (not while reading): what the decoder still holds must stay intact if read.
+  const frames = [1, 2, 3].map((i) => encodeData((i - 1) * 100, new Uint8Array(100).fill(i)));
+  const link = new Link(scriptedTransport([encodePreface(), new Uint8Array(frames.flatMap((f) => [...f]))]), "test");
+  await link.readFrame();
+  link.recycleBuffers({ bytes: 0 });
+  const undo = poisonOnGive();
+  try {
+    deepEqual((await link.readFrame())?.payload.subarray(8), new Uint8Array(100).fill(1));
+    link.close();
+    const next = await link.readFrame();
+    if (next) deepEqual(next.payload.subarray(8), new Uint8Array(100).fill(2), "a frame read after close is intact");
+  } finally {
+    undo();
+  }
+});
