@@ -314,3 +314,46 @@ Deno.test("a link closed between frames hands out no frame from a buffer that we
     undo();
   }
 });
+
+Deno.test("recycleBuffers called again after reads started never pools a buffer with lent views or a carried frame", async () => {
+  const frames = Array.from({ length: 30 }, (_, i) => encodeData(i * 5000, new Uint8Array(5000).fill(i + 1)));
+  // Two frames and a half per read, so that reads carry the start of a frame.
+  const stream = new Uint8Array(frames.flatMap((f) => [...f]));
+  const chunks = [];
+  for (let at = 0; at < stream.length; at += 12_500) chunks.push(stream.subarray(at, at + 12_500));
+  const link = new Link(scriptedTransport([encodePreface(), ...chunks]), "test");
+  await link.readFrame();
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const local = fakeLocal();
+  const fills: number[] = [];
+  const check = () => {
+    for (const [j, { bytes }] of local.held.entries()) {
+      deepEqual(bytes, new Uint8Array(5000).fill(fills[j] as number), `held payload ${fills[j]} intact`);
+    }
+  };
+  const undo = poisonOnGive();
+  try {
+    for (let i = 0; i < 30; i++) {
+      const frame = await link.readFrame();
+      check();
+      deepEqual(frame?.payload.subarray(8), new Uint8Array(5000).fill(i + 1), `frame ${i} intact`);
+      if (i % 7 === 3) {
+        // A second attach of the same link (a misuse), while its buffer holds this frame and
+        // maybe the start of the next: that buffer must stay out of the pool.
+        local.writeAll();
+        fills.length = 0;
+        link.recycleBuffers(lent);
+      }
+      local.lend(link, (frame?.payload as Uint8Array).subarray(8));
+      fills.push(i + 1);
+    }
+    check();
+    local.writeAll();
+    equal(await link.readFrame(), null);
+    link.close();
+    equal(lent.bytes, 0, "nothing stays counted");
+  } finally {
+    undo();
+  }
+});

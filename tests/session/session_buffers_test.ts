@@ -10,6 +10,7 @@ import { Link } from "../../src/session/link.ts";
 import { Session, type SessionTimers } from "../../src/session/session.ts";
 import type { Transport } from "../../src/session/transport.ts";
 import {
+  encodeAbort,
   encodeData,
   encodeOffsetFrame,
   encodePreface,
@@ -368,5 +369,39 @@ Deno.test("outbound DATA queued on a link, acknowledged before it was written, i
     undo();
     session.abort("test over");
     await session.settled;
+  }
+});
+
+Deno.test("the peer's ABORT: DATA lent to a stuck local socket is still delivered intact after the link closed", async () => {
+  const undo = poisonOnGive();
+  const local = localTransport();
+  let ended = false;
+  const session = new Session({
+    role: "server",
+    local: local.transport,
+    timers: TIMERS,
+    events: { ended: () => ended = true },
+  });
+  try {
+    session.start();
+    const a = linkTransport();
+    const link = await handshaken(a, "A");
+    session.attach(link, 0);
+    const sizes = [4096, 50_000, 4095, 300_000, 8192, 100, 200_000];
+    const data = dataFrames(0, [...sizes, ...sizes]);
+    // The ABORT comes in the same read as the last DATA, a heartbeat behind it.
+    a.feed(concat([data.bytes, encodeAbort("peer gives up"), encodeOffsetFrame(FrameType.Heartbeat, 0)]));
+    await until(() => ended && link.closed, "the abort and the link's close");
+    // Other links take buffers from the pool and fill them meanwhile.
+    for (const size of [2048, 4096, 8192, 16_384, 65_536, 262_144, 524_288, 1_048_576]) {
+      readBufferPool.take(size).fill(0x55);
+    }
+    local.open();
+    await session.settled;
+    equal(local.changedInFlight(), 0, "no local write saw its bytes change while in flight");
+    sameBytes(concat(local.out), stream(0, data.total), "what the local socket got before the end");
+  } finally {
+    undo();
+    session.abort("test over");
   }
 });
