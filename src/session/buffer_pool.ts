@@ -123,7 +123,8 @@ export class PoolLease implements Shared {
 
   /** One owner is done; the last one hands the buffer back (and takes it off the count it was charged to). */
   release(): void {
-    if (--this.#holders > 0) return;
+    // A release beyond the count (a bug elsewhere) must not give the buffer twice.
+    if (this.#holders <= 0 || --this.#holders > 0) return;
     if (this.#charged) this.#charged.bytes -= this.#buffer.length;
     this.#charged = null;
     this.#pool?.give(this.#buffer);

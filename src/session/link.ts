@@ -260,8 +260,9 @@ export class Link {
     this.#closed = true;
     const lease = this.#lease;
     this.#lease = null;
-    if (lease && this.#reading) {
-      // A read may still fill the buffer: it never goes back to the pool.
+    if (lease && (this.#reading || this.#decoder.bufferedBytes > 0)) {
+      // A read may still fill the buffer, or the decoder still holds frames in
+      // it that a caller may yet take: it never goes back to the pool.
       if (lease.shared) lease.chargeTo(this.#lent as HeldBytes);
       lease.abandon();
     } else if (lease) this.#moveOn(lease);

@@ -273,3 +273,87 @@ Deno.test("DATA that came in the same read as the handshake is lent without a le
   lease?.release();
   link.close();
 });
+
+/** Fills every buffer handed back to the shared pool with 0xEE (so a view still in use sees it); returns the undo. */
+function poisonOnGive(): () => void {
+  const give = readBufferPool.give;
+  readBufferPool.give = function (buffer: Uint8Array) {
+    buffer.fill(0xee);
+    give.call(this, buffer);
+  };
+  return () => readBufferPool.give = give;
+}
+
+Deno.test("a lease released more often than it is held puts its buffer in the pool only once", () => {
+  // One holder too many (a bug elsewhere) must not make two takers share a buffer: the
+  // old lease gave only when the count hit zero exactly.
+  const pool = new BufferPool(1 << 20);
+  const lease = new PoolLease(pool.take(4096), pool, 1);
+  lease.release();
+  lease.release();
+  equal(pool.pooledBytes, 4096, "the buffer is in the pool once");
+  const a = pool.take(4096);
+  const b = pool.take(4096);
+  equal(a === b, false, "two takers never get the same buffer");
+});
+
+Deno.test("a link closed between frames hands out no frame from a buffer that went back to the pool", async () => {
+  // Three small DATA frames arrive in one read; the link is closed after the first
+  // (not while reading): what the decoder still holds must stay intact if read.
+  const frames = [1, 2, 3].map((i) => encodeData((i - 1) * 100, new Uint8Array(100).fill(i)));
+  const link = new Link(scriptedTransport([encodePreface(), new Uint8Array(frames.flatMap((f) => [...f]))]), "test");
+  await link.readFrame();
+  link.recycleBuffers({ bytes: 0 });
+  const undo = poisonOnGive();
+  try {
+    deepEqual((await link.readFrame())?.payload.subarray(8), new Uint8Array(100).fill(1));
+    link.close();
+    const next = await link.readFrame();
+    if (next) deepEqual(next.payload.subarray(8), new Uint8Array(100).fill(2), "a frame read after close is intact");
+  } finally {
+    undo();
+  }
+});
+
+Deno.test("recycleBuffers called again after reads started never pools a buffer with lent views or a carried frame", async () => {
+  const frames = Array.from({ length: 30 }, (_, i) => encodeData(i * 5000, new Uint8Array(5000).fill(i + 1)));
+  // Two frames and a half per read, so that reads carry the start of a frame.
+  const stream = new Uint8Array(frames.flatMap((f) => [...f]));
+  const chunks = [];
+  for (let at = 0; at < stream.length; at += 12_500) chunks.push(stream.subarray(at, at + 12_500));
+  const link = new Link(scriptedTransport([encodePreface(), ...chunks]), "test");
+  await link.readFrame();
+  const lent: HeldBytes = { bytes: 0 };
+  link.recycleBuffers(lent);
+  const local = fakeLocal();
+  const fills: number[] = [];
+  const check = () => {
+    for (const [j, { bytes }] of local.held.entries()) {
+      deepEqual(bytes, new Uint8Array(5000).fill(fills[j] as number), `held payload ${fills[j]} intact`);
+    }
+  };
+  const undo = poisonOnGive();
+  try {
+    for (let i = 0; i < 30; i++) {
+      const frame = await link.readFrame();
+      check();
+      deepEqual(frame?.payload.subarray(8), new Uint8Array(5000).fill(i + 1), `frame ${i} intact`);
+      if (i % 7 === 3) {
+        // A second attach of the same link (a misuse), while its buffer holds this frame and
+        // maybe the start of the next: that buffer must stay out of the pool.
+        local.writeAll();
+        fills.length = 0;
+        link.recycleBuffers(lent);
+      }
+      local.lend(link, (frame?.payload as Uint8Array).subarray(8));
+      fills.push(i + 1);
+    }
+    check();
+    local.writeAll();
+    equal(await link.readFrame(), null);
+    link.close();
+    equal(lent.bytes, 0, "nothing stays counted");
+  } finally {
+    undo();
+  }
+});
