@@ -23,12 +23,14 @@ import {
 } from "../protocol/frames.ts";
 import { createEphemeralKey, type EphemeralKey, importAdmissionKey, randomId } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
-import { DEFAULT_BACKOFF_CAP_MS } from "../session/backoff.ts";
+import { DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
+import { type Clock, systemClock } from "../session/clock.ts";
+import { type NetConn, type NetListener, type Network, systemNetwork } from "../session/network.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
 import { Session, type SessionEnd } from "../session/session.ts";
 import { checkAdoptedTimers, DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
-import { describeError, dialTcp } from "../session/transport.ts";
+import { describeError } from "../session/transport.ts";
 import { closeOnAbort, type OpenedSession, openHandshake, RejectedError, resumeHandshake } from "./handshake.ts";
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
 
@@ -88,15 +90,20 @@ export interface OpeningProgress {
 
 /** Options of a BrokerClient. */
 export interface BrokerClientOptions {
-  /** Clock in ms (injectable). */
+  /** Time and timers (the simulation's virtual clock); default systemClock. */
+  clock?: Clock;
+  /** Clock in ms only, with the system's timers (tests that shift the time); ignored with `clock`. */
   now?: () => number;
+  /** Sockets (the simulation's network); default systemNetwork. TLS links always use the system's. */
+  network?: Network;
 }
 
 /** The broker-client: loopback listener and one runner per Smart Client connection. */
 export class BrokerClient {
   #config: ClientConfig;
-  #now: () => number;
-  #listener: Deno.TcpListener | null = null;
+  #clock: Clock;
+  #network: Network;
+  #listener: NetListener | null = null;
   #runners = new Set<SessionRunner>();
   /** Sessions that ended here while their link was down, still trying to tell their server. */
   #farewells = new Set<Promise<void>>();
@@ -109,7 +116,8 @@ export class BrokerClient {
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
     this.#config = config;
-    this.#now = options.now ?? Date.now;
+    this.#clock = options.clock ?? (options.now ? { ...systemClock, now: options.now } : systemClock);
+    this.#network = options.network ?? systemNetwork;
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
 
@@ -139,7 +147,7 @@ export class BrokerClient {
   listen(): void {
     const { hostname, port } = this.#config.listen;
     try {
-      this.#listener = Deno.listen({ hostname, port, transport: "tcp" });
+      this.#listener = this.#network.listen({ hostname, port });
     } catch (err) {
       const hint = err instanceof Deno.errors.AddrInUse
         ? "another program (or another broker-client) already uses this port"
@@ -154,13 +162,13 @@ export class BrokerClient {
     this.#acceptLoop = this.#accept(this.#listener);
   }
 
-  #accept(listener: Deno.TcpListener): Promise<void> {
+  #accept(listener: NetListener): Promise<void> {
     const options = {
       what: "Smart Client connections",
       advice:
         "raise the limit (ulimit -n in the shell that starts broker-client), or close programs that hold many files",
       openFileLimit: openFileLimit(),
-      now: this.#now,
+      clock: this.#clock,
       signal: this.#shutdown.signal,
       log: (note: AcceptNote) => log[note.level](note.message, note.fields),
     };
@@ -169,7 +177,8 @@ export class BrokerClient {
         config: this.#config,
         shutdown: this.#shutdown.signal,
         farewellsEnd: this.#farewellsEnd.signal,
-        now: this.#now,
+        clock: this.#clock,
+        network: this.#network,
         admissionKey: this.#admissionKey,
         done: () => this.#runners.delete(runner),
         farewell: (farewell) => {
@@ -186,13 +195,13 @@ export class BrokerClient {
   async close(reason = "broker-client is shutting down"): Promise<void> {
     if (this.#shutdown.signal.aborted) return;
     this.#shutdown.abort();
-    const grace = setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
+    const grace = this.#clock.setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
     this.#listener?.close();
     await this.#acceptLoop;
     await Promise.all([...this.#runners].map((r) => r.stop(reason)));
     // Farewells started by the stops above join the set while they run.
     while (this.#farewells.size > 0) await Promise.all([...this.#farewells]);
-    clearTimeout(grace);
+    this.#clock.clear(grace);
     log.info("broker-client stopped");
   }
 }
@@ -204,7 +213,10 @@ interface SessionRunnerOptions {
   shutdown: AbortSignal;
   /** Aborted when sessions that ended must stop telling their servers (after the shutdown's grace). */
   farewellsEnd: AbortSignal;
-  now: () => number;
+  /** Time and timers. */
+  clock: Clock;
+  /** Sockets for the links (plain TCP; TLS dials the system's). */
+  network: Network;
   admissionKey: Promise<CryptoKey | null>;
   /** The session has ended (called once). */
   done(): void;
@@ -221,6 +233,8 @@ class SessionRunner {
   #finishing: AbortSignal;
   #farewellsEnd: AbortSignal;
   #farewell: (farewell: Promise<void>) => void;
+  #clock: Clock;
+  #network: Network;
   #now: () => number;
   #session: Session;
   /** When the current link was lost (clock ms). */
@@ -253,13 +267,16 @@ class SessionRunner {
   /** A broker server welcomed the session and it was attached. */
   #opened = false;
 
-  constructor(conn: Deno.TcpConn, options: SessionRunnerOptions) {
-    const { config, now } = options;
+  constructor(conn: NetConn, options: SessionRunnerOptions) {
+    const { config, clock } = options;
+    const now = () => clock.now();
     this.#config = config;
     this.#shutdownSignal = options.shutdown;
     this.#farewellsEnd = options.farewellsEnd;
     this.#signal = AbortSignal.any([options.shutdown, this.#stopped.signal]);
     this.#finishing = AbortSignal.any([options.farewellsEnd, this.#stopped.signal]);
+    this.#clock = clock;
+    this.#network = options.network;
     this.#now = now;
     this.#done = options.done;
     this.#farewell = options.farewell;
@@ -279,7 +296,7 @@ class SessionRunner {
         replayBufferBytes: Math.min(config.replayBufferBytes, MIN_REPLAY_BUFFER_BYTES),
         receiveWindowBytes: 0,
       },
-      now,
+      clock,
       events: {
         goingAway: (drainMs, reason) => this.#goingAway(drainMs, reason),
         detached: (reason) => {
@@ -291,6 +308,9 @@ class SessionRunner {
       },
     });
   }
+
+  /** Backoff waits on the session's clock. */
+  #sleep = (ms: number, signal?: AbortSignal): Promise<boolean> => sleep(ms, signal, this.#clock);
 
   /** The server announced that it is stopping: the session may end soon. */
   #goingAway(drainMs: number, reason: string): void {
@@ -386,6 +406,7 @@ class SessionRunner {
       (err) => err instanceof RoundFailed && err.final ? "final" : "retry",
       {
         now: this.#now,
+        sleep: this.#sleep,
         attempt: (round) => this.#openRound(round, errors),
         interrupt: () => this.#signal,
         retrying: (_err, round) => {
@@ -442,8 +463,8 @@ class SessionRunner {
         connectTimeoutMs,
         signal,
       })
-      : await dialTcp(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
-    const link = new Link(conn, formatHostPort(server));
+      : await this.#network.dial(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
+    const link = new Link(conn, formatHostPort(server), { clock: this.#clock });
     link.send(encodePreface());
     link.send(hello);
     return link;
@@ -574,6 +595,7 @@ class SessionRunner {
     };
     const outcome = await retryUntil(this.#session.stateSince + this.#session.timers.resumeTimeoutMs, classify, {
       now: this.#now,
+      sleep: this.#sleep,
       waitFirst: true,
       // A shutdown cuts the wait short; a session that only waits for the
       // server's CLOSE still resumes to get it, within the shutdown's grace.
@@ -682,6 +704,7 @@ class SessionRunner {
   #farewellRetry<T>(classify: (err: unknown) => Verdict, attempt: () => Promise<T>): Promise<RetryOutcome<T>> {
     return retryUntil(this.#now() + this.#session.timers.resumeTimeoutMs, classify, {
       now: this.#now,
+      sleep: this.#sleep,
       waitFirst: true,
       interrupt: () =>
         this.#shutdownSignal.aborted ? this.#farewellsEnd : AbortSignal.any([this.#shutdownSignal, this.#farewellsEnd]),

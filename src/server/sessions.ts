@@ -316,6 +316,7 @@ export class SessionDesk {
         role: "server",
         local: backend.conn,
         timers,
+        clock: this.#server.clock,
         events: {
           detached: (reason) => {
             log.info(

@@ -44,6 +44,7 @@ import { formatDuration } from "../config/values.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
 import { type HeldBytes, PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
+import { type Clock, systemClock, type TimerHandle } from "./clock.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Lifecycle states of a session. */
@@ -126,8 +127,8 @@ export interface SessionOptions {
   timers: SessionTimers;
   /** Callbacks. */
   events: SessionEvents;
-  /** Clock in ms (injectable). */
-  now?: () => number;
+  /** Time and timers; default systemClock. */
+  clock?: Clock;
 }
 
 /** Send an ACK at once after this many delivered, unacknowledged bytes (or a quarter of the window, if less). */
@@ -176,7 +177,7 @@ export class Session {
   #localWriter: WriteQueue;
   #timers: SessionTimers;
   #events: SessionEvents;
-  #now: () => number;
+  #clock: Clock;
 
   #state: SessionState = "connecting";
   #link: Link | null = null;
@@ -187,9 +188,9 @@ export class Session {
   #peerFin = false;
   #localFlushed = false;
   #lastAckSent = 0;
-  #ackTimer: ReturnType<typeof setTimeout> | undefined;
-  #tickTimer: ReturnType<typeof setTimeout> | undefined;
-  #windowTimer: ReturnType<typeof setTimeout> | undefined;
+  #ackTimer: TimerHandle | undefined;
+  #tickTimer: TimerHandle | undefined;
+  #windowTimer: TimerHandle | undefined;
   #spaceWaiter: (() => void) | null = null;
   #stateSince: number;
   #confirmed = false;
@@ -204,8 +205,8 @@ export class Session {
     this.#local = options.local;
     this.#timers = { ...options.timers };
     this.#events = options.events;
-    this.#now = options.now ?? Date.now;
-    this.#stateSince = this.#now();
+    this.#clock = options.clock ?? systemClock;
+    this.#stateSince = this.#clock.now();
     this.#localWriter = new WriteQueue(
       options.local,
       (err) => this.abort(`${this.#localName} connection failed while writing: ${describeError(err)}`),
@@ -298,10 +299,10 @@ export class Session {
     this.checkResumable(peerReceived);
     const resumed = !options.reopened && (this.#state === "detached" || this.#link !== null);
     this.#dropLink();
-    clearTimeout(this.#windowTimer);
+    this.#clock.clear(this.#windowTimer);
     this.#link = link;
     this.#setState("attached");
-    link.lastReceivedAt = this.#now();
+    link.lastReceivedAt = this.#clock.now();
     link.recycleBuffers(this.#lent);
     // The peer's received offset says where to resume, not what it has
     // delivered: the replay buffer is trimmed by its ACKs only, so that what
@@ -325,7 +326,7 @@ export class Session {
       this.stats.resumes++;
       this.stats.bytesReplayed += replayed;
     }
-    this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
+    this.#tickTimer = this.#clock.setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
     this.#readLoop(link);
     this.#wakePump();
     // Both streams may have finished while no link was attached (ending
@@ -401,12 +402,15 @@ export class Session {
    */
   #awaitAnswer(link: Link): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => goodbye.finish(false), Math.min(this.#timers.linkTimeoutMs, ABORT_ANSWER_MS));
+      const timer = this.#clock.setTimeout(
+        () => goodbye.finish(false),
+        Math.min(this.#timers.linkTimeoutMs, ABORT_ANSWER_MS),
+      );
       const goodbye: Goodbye = {
         link,
         finish: (told) => {
           if (this.#goodbye === goodbye) this.#goodbye = null;
-          clearTimeout(timer);
+          this.#clock.clear(timer);
           link.close();
           resolve(told);
         },
@@ -422,9 +426,9 @@ export class Session {
 
   #end(end: SessionEnd): void {
     this.#setState("closed");
-    clearTimeout(this.#ackTimer);
-    clearInterval(this.#tickTimer);
-    clearTimeout(this.#windowTimer);
+    this.#clock.clear(this.#ackTimer);
+    this.#clock.clear(this.#tickTimer);
+    this.#clock.clear(this.#windowTimer);
     this.#out.clear();
     this.#wakePump();
     this.#events.ended(end);
@@ -434,8 +438,8 @@ export class Session {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
-    clearInterval(this.#tickTimer);
-    clearTimeout(this.#ackTimer);
+    this.#clock.clear(this.#tickTimer);
+    this.#clock.clear(this.#ackTimer);
     this.#ackTimer = undefined;
     old.close();
   }
@@ -448,7 +452,7 @@ export class Session {
     const window = this.#confirmed
       ? this.#timers.resumeTimeoutMs
       : Math.min(this.#timers.resumeTimeoutMs, this.#timers.unconfirmedTimeoutMs ?? Infinity);
-    this.#windowTimer = setTimeout(() => {
+    this.#windowTimer = this.#clock.setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, { cause: "expired" });
     }, window);
     this.#events.detached?.(reason);
@@ -610,7 +614,7 @@ export class Session {
     if (pending >= Math.min(ACK_EVERY_BYTES, this.#timers.receiveWindowBytes / 4)) {
       this.#sendAck(link);
     } else if (pending > 0 && this.#ackTimer === undefined) {
-      this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = this.#clock.setTimeout(() => {
         this.#ackTimer = undefined;
         if (this.#link) this.#sendAck(this.#link);
       }, ACK_DELAY_MS);
@@ -618,7 +622,7 @@ export class Session {
   }
 
   #sendAck(link: Link): void {
-    clearTimeout(this.#ackTimer);
+    this.#clock.clear(this.#ackTimer);
     this.#ackTimer = undefined;
     this.#lastAckSent = this.#delivered();
     link.send(encodeOffsetFrame(FrameType.Ack, this.#lastAckSent));
@@ -627,7 +631,7 @@ export class Session {
   #tick(): void {
     const link = this.#link;
     if (!link) return;
-    const now = this.#now();
+    const now = this.#clock.now();
     if (now - link.lastReceivedAt >= this.#timers.linkTimeoutMs) {
       this.#linkFailed(
         link,
@@ -673,14 +677,14 @@ export class Session {
 
   /** Closes the local socket once what is queued for it is written (or after LOCAL_LINGER_MS). */
   async #closeLocalAfterFlush(): Promise<void> {
-    await within(this.#localWriter.flushed(), LOCAL_LINGER_MS);
+    await within(this.#localWriter.flushed(), LOCAL_LINGER_MS, this.#clock);
     this.#localWriter.close();
     closeQuietly(this.#local);
   }
 
   #setState(state: SessionState): void {
     this.#state = state;
-    this.#stateSince = this.#now();
+    this.#stateSince = this.#clock.now();
   }
 
   // A method, so the compiler does not narrow the state across awaits.

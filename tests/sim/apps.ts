@@ -123,12 +123,46 @@ export interface AppResult {
   resetByMe: boolean;
 }
 
-/** Runs one end of `plan` on `end`. */
+/** Bytes of the tag Smart Client writes before its stream (the session's number, for the world). */
+export const TAG_BYTES = 4;
+
+/** The tag naming session `index`. */
+export function sessionTag(index: number): Uint8Array {
+  const tag = new Uint8Array(TAG_BYTES);
+  new DataView(tag.buffer).setUint32(0, index);
+  return tag;
+}
+
+/**
+ * Reads the tag at the start of an accepted connection: the session's
+ * number, or null when the connection ended (or failed) before it.
+ */
+export async function readTag(end: Transport): Promise<number | null> {
+  const tag = new Uint8Array(TAG_BYTES);
+  for (let got = 0; got < TAG_BYTES;) {
+    let n: number | null;
+    try {
+      n = await end.read(tag.subarray(got));
+    } catch {
+      return null;
+    }
+    if (n === null) return null;
+    got += n;
+  }
+  return new DataView(tag.buffer).getUint32(0);
+}
+
+/**
+ * Runs one end of `plan` on `end`. Smart Client's end writes `tag` first
+ * (not counted in its stream); the ERP's end is handed the connection after
+ * the world read the tag.
+ */
 export async function runApp(
   end: Transport,
   side: "client" | "erp",
   plan: AppPlan,
   clock: VirtualClock,
+  tag?: Uint8Array,
 ): Promise<AppResult> {
   const other = side === "client" ? "erp" : "client";
   const toSend = side === "client" ? plan.clientBytes : plan.erpBytes;
@@ -185,6 +219,7 @@ export async function runApp(
   };
 
   try {
+    if (tag) { for (let done = 0; done < tag.length;) done += await end.write(tag.subarray(done)); }
     switch (plan.kind) {
       case "request-response": {
         const rounds = plan.rounds;
