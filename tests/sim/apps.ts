@@ -242,10 +242,22 @@ export async function runApp(
       case "erp-writes-first": {
         const first = plan.kind === "client-writes-first" ? "client" : "erp";
         if (side === first) {
+          // Everything out before reading anything...
           await write(toSend);
           await end.closeWrite();
           await readToEnd();
+        } else if (plan.readSize % 2 === 0) {
+          // ...against a peer that reads and writes at once (fine on TCP: a
+          // broker must not stall it by not reading while the writer does not)...
+          await Promise.all([
+            readToEnd(),
+            (async () => {
+              await write(toSend);
+              await end.closeWrite();
+            })(),
+          ]);
         } else {
+          // ...or that reads everything first.
           await readToEnd();
           await write(toSend);
           await end.closeWrite();

@@ -131,7 +131,10 @@ function drawWan(rng: Rng): PathModel {
   };
 }
 
-const LOCAL_PATH: PathModel = { latencyMs: [0, 1], maxPiece: 65_536, capacity: 262_144 };
+/** A path on one host or a LAN: quick, with socket buffers of any size. */
+function drawLocal(rng: Rng): PathModel {
+  return { latencyMs: [0, 1], maxPiece: 65_536, capacity: rng.pick([4_096, 65_536, 262_144]) };
+}
 
 /** Runs one world to its end and reports what was wrong with it. */
 export async function runWorld(options: WorldOptions): Promise<WorldReport> {
@@ -198,9 +201,10 @@ async function world(
   const tuning = drawTuning(rng);
   const wan = drawWan(rng);
   const net = new SimNetwork(clock, rng.fork(), wan, (line) => note(`net ${line}`));
-  net.setModel(LOOPBACK, LOOPBACK, LOCAL_PATH);
+  net.setModel(LOOPBACK, LOOPBACK, drawLocal(rng));
   const erpHosts = ["10.1.0.1", "10.1.0.2"].slice(0, rng.int(1, 2));
-  for (const host of erpHosts) net.setModel(BROKER, host, LOCAL_PATH);
+  const lan = drawLocal(rng);
+  for (const host of erpHosts) net.setModel(BROKER, host, lan);
   let pcAddress = PC;
   const pcNetwork: Network = {
     listen: ({ hostname, port }) => net.listen(hostname, port),
@@ -390,10 +394,11 @@ async function world(
 
   // Smart Client applications, opened one after another (so that the ERP knows which is which).
   const count = rng.int(1, options.maxSessions ?? 6);
+  const maxBytes = options.maxBytes ?? rng.pick([20_000, 200_000, 200_000, 1_000_000]);
   const opener = (async () => {
     for (let i = 0; i < count; i++) {
       await new Promise<void>((r) => clock.setTimeout(r, rng.int(0, 2_000)));
-      const plan = planApp(rng, options.maxBytes ?? 200_000);
+      const plan = planApp(rng, maxBytes);
       plans.push(plan);
       results.push({ erpConnections: 0 });
       note(`session ${i}: ${describePlan(plan)}`);
@@ -533,14 +538,14 @@ async function world(
   if (client.sessionCount > 0) {
     problems.push(`broker-client still holds ${client.sessionCount} sessions after stopping`);
   }
-  const openErp = erpConns.filter((c) => !(c as unknown as { connection: { finished: boolean } }).connection.finished);
-  // The ERP applications close their side when done; broker-server must have closed the other.
-  if (openErp.length > 0 && outcome === "done") {
-    problems.push(`${openErp.length} ERP connections still open after stopping`);
-  }
   // Let the last timers run (applications' pauses, the network's deliveries), then none may remain.
   await runUntil(clock, () => clock.pending === 0, clock.now() + 600_000);
   if (clock.pending > 0) problems.push(`${clock.pending} timers still set after everything stopped`);
+  // The ERP applications close their side when they see the end; broker-server must have closed the other.
+  const openErp = erpConns.filter((c) => !(c as unknown as { connection: { finished: boolean } }).connection.finished);
+  if (openErp.length > 0 && outcome === "done") {
+    problems.push(`${openErp.length} ERP connections still open after stopping`);
+  }
   return {
     seed: options.seed,
     problems,

@@ -1,0 +1,16 @@
+import { describeFailure, runWorlds } from "./sim.ts";
+
+/** Worlds in the default set (SIM_WORLDS overrides: fewer under Wine, more for a long local run). */
+const WORLDS = Number(Deno.env.get("SIM_WORLDS") ?? 200);
+
+Deno.test(`simulation: ${WORLDS} seeded worlds keep every byte, never hang and leave nothing behind`, async () => {
+  const started = performance.now();
+  const failed = await runWorlds({ first: 1, worlds: WORLDS });
+  const seconds = (performance.now() - started) / 1000;
+  console.log(`${WORLDS} worlds in ${seconds.toFixed(1)} s (${(WORLDS / seconds).toFixed(1)} worlds/s)`);
+  if (failed.length > 0) {
+    throw new Error(
+      `${failed.length} of ${WORLDS} worlds failed:\n\n${failed.map((f) => describeFailure(f, 30)).join("\n\n")}`,
+    );
+  }
+});
