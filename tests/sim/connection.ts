@@ -22,6 +22,9 @@ export interface PathModel {
   capacity: number;
 }
 
+/** Bytes of each connection's start kept for replay attacks. */
+const RECORDED_BYTES = 4_096;
+
 /** A quick, roomy path: the default. */
 export const FAST_PATH: PathModel = { latencyMs: [1, 5], maxPiece: 64 * 1024, capacity: 256 * 1024 };
 
@@ -258,8 +261,16 @@ export class SimConnection {
     return (from === this.a ? this.b : this.a).closed;
   }
 
+  /** The first bytes the dialing side wrote (up to RECORDED_BYTES): what a wire-tapping peer could replay. */
+  readonly recorded: Uint8Array[] = [];
+  #recordedBytes = 0;
+
   /** Sends `bytes` on `dir`, in pieces of random size, each after the path's latency. */
   send(dir: Direction, bytes: Uint8Array): void {
+    if (dir === this.#ab && this.#recordedBytes < RECORDED_BYTES) {
+      this.recorded.push(bytes.slice(0, RECORDED_BYTES - this.#recordedBytes));
+      this.#recordedBytes += bytes.length;
+    }
     dir.unread += bytes.length;
     for (let at = 0; at < bytes.length;) {
       const size = Math.min(bytes.length - at, this.#rng.int(1, this.model.maxPiece));

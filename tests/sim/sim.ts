@@ -51,7 +51,7 @@ export function replayCommand(report: WorldReport): string {
 export function describeFailure(report: WorldReport, traceLines = 60): string {
   const tail = report.trace.slice(-traceLines);
   return [
-    `World ${report.seed} failed (${report.sessions} sessions, ${report.faults} faults, ${
+    `World ${report.seed} failed (${report.sessions} sessions, ${report.faults} faults, ${report.hostile} hostile links, ${
       (report.simulatedMs / 1000).toFixed(1)
     } s simulated):`,
     ...report.problems.map((p) => `  - ${p}`),

@@ -37,6 +37,8 @@ import { runUntil, settle } from "./settle.ts";
 
 /** The hosts of a world. */
 const PC = "10.0.0.2";
+/** Where hostile peers dial from. */
+const ATTACKER = "203.0.113.9";
 const BROKER = "192.0.2.1";
 const BROKER_PORT = 7000;
 const LOOPBACK = "127.0.0.1";
@@ -66,6 +68,8 @@ export interface WorldReport {
   sessions: number;
   /** Faults injected. */
   faults: number;
+  /** Hostile links made. */
+  hostile: number;
 }
 
 /** Where the brokers' log lines go while a world runs. */
@@ -200,6 +204,7 @@ async function world(
   logTarget = note;
   const tuning = drawTuning(rng);
   const wan = drawWan(rng);
+  const admissionKey = rng.chance(0.3) ? "simulated-admission-key-0123" : null;
   const net = new SimNetwork(clock, rng.fork(), wan, (line) => note(`net ${line}`));
   net.setModel(LOOPBACK, LOOPBACK, drawLocal(rng));
   const erpHosts = ["10.1.0.1", "10.1.0.2"].slice(0, rng.int(1, 2));
@@ -217,7 +222,9 @@ async function world(
   note(
     `world: heartbeat ${tuning.heartbeatMs} ms, link timeout ${tuning.linkTimeoutMs} ms, window ${tuning.resumeTimeoutMs} ms, cap ${tuning.replayBuffer}; WAN ${
       wan.latencyMs.join("-")
-    } ms, pieces <= ${wan.maxPiece}, buffers ${wan.capacity}; ERP servers ${erpHosts.length}`,
+    } ms, pieces <= ${wan.maxPiece}, buffers ${wan.capacity}; ERP servers ${erpHosts.length}; admission key ${
+      admissionKey ? "set" : "not set"
+    }`,
   );
 
   const server = new BrokerServer(
@@ -233,6 +240,7 @@ async function world(
         "HEALTH_CHECK_INTERVAL = 0",
         "STATUS_PORT = 0",
         "DRAIN_TIMEOUT = 0",
+        ...(admissionKey ? [`ADMISSION_KEY = ${admissionKey}`] : []),
       ].join("\n"),
       "sim/appserver.ini",
     )),
@@ -249,6 +257,7 @@ async function world(
         "BrokerProxy = 1",
         `BrokerServer = ${BROKER}:${BROKER_PORT}`,
         `REPLAY_BUFFER_SIZE = ${tuning.replayBuffer}`,
+        ...(admissionKey ? [`ADMISSION_KEY = ${admissionKey}`] : []),
       ].join("\n"),
       "sim/smartclient.ini",
     )),
@@ -281,7 +290,13 @@ async function world(
           }
           pair.erpConnections++;
           if (pair.erpConnections > 1) {
-            problems.push(`session ${index}: a second ERP connection carries its bytes`);
+            // Without an admission key, anyone may open sessions, so a replayed
+            // opening is a new session like any other; with one, it must fail.
+            note(`ERP ${host}: a second connection carries session ${index}'s bytes (a replayed opening); closed`);
+            if (admissionKey) {
+              problems.push(`session ${index}: a replayed opening reached the ERP despite ADMISSION_KEY`);
+            }
+            pair.erpConnections--;
             conn.close();
             return;
           }
@@ -389,6 +404,46 @@ async function world(
           break;
         }
       }
+    }
+  })();
+
+  // Hostile peers, in half the worlds: garbage, handshakes cut short, links
+  // that say nothing, and replays of what a real client sent on a link.
+  let hostile = 0;
+  const hostileLoop = (async () => {
+    if (!rng.chance(0.5)) return;
+    const meanGapMs = rng.pick([300, 3_000]);
+    while (chaos) {
+      await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
+      if (!chaos) break;
+      const kind = rng.pick(["garbage", "cut", "idle", "replay"] as const);
+      const past = net.connections.filter((c) => c.from !== ATTACKER && c.to === BROKER);
+      const source = past.length > 0 ? rng.pick(past).connection.recorded : [];
+      const recorded = new Uint8Array(source.reduce((n, b) => n + b.length, 0));
+      source.reduce((at, b) => (recorded.set(b, at), at + b.length), 0);
+      let conn: NetConn;
+      try {
+        conn = await net.dial(ATTACKER, BROKER, BROKER_PORT, { timeoutMs: 5_000 });
+      } catch {
+        continue;
+      }
+      hostile++;
+      let bytes: Uint8Array;
+      if (kind === "garbage") bytes = Uint8Array.from({ length: rng.int(1, 2_000) }, () => rng.int(0, 255));
+      else if (kind === "cut") bytes = recorded.subarray(0, rng.int(0, recorded.length));
+      else if (kind === "replay") bytes = recorded;
+      else bytes = new Uint8Array(0);
+      note(`hostile peer: ${kind} (${bytes.length} bytes)`);
+      (async () => {
+        try {
+          for (let done = 0; done < bytes.length;) done += await conn.write(bytes.subarray(done));
+          const sink = new Uint8Array(4_096);
+          while (await conn.read(sink) !== null) { /* whatever the server says */ }
+        } catch { /* reset or refused: fine */ }
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      })();
     }
   })();
 
@@ -529,7 +584,7 @@ async function world(
   const stopOutcome = await runUntil(clock, () => closed, clock.now() + 60_000);
   if (stopOutcome !== "done") problems.push(`the brokers did not stop (${stopOutcome})`);
   let faultsOver = false;
-  faultLoop.finally(() => faultsOver = true);
+  Promise.all([faultLoop, hostileLoop]).finally(() => faultsOver = true);
   await runUntil(clock, () => faultsOver, clock.now() + 3_600_000);
   await settle();
   if (server.sessions.length > 0) {
@@ -541,6 +596,8 @@ async function world(
   // Let the last timers run (applications' pauses, the network's deliveries), then none may remain.
   await runUntil(clock, () => clock.pending === 0, clock.now() + 600_000);
   if (clock.pending > 0) problems.push(`${clock.pending} timers still set after everything stopped`);
+  const hostileOpen = net.connections.filter((c) => c.from === ATTACKER && !c.connection.finished);
+  if (hostileOpen.length > 0) problems.push(`${hostileOpen.length} hostile links still open after stopping`);
   // The ERP applications close their side when they see the end; broker-server must have closed the other.
   const openErp = erpConns.filter((c) => !(c as unknown as { connection: { finished: boolean } }).connection.finished);
   if (openErp.length > 0 && outcome === "done") {
@@ -553,6 +610,7 @@ async function world(
     simulatedMs: clock.now() - start,
     sessions: count,
     faults,
+    hostile,
   };
 }
 
