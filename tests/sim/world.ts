@@ -550,8 +550,12 @@ async function world(
     const id = idByPort.get(pair.port ?? -1);
     const end = id ? ends.get(id) : undefined;
     // An expired window is a reason only if the world blocked new links for about that long.
-    const stated = end?.server !== undefined && end.client !== undefined &&
-      fair(end.server, end.serverAt ?? 0) && fair(end.client, end.clientAt ?? 0);
+    // broker-server's window may run out after broker-client gave up on it: fair if the client's end was.
+    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0);
+    const serverFair = end?.server !== undefined &&
+      (fair(end.server, end.serverAt ?? 0) ||
+        (clientFair && EARLY_END.test(end.server) && (end.clientAt ?? Infinity) <= (end.serverAt ?? 0)));
+    const stated = clientFair && serverFair;
     if (pair.erpConnections === 0) {
       // Fine when Smart Client left at once, or broker-client said why it gave up.
       const said = (clientLines.get(pair.port ?? -1) ?? []).some((l) => /no broker server|refused|rejected/i.test(l));
