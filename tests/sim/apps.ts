@@ -96,13 +96,14 @@ export function planApp(rng: Rng, maxBytes: number, kind: AppKind = rng.pick(APP
 export function streamBytes(seed: number, side: "client" | "erp", offset: number, length: number): Uint8Array {
   const out = new Uint8Array(length);
   const salt = side === "client" ? 0x5bd1e995 : 0x27d4eb2d;
-  for (let i = 0; i < length; i++) {
+  // Blocks of 251 bytes, each from a cheap hash of (seed, side, block number).
+  for (let i = 0; i < length;) {
     const at = offset + i;
-    // A cheap hash of (seed, side, block) and the position in the block.
     const block = Math.floor(at / 251);
     let h = Math.imul((seed ^ salt) + block, 0x9e3779b1) >>> 0;
     h ^= h >>> 15;
-    out[i] = (h + (at % 251) * 131) & 0xff;
+    const end = Math.min(length, i + 251 - (at % 251));
+    for (let k = at % 251; i < end; i++, k++) out[i] = (h + k * 131) & 0xff;
   }
   return out;
 }
