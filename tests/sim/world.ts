@@ -267,11 +267,22 @@ async function world(
   // ERP applications: each accepted connection runs the plan of the session its tag names.
   const changes = new Changes();
   const plans: AppPlan[] = [];
-  const results: { client?: AppResult; erp?: AppResult; erpConnections: number; port?: number }[] = [];
+  const results: {
+    client?: AppResult;
+    erp?: AppResult;
+    erpConnections: number;
+    port?: number;
+    /** The ERP closed the connection at once (a session the world cut on purpose). */
+    cutByErp?: boolean;
+  }[] = [];
   const erpConns: NetConn[] = [];
   let untagged = 0;
-  for (const host of erpHosts) {
+  // In some worlds an ERP server now and then closes a session's connection at once.
+  const erpDropRate = rng.chance(0.15) ? 0.3 : 0;
+  const erpListeners = new Map<string, { close(): void }>();
+  const listenErp = (host: string) => {
     const listener = net.listen(host, ERP_PORT);
+    erpListeners.set(host, listener);
     (async () => {
       for (;;) {
         const conn = await listener.accept();
@@ -301,6 +312,20 @@ async function world(
             return;
           }
           changes.notify();
+          if (rng.chance(erpDropRate)) {
+            note(`ERP ${host}: closes session ${index}'s connection at once`);
+            pair.cutByErp = true;
+            pair.erp = {
+              received: 0,
+              mismatchAt: null,
+              sent: 0,
+              sawEnd: false,
+              error: "closed at once",
+              resetByMe: true,
+            };
+            conn.close();
+            return;
+          }
           runApp(conn, "erp", plans[index] as AppPlan, clock).then((r) => {
             pair.erp = r;
             note(
@@ -313,7 +338,8 @@ async function world(
         });
       }
     })().catch(() => {});
-  }
+  };
+  for (const host of erpHosts) listenErp(host);
 
   server.listen();
   client.listen();
@@ -343,7 +369,7 @@ async function world(
       await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
       if (!chaos) break;
       const links = net.between(pcAddress, BROKER).concat(pcAddress === PC ? [] : net.between(PC, BROKER));
-      const kind = rng.pick(["reset", "reset", "freeze", "partition", "refuse", "roam"] as const);
+      const kind = rng.pick(["reset", "reset", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
       faults++;
       strikes.push(clock.now());
       switch (kind) {
@@ -394,6 +420,22 @@ async function world(
           lifts.add(lift);
           await wait(ms);
           if (lifts.has(lift)) lift();
+          break;
+        }
+        case "erpDown": {
+          const host = rng.pick(erpHosts);
+          const ms = rng.pick([500, 5_000, 60_000]);
+          const listener = erpListeners.get(host);
+          if (!listener) break;
+          note(`fault: ERP server ${host} stops accepting for ${ms} ms`);
+          listener.close();
+          erpListeners.delete(host);
+          const lift = () => {
+            lifts.delete(lift);
+            listenErp(host);
+          };
+          lifts.add(lift);
+          clock.setTimeout(() => lifts.has(lift) && lift(), ms);
           break;
         }
         case "roam": {
@@ -570,6 +612,11 @@ async function world(
     }
     const issues = checkPair(plan, pair.client, pair.erp as AppResult);
     if (issues.length === 0) continue;
+    if (pair.cutByErp) {
+      // The ERP hung up at once: Smart Client gets a prefix (nothing, really) and an end.
+      problems.push(...issues.filter((p) => /wrong byte/.test(p) || readMore(p)).map((p) => `session ${i}: ${p}`));
+      continue;
+    }
     const wrong = issues.filter((p) => /wrong byte/.test(p) || readMore(p));
     const reported = stated ? wrong : issues;
     problems.push(
