@@ -26,10 +26,18 @@ import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
 import { DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
-import { Session, type SessionEnd } from "../session/session.ts";
+import { Session, type SessionEnd, type SessionState } from "../session/session.ts";
 import { checkAdoptedTimers, DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { describeError, dialTcp } from "../session/transport.ts";
-import { closeOnAbort, type OpenedSession, openHandshake, RejectedError, resumeHandshake } from "./handshake.ts";
+import {
+  challengeResume,
+  closeOnAbort,
+  completeResume,
+  type OpenedSession,
+  openHandshake,
+  RejectedError,
+  type ResumeChallenge,
+} from "./handshake.ts";
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
 
 export { RejectedError } from "./handshake.ts";
@@ -263,6 +271,10 @@ class SessionRunner {
   #openFinished = false;
   /** A broker server welcomed the session and it was attached. */
   #opened = false;
+  /** The race of a new link against a suspected one, while it runs (one at a time); aborted when the old one answers. */
+  #race: AbortController | null = null;
+  /** The last race (stop() waits for it). */
+  #raced: Promise<void> = Promise.resolve();
 
   constructor(conn: Deno.TcpConn, options: SessionRunnerOptions) {
     const { config, now } = options;
@@ -293,11 +305,20 @@ class SessionRunner {
       now,
       events: {
         goingAway: (drainMs, reason) => this.#goingAway(drainMs, reason),
-        detached: (reason) => {
+        detached: (reason, loss) => {
           this.#detachedAt = this.#now();
-          log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
-          this.#reconnecting = this.#resumeLoop();
+          log.info("Session {session}: link lost ({reason}); {next}", {
+            session: this.#label,
+            reason,
+            next: loss === "suspicion race won" ? "resuming on the new link" : "reconnecting",
+          });
+          // A race in progress goes on, and starts the resume loop if it fails.
+          if (!this.#race) this.#reconnecting = this.#resumeLoop();
         },
+        suspected: (waitedMs) => {
+          if (!this.#race) this.#raced = this.#raceSpare(waitedMs);
+        },
+        reassured: () => this.#race?.abort(),
         ended: (end) => this.#onEnded(end),
       },
     });
@@ -385,6 +406,7 @@ class SessionRunner {
     }
     this.#session.abort(reason);
     await this.#ended;
+    await this.#raced;
     await this.#reconnecting;
     await this.#session.settled;
   }
@@ -466,6 +488,7 @@ class SessionRunner {
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
+    const started = this.#now();
     let opened: OpenedSession;
     try {
       opened = await openHandshake({
@@ -489,7 +512,7 @@ class SessionRunner {
       if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
       throw err;
     }
-    await this.#adopt(opened, server);
+    await this.#adopt(opened, server, this.#now() - started);
   }
 
   /** Refuses a WELCOME whose timers are out of bounds or whose cap exceeds the one offered. */
@@ -502,8 +525,11 @@ class SessionRunner {
     }
   }
 
-  /** Takes the session `server` welcomed: attaches its link, or says goodbye if Smart Client left meanwhile. */
-  async #adopt({ link, welcome, key }: OpenedSession, server: HostPort): Promise<void> {
+  /**
+   * Takes the session `server` welcomed (in `handshakeMs`): attaches its
+   * link, or says goodbye if Smart Client left meanwhile.
+   */
+  async #adopt({ link, welcome, key }: OpenedSession, server: HostPort, handshakeMs: number): Promise<void> {
     const cancellable = closeOnAbort(link, this.#farewellsEnd);
     try {
       const identity = { sessionId: welcome.sessionId, key, server };
@@ -528,6 +554,8 @@ class SessionRunner {
         receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);
+      // An upper bound of the round trip (the connect, the hello, the ERP connect): until probes measure it.
+      this.#session.measuredHandshake(handshakeMs);
       this.#opened = true;
       log.info("Session {session} opened for Smart Client {client} on broker server {server}", {
         session: this.#label,
@@ -598,28 +626,47 @@ class SessionRunner {
     }
   }
 
-  /**
-   * Dials the session's server and proves both ways that each holds it;
-   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
-   * The connect has a short deadline (RESUME_CONNECT_TIMEOUT_MS).
-   */
-  #resume(identity: Identity, received: number, signal: AbortSignal): Promise<{ link: Link; resumed: Proof }> {
+  /** Dials the session's server and reads its CHALLENGE (the connect within RESUME_CONNECT_TIMEOUT_MS). */
+  #challenge(identity: Identity, signal: AbortSignal, handshakeTimeoutMs: number): Promise<ResumeChallenge> {
     const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
-    return resumeHandshake({
+    return challengeResume({
       dial: (hello) => this.#dial(identity.server, hello, signal, connectTimeoutMs),
       sessionId: identity.sessionId,
-      key: identity.key,
-      received,
-      handshakeTimeoutMs: this.#config.handshakeTimeoutMs,
+      handshakeTimeoutMs,
       now: this.#now,
       signal,
     });
   }
 
+  /**
+   * Dials the session's server and proves both ways that each holds it;
+   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
+   */
+  async #resume(identity: Identity, received: number, signal: AbortSignal): Promise<{ link: Link; resumed: Proof }> {
+    const challenge = await this.#challenge(identity, signal, this.#config.handshakeTimeoutMs);
+    return await completeResume(challenge, { key: identity.key, received, now: this.#now, signal });
+  }
+
   async #resumeOn(identity: Identity, signal: AbortSignal): Promise<void> {
     const started = this.#now();
+    const challenge = await this.#challenge(identity, signal, this.#config.handshakeTimeoutMs);
+    const challengedIn = this.#now() - started;
+    await this.#commit(identity, challenge, { started, challengedIn, signal });
+  }
+
+  /**
+   * Sends the proof on a challenged link and, once the server answered,
+   * attaches the session to it. The old link must be gone by now: the proof
+   * states what we have received, and nothing may arrive after that.
+   */
+  async #commit(
+    identity: Identity,
+    challenge: ResumeChallenge,
+    timing: { started: number; challengedIn: number; signal: AbortSignal },
+  ): Promise<void> {
     const received = this.#session.received;
-    const { link, resumed } = await this.#resume(identity, received, signal);
+    const proven = { key: identity.key, received, now: this.#now, signal: timing.signal };
+    const { link, resumed } = await completeResume(challenge, proven);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
@@ -641,12 +688,15 @@ class SessionRunner {
         }
         throw err;
       }
+      // The CHALLENGE came after a connect and a hello: at most two round trips.
+      this.#session.measuredHandshake(timing.challengedIn);
       log.info(
-        "Session {session} resumed after {seconds} s (handshake {handshake} ms): {replayed} bytes replayed to the server",
+        "Session {session} resumed after {seconds} s (trigger: {trigger}; handshake {handshake} ms): {replayed} bytes replayed to the server",
         {
           session: this.#label,
           seconds: (away / 1000).toFixed(1),
-          handshake: this.#now() - started,
+          trigger: this.#session.linkLoss ?? "link error",
+          handshake: this.#now() - timing.started,
           replayed,
         },
       );
@@ -654,6 +704,73 @@ class SessionRunner {
       link.close();
       throw err;
     }
+  }
+
+  /**
+   * The attached link is suspect (a probe went unanswered for `waitedMs`):
+   * dial a spare and take it as far as the server's CHALLENGE, which commits
+   * nothing. If the old link delivers anything meanwhile, the spare is
+   * closed and the session stays where it is; if the spare answers first,
+   * the old link goes and the session resumes on the spare. One race at a
+   * time, bounded by the link timeout; a failed race leaves the old link to
+   * its timeout (or to the resume loop, if it died meanwhile).
+   */
+  async #raceSpare(waitedMs: number): Promise<void> {
+    const identity = this.#identity;
+    if (this.#race || !identity || this.#stateNow() !== "attached") return;
+    const race = new AbortController();
+    this.#race = race;
+    const suspectedAt = this.#now();
+    log.info(
+      "Session {session}: link suspected (a probe unanswered for {waited} ms); racing a new link to broker server {server}",
+      { session: this.#label, waited: Math.round(waitedMs), server: formatHostPort(identity.server) },
+    );
+    const signal = AbortSignal.any([race.signal, this.#resumeSignal()]);
+    let challenge: ResumeChallenge | null = null;
+    try {
+      // Bounded so that a spare never outlives the old link's own deadline by much.
+      const bound = Math.min(this.#config.handshakeTimeoutMs, this.#session.timers.linkTimeoutMs);
+      challenge = await this.#challenge(identity, signal, bound);
+      const challengedIn = this.#now() - suspectedAt;
+      if (race.signal.aborted || this.#session.heardSince(suspectedAt) || this.#stateNow() === "closed") {
+        challenge.link.close();
+        challenge = null;
+        log.info("Session {session}: the suspected link answered after all; spare link closed", {
+          session: this.#label,
+        });
+        return;
+      }
+      if (this.#stateNow() === "attached") {
+        this.#session.detach(
+          `no answer for ${(waitedMs / 1000).toFixed(1)} s, and a new link answered in ${challengedIn} ms`,
+          "suspicion race won",
+        );
+      }
+      const spare = challenge;
+      challenge = null;
+      await this.#commit(identity, spare, { started: suspectedAt, challengedIn, signal: this.#resumeSignal() });
+    } catch (err) {
+      challenge?.link.close();
+      if (race.signal.aborted) {
+        log.info("Session {session}: the suspected link answered after all; spare link closed", {
+          session: this.#label,
+        });
+      } else {
+        log.info("Session {session}: the race of a new link failed ({error})", {
+          session: this.#label,
+          error: describeError(err),
+        });
+      }
+    } finally {
+      if (this.#race === race) this.#race = null;
+      // The old link went while we raced (or we dropped it and the proof failed): resume as usual.
+      if (this.#stateNow() === "detached") this.#reconnecting = this.#resumeLoop();
+    }
+  }
+
+  // A method, so the compiler does not narrow the state across awaits.
+  #stateNow(): SessionState {
+    return this.#session.state;
   }
 
   /**

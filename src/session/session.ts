@@ -44,10 +44,20 @@ import { formatDuration } from "../config/values.ts";
 import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
 import { LentBuffers, PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
+import { type Heard, LinkWatch } from "./liveness.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Lifecycle states of a session. */
 export type SessionState = "connecting" | "attached" | "detached" | "closed";
+
+/**
+ * Why a session lost its last link: an error or end of the link, its
+ * silence for LINK_TIMEOUT, a new link that replaced it while it was still
+ * attached (on the server: the client raced a new link, or gave up on a
+ * half-open one first), or (on the client) a new link that answered while
+ * the suspected old one stayed silent.
+ */
+export type LinkLoss = "link error" | "silence" | "replaced while attached" | "suspicion race won";
 
 /** Timers and limits a session runs with. */
 export interface SessionTimers {
@@ -107,7 +117,14 @@ export interface SessionStats {
 /** What the session's owner hears. */
 export interface SessionEvents {
   /** A link was lost; the session waits for another (server) or dials one (client). */
-  detached?(reason: string): void;
+  detached?(reason: string, loss: LinkLoss): void;
+  /**
+   * The client's link may be dead: a probe went unanswered for `waitedMs`
+   * (see liveness.ts). The link stays attached; the owner may race a new one.
+   */
+  suspected?(waitedMs: number): void;
+  /** The suspected link delivered a frame after all. */
+  reassured?(): void;
   /** The server is shutting down: the session has `drainMs` to finish. */
   goingAway?(drainMs: number, reason: string): void;
   /** The peer was heard from for the first time: it has the session. */
@@ -150,6 +167,8 @@ const SMALL_DATA_BYTES = 4 * 1024;
  * buffer hold many times its cap.
  */
 const COPY_OVERHEAD_BYTES = 320;
+/** The client's tick at most (ms): how late a probe's deadline or its heartbeat may be noticed. */
+const CLIENT_TICK_MS = 250;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 /**
@@ -197,6 +216,18 @@ export class Session {
   #goodbye: Goodbye | null = null;
   /** Link read buffers that DATA views queued for the local socket keep alive, over every link. */
   #lentBuffers: LentBuffers;
+  /** The client's probes and suspicion of its current link (null on the server, and while detached). */
+  #watch: LinkWatch | null = null;
+  /** The highest offset the peer acknowledged (its echoes acknowledge nothing new). */
+  #peerAcked = 0;
+  /** The peer answered a probe on some link: it is a broker-server that echoes heartbeats. */
+  #peerEchoes = false;
+  /**
+   * The current link brought its first ACK: every server sends one ACK when
+   * it attaches a link, which may be ACK 0 without being an echo.
+   */
+  #attachAckHeard = false;
+  #linkLoss: LinkLoss | null = null;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -265,6 +296,29 @@ export class Session {
     return this.#localWriter.queuedBytes;
   }
 
+  /** Why the last link was lost (null before any loss). */
+  get linkLoss(): LinkLoss | null {
+    return this.#linkLoss;
+  }
+
+  /** The client's estimate of its link's round trip (ms), null before a probe was answered or on the server. */
+  get roundTripMs(): number | null {
+    return this.#watch?.srtt ?? null;
+  }
+
+  /**
+   * The client's first round-trip sample of the link just attached: how long
+   * its handshake took (an upper bound), until probes measure it.
+   */
+  measuredHandshake(ms: number): void {
+    this.#watch?.handshakeTook(ms);
+  }
+
+  /** Whether the current link delivered bytes after `at` (clock ms); false without a link. */
+  heardSince(at: number): boolean {
+    return this.#link !== null && this.#link.lastReceivedAt > at;
+  }
+
   /** The timers in force. */
   get timers(): Readonly<SessionTimers> {
     return this.#timers;
@@ -304,6 +358,9 @@ export class Session {
     this.#setState("attached");
     link.lastReceivedAt = this.#now();
     link.recycleBuffersAfter(this.#lentBuffers);
+    if (this.#role === "client") {
+      this.#watch = new LinkWatch(this.#now(), this.#timers.linkTimeoutMs, { echoes: this.#peerEchoes });
+    }
     // The peer's received offset says where to resume, not what it has
     // delivered: the replay buffer is trimmed by its ACKs only, so that what
     // waits for its local socket stays counted against the cap.
@@ -320,13 +377,25 @@ export class Session {
     }
     if (this.#localEof && !this.#finAcked) link.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
     this.#sendAck(link);
+    this.#attachAckHeard = false;
+    if (this.#watch) {
+      // The first probe: it shows whether the server echoes, and times the
+      // link, even if the link never falls quiet.
+      link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#lastAckSent));
+      this.#watch.probed(this.#now());
+    }
     if (resumed) {
       // Only the real client can prove ownership: it knows the session.
       this.#confirm();
       this.stats.resumes++;
       this.stats.bytesReplayed += replayed;
     }
-    this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
+    // The client ticks finer: a probe's deadline, and its own heartbeat,
+    // must not be late by up to half a heartbeat interval.
+    const tick = this.#role === "client"
+      ? Math.min(this.#timers.heartbeatIntervalMs / 4, CLIENT_TICK_MS)
+      : this.#timers.heartbeatIntervalMs / 2;
+    this.#tickTimer = setInterval(() => this.#tick(), Math.max(10, tick));
     this.#readLoop(link);
     this.#wakePump();
     // Both streams may have finished while no link was attached (ending
@@ -415,8 +484,8 @@ export class Session {
   }
 
   /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */
-  detach(reason: string): void {
-    if (this.#link) this.#linkFailed(this.#link, reason);
+  detach(reason: string, loss: LinkLoss = "replaced while attached"): void {
+    if (this.#link) this.#linkFailed(this.#link, reason, loss);
   }
 
   #end(end: SessionEnd): void {
@@ -433,16 +502,18 @@ export class Session {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
+    this.#watch = null;
     clearInterval(this.#tickTimer);
     clearTimeout(this.#ackTimer);
     this.#ackTimer = undefined;
     old.close();
   }
 
-  #linkFailed(link: Link, reason: string): void {
+  #linkFailed(link: Link, reason: string, loss: LinkLoss = "link error"): void {
     if (this.#link !== link) return;
     this.#dropLink();
     if (this.#state === "closed") return;
+    this.#linkLoss = loss;
     this.#setState("detached");
     const window = this.#confirmed
       ? this.#timers.resumeTimeoutMs
@@ -450,7 +521,7 @@ export class Session {
     this.#windowTimer = setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, false, "expired");
     }, window);
-    this.#events.detached?.(reason);
+    this.#events.detached?.(reason, loss);
   }
 
   async #readLoop(link: Link): Promise<void> {
@@ -482,6 +553,7 @@ export class Session {
           continue;
         }
         if (!this.#confirmed) this.#confirm();
+        if (this.#watch) this.#heard(frame);
         this.#onFrame(link, frame);
         if (this.#link !== link && this.#goodbye?.link !== link) return;
       }
@@ -529,8 +601,15 @@ export class Session {
         return;
       }
       case FrameType.Ack:
+        this.#applyAck(readU64(payload, 0));
+        return;
       case FrameType.Heartbeat:
         this.#applyAck(readU64(payload, 0));
+        // Answered at once with an ACK of offset 0, which acknowledges
+        // nothing (so it cannot be mistaken for one that does): the client
+        // times its link with it and notices a dead one early (see
+        // liveness.ts). An older client takes it as an ACK with no news.
+        if (this.#role === "server") link.send(encodeOffsetFrame(FrameType.Ack, 0));
         return;
       case FrameType.Fin: {
         const offset = readU64(payload, 0);
@@ -566,6 +645,28 @@ export class Session {
       default:
         throw new ProtocolError(`Unexpected frame type ${frame.type} on an established link`);
     }
+  }
+
+  /** Tells the client's watch what a frame says about the link (before the frame is acted on). */
+  #heard(frame: Frame): void {
+    const watch = this.#watch as LinkWatch;
+    let heard: Heard = "other";
+    if (frame.type === FrameType.Data || frame.type === FrameType.Fin) heard = "activity";
+    else if (frame.type === FrameType.Ack || frame.type === FrameType.Heartbeat) {
+      const offset = readU64(frame.payload, 0);
+      const attachAck = frame.type === FrameType.Ack && !this.#attachAckHeard;
+      if (attachAck) this.#attachAckHeard = true;
+      if (offset > this.#peerAcked) {
+        this.#peerAcked = offset;
+        heard = "activity";
+      } else if (frame.type === FrameType.Ack && offset === 0 && !attachAck) {
+        // Servers send ACK 0 only on attach and in answer to a HEARTBEAT.
+        heard = "echo";
+      }
+    }
+    const reassured = watch.heard(this.#now(), heard);
+    this.#peerEchoes ||= watch.echoes;
+    if (reassured) this.#events.reassured?.();
   }
 
   #confirm(): void {
@@ -625,12 +726,24 @@ export class Session {
       this.#linkFailed(
         link,
         `link silent for ${((now - link.lastReceivedAt) / 1000).toFixed(1)} s (no data, no heartbeat)`,
+        "silence",
       );
       return;
     }
-    if (now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
+    const watch = this.#watch;
+    // Bytes of a frame still arriving (a large DATA on a slow link) are news too.
+    if (watch && link.lastReceivedAt > watch.lastHeard && watch.heard(link.lastReceivedAt, "other")) {
+      this.#events.reassured?.();
+    }
+    const due = watch?.due(now, this.#out.end, this.#out.size > 0) ?? null;
+    if (due === "suspect") {
+      this.#events.suspected?.(watch?.suspicionMs ?? 0);
+      if (this.#link !== link) return;
+    }
+    if (due === "probe" || now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
       this.#lastAckSent = this.#delivered();
       link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#lastAckSent));
+      watch?.probed(now);
     }
   }
 
