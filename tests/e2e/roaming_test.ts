@@ -7,7 +7,8 @@ import { equal, ok } from "node:assert/strict";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
-import { echo, Trickle } from "../helpers/apps.ts";
+import { echo } from "../helpers/apps.ts";
+import { Trickle } from "../../tools/streams.ts";
 
 /** Sessions that stream 100 KiB/s each way, as in the measurements. */
 const SESSIONS = 3;
