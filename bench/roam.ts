@@ -13,11 +13,14 @@
  *   session moved again.
  *
  * Every byte is checked at the end (SHA-256 of what each application sent
- * against what came back). `--code DIR` runs the brokers of another
+ * against what came back). `--idle N` instead measures what N idle sessions
+ * cost on the wire: packets per second on the veth, both directions, over
+ * `--seconds` s. `--code DIR` runs the brokers of another
  * checkout (e.g. a worktree of main, for a before/after in the same run).
  * Needs root and `ip netns` (Linux).
  *
- *   deno task bench:roam --runs 20 --fault address --code ../wt-main
+ *   deno task bench:roam --runs 20 --fault address --code ../wt-main --code .
+ *   deno task bench:roam --idle 500 --code ../wt-main --code .
  * @module
  */
 
@@ -74,8 +77,18 @@ async function run(cmd: string, ...args: string[]): Promise<void> {
   if (!out.success) throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
 }
 
-/** Runs the whole scenario: namespaces, both sides, `runs` faults; the namespaces are always deleted. */
-export async function runRoam(options: RoamOptions): Promise<RoamResult> {
+/** Both namespaces with both sides running, for a scenario to drive. */
+interface Scenario {
+  ns: { server: string; client: string };
+  dev: { server: string; client: string };
+  /** Sends a command line to the client side. */
+  say(line: string): Promise<void>;
+  /** The client side's next output line. */
+  next(): Promise<string>;
+}
+
+/** Sets up the namespaces and both sides (the brokers of `code`), runs `body`; the namespaces are always deleted. */
+async function withScenario<T>(code: string, body: (scenario: Scenario) => Promise<T>): Promise<T> {
   const id = crypto.randomUUID().slice(0, 6);
   const ns = { server: `pbrk-s-${id}`, client: `pbrk-c-${id}` };
   const dev = { server: `pbs${id}`, client: `pbc${id}` };
@@ -83,21 +96,8 @@ export async function runRoam(options: RoamOptions): Promise<RoamResult> {
   try {
     await run("ip", "netns", "add", ns.server);
     await run("ip", "netns", "add", ns.client);
-    await run(
-      "ip",
-      "link",
-      "add",
-      dev.server,
-      "netns",
-      ns.server,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      dev.client,
-      "netns",
-      ns.client,
-    );
+    const veth = ["type", "veth", "peer", "name", dev.client, "netns", ns.client];
+    await run("ip", "link", "add", dev.server, "netns", ns.server, ...veth);
     for (const side of ["server", "client"] as const) {
       const host = side === "server" ? SERVER_ADDRESS : `192.0.2.${CLIENT_FIRST_HOST}`;
       await run("ip", "-n", ns[side], "addr", "add", `${host}/24`, "dev", dev[side]);
@@ -107,7 +107,7 @@ export async function runRoam(options: RoamOptions): Promise<RoamResult> {
     const self = fileURLToPath(import.meta.url);
     const spawn = (namespace: string, role: string) => {
       const child = new Deno.Command("ip", {
-        args: ["netns", "exec", namespace, Deno.execPath(), "run", "-A", self, "--role", role, "--code", options.code],
+        args: ["netns", "exec", namespace, Deno.execPath(), "run", "-A", self, "--role", role, "--code", code],
         stdin: "piped",
         stdout: "piped",
         stderr: "inherit",
@@ -118,9 +118,29 @@ export async function runRoam(options: RoamOptions): Promise<RoamResult> {
     const server = spawn(ns.server, "server");
     await expectLine(server.lines, "ready");
     const client = spawn(ns.client, "client");
-    const say = (line: string) => client.writer.write(new TextEncoder().encode(`${line}\n`));
+    return await body({
+      ns,
+      dev,
+      say: (line) => client.writer.write(new TextEncoder().encode(`${line}\n`)),
+      next: () => nextLine(client.lines),
+    });
+  } finally {
+    for (const child of children) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await child.status;
+    }
+    await run("ip", "netns", "del", ns.client).catch(() => {});
+    await run("ip", "netns", "del", ns.server).catch(() => {});
+  }
+}
+
+/** Runs `runs` faults of one kind while `sessions` sessions stream, and checks every byte at the end. */
+export function runRoam(options: RoamOptions): Promise<RoamResult> {
+  return withScenario(options.code, async ({ ns, dev, say, next }) => {
     await say(`start ${options.sessions}`);
-    await expectLine(client.lines, "flowing");
+    if (await next() !== "flowing") throw new Error("The sessions did not start streaming");
     const runs: number[][] = [];
     for (let i = 0; i < options.runs; i++) {
       let at: number;
@@ -163,22 +183,47 @@ export async function runRoam(options: RoamOptions): Promise<RoamResult> {
         at = Date.now();
       }
       await say(`${options.fault === "address" ? "standstill" : "recovery"} ${at}`);
-      runs.push(JSON.parse(await nextLine(client.lines)) as number[]);
+      runs.push(JSON.parse(await next()) as number[]);
       await new Promise((r) => setTimeout(r, 1_000)); // let the sessions settle
     }
     await say("finish");
-    const { bytes } = JSON.parse(await nextLine(client.lines)) as { bytes: number };
+    const { bytes } = JSON.parse(await next()) as { bytes: number };
     return { runs, bytes };
-  } finally {
-    for (const child of children) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already gone */ }
-      await child.status;
-    }
-    await run("ip", "netns", "del", ns.client).catch(() => {});
-    await run("ip", "netns", "del", ns.server).catch(() => {});
+  });
+}
+
+/** Packets on the link of the client's namespace (both directions) so far. */
+async function packets(ns: string, dev: string): Promise<number> {
+  let sum = 0;
+  for (const counter of ["rx_packets", "tx_packets"]) {
+    const out = await new Deno.Command("ip", {
+      args: ["netns", "exec", ns, "cat", `/sys/class/net/${dev}/statistics/${counter}`],
+      stdout: "piped",
+    }).output();
+    sum += Number(new TextDecoder().decode(out.stdout).trim());
   }
+  return sum;
+}
+
+/**
+ * What idle sessions cost on the wire: `sessions` sessions that exchanged a
+ * few bytes and then fell idle, packets counted on the veth (both
+ * directions, TCP acknowledgements included) over `seconds` s after a 5 s settle.
+ */
+export function runIdle(code: string, sessions: number, seconds: number): Promise<{ packetsPerSecond: number }> {
+  return withScenario(code, async ({ ns, dev, say, next }) => {
+    await say(`idle ${sessions}`);
+    if (await next() !== "idle") throw new Error("The idle sessions did not open");
+    await new Promise((r) => setTimeout(r, 5_000));
+    const before = await packets(ns.client, dev.client);
+    const started = Date.now();
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const counted = await packets(ns.client, dev.client) - before;
+    const packetsPerSecond = counted / ((Date.now() - started) / 1000);
+    await say("finish");
+    await next();
+    return { packetsPerSecond };
+  });
 }
 
 /** The lines of a child's stdout. */
@@ -267,6 +312,7 @@ async function clientSide(code: string): Promise<void> {
   const broker = new BrokerClient(config);
   broker.listen();
   const apps: Trickle[] = [];
+  const idle: Deno.TcpConn[] = [];
   const waitUntil = async (done: () => boolean) => {
     const deadline = Date.now() + 60_000;
     while (!done()) {
@@ -292,7 +338,17 @@ async function clientSide(code: string): Promise<void> {
     } else if (command === "recovery") {
       await waitUntil(() => apps.every((a) => a.firstEchoAfter(at) !== null));
       console.log(JSON.stringify(apps.map((a) => (a.firstEchoAfter(at) as number) - at)));
+    } else if (command === "idle") {
+      const hello = new Uint8Array(4);
+      for (let i = 0; i < at; i++) {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port: broker.address.port });
+        await conn.write(hello);
+        for (let got = 0; got < 4;) got += (await conn.read(hello.subarray(got))) ?? 4;
+        idle.push(conn);
+      }
+      console.log("idle");
     } else if (command === "finish") {
+      for (const conn of idle) conn.close();
       let bytes = 0;
       for (const app of apps) bytes += (await app.finish()).bytes;
       await broker.close();
@@ -320,6 +376,8 @@ if (import.meta.main) {
       runs: { type: "string", default: "20" },
       sessions: { type: "string", default: "3" },
       outage: { type: "string", default: "20" },
+      idle: { type: "string" },
+      seconds: { type: "string", default: "20" },
     },
   });
   const codes = values.code?.length ? values.code : [fileURLToPath(new URL("..", import.meta.url))];
@@ -332,6 +390,17 @@ if (import.meta.main) {
       Deno.exit(0);
     }
     for (const code of codes) {
+      if (values.idle) {
+        const sessions = Number(values.idle);
+        const { packetsPerSecond } = await runIdle(code, sessions, Number(values.seconds));
+        const per = packetsPerSecond / sessions;
+        console.log(
+          `${code}: ${sessions} idle sessions, ${packetsPerSecond.toFixed(0)} packets/s on the link (${
+            per.toFixed(2)
+          } per session; ${(per * 2000).toFixed(0)} for 2,000)`,
+        );
+        continue;
+      }
       const result = await runRoam({
         fault: values.fault as RoamFault,
         runs: Number(values.runs),

@@ -14,6 +14,8 @@ interface Pair {
   front: net.Socket;
   back: net.Socket;
   frozen: boolean;
+  /** Which connection this is (0 for the first accepted). */
+  index: number;
 }
 
 /** The relay's fault modes for new connections. */
@@ -95,7 +97,7 @@ export class ChaosLink {
     }
     const back = net.connect({ host: this.#target.host, port: this.#target.port, noDelay: true });
     back.on("error", () => {});
-    const pair: Pair = { front, back, frozen: this.#mode === "blackhole" };
+    const pair: Pair = { front, back, frozen: this.#mode === "blackhole", index: this.connections - 1 };
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket) => {
       // Delayed chunks wait in order: a TCP path may be slow, never reordered,
@@ -153,6 +155,19 @@ export class ChaosLink {
       pair.front.resetAndDestroy();
       pair.back.resetAndDestroy();
     }
+  }
+
+  /** Resets the connection accepted `index`-th (0 for the first), if it is still open; true if it was. */
+  reset(index: number): boolean {
+    for (const pair of this.#pairs) {
+      if (pair.index !== index) continue;
+      this.faults.resets++;
+      this.#pairs.delete(pair);
+      pair.front.resetAndDestroy();
+      pair.back.resetAndDestroy();
+      return true;
+    }
+    return false;
   }
 
   /** Closes every open connection cleanly (FIN both ways). */

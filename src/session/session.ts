@@ -301,7 +301,12 @@ export class Session {
     return this.#linkLoss;
   }
 
-  /** The client's estimate of its link's round trip (ms), null before a probe was answered or on the server. */
+  /** Whether the server answered a probe (so the client can suspect a silent link early, see liveness.ts). */
+  get probesAnswered(): boolean {
+    return this.#peerEchoes;
+  }
+
+  /** The client's estimate of its link's round trip (ms): the handshake's until probes are answered; null on the server. */
   get roundTripMs(): number | null {
     return this.#watch?.srtt ?? null;
   }

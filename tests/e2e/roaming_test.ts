@@ -34,7 +34,7 @@ Deno.test("a roam (the old link goes silent for good, a new one works): sessions
   const apps = await trickles(client.address.port, SESSIONS);
   await waitFor(() => server.sessions.length === SESSIONS, "the sessions to open");
   // The first probe of each link is answered: the client knows the server echoes.
-  await waitFor(() => client.sessions.every((s) => s.roundTripMs !== null), "the first probes to be answered");
+  await waitFor(() => client.sessions.every((s) => s.probesAnswered), "the first probes to be answered");
   await new Promise((r) => setTimeout(r, 500)); // let bytes flow
 
   const roamedAt = Date.now();
