@@ -92,8 +92,11 @@ export class LinkWatch {
   #lastHeard: number;
   /** When the first probe since the last frame heard went out; null when none is outstanding. */
   #probeAt: number | null = null;
-  /** When the probe whose echo will be the next sample went out (other frames may come first). */
-  #timedProbeAt: number | null = null;
+  /** Probes sent and echoes heard on this link: the n-th echo answers the n-th probe. */
+  #probes = 0;
+  #echoesHeard = 0;
+  /** The one probe being timed (which, and when it went out), as TCP times one segment at a time. */
+  #timed: { probe: number; at: number } | null = null;
   /** Silence would mean something: the peer was active since the last probe. */
   #expecting = false;
   /** The peer answered a probe once: it echoes, so an unanswered probe is news. */
@@ -148,9 +151,11 @@ export class LinkWatch {
   heard(now: number, what: Heard): boolean {
     if (what === "echo") {
       this.#echoes = true;
-      // Echoes come in the order of the probes: this one answers the timed one.
-      if (this.#timedProbeAt !== null) this.#rtt.sample(now - this.#timedProbeAt);
-      this.#timedProbeAt = null;
+      this.#echoesHeard++;
+      if (this.#timed && this.#echoesHeard >= this.#timed.probe) {
+        if (this.#echoesHeard === this.#timed.probe) this.#rtt.sample(now - this.#timed.at);
+        this.#timed = null;
+      }
     }
     if (what === "activity") this.#expecting = true;
     this.#probeAt = null;
@@ -163,7 +168,8 @@ export class LinkWatch {
   /** A probe (a HEARTBEAT) went out at `now`. */
   probed(now: number): void {
     this.#probeAt ??= now;
-    this.#timedProbeAt ??= now;
+    this.#probes++;
+    this.#timed ??= { probe: this.#probes, at: now };
     this.#expecting = false;
     this.#dataAt = null;
   }
