@@ -17,7 +17,7 @@
  * cost on the wire: packets per second on the veth, both directions, over
  * `--seconds` s. `--code DIR` runs the brokers of another
  * checkout (e.g. a worktree of main, for a before/after in the same run).
- * Needs root and `ip netns` (Linux).
+ * Needs root and `ip netns` (Linux). `ROAM_LOG=<folder>` keeps both brokers' logs there.
  *
  *   deno task bench:roam --runs 20 --fault address --code ../wt-main --code .
  *   deno task bench:roam --idle 500 --code ../wt-main --code .
@@ -143,6 +143,8 @@ export function runRoam(options: RoamOptions): Promise<RoamResult> {
     if (await next() !== "flowing") throw new Error("The sessions did not start streaming");
     const runs: number[][] = [];
     for (let i = 0; i < options.runs; i++) {
+      // Streaming for a random while: faults must not keep step with any timer of the brokers.
+      await new Promise((r) => setTimeout(r, 1_000 + Math.random() * 1_000));
       let at: number;
       if (options.fault === "address") {
         const from = `192.0.2.${CLIENT_FIRST_HOST + i}/24`;
@@ -184,7 +186,6 @@ export function runRoam(options: RoamOptions): Promise<RoamResult> {
       }
       await say(`${options.fault === "address" ? "standstill" : "recovery"} ${at}`);
       runs.push(JSON.parse(await next()) as number[]);
-      await new Promise((r) => setTimeout(r, 1_000)); // let the sessions settle
     }
     await say("finish");
     const { bytes } = JSON.parse(await next()) as { bytes: number };
@@ -256,19 +257,29 @@ async function expectLine(it: AsyncIterator<string>, expected: string): Promise<
 /** The brokers of the checkout at `code`. */
 async function brokers(code: string) {
   const from = (path: string) => import(pathToFileURL(resolve(code, path)).href);
-  const [{ BrokerServer }, { BrokerClient }, ini, server, client] = await Promise.all([
+  const [{ BrokerServer }, { BrokerClient }, ini, server, client, log] = await Promise.all([
     from("src/server/server.ts"),
     from("src/client/client.ts"),
     from("src/config/ini.ts"),
     from("src/config/server_config.ts"),
     from("src/config/client_config.ts"),
+    from("src/ops/log.ts"),
   ]);
-  return { BrokerServer, BrokerClient, parseIni: ini.parseIni, server, client };
+  return { BrokerServer, BrokerClient, parseIni: ini.parseIni, server, client, setupLogging: log.setupLogging };
+}
+
+/** With ROAM_LOG=<folder>, each side logs to <folder>/<side>.log (stdout carries the scenario's lines). */
+async function logTo(side: string, setupLogging: (options: unknown) => Promise<void>): Promise<void> {
+  const folder = Deno.env.get("ROAM_LOG");
+  if (!folder) return;
+  const file = { path: `${folder}/${side}.log`, maxSizeBytes: 64 * 1024 * 1024, maxFiles: 1 };
+  await setupLogging({ console: false, level: "info", format: "text", file });
 }
 
 /** broker-server and an echoing ERP, in the server's namespace, until killed. */
 async function serverSide(code: string): Promise<void> {
-  const { BrokerServer, parseIni, server } = await brokers(code);
+  const { BrokerServer, parseIni, server, setupLogging } = await brokers(code);
+  await logTo("server", setupLogging);
   const erp = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   (async () => {
     for await (const conn of erp) {
@@ -297,7 +308,8 @@ async function serverSide(code: string): Promise<void> {
 
 /** broker-client and the streaming applications, in the client's namespace, driven by lines on stdin. */
 async function clientSide(code: string): Promise<void> {
-  const { BrokerClient, parseIni, client } = await brokers(code);
+  const { BrokerClient, parseIni, client, setupLogging } = await brokers(code);
+  await logTo("client", setupLogging);
   const text = [
     "[drivers]",
     "active=roam",

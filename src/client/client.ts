@@ -39,6 +39,7 @@ import {
   type ResumeChallenge,
 } from "./handshake.ts";
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
+import { ADDRESS_CHECK_MS, LocalAddresses, plainAddress } from "./addresses.ts";
 
 export { RejectedError } from "./handshake.ts";
 
@@ -113,6 +114,8 @@ export class BrokerClient {
   #farewellsEnd = new AbortController();
   #acceptLoop: Promise<void> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
+  #addresses = new LocalAddresses();
+  #addressTimer: ReturnType<typeof setInterval> | undefined;
 
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
@@ -160,6 +163,28 @@ export class BrokerClient {
       servers: this.#config.brokerServers.map(formatHostPort).join(", "),
     });
     this.#acceptLoop = this.#accept(this.#listener);
+    this.#watchAddresses();
+  }
+
+  /**
+   * Lists the machine's addresses every ADDRESS_CHECK_MS: sessions whose
+   * link was made from an address that went away race a new link at once
+   * (see addresses.ts). Without the permission to list them, it does not.
+   */
+  #watchAddresses(): void {
+    const look = () => {
+      let listed: string[];
+      try {
+        listed = Deno.networkInterfaces().map((i) => i.address);
+      } catch {
+        clearInterval(this.#addressTimer);
+        return;
+      }
+      const gone = this.#addresses.update(listed);
+      if (gone.size > 0) { for (const runner of this.#runners) runner.addressesGone(gone); }
+    };
+    this.#addressTimer = setInterval(look, ADDRESS_CHECK_MS);
+    look();
   }
 
   async #accept(listener: Deno.TcpListener): Promise<void> {
@@ -205,6 +230,7 @@ export class BrokerClient {
   async close(reason = "broker-client is shutting down"): Promise<void> {
     if (this.#shutdown.signal.aborted) return;
     this.#shutdown.abort();
+    clearInterval(this.#addressTimer);
     const grace = setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
     this.#listener?.close();
     await this.#acceptLoop;
@@ -275,6 +301,10 @@ class SessionRunner {
   #race: AbortController | null = null;
   /** The last race (stop() waits for it). */
   #raced: Promise<void> = Promise.resolve();
+  /** The local address each link was dialed from, when the transport tells it. */
+  #localAddresses = new WeakMap<Link, string>();
+  /** The local address of the link attached now, if known. */
+  #attachedFrom: string | null = null;
 
   constructor(conn: Deno.TcpConn, options: SessionRunnerOptions) {
     const { config, now } = options;
@@ -316,7 +346,7 @@ class SessionRunner {
           if (!this.#race) this.#reconnecting = this.#resumeLoop();
         },
         suspected: (waitedMs) => {
-          if (!this.#race) this.#raced = this.#raceSpare(waitedMs);
+          if (!this.#race) this.#raced = this.#raceSpare(`a probe unanswered for ${Math.round(waitedMs)} ms`);
         },
         reassured: () => this.#race?.abort(),
         ended: (end) => this.#onEnded(end),
@@ -477,6 +507,8 @@ class SessionRunner {
       })
       : await dialTcp(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
     const link = new Link(conn, formatHostPort(server));
+    const local = "localAddr" in conn ? (conn.localAddr as Deno.NetAddr).hostname : undefined;
+    if (local) this.#localAddresses.set(link, plainAddress(local));
     link.send(encodePreface());
     link.send(hello);
     return link;
@@ -554,6 +586,7 @@ class SessionRunner {
         receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);
+      this.#attachedFrom = this.#localAddresses.get(link) ?? null;
       // An upper bound of the round trip (the connect, the hello, the ERP connect): until probes measure it.
       this.#session.measuredHandshake(handshakeMs);
       this.#opened = true;
@@ -688,6 +721,7 @@ class SessionRunner {
         }
         throw err;
       }
+      this.#attachedFrom = this.#localAddresses.get(link) ?? null;
       // The CHALLENGE came after a connect and a hello: at most two round trips.
       this.#session.measuredHandshake(timing.challengedIn);
       log.info(
@@ -707,24 +741,35 @@ class SessionRunner {
   }
 
   /**
-   * The attached link is suspect (a probe went unanswered for `waitedMs`):
-   * dial a spare and take it as far as the server's CHALLENGE, which commits
+   * Some of this machine's addresses went away: if the attached link was
+   * made from one of them, it can never work again; race a new link now.
+   */
+  addressesGone(gone: ReadonlySet<string>): void {
+    const from = this.#attachedFrom;
+    if (from === null || !gone.has(from) || this.#race || this.#stateNow() !== "attached") return;
+    this.#raced = this.#raceSpare(`its local address ${from} is gone`);
+  }
+
+  /**
+   * The attached link is suspect (`why`: a probe went unanswered, or its
+   * local address went away): dial a spare and take it as far as the server's CHALLENGE, which commits
    * nothing. If the old link delivers anything meanwhile, the spare is
    * closed and the session stays where it is; if the spare answers first,
    * the old link goes and the session resumes on the spare. One race at a
    * time, bounded by the link timeout; a failed race leaves the old link to
    * its timeout (or to the resume loop, if it died meanwhile).
    */
-  async #raceSpare(waitedMs: number): Promise<void> {
+  async #raceSpare(why: string): Promise<void> {
     const identity = this.#identity;
     if (this.#race || !identity || this.#stateNow() !== "attached") return;
     const race = new AbortController();
     this.#race = race;
     const suspectedAt = this.#now();
-    log.info(
-      "Session {session}: link suspected (a probe unanswered for {waited} ms); racing a new link to broker server {server}",
-      { session: this.#label, waited: Math.round(waitedMs), server: formatHostPort(identity.server) },
-    );
+    log.info("Session {session}: link suspected ({why}); racing a new link to broker server {server}", {
+      session: this.#label,
+      why,
+      server: formatHostPort(identity.server),
+    });
     const signal = AbortSignal.any([race.signal, this.#resumeSignal()]);
     let challenge: ResumeChallenge | null = null;
     try {
@@ -741,10 +786,7 @@ class SessionRunner {
         return;
       }
       if (this.#stateNow() === "attached") {
-        this.#session.detach(
-          `no answer for ${(waitedMs / 1000).toFixed(1)} s, and a new link answered in ${challengedIn} ms`,
-          "suspicion race won",
-        );
+        this.#session.detach(`${why}, and a new link answered in ${challengedIn} ms`, "suspicion race won");
       }
       const spare = challenge;
       challenge = null;
