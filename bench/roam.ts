@@ -157,21 +157,9 @@ export function runRoam(options: RoamOptions): Promise<RoamResult> {
           await run("ip", "-n", ns.client, "link", "set", dev.client, "down");
         } else {
           for (const side of ["server", "client"] as const) {
-            await run(
-              "ip",
-              "netns",
-              "exec",
-              ns[side],
-              "tc",
-              "qdisc",
-              "add",
-              "dev",
-              dev[side],
-              "root",
-              "netem",
-              "loss",
-              "100%",
-            );
+            // A queue of length 0 drops every packet (netem may not be available).
+            const drop = ["qdisc", "add", "dev", dev[side], "root", "pfifo", "limit", "0"];
+            await run("ip", "netns", "exec", ns[side], "tc", ...drop);
           }
         }
         await new Promise((r) => setTimeout(r, options.outageSeconds * 1000));
