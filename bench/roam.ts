@@ -93,6 +93,13 @@ async function withScenario<T>(code: string, body: (scenario: Scenario) => Promi
   const ns = { server: `pbrk-s-${id}`, client: `pbrk-c-${id}` };
   const dev = { server: `pbs${id}`, client: `pbc${id}` };
   const children: Deno.ChildProcess[] = [];
+  // Interrupted, the namespaces still go (a finally does not run on a signal).
+  const interrupted = () => {
+    for (const name of [ns.client, ns.server]) new Deno.Command("ip", { args: ["netns", "del", name] }).outputSync();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", interrupted);
+  Deno.addSignalListener("SIGTERM", interrupted);
   try {
     await run("ip", "netns", "add", ns.server);
     await run("ip", "netns", "add", ns.client);
@@ -133,6 +140,8 @@ async function withScenario<T>(code: string, body: (scenario: Scenario) => Promi
     }
     await run("ip", "netns", "del", ns.client).catch(() => {});
     await run("ip", "netns", "del", ns.server).catch(() => {});
+    Deno.removeSignalListener("SIGINT", interrupted);
+    Deno.removeSignalListener("SIGTERM", interrupted);
   }
 }
 
@@ -194,12 +203,21 @@ async function packets(ns: string, dev: string): Promise<number> {
   return sum;
 }
 
+/** Settings of an idle run. */
+export interface IdleOptions {
+  /** Idle sessions. */
+  sessions: number;
+  /** How long packets are counted (s). */
+  seconds: number;
+}
+
 /**
  * What idle sessions cost on the wire: `sessions` sessions that exchanged a
  * few bytes and then fell idle, packets counted on the veth (both
  * directions, TCP acknowledgements included) over `seconds` s after a 5 s settle.
  */
-export function runIdle(code: string, sessions: number, seconds: number): Promise<{ packetsPerSecond: number }> {
+export function runIdle(code: string, options: IdleOptions): Promise<{ packetsPerSecond: number }> {
+  const { sessions, seconds } = options;
   return withScenario(code, async ({ ns, dev, say, next }) => {
     await say(`idle ${sessions}`);
     if (await next() !== "idle") throw new Error("The idle sessions did not open");
@@ -392,7 +410,7 @@ if (import.meta.main) {
     for (const code of codes) {
       if (values.idle) {
         const sessions = Number(values.idle);
-        const { packetsPerSecond } = await runIdle(code, sessions, Number(values.seconds));
+        const { packetsPerSecond } = await runIdle(code, { sessions, seconds: Number(values.seconds) });
         const per = packetsPerSecond / sessions;
         console.log(
           `${code}: ${sessions} idle sessions, ${packetsPerSecond.toFixed(0)} packets/s on the link (${

@@ -306,11 +306,6 @@ export class Session {
     return this.#peerEchoes;
   }
 
-  /** The client's estimate of its link's round trip (ms): the handshake's until probes are answered; null on the server. */
-  get roundTripMs(): number | null {
-    return this.#watch?.srtt ?? null;
-  }
-
   /**
    * The client's first round-trip sample of the link just attached: how long
    * its handshake took (an upper bound), until probes measure it.
