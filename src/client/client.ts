@@ -752,12 +752,13 @@ class SessionRunner {
 
   /**
    * The attached link is suspect (`why`: a probe went unanswered, or its
-   * local address went away): dial a spare and take it as far as the server's CHALLENGE, which commits
-   * nothing. If the old link delivers anything meanwhile, the spare is
-   * closed and the session stays where it is; if the spare answers first,
-   * the old link goes and the session resumes on the spare. One race at a
-   * time, bounded by the link timeout; a failed race leaves the old link to
-   * its timeout (or to the resume loop, if it died meanwhile).
+   * local address went away): dial a spare and take it as far as the
+   * server's CHALLENGE, which commits nothing. If the old link delivers
+   * anything meanwhile, the spare is closed and the session stays where it
+   * is; if the spare answers first, the old link goes and the session
+   * resumes on the spare. One race at a time, bounded by the link timeout;
+   * a failed race leaves the old link to its timeout (or to the resume
+   * loop, if it died meanwhile).
    */
   async #raceSpare(why: string): Promise<void> {
     const identity = this.#identity;
