@@ -16,7 +16,9 @@
  * against what came back). `--idle N` instead measures what N idle sessions
  * cost on the wire: packets per second on the veth, both directions, over
  * `--seconds` s. `--code DIR` runs the brokers of another
- * checkout (e.g. a worktree of main, for a before/after in the same run).
+ * checkout (e.g. a worktree of main, for a before/after in the same run);
+ * `--server-code DIR` runs broker-server from another checkout than
+ * broker-client (an older server with a newer client, or the other way).
  * Needs root and `ip netns` (Linux). `ROAM_LOG=<folder>` keeps both brokers' logs there.
  *
  *   deno task bench:roam --runs 20 --fault address --code ../wt-main --code .
@@ -44,6 +46,8 @@ export interface RoamOptions {
   outageSeconds: number;
   /** The checkout whose brokers run (its src/ is imported). */
   code: string;
+  /** The checkout whose broker-server runs, when not `code`'s (mixed versions). */
+  serverCode?: string;
 }
 
 /** What a roam run measured. */
@@ -88,7 +92,11 @@ interface Scenario {
 }
 
 /** Sets up the namespaces and both sides (the brokers of `code`), runs `body`; the namespaces are always deleted. */
-async function withScenario<T>(code: string, body: (scenario: Scenario) => Promise<T>): Promise<T> {
+async function withScenario<T>(
+  code: string,
+  body: (scenario: Scenario) => Promise<T>,
+  serverCode = code,
+): Promise<T> {
   const id = crypto.randomUUID().slice(0, 6);
   const ns = { server: `pbrk-s-${id}`, client: `pbrk-c-${id}` };
   const dev = { server: `pbs${id}`, client: `pbc${id}` };
@@ -113,8 +121,9 @@ async function withScenario<T>(code: string, body: (scenario: Scenario) => Promi
     }
     const self = fileURLToPath(import.meta.url);
     const spawn = (namespace: string, role: string) => {
+      const from = role === "server" ? serverCode : code;
       const child = new Deno.Command("ip", {
-        args: ["netns", "exec", namespace, Deno.execPath(), "run", "-A", self, "--role", role, "--code", code],
+        args: ["netns", "exec", namespace, Deno.execPath(), "run", "-A", self, "--role", role, "--code", from],
         stdin: "piped",
         stdout: "piped",
         stderr: "inherit",
@@ -187,7 +196,7 @@ export function runRoam(options: RoamOptions): Promise<RoamResult> {
     await say("finish");
     const { bytes } = JSON.parse(await next()) as { bytes: number };
     return { runs, bytes };
-  });
+  }, options.serverCode);
 }
 
 /** Packets on the link of the client's namespace (both directions) so far. */
@@ -395,6 +404,7 @@ if (import.meta.main) {
       sessions: { type: "string", default: "3" },
       outage: { type: "string", default: "20" },
       idle: { type: "string" },
+      "server-code": { type: "string" },
       seconds: { type: "string", default: "20" },
     },
   });
@@ -425,11 +435,14 @@ if (import.meta.main) {
         sessions: Number(values.sessions),
         outageSeconds: Number(values.outage),
         code,
+        ...(values["server-code"] ? { serverCode: values["server-code"] } : {}),
       });
       // Per fault, the slowest session: when every session moves again.
       const worst = result.runs.map((r) => Math.max(...r));
       console.log(
-        `${code}: ${values.fault}, ${result.runs.length} faults x ${values.sessions} sessions, ${result.bytes} bytes intact`,
+        `${code}${
+          values["server-code"] ? ` (broker-server: ${values["server-code"]})` : ""
+        }: ${values.fault}, ${result.runs.length} faults x ${values.sessions} sessions, ${result.bytes} bytes intact`,
       );
       console.log(`  every session moving again: ${distribution(worst)}`);
       console.log(`  per session: ${distribution(result.runs.flat())}`);
