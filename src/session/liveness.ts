@@ -92,7 +92,11 @@ export class LinkWatch {
   #lastHeard: number;
   /** When the first probe since the last frame heard went out; null when none is outstanding. */
   #probeAt: number | null = null;
-  /** Probes sent and echoes heard on this link: the n-th echo answers the n-th probe. */
+  /**
+   * Probes sent and echoes heard on this link: the n-th echo answers the
+   * n-th probe. (broker-server skips an echo while much waits to be written
+   * to the link; the samples after that are too long, never too short.)
+   */
   #probes = 0;
   #echoesHeard = 0;
   /** The one probe being timed (which, and when it went out), as TCP times one segment at a time. */

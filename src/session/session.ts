@@ -167,6 +167,8 @@ const SMALL_DATA_BYTES = 4 * 1024;
  * buffer hold many times its cap.
  */
 const COPY_OVERHEAD_BYTES = 320;
+/** broker-server answers no HEARTBEAT while this much waits to be written to the link (bytes). */
+const ECHO_QUEUE_LIMIT = 16 * 1024;
 /** The client's tick at most (ms): how late a probe's deadline or its heartbeat may be noticed. */
 const CLIENT_TICK_MS = 250;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
@@ -609,7 +611,12 @@ export class Session {
         // nothing (so it cannot be mistaken for one that does): the client
         // times its link with it and notices a dead one early (see
         // liveness.ts). An older client takes it as an ACK with no news.
-        if (this.#role === "server") link.send(encodeOffsetFrame(FrameType.Ack, 0));
+        // Not while much waits to be written to the link: a client that
+        // sends heartbeats and reads nothing must not make us queue answers
+        // (and a client with that much on its way hears those bytes).
+        if (this.#role === "server" && link.writer.queuedBytes < ECHO_QUEUE_LIMIT) {
+          link.send(encodeOffsetFrame(FrameType.Ack, 0));
+        }
         return;
       case FrameType.Fin: {
         const offset = readU64(payload, 0);
