@@ -2,7 +2,8 @@
  * A TCP relay for tests that sits between broker-client and broker-server
  * and misbehaves on command: reset every connection (RST), close them
  * cleanly (FIN), freeze them (bytes silently stop, nothing is closed), add
- * delay, or refuse new connections as an unreachable host would.
+ * delay, deliver in bursts, or refuse new connections as an unreachable
+ * host would.
  * Built on node:net because it can send a real RST (resetAndDestroy).
  * @module
  */
@@ -13,6 +14,8 @@ interface Pair {
   front: net.Socket;
   back: net.Socket;
   frozen: boolean;
+  /** Which connection this is (0 for the first accepted). */
+  index: number;
 }
 
 /** The relay's fault modes for new connections. */
@@ -25,6 +28,7 @@ export class ChaosLink {
   #pairs = new Set<Pair>();
   #mode: ChaosMode = "pass";
   #delayMs = 0;
+  #burstMs = 0;
   /** Counters of faults injected, for test reports. */
   readonly faults = { resets: 0, closes: 0, freezes: 0 };
   /** Connections accepted. */
@@ -69,6 +73,21 @@ export class ChaosLink {
     this.#delayMs = ms;
   }
 
+  /**
+   * Holds every chunk until the next multiple of `ms` on the clock, then
+   * releases all that waited, in both directions at once (0: none): a link
+   * that delivers in bursts, as a congested radio link does.
+   */
+  setBursts(ms: number): void {
+    this.#burstMs = ms;
+  }
+
+  /** When a chunk that arrives now may go on. */
+  #releaseAt(now: number): number {
+    const burst = this.#burstMs > 0 ? Math.ceil((now + 1) / this.#burstMs) * this.#burstMs : now;
+    return Math.max(burst, now + this.#delayMs);
+  }
+
   #accept(front: net.Socket): void {
     this.connections++;
     front.on("error", () => {});
@@ -78,7 +97,7 @@ export class ChaosLink {
     }
     const back = net.connect({ host: this.#target.host, port: this.#target.port, noDelay: true });
     back.on("error", () => {});
-    const pair: Pair = { front, back, frozen: this.#mode === "blackhole" };
+    const pair: Pair = { front, back, frozen: this.#mode === "blackhole", index: this.connections - 1 };
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket) => {
       // Delayed chunks wait in order: a TCP path may be slow, never reordered,
@@ -101,12 +120,13 @@ export class ChaosLink {
       };
       from.on("data", (chunk: Uint8Array) => {
         if (pair.frozen) return; // a dead Wi-Fi: bytes vanish, nobody is told
-        if (this.#delayMs === 0 && delayed.length === 0) {
+        if (this.#delayMs === 0 && this.#burstMs === 0 && delayed.length === 0) {
           if (!to.destroyed) to.write(chunk);
           return;
         }
-        delayed.push({ at: Date.now() + this.#delayMs, chunk });
-        if (timer === undefined) timer = setTimeout(release, this.#delayMs);
+        const at = this.#releaseAt(Date.now());
+        delayed.push({ at, chunk });
+        if (timer === undefined) timer = setTimeout(release, at - Date.now());
       });
       to.on("close", () => clearTimeout(timer));
       from.on("end", end);
@@ -135,6 +155,19 @@ export class ChaosLink {
       pair.front.resetAndDestroy();
       pair.back.resetAndDestroy();
     }
+  }
+
+  /** Resets the connection accepted `index`-th (0 for the first), if it is still open; true if it was. */
+  reset(index: number): boolean {
+    for (const pair of this.#pairs) {
+      if (pair.index !== index) continue;
+      this.faults.resets++;
+      this.#pairs.delete(pair);
+      pair.front.resetAndDestroy();
+      pair.back.resetAndDestroy();
+      return true;
+    }
+    return false;
   }
 
   /** Closes every open connection cleanly (FIN both ways). */

@@ -106,3 +106,88 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Options of a Trickle. */
+export interface TrickleOptions {
+  /** Bytes per write (a multiple of 4). */
+  chunk?: number;
+  /** Pause between writes (ms). */
+  everyMs?: number;
+}
+
+/**
+ * A Smart Client that streams to an echoing ERP at a steady pace (1 KiB
+ * every 10 ms by default: 100 KiB/s each way) and hashes what it sends and
+ * what comes back. `longestGap` is the longest time without an echo: how
+ * long the session stood still.
+ */
+export class Trickle {
+  /** What was sent and what came back. */
+  readonly sent: Digest = new Digest();
+  readonly received: Digest = new Digest();
+  #conn: Deno.Conn;
+  #stopped = false;
+  #writing: Promise<void>;
+  #reading: Promise<void>;
+  #lastEchoAt = Date.now();
+  #gaps: { at: number; ms: number }[] = [];
+
+  /** Starts streaming on `conn` with stream `seed`. */
+  constructor(conn: Deno.Conn, seed: number, options: TrickleOptions = {}) {
+    this.#conn = conn;
+    const chunk = options.chunk ?? 1024;
+    const everyMs = options.everyMs ?? 10;
+    const stream = new ByteStream(seed);
+    this.#writing = (async () => {
+      const buf = new Uint8Array(chunk);
+      while (!this.#stopped) {
+        stream.fill(buf);
+        this.sent.update(buf);
+        for (let done = 0; done < buf.length;) done += await conn.write(buf.subarray(done));
+        await new Promise((r) => setTimeout(r, everyMs));
+      }
+      await conn.closeWrite();
+    })();
+    // Failures surface in finish(); until then they must not escape as unhandled.
+    this.#writing.catch(() => {});
+    this.#reading = (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      for (let n; (n = await conn.read(buf)) !== null;) {
+        const now = Date.now();
+        this.#gaps.push({ at: this.#lastEchoAt, ms: now - this.#lastEchoAt });
+        this.#lastEchoAt = now;
+        this.received.update(buf.subarray(0, n));
+      }
+    })();
+    this.#reading.catch(() => {});
+  }
+
+  /** The longest time without an echo that ended at or after `since` (clock ms; the current one counts), or 0. */
+  longestGapSince(since: number): number {
+    const gaps = [...this.#gaps, { at: this.#lastEchoAt, ms: Date.now() - this.#lastEchoAt }];
+    return gaps.filter((g) => g.at + g.ms >= since).reduce((max, g) => Math.max(max, g.ms), 0);
+  }
+
+  /** The first time bytes came back after `at` (clock ms), or null. */
+  firstEchoAfter(at: number): number | null {
+    const arrival = this.#gaps.map((g) => g.at + g.ms).find((t) => t > at);
+    return arrival ?? null;
+  }
+
+  /** When bytes last came back (clock ms). */
+  get lastEchoAt(): number {
+    return this.#lastEchoAt;
+  }
+
+  /** Stops writing, half-closes, reads the echo to its end and closes; throws unless every byte came back intact. */
+  async finish(): Promise<{ bytes: number }> {
+    this.#stopped = true;
+    await this.#writing;
+    await this.#reading;
+    this.#conn.close();
+    const bytes = this.sent.bytes;
+    if (this.received.bytes !== bytes) throw new Error(`Sent ${bytes} bytes, ${this.received.bytes} came back`);
+    if (this.received.hex() !== this.sent.hex()) throw new Error(`The ${bytes} bytes that came back differ`);
+    return { bytes };
+  }
+}

@@ -24,15 +24,24 @@ import {
 import { createEphemeralKey, type EphemeralKey, importAdmissionKey, randomId } from "../protocol/resume_auth.ts";
 import { dialTls, TlsTrustError } from "../session/tls_dial.ts";
 import { DEFAULT_BACKOFF_CAP_MS, sleep } from "../session/backoff.ts";
-import { type Clock, systemClock } from "../session/clock.ts";
+import { type Clock, systemClock, type TimerHandle } from "../session/clock.ts";
 import { type NetConn, type NetListener, type Network, systemNetwork } from "../session/network.ts";
 import { Link } from "../session/link.ts";
 import { ResumeGapError } from "../session/replay_buffer.ts";
-import { Session, type SessionEnd } from "../session/session.ts";
+import { Session, type SessionEnd, type SessionState } from "../session/session.ts";
 import { checkAdoptedTimers, DEFAULT_TUNING, MIN_REPLAY_BUFFER_BYTES } from "../config/tuning.ts";
 import { describeError } from "../session/transport.ts";
-import { closeOnAbort, type OpenedSession, openHandshake, RejectedError, resumeHandshake } from "./handshake.ts";
+import {
+  challengeResume,
+  closeOnAbort,
+  completeResume,
+  type OpenedSession,
+  openHandshake,
+  RejectedError,
+  type ResumeChallenge,
+} from "./handshake.ts";
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
+import { ADDRESS_CHECK_MS, LocalAddresses, plainAddress } from "./addresses.ts";
 
 export { RejectedError } from "./handshake.ts";
 
@@ -112,6 +121,8 @@ export class BrokerClient {
   #farewellsEnd = new AbortController();
   #acceptLoop: Promise<void> | null = null;
   #admissionKey: Promise<CryptoKey | null>;
+  #addresses = new LocalAddresses();
+  #addressTimer: TimerHandle | undefined;
 
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
@@ -160,6 +171,28 @@ export class BrokerClient {
       servers: this.#config.brokerServers.map(formatHostPort).join(", "),
     });
     this.#acceptLoop = this.#accept(this.#listener);
+    this.#watchAddresses();
+  }
+
+  /**
+   * Lists the machine's addresses every ADDRESS_CHECK_MS: sessions whose
+   * link was made from an address that went away race a new link at once
+   * (see addresses.ts). Without the permission to list them, it does not.
+   */
+  #watchAddresses(): void {
+    const look = () => {
+      let listed: string[];
+      try {
+        listed = Deno.networkInterfaces().map((i) => i.address);
+      } catch {
+        this.#clock.clear(this.#addressTimer);
+        return;
+      }
+      const gone = this.#addresses.update(listed);
+      if (gone.size > 0) { for (const runner of this.#runners) runner.addressesGone(gone); }
+    };
+    this.#addressTimer = this.#clock.setInterval(look, ADDRESS_CHECK_MS);
+    look();
   }
 
   #accept(listener: NetListener): Promise<void> {
@@ -195,6 +228,7 @@ export class BrokerClient {
   async close(reason = "broker-client is shutting down"): Promise<void> {
     if (this.#shutdown.signal.aborted) return;
     this.#shutdown.abort();
+    this.#clock.clear(this.#addressTimer);
     const grace = this.#clock.setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
     this.#listener?.close();
     await this.#acceptLoop;
@@ -266,6 +300,14 @@ class SessionRunner {
   #openFinished = false;
   /** A broker server welcomed the session and it was attached. */
   #opened = false;
+  /** The race of a new link against a suspected one, while it runs (one at a time); aborted when the old one answers. */
+  #race: AbortController | null = null;
+  /** The last race (stop() waits for it). */
+  #raced: Promise<void> = Promise.resolve();
+  /** The local address each link was dialed from, when the transport tells it. */
+  #localAddresses = new WeakMap<Link, string>();
+  /** The local address of the link attached now, if known. */
+  #attachedFrom: string | null = null;
 
   constructor(conn: NetConn, options: SessionRunnerOptions) {
     const { config, clock } = options;
@@ -299,11 +341,20 @@ class SessionRunner {
       clock,
       events: {
         goingAway: (drainMs, reason) => this.#goingAway(drainMs, reason),
-        detached: (reason) => {
+        detached: (reason, loss) => {
           this.#detachedAt = this.#now();
-          log.info("Session {session}: link lost ({reason}); reconnecting", { session: this.#label, reason });
-          this.#reconnecting = this.#resumeLoop();
+          log.info("Session {session}: link lost ({reason}); {next}", {
+            session: this.#label,
+            reason,
+            next: loss === "suspicion race won" ? "resuming on the new link" : "reconnecting",
+          });
+          // A race in progress goes on, and starts the resume loop if it fails.
+          if (!this.#race) this.#reconnecting = this.#resumeLoop();
         },
+        suspected: (waitedMs) => {
+          if (!this.#race) this.#raced = this.#raceSpare(`a probe unanswered for ${Math.round(waitedMs)} ms`);
+        },
+        reassured: () => this.#race?.abort(),
         ended: (end) => this.#onEnded(end),
       },
     });
@@ -394,6 +445,7 @@ class SessionRunner {
     }
     this.#session.abort(reason);
     await this.#ended;
+    await this.#raced;
     await this.#reconnecting;
     await this.#session.settled;
   }
@@ -465,6 +517,8 @@ class SessionRunner {
       })
       : await this.#network.dial(server.hostname, server.port, { timeoutMs: connectTimeoutMs, signal });
     const link = new Link(conn, formatHostPort(server), { clock: this.#clock });
+    const local = "localAddr" in conn ? (conn.localAddr as Deno.NetAddr).hostname : undefined;
+    if (local) this.#localAddresses.set(link, plainAddress(local));
     link.send(encodePreface());
     link.send(hello);
     return link;
@@ -476,6 +530,7 @@ class SessionRunner {
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
+    const started = this.#now();
     let opened: OpenedSession;
     try {
       opened = await openHandshake({
@@ -499,7 +554,7 @@ class SessionRunner {
       if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
       throw err;
     }
-    await this.#adopt(opened, server);
+    await this.#adopt(opened, server, this.#now() - started);
   }
 
   /** Refuses a WELCOME whose timers are out of bounds or whose cap exceeds the one offered. */
@@ -512,8 +567,11 @@ class SessionRunner {
     }
   }
 
-  /** Takes the session `server` welcomed: attaches its link, or says goodbye if Smart Client left meanwhile. */
-  async #adopt({ link, welcome, key }: OpenedSession, server: HostPort): Promise<void> {
+  /**
+   * Takes the session `server` welcomed (in `handshakeMs`): attaches its
+   * link, or says goodbye if Smart Client left meanwhile.
+   */
+  async #adopt({ link, welcome, key }: OpenedSession, server: HostPort, handshakeMs: number): Promise<void> {
     const cancellable = closeOnAbort(link, this.#farewellsEnd);
     try {
       const identity = { sessionId: welcome.sessionId, key, server };
@@ -538,6 +596,9 @@ class SessionRunner {
         receiveWindowBytes: welcome.replayBufferBytes,
       });
       this.#session.attach(link, 0);
+      this.#attachedFrom = this.#localAddresses.get(link) ?? null;
+      // An upper bound of the round trip (the connect, the hello, the ERP connect): until probes measure it.
+      this.#session.measuredHandshake(handshakeMs);
       this.#opened = true;
       log.info("Session {session} opened for Smart Client {client} on broker server {server}", {
         session: this.#label,
@@ -609,28 +670,47 @@ class SessionRunner {
     }
   }
 
-  /**
-   * Dials the session's server and proves both ways that each holds it;
-   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
-   * The connect has a short deadline (RESUME_CONNECT_TIMEOUT_MS).
-   */
-  #resume(identity: Identity, received: number, signal: AbortSignal): Promise<{ link: Link; resumed: Proof }> {
+  /** Dials the session's server and reads its CHALLENGE (the connect within RESUME_CONNECT_TIMEOUT_MS). */
+  #challenge(identity: Identity, signal: AbortSignal, handshakeTimeoutMs: number): Promise<ResumeChallenge> {
     const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
-    return resumeHandshake({
+    return challengeResume({
       dial: (hello) => this.#dial(identity.server, hello, signal, connectTimeoutMs),
       sessionId: identity.sessionId,
-      key: identity.key,
-      received,
-      handshakeTimeoutMs: this.#config.handshakeTimeoutMs,
+      handshakeTimeoutMs,
       now: this.#now,
       signal,
     });
   }
 
+  /**
+   * Dials the session's server and proves both ways that each holds it;
+   * throws RejectedError on REJECT. `signal` cancels it, dial and handshake.
+   */
+  async #resume(identity: Identity, received: number, signal: AbortSignal): Promise<{ link: Link; resumed: Proof }> {
+    const challenge = await this.#challenge(identity, signal, this.#config.handshakeTimeoutMs);
+    return await completeResume(challenge, { key: identity.key, received, now: this.#now, signal });
+  }
+
   async #resumeOn(identity: Identity, signal: AbortSignal): Promise<void> {
     const started = this.#now();
+    const challenge = await this.#challenge(identity, signal, this.#config.handshakeTimeoutMs);
+    const challengedIn = this.#now() - started;
+    await this.#commit(identity, challenge, { started, challengedIn, signal });
+  }
+
+  /**
+   * Sends the proof on a challenged link and, once the server answered,
+   * attaches the session to it. The old link must be gone by now: the proof
+   * states what we have received, and nothing may arrive after that.
+   */
+  async #commit(
+    identity: Identity,
+    challenge: ResumeChallenge,
+    timing: { started: number; challengedIn: number; signal: AbortSignal },
+  ): Promise<void> {
     const received = this.#session.received;
-    const { link, resumed } = await this.#resume(identity, received, signal);
+    const proven = { key: identity.key, received, now: this.#now, signal: timing.signal };
+    const { link, resumed } = await completeResume(challenge, proven);
     try {
       if (this.#session.state !== "detached" || this.#session.received !== received) {
         link.close();
@@ -652,12 +732,16 @@ class SessionRunner {
         }
         throw err;
       }
+      this.#attachedFrom = this.#localAddresses.get(link) ?? null;
+      // The CHALLENGE came after a connect and a hello: at most two round trips.
+      this.#session.measuredHandshake(timing.challengedIn);
       log.info(
-        "Session {session} resumed after {seconds} s (handshake {handshake} ms): {replayed} bytes replayed to the server",
+        "Session {session} resumed after {seconds} s (trigger: {trigger}; handshake {handshake} ms): {replayed} bytes replayed to the server",
         {
           session: this.#label,
           seconds: (away / 1000).toFixed(1),
-          handshake: this.#now() - started,
+          trigger: this.#session.linkLoss ?? "link error",
+          handshake: this.#now() - timing.started,
           replayed,
         },
       );
@@ -665,6 +749,82 @@ class SessionRunner {
       link.close();
       throw err;
     }
+  }
+
+  /**
+   * Some of this machine's addresses went away: if the attached link was
+   * made from one of them, it can never work again; race a new link now.
+   */
+  addressesGone(gone: ReadonlySet<string>): void {
+    const from = this.#attachedFrom;
+    if (from === null || !gone.has(from) || this.#race || this.#stateNow() !== "attached") return;
+    this.#raced = this.#raceSpare(`its local address ${from} is gone`);
+  }
+
+  /**
+   * The attached link is suspect (`why`: a probe went unanswered, or its
+   * local address went away): dial a spare and take it as far as the
+   * server's CHALLENGE, which commits nothing. If the old link delivers
+   * anything meanwhile, the spare is closed and the session stays where it
+   * is; if the spare answers first, the old link goes and the session
+   * resumes on the spare. One race at a time, bounded by the link timeout;
+   * a failed race leaves the old link to its timeout (or to the resume
+   * loop, if it died meanwhile).
+   */
+  async #raceSpare(why: string): Promise<void> {
+    const identity = this.#identity;
+    if (this.#race || !identity || this.#stateNow() !== "attached") return;
+    const race = new AbortController();
+    this.#race = race;
+    const suspectedAt = this.#now();
+    log.info("Session {session}: link suspected ({why}); racing a new link to broker server {server}", {
+      session: this.#label,
+      why,
+      server: formatHostPort(identity.server),
+    });
+    const signal = AbortSignal.any([race.signal, this.#resumeSignal()]);
+    let challenge: ResumeChallenge | null = null;
+    try {
+      // Bounded so that a spare never outlives the old link's own deadline by much.
+      const bound = Math.min(this.#config.handshakeTimeoutMs, this.#session.timers.linkTimeoutMs);
+      challenge = await this.#challenge(identity, signal, bound);
+      const challengedIn = this.#now() - suspectedAt;
+      if (race.signal.aborted || this.#session.heardSince(suspectedAt) || this.#stateNow() === "closed") {
+        challenge.link.close();
+        challenge = null;
+        log.info("Session {session}: the suspected link answered after all; spare link closed", {
+          session: this.#label,
+        });
+        return;
+      }
+      if (this.#stateNow() === "attached") {
+        this.#session.detach(`${why}, and a new link answered in ${challengedIn} ms`, "suspicion race won");
+      }
+      const spare = challenge;
+      challenge = null;
+      await this.#commit(identity, spare, { started: suspectedAt, challengedIn, signal: this.#resumeSignal() });
+    } catch (err) {
+      challenge?.link.close();
+      if (race.signal.aborted) {
+        log.info("Session {session}: the suspected link answered after all; spare link closed", {
+          session: this.#label,
+        });
+      } else {
+        log.info("Session {session}: the race of a new link failed ({error})", {
+          session: this.#label,
+          error: describeError(err),
+        });
+      }
+    } finally {
+      if (this.#race === race) this.#race = null;
+      // The old link went while we raced (or we dropped it and the proof failed): resume as usual.
+      if (this.#stateNow() === "detached") this.#reconnecting = this.#resumeLoop();
+    }
+  }
+
+  // A method, so the compiler does not narrow the state across awaits.
+  #stateNow(): SessionState {
+    return this.#session.state;
   }
 
   /**

@@ -228,6 +228,106 @@ export interface ResumeAnswer {
   input: ProofInput | null;
 }
 
+/** A resume dialed as far as the server's first answer (a CHALLENGE, unless it refused). */
+interface ResumeStart {
+  link: Link;
+  /** The server's first frame, null at the end of the link. */
+  first: Frame | null;
+  clientNonce: Uint8Array;
+  /** When the handshake must be over (clock ms). */
+  deadline: number;
+}
+
+/** Dials with HELLO_RESUME and reads the server's first answer; the link is closed if reading fails. */
+async function startResume(options: ChallengeOptions): Promise<ResumeStart> {
+  const now = options.now ?? Date.now;
+  const clientNonce = randomId();
+  const link = await options.dial(encodeHelloResume(options.sessionId, clientNonce));
+  const cancellable = options.signal ? closeOnAbort(link, options.signal) : null;
+  try {
+    const deadline = now() + options.handshakeTimeoutMs;
+    return { link, first: await nextFrame(link, "CHALLENGE", deadline, now), clientNonce, deadline };
+  } catch (err) {
+    link.close();
+    throw err;
+  } finally {
+    cancellable?.release();
+  }
+}
+
+/** Options of challengeResume: those of a resume but the key and the offset, stated only with the proof. */
+export type ChallengeOptions = Omit<ResumeHandshakeOptions, "key" | "received">;
+
+/**
+ * A resume that came as far as the server's CHALLENGE: the new link works
+ * both ways, and nothing is committed yet (the server keeps the session on
+ * its current link until it verifies a proof).
+ */
+export interface ResumeChallenge {
+  /** The new link. */
+  link: Link;
+  /** What the proofs cover, but the offset (stated with the proof). */
+  input: Omit<ProofInput, "receivedOffset">;
+  /** When the handshake must be over (clock ms). */
+  deadline: number;
+}
+
+/**
+ * Dials and reads the CHALLENGE; throws RejectedError on REJECT or a
+ * version mismatch. The link is closed on any failure.
+ */
+export async function challengeResume(options: ChallengeOptions): Promise<ResumeChallenge> {
+  const { link, first, clientNonce, deadline } = await startResume(options);
+  if (first?.type !== FrameType.Challenge) {
+    link.close();
+    throw unexpected(link, first, "CHALLENGE");
+  }
+  return { link, input: { sessionId: options.sessionId, clientNonce, serverNonce: first.payload.slice() }, deadline };
+}
+
+/** Options of completeResume. */
+export interface CompleteResumeOptions {
+  /** The session's resume key. */
+  key: CryptoKey;
+  /** The offset this side has received, stated in the proof. */
+  received: number;
+  /** Clock in ms; default Date.now. */
+  now?: () => number;
+  /** Closes the link, ending the handshake. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Sends the proof on a challenged link (from here the server moves the
+ * session to it) and checks the server's RESUMED. Throws RejectedError on
+ * REJECT and an Error when the server's proof is wrong; the link is closed
+ * on any failure.
+ */
+export async function completeResume(
+  challenge: ResumeChallenge,
+  options: CompleteResumeOptions,
+): Promise<{ link: Link; resumed: Proof }> {
+  const { link, deadline } = challenge;
+  const now = options.now ?? Date.now;
+  const cancellable = options.signal ? closeOnAbort(link, options.signal) : null;
+  try {
+    const input = { ...challenge.input, receivedOffset: options.received };
+    link.send(encodeProof(FrameType.Proof, await signProof(options.key, "client", input), options.received));
+    const answer = await nextFrame(link, "RESUMED", deadline, now);
+    const resumed = decodeProof(expected(link, answer, [FrameType.Resumed], "RESUMED").payload);
+    const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
+    if (!await verifyProof(options.key, "server", serverInput, resumed.mac)) {
+      throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
+    }
+    return { link, resumed };
+  } catch (err) {
+    link.close();
+    throw err;
+  } finally {
+    cancellable?.release();
+  }
+}
+
 /**
  * Dials, reads the CHALLENGE and sends the proof; returns the server's
  * answer without judging it (tests look at it as it is). The link is
@@ -235,15 +335,12 @@ export interface ResumeAnswer {
  */
 export async function sendResumeProof(options: ResumeHandshakeOptions): Promise<ResumeAnswer> {
   const now = options.now ?? Date.now;
-  const clientNonce = randomId();
-  const link = await options.dial(encodeHelloResume(options.sessionId, clientNonce));
+  const { link, first, clientNonce, deadline } = await startResume(options);
+  if (first?.type !== FrameType.Challenge) return { link, answer: first, input: null };
   const cancellable = options.signal ? closeOnAbort(link, options.signal) : null;
   try {
-    const deadline = now() + options.handshakeTimeoutMs;
-    const challenge = await nextFrame(link, "CHALLENGE", deadline, now);
-    if (challenge?.type !== FrameType.Challenge) return { link, answer: challenge, input: null };
     const { sessionId, key, received } = options;
-    const input = { sessionId, clientNonce, serverNonce: challenge.payload.slice(), receivedOffset: received };
+    const input = { sessionId, clientNonce, serverNonce: first.payload.slice(), receivedOffset: received };
     const mac = key ? await signProof(key, "client", input) : crypto.getRandomValues(new Uint8Array(32));
     link.send(encodeProof(FrameType.Proof, mac, received));
     return { link, answer: await nextFrame(link, "RESUMED", deadline, now), input };
@@ -264,23 +361,7 @@ export async function sendResumeProof(options: ResumeHandshakeOptions): Promise<
 export async function resumeHandshake(
   options: ResumeHandshakeOptions & { key: CryptoKey },
 ): Promise<{ link: Link; resumed: Proof }> {
-  const { link, answer, input } = await sendResumeProof(options);
-  const cancellable = options.signal ? closeOnAbort(link, options.signal) : null;
-  try {
-    // Without a CHALLENGE no proof went out: whatever came instead is the error.
-    if (!input) throw unexpected(link, answer, "CHALLENGE");
-    const resumed = decodeProof(expected(link, answer, [FrameType.Resumed], "RESUMED").payload);
-    const serverInput = { ...input, receivedOffset: resumed.receivedOffset };
-    if (!await verifyProof(options.key, "server", serverInput, resumed.mac)) {
-      throw new Error(`broker server ${link.peer} could not prove that it holds the session`);
-    }
-    return { link, resumed };
-  } catch (err) {
-    link.close();
-    throw err;
-  } finally {
-    cancellable?.release();
-  }
+  return await completeResume(await challengeResume(options), options);
 }
 
 /**

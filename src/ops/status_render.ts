@@ -85,9 +85,11 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
   }
 <div class="cards">${card("Active sessions", t.sessionsActive)}${card("Opened", t.sessionsOpened)}${
     card("Resumes", t.resumes)
-  }${card("Expired", t.sessionsExpired)}${card("Ended by error", t.sessionsAborted)}${
-    card("To clients", formatBytes(t.bytesToClients))
-  }${card("To ERP", formatBytes(t.bytesToErp))}${card("Replayed", formatBytes(t.bytesReplayed))}</div>
+  }${card("Replaced while attached", t.resumesByTrigger.replacedWhileAttached)}${card("Expired", t.sessionsExpired)}${
+    card("Ended by error", t.sessionsAborted)
+  }${card("To clients", formatBytes(t.bytesToClients))}${card("To ERP", formatBytes(t.bytesToErp))}${
+    card("Replayed", formatBytes(t.bytesReplayed))
+  }</div>
 <h2>ERP servers</h2>
 <div class="wrap"><table><thead><tr><th>Server</th><th>Address</th><th>State</th><th>Sessions</th><th>Total</th><th>Weight</th><th>Last error</th></tr></thead>
 <tbody>${servers}</tbody></table></div>
@@ -137,7 +139,8 @@ function sessionRows(list: StatusSnapshot["sessions"]): string {
     `<td class="n">${escape(formatBytes(x.bytesToClient))}</td><td class="n">${
       escape(formatBytes(x.bytesToErp))
     }</td>` +
-    `<td class="n">${x.resumes}</td><td class="n">${escape(formatBytes(x.bufferedBytes))}</td></tr>`
+    `<td class="n">${x.resumes}${x.resumes > 0 && x.lastLinkLoss ? ` (last: ${escape(x.lastLinkLoss)})` : ""}</td>` +
+    `<td class="n">${escape(formatBytes(x.bufferedBytes))}</td></tr>`
   ).join("");
 }
 
@@ -173,6 +176,11 @@ export function renderMetrics(s: StatusSnapshot): string {
     ['{cause="aborted"}', t.sessionsAborted],
   ]);
   metric("broker_resumes_total", "counter", "Successful resumes.", [["", t.resumes]]);
+  metric("broker_resumes_by_trigger_total", "counter", "Successful resumes by what ended the link before.", [
+    ['{trigger="link error"}', t.resumesByTrigger.linkError],
+    ['{trigger="silence"}', t.resumesByTrigger.silence],
+    ['{trigger="replaced while attached"}', t.resumesByTrigger.replacedWhileAttached],
+  ]);
   out.push(
     "# HELP broker_resume_duration_seconds Time sessions spent detached before resuming.",
     "# TYPE broker_resume_duration_seconds histogram",

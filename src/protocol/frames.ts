@@ -65,9 +65,17 @@ export const FrameType = {
   WelcomeBack: 7,
   /** Application bytes at an offset. */
   Data: 16,
-  /** Cumulative acknowledgement: every byte below the offset was received. */
+  /**
+   * Cumulative acknowledgement: every byte below the offset was received.
+   * The server also sends ACK 0 (which acknowledges nothing) when it
+   * attaches a link and in answer to each HEARTBEAT.
+   */
   Ack: 17,
-  /** Liveness beacon; carries a cumulative acknowledgement too. */
+  /**
+   * Liveness beacon; carries a cumulative acknowledgement too. The server
+   * answers the client's at once with ACK 0: the client times its link with
+   * it and suspects a link whose answer is late (src/session/liveness.ts).
+   */
   Heartbeat: 18,
   /** The sender's application closed its side; payload is the stream length. */
   Fin: 19,

@@ -450,14 +450,15 @@ export class SessionDesk {
     if (this.#server.stopping()) {
       session.sendGoAway(this.#server.config().drainTimeoutMs, "broker-server is shutting down");
     }
-    this.#server.stats.recordResume(detachedFor / 1000);
+    this.#server.stats.recordResume(detachedFor / 1000, session.linkLoss);
     entry.client = link.peer;
     log.info(
-      "Session {session} resumed from {client} after {seconds} s: {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
+      "Session {session} resumed from {client} after {seconds} s (link before: {trigger}): {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
       {
         session: shortId(entry.id),
         client: link.peer,
         seconds: (detachedFor / 1000).toFixed(1),
+        trigger: session.linkLoss ?? "link error",
         replayed,
         clientReceived: input.receivedOffset,
         sent: erpTraffic(session.stats).toClient,

@@ -11,7 +11,7 @@ import { formatHostPort } from "../config/values.ts";
 import { VERSION } from "../version.ts";
 import type { Backend } from "./balancer.ts";
 import { type ServerSessionInfo, shortId } from "./registry.ts";
-import type { SessionStats } from "../session/session.ts";
+import type { LinkLoss, SessionStats } from "../session/session.ts";
 
 /**
  * A server session's bytes in the administrator's terms: the session sends
@@ -25,6 +25,17 @@ export function erpTraffic(stats: SessionStats): { toClient: number; toErp: numb
 /** Upper bounds (s) of the resume duration histogram buckets. */
 export const RESUME_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 180];
 
+/**
+ * Resumes counted by what ended the link before: its error or end, its
+ * silence, or a new link from the client while it was still attached (the
+ * client noticed first: a roam, or a half-open link).
+ */
+export interface ResumesByTrigger {
+  linkError: number;
+  silence: number;
+  replacedWhileAttached: number;
+}
+
 /** Counters since start. */
 export class ServerStats {
   /** When the server started (clock ms). */
@@ -33,6 +44,8 @@ export class ServerStats {
   sessionsOpened = 0;
   /** Successful resumes. */
   resumes = 0;
+  /** Successful resumes by what ended the link before. */
+  readonly resumesByTrigger: ResumesByTrigger = { linkError: 0, silence: 0, replacedWhileAttached: 0 };
   /** Sessions ended cleanly (both streams finished). */
   sessionsCompleted = 0;
   /** Sessions ended because the resume window passed. */
@@ -55,9 +68,12 @@ export class ServerStats {
     this.startedAt = startedAt;
   }
 
-  /** A session resumed after `seconds` away. */
-  recordResume(seconds: number): void {
+  /** A session resumed after `seconds` away; `trigger`: what ended its link before. */
+  recordResume(seconds: number, trigger: LinkLoss | null): void {
     this.resumes++;
+    if (trigger === "silence") this.resumesByTrigger.silence++;
+    else if (trigger === "replaced while attached") this.resumesByTrigger.replacedWhileAttached++;
+    else this.resumesByTrigger.linkError++;
     const h = this.resumeHistogram;
     h.sum += seconds;
     h.count++;
@@ -123,6 +139,12 @@ export interface SessionStatus {
   bytesToErp: number;
   /** Resumes so far. */
   resumes: number;
+  /**
+   * What ended the link before the latest resume (or, while detached, the
+   * link just lost): "link error", "silence" or "replaced while attached";
+   * null before any.
+   */
+  lastLinkLoss: string | null;
   /** Replay buffer in use (bytes). */
   bufferedBytes: number;
 }
@@ -161,6 +183,7 @@ export interface StatusSnapshot {
     sessionsOpened: number;
     sessionsActive: number;
     resumes: number;
+    resumesByTrigger: ResumesByTrigger;
     sessionsCompleted: number;
     sessionsExpired: number;
     sessionsAborted: number;
@@ -288,6 +311,7 @@ function sessionStatus(e: ServerSessionInfo, now: number): SessionStatus {
     bytesToClient: erpTraffic(e.session.stats).toClient,
     bytesToErp: erpTraffic(e.session.stats).toErp,
     resumes: e.session.stats.resumes,
+    lastLinkLoss: e.session.linkLoss,
     bufferedBytes: e.session.bufferedBytes,
   };
 }
@@ -300,6 +324,7 @@ function totals(from: StatusSources): StatusSnapshot["totals"] {
     sessionsOpened: stats.sessionsOpened,
     sessionsActive: sessions.length,
     resumes: stats.resumes,
+    resumesByTrigger: { ...stats.resumesByTrigger },
     sessionsCompleted: stats.sessionsCompleted,
     sessionsExpired: stats.sessionsExpired,
     sessionsAborted: stats.sessionsAborted,

@@ -45,10 +45,20 @@ import { type Link, MAX_READ_SIZE, ReadSizer } from "./link.ts";
 import { type HeldBytes, PoolLease, readBufferPool } from "./buffer_pool.ts";
 import { ReplayBuffer, ResumeGapError } from "./replay_buffer.ts";
 import { type Clock, systemClock, type TimerHandle } from "./clock.ts";
+import { type Heard, LinkWatch } from "./liveness.ts";
 import { closeQuietly, describeError, type Transport, within, WriteQueue } from "./transport.ts";
 
 /** Lifecycle states of a session. */
 export type SessionState = "connecting" | "attached" | "detached" | "closed";
+
+/**
+ * Why a session lost its last link: an error or end of the link, its
+ * silence for LINK_TIMEOUT, a new link that replaced it while it was still
+ * attached (on the server: the client raced a new link, or gave up on a
+ * half-open one first), or (on the client) a new link that answered while
+ * the suspected old one stayed silent.
+ */
+export type LinkLoss = "link error" | "silence" | "replaced while attached" | "suspicion race won";
 
 /** Timers and limits a session runs with. */
 export interface SessionTimers {
@@ -108,7 +118,14 @@ export interface SessionStats {
 /** What the session's owner hears. */
 export interface SessionEvents {
   /** A link was lost; the session waits for another (server) or dials one (client). */
-  detached?(reason: string): void;
+  detached?(reason: string, loss: LinkLoss): void;
+  /**
+   * The client's link may be dead: a probe went unanswered for `waitedMs`
+   * (see liveness.ts). The link stays attached; the owner may race a new one.
+   */
+  suspected?(waitedMs: number): void;
+  /** The suspected link delivered a frame after all. */
+  reassured?(): void;
   /** The server is shutting down: the session has `drainMs` to finish. */
   goingAway?(drainMs: number, reason: string): void;
   /** The peer was heard from for the first time: it has the session. */
@@ -151,6 +168,10 @@ const SMALL_DATA_BYTES = 4 * 1024;
  * buffer hold many times its cap.
  */
 const COPY_OVERHEAD_BYTES = 320;
+/** broker-server answers no HEARTBEAT while this much waits to be written to the link (bytes). */
+const ECHO_QUEUE_LIMIT = 16 * 1024;
+/** The client's tick at most (ms): how late a probe's deadline or its heartbeat may be noticed. */
+const CLIENT_TICK_MS = 250;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
 const LOCAL_LINGER_MS = 5_000;
 /**
@@ -198,6 +219,18 @@ export class Session {
   #goodbye: Goodbye | null = null;
   /** Bytes of link read buffers kept only for DATA waiting for the local socket (all links together). */
   #lent: HeldBytes = { bytes: 0 };
+  /** The client's probes and suspicion of its current link (null on the server, and while detached). */
+  #watch: LinkWatch | null = null;
+  /** The highest offset the peer acknowledged (its echoes acknowledge nothing new). */
+  #peerAcked = 0;
+  /** The peer answered a probe on some link: it is a broker-server that echoes heartbeats. */
+  #peerEchoes = false;
+  /**
+   * The current link brought its first ACK: every server sends one ACK when
+   * it attaches a link, which may be ACK 0 without being an echo.
+   */
+  #attachAckHeard = false;
+  #linkLoss: LinkLoss | null = null;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -265,6 +298,29 @@ export class Session {
     return this.#localWriter.queuedBytes;
   }
 
+  /** Why the last link was lost (null before any loss). */
+  get linkLoss(): LinkLoss | null {
+    return this.#linkLoss;
+  }
+
+  /** Whether the server answered a probe (so the client can suspect a silent link early, see liveness.ts). */
+  get probesAnswered(): boolean {
+    return this.#peerEchoes;
+  }
+
+  /**
+   * The client's first round-trip sample of the link just attached: how long
+   * its handshake took (an upper bound), until probes measure it.
+   */
+  measuredHandshake(ms: number): void {
+    this.#watch?.handshakeTook(ms);
+  }
+
+  /** Whether the current link delivered bytes after `at` (clock ms); false without a link. */
+  heardSince(at: number): boolean {
+    return this.#link !== null && this.#link.lastReceivedAt > at;
+  }
+
   /** The timers in force. */
   get timers(): Readonly<SessionTimers> {
     return this.#timers;
@@ -304,6 +360,9 @@ export class Session {
     this.#setState("attached");
     link.lastReceivedAt = this.#clock.now();
     link.recycleBuffers(this.#lent);
+    if (this.#role === "client") {
+      this.#watch = new LinkWatch(this.#clock.now(), this.#timers.linkTimeoutMs, { echoes: this.#peerEchoes });
+    }
     // The peer's received offset says where to resume, not what it has
     // delivered: the replay buffer is trimmed by its ACKs only, so that what
     // waits for its local socket stays counted against the cap.
@@ -320,13 +379,25 @@ export class Session {
     }
     if (this.#localEof && !this.#finAcked) link.send(encodeOffsetFrame(FrameType.Fin, this.#out.end));
     this.#sendAck(link);
+    this.#attachAckHeard = false;
+    if (this.#watch) {
+      // The first probe: it shows whether the server echoes, and times the
+      // link, even if the link never falls quiet.
+      link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#lastAckSent));
+      this.#watch.probed(this.#clock.now());
+    }
     if (resumed) {
       // Only the real client can prove ownership: it knows the session.
       this.#confirm();
       this.stats.resumes++;
       this.stats.bytesReplayed += replayed;
     }
-    this.#tickTimer = this.#clock.setInterval(() => this.#tick(), Math.max(10, this.#timers.heartbeatIntervalMs / 2));
+    // The client ticks finer: a probe's deadline, and its own heartbeat,
+    // must not be late by up to half a heartbeat interval.
+    const tick = this.#role === "client"
+      ? Math.min(this.#timers.heartbeatIntervalMs / 4, CLIENT_TICK_MS)
+      : this.#timers.heartbeatIntervalMs / 2;
+    this.#tickTimer = this.#clock.setInterval(() => this.#tick(), Math.max(10, tick));
     this.#readLoop(link);
     this.#wakePump();
     // Both streams may have finished while no link was attached (ending
@@ -420,8 +491,8 @@ export class Session {
   }
 
   /** Detaches the current link because of `reason` (e.g. replaced elsewhere, or shutdown). */
-  detach(reason: string): void {
-    if (this.#link) this.#linkFailed(this.#link, reason);
+  detach(reason: string, loss: LinkLoss = "replaced while attached"): void {
+    if (this.#link) this.#linkFailed(this.#link, reason, loss);
   }
 
   #end(end: SessionEnd): void {
@@ -438,16 +509,18 @@ export class Session {
     const old = this.#link;
     if (!old) return;
     this.#link = null;
+    this.#watch = null;
     this.#clock.clear(this.#tickTimer);
     this.#clock.clear(this.#ackTimer);
     this.#ackTimer = undefined;
     old.close();
   }
 
-  #linkFailed(link: Link, reason: string): void {
+  #linkFailed(link: Link, reason: string, loss: LinkLoss = "link error"): void {
     if (this.#link !== link) return;
     this.#dropLink();
     if (this.#state === "closed") return;
+    this.#linkLoss = loss;
     this.#setState("detached");
     const window = this.#confirmed
       ? this.#timers.resumeTimeoutMs
@@ -455,7 +528,7 @@ export class Session {
     this.#windowTimer = this.#clock.setTimeout(() => {
       this.abort(`resume window of ${formatDuration(window)} expired before the link came back`, { cause: "expired" });
     }, window);
-    this.#events.detached?.(reason);
+    this.#events.detached?.(reason, loss);
   }
 
   async #readLoop(link: Link): Promise<void> {
@@ -487,6 +560,7 @@ export class Session {
           continue;
         }
         if (!this.#confirmed) this.#confirm();
+        if (this.#watch) this.#heard(frame);
         this.#onFrame(link, frame);
         if (this.#link !== link && this.#goodbye?.link !== link) return;
       }
@@ -508,8 +582,20 @@ export class Session {
         this.#onData(link, payload);
         return;
       case FrameType.Ack:
+        this.#applyAck(readU64(payload, 0));
+        return;
       case FrameType.Heartbeat:
         this.#applyAck(readU64(payload, 0));
+        // Answered at once with an ACK of offset 0, which acknowledges
+        // nothing (so it cannot be mistaken for one that does): the client
+        // times its link with it and notices a dead one early (see
+        // liveness.ts). An older client takes it as an ACK with no news.
+        // Not while much waits to be written to the link: a client that
+        // sends heartbeats and reads nothing must not make us queue answers
+        // (and a client with that much on its way hears those bytes).
+        if (this.#role === "server" && link.writer.queuedBytes < ECHO_QUEUE_LIMIT) {
+          link.send(encodeOffsetFrame(FrameType.Ack, 0));
+        }
         return;
       case FrameType.Fin:
         this.#onFin(readU64(payload, 0));
@@ -579,6 +665,28 @@ export class Session {
     });
   }
 
+  /** Tells the client's watch what a frame says about the link (before the frame is acted on). */
+  #heard(frame: Frame): void {
+    const watch = this.#watch as LinkWatch;
+    let heard: Heard = "other";
+    if (frame.type === FrameType.Data || frame.type === FrameType.Fin) heard = "activity";
+    else if (frame.type === FrameType.Ack || frame.type === FrameType.Heartbeat) {
+      const offset = readU64(frame.payload, 0);
+      const attachAck = frame.type === FrameType.Ack && !this.#attachAckHeard;
+      if (attachAck) this.#attachAckHeard = true;
+      if (offset > this.#peerAcked) {
+        this.#peerAcked = offset;
+        heard = "activity";
+      } else if (frame.type === FrameType.Ack && offset === 0 && !attachAck) {
+        // Servers send ACK 0 only on attach and in answer to a HEARTBEAT.
+        heard = "echo";
+      }
+    }
+    const reassured = watch.heard(this.#clock.now(), heard);
+    this.#peerEchoes ||= watch.echoes;
+    if (reassured) this.#events.reassured?.();
+  }
+
   #confirm(): void {
     this.#confirmed = true;
     this.#events.confirmed?.();
@@ -636,12 +744,24 @@ export class Session {
       this.#linkFailed(
         link,
         `link silent for ${((now - link.lastReceivedAt) / 1000).toFixed(1)} s (no data, no heartbeat)`,
+        "silence",
       );
       return;
     }
-    if (now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
+    const watch = this.#watch;
+    // Bytes of a frame still arriving (a large DATA on a slow link) are news too.
+    if (watch && link.lastReceivedAt > watch.lastHeard && watch.heard(link.lastReceivedAt, "other")) {
+      this.#events.reassured?.();
+    }
+    const due = watch?.due(now, this.#out.end, this.#out.size > 0) ?? null;
+    if (due === "suspect") {
+      this.#events.suspected?.(watch?.suspicionMs ?? 0);
+      if (this.#link !== link) return;
+    }
+    if (due === "probe" || now - link.lastSentAt >= this.#timers.heartbeatIntervalMs) {
       this.#lastAckSent = this.#delivered();
       link.send(encodeOffsetFrame(FrameType.Heartbeat, this.#lastAckSent));
+      watch?.probed(now);
     }
   }
 
