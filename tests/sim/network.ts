@@ -10,6 +10,7 @@
  */
 
 import type { VirtualClock } from "./clock.ts";
+import type { TimerHandle } from "../../src/session/clock.ts";
 import { type PathModel, SimConnection, type SimEndpoint } from "./connection.ts";
 import type { Rng } from "./rng.ts";
 
@@ -120,11 +121,13 @@ export class SimNetwork {
     const rtt = 2 * this.#rng.int(model.latencyMs[0], model.latencyMs[1]);
     return new Promise((resolve, reject) => {
       let settled = false;
+      // Declared before finish() can run: a dial cancelled before it started finishes with no timers.
+      const timers: { timeout?: TimerHandle | undefined; answer?: TimerHandle | undefined } = {};
       const finish = (fn: () => void) => {
         if (settled) return;
         settled = true;
-        this.#clock.clear(timeout);
-        this.#clock.clear(answer);
+        this.#clock.clear(timers.timeout);
+        this.#clock.clear(timers.answer);
         options.signal?.removeEventListener("abort", onAbort);
         fn();
       };
@@ -134,14 +137,14 @@ export class SimNetwork {
         return;
       }
       options.signal?.addEventListener("abort", onAbort, { once: true });
-      const timeout = this.#clock.setTimeout(
+      timers.timeout = this.#clock.setTimeout(
         () =>
           finish(() =>
             reject(new Deno.errors.TimedOut(`Cannot connect to ${where}: no answer within ${options.timeoutMs} ms`))
           ),
         options.timeoutMs,
       );
-      const answer = fault === "drop" ? undefined : this.#clock.setTimeout(() => {
+      timers.answer = fault === "drop" ? undefined : this.#clock.setTimeout(() => {
         const listener = this.#listeners.get(where);
         if (fault === "refuse" || !listener) {
           finish(() => reject(new Deno.errors.ConnectionRefused(`Cannot connect to ${where}: connection refused`)));
