@@ -183,7 +183,7 @@ export class BrokerClient {
     const look = () => {
       let listed: string[];
       try {
-        listed = Deno.networkInterfaces().map((i) => i.address);
+        listed = this.#network.addresses();
       } catch {
         this.#clock.clear(this.#addressTimer);
         return;

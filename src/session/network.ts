@@ -41,6 +41,8 @@ export interface Network {
   listen(options: ListenOptions): NetListener;
   /** Dials a TCP address; errors say which address and why (see dialTcp). */
   dial(hostname: string, port: number, options: DialOptions): Promise<NetConn>;
+  /** This machine's addresses now (throws without the permission to list them). */
+  addresses(): string[];
 }
 
 /** Deno's sockets. */
@@ -50,4 +52,5 @@ export const systemNetwork: Network = {
       ? Deno.listenTls({ hostname, port, transport: "tcp", cert: tls.cert, key: tls.key })
       : Deno.listen({ hostname, port, transport: "tcp" }),
   dial: (hostname, port, options) => dialTcp(hostname, port, options),
+  addresses: () => Deno.networkInterfaces().map((i) => i.address),
 };

@@ -214,10 +214,12 @@ async function world(
   const pcNetwork: Network = {
     listen: ({ hostname, port }) => net.listen(hostname, port),
     dial: (hostname, port, o) => net.dial(pcAddress, hostname, port, o),
+    addresses: () => [LOOPBACK, pcAddress],
   };
   const brokerNetwork: Network = {
     listen: ({ hostname, port }) => net.listen(hostname === "0.0.0.0" ? BROKER : hostname, port),
     dial: (hostname, port, o) => net.dial(BROKER, hostname, port, o),
+    addresses: () => [LOOPBACK, BROKER],
   };
   note(
     `world: heartbeat ${tuning.heartbeatMs} ms, link timeout ${tuning.linkTimeoutMs} ms, window ${tuning.resumeTimeoutMs} ms, cap ${tuning.replayBuffer}; WAN ${
