@@ -88,6 +88,8 @@ export interface LinkWatchOptions {
 /** The probes and suspicion of one link (see the module header). */
 export class LinkWatch {
   #rtt = new RttEstimator();
+  /** The only sample so far is the handshake's (an upper bound): the first probe's replaces it. */
+  #fromHandshake = false;
   #linkTimeoutMs: number;
   #lastHeard: number;
   /** When the first probe since the last frame heard went out; null when none is outstanding. */
@@ -120,10 +122,13 @@ export class LinkWatch {
   /**
    * How long the link's handshake took (ms): an upper bound of its round
    * trip (the connect and the hello; for an opening the ERP connect too),
-   * taken as the first sample unless a probe was answered already.
+   * taken as the first sample unless a probe was answered already, and
+   * replaced by the first probe's sample (it measures the link itself).
    */
   handshakeTook(ms: number): void {
-    if (this.#rtt.srtt === null) this.#rtt.sample(ms);
+    if (this.#rtt.srtt !== null) return;
+    this.#rtt.sample(ms);
+    this.#fromHandshake = true;
   }
 
   /** How long a probe may stay unanswered before the link is suspect (ms). */
@@ -157,7 +162,14 @@ export class LinkWatch {
       this.#echoes = true;
       this.#echoesHeard++;
       if (this.#timed && this.#echoesHeard >= this.#timed.probe) {
-        if (this.#echoesHeard === this.#timed.probe) this.#rtt.sample(now - this.#timed.at);
+        if (this.#echoesHeard === this.#timed.probe) {
+          // A handshake that included a slow ERP connect (9 s) would
+          // otherwise keep the estimate, and the suspicion at LINK_TIMEOUT,
+          // for dozens of probes.
+          if (this.#fromHandshake) this.#rtt = new RttEstimator();
+          this.#fromHandshake = false;
+          this.#rtt.sample(now - this.#timed.at);
+        }
         this.#timed = null;
       }
     }
