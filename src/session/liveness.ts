@@ -96,8 +96,9 @@ export class LinkWatch {
   #probeAt: number | null = null;
   /**
    * Probes sent and echoes heard on this link: the n-th echo answers the
-   * n-th probe. (broker-server skips an echo while much waits to be written
-   * to the link; the samples after that are too long, never too short.)
+   * n-th probe. (broker-server answers late while much waits to be written
+   * to the link; a skipped echo, from a build that skipped them, makes the
+   * later samples too long, never too short.)
    */
   #probes = 0;
   #echoesHeard = 0;

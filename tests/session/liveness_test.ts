@@ -88,7 +88,11 @@ Deno.test("LinkWatch: a first handshake that took 9 s (a slow ERP connect) gives
   watch.handshakeTook(9_000);
   watch.heard(20, "echo");
   // The echo measured the link; the handshake was only an upper bound of it (it included the ERP connect).
-  equal(watch.suspicionMs, MIN_SUSPICION_MS, `suspicion after a 20 ms echo: ${watch.suspicionMs} ms (srtt ${watch.srtt})`);
+  equal(
+    watch.suspicionMs,
+    MIN_SUSPICION_MS,
+    `suspicion after a 20 ms echo: ${watch.suspicionMs} ms (srtt ${watch.srtt})`,
+  );
   // Idle link, a heartbeat (probe) every 2 s, each answered in 20 ms: a roam must be suspected in about 1 s, not at the link timeout.
   for (let t = 2_000; t <= 10_000; t += 2_000) {
     watch.probed(t);
