@@ -3,7 +3,10 @@
  * shutting down while a race is under way. Deno's sanitizers fail the test
  * if a spare link (or any socket or timer) is left behind.
  */
-import { ok } from "node:assert/strict";
+import { equal, ok } from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { BrokerClient } from "../../src/client/client.ts";
+import { systemNetwork } from "../../src/session/network.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
@@ -54,3 +57,80 @@ Deno.test("race: broker-client closes while spares wait for their CHALLENGE; clo
     await chaos.close();
   }
 });
+
+Deno.test("race: 20 sessions roam at once from one address through a server at MAX_HANDSHAKES_PER_ADDRESS = 4; evicted spares leave their sessions to the resume loop, every session moves, every byte intact", async () => {
+  const SESSIONS = 20;
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const server = startServer(serverConfig([erp.port], { ...TIMERS, MAX_HANDSHAKES_PER_ADDRESS: "4" }));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = startClient(clientConfig([chaos.port]));
+  const apps: Trickle[] = [];
+  try {
+    for (let i = 0; i < SESSIONS; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+      apps.push(new Trickle(conn, 31 + i, { everyMs: 50 }));
+      // Opened one at a time: the cap applies to openings too.
+      await waitFor(
+        () => client.sessions.length === i + 1 && client.sessions[i]?.state === "attached",
+        "the session to open",
+      );
+    }
+    await waitFor(() => client.sessions.every((s) => s.probesAnswered), "every first probe to be answered");
+    chaos.freezeAll();
+    await waitFor(() => client.sessions.every((s) => s.stats.resumes >= 1), "every session to move", 30_000);
+    for (const app of apps) await app.finish();
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end", 20_000);
+    ok(logs.lines.some((l) => RACING.test(l)));
+  } finally {
+    await client.close();
+    await server.close();
+    chaos.dropFrozen();
+    await chaos.close();
+  }
+});
+
+const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
+const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
+
+/** A session whose machine loses the address its link was made from (127.0.0.1 here) must race a new link at once. */
+async function addressGone(tls: boolean): Promise<void> {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  const tlsServer = tls ? { LINK_TLS_CERT: CERT, LINK_TLS_KEY: KEY } : {};
+  await using server = startServer(serverConfig([erp.port], { ...TIMERS, ...tlsServer }));
+  // The machine's addresses as the test says; sockets are the system's.
+  let addresses = ["127.0.0.1", "192.0.2.9"];
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = new BrokerClient(clientConfig([chaos.port], tls ? { LINK_TLS_CA: CERT } : {}), {
+    network: { ...systemNetwork, addresses: () => addresses },
+  });
+  client.listen();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  const app = new Trickle(conn, 3, { everyMs: 20 });
+  try {
+    await waitFor(() => client.sessions[0]?.state === "attached", "the session to open");
+    await new Promise((r) => setTimeout(r, 1_200)); // two looks at the addresses with 127.0.0.1 in them
+    // The roam: the link's address is gone, and the link with it.
+    chaos.freezeAll();
+    addresses = ["192.0.2.9"];
+    await logs.waitFor(/broker\.client: Session \w+: link suspected \(its local address 127\.0\.0\.1 is gone\)/, 2_000);
+    await waitFor(() => client.sessions[0]?.stats.resumes === 1, "the session to move");
+    await app.finish();
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+    equal(client.sessionCount, 0);
+  } finally {
+    await client.close();
+    try {
+      conn.close();
+    } catch { /* finish() closed it */ }
+    chaos.dropFrozen();
+    await chaos.close();
+  }
+}
+
+Deno.test("address check: a plain TCP link made from an address that went away is raced at once", () =>
+  addressGone(false));
+
+Deno.test("address check: a TLS link made from an address that went away is raced at once, as a plain one is", () =>
+  addressGone(true));
