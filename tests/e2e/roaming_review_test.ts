@@ -11,7 +11,7 @@ import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor } from "../helpers/setup.ts";
 import { echo } from "../helpers/apps.ts";
-import { Trickle } from "../../tools/streams.ts";
+import { Digest, receiveAll, sendStream, streamDigest, Trickle } from "../../tools/streams.ts";
 
 const TIMERS = { HEARTBEAT_INTERVAL: "1s", LINK_TIMEOUT: "4s" };
 const RACING = /broker\.client: Session \w+: link suspected .*racing a new link/;
@@ -134,3 +134,31 @@ Deno.test("address check: a plain TCP link made from an address that went away i
 
 Deno.test("address check: a TLS link made from an address that went away is raced at once, as a plain one is", () =>
   addressGone(true));
+
+Deno.test("race during a bulk transfer: 16 MiB each way, the link frozen three times mid-stream; each race moves the session, no byte lost or doubled", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], TIMERS));
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  await using client = startClient(clientConfig([chaos.port]));
+  const SIZE = 16 * 1024 * 1024;
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  try {
+    const received = new Digest();
+    const transfer = Promise.all([sendStream(app, 9, SIZE).then(() => app.closeWrite()), receiveAll(app, received)]);
+    for (let roam = 1; roam <= 3; roam++) {
+      await waitFor(() => received.bytes >= (roam * SIZE) / 4, `${roam / 4} of the echo`, 60_000);
+      chaos.freezeAll();
+      await waitFor(() => client.sessions[0]?.stats.resumes === roam, `roam ${roam} to be raced and won`, 15_000);
+    }
+    await transfer;
+    equal(received.bytes, SIZE);
+    equal(received.hex(), streamDigest(9, SIZE));
+    ok(logs.lines.filter((l) => RACING.test(l)).length >= 3);
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  } finally {
+    app.close();
+    chaos.dropFrozen();
+    await chaos.close();
+  }
+});
