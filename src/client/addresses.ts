@@ -15,10 +15,18 @@
 /** How often broker-client lists the machine's addresses (ms). */
 export const ADDRESS_CHECK_MS = 500;
 
-/** The address as a socket reports it, without an IPv6 zone (`fe80::1%eth0` → `fe80::1`). */
+/**
+ * One spelling of an address, however a socket or an interface list writes
+ * it: without an IPv6 zone (`fe80::1%eth0` → `fe80::1`), in lower case, and
+ * an IPv4-mapped IPv6 address (a dual-stack socket's) as the IPv4 address
+ * (`::ffff:192.0.2.2` → `192.0.2.2`). Otherwise a link's address never
+ * matches the list, and its going away is never noticed.
+ */
 export function plainAddress(address: string): string {
   const zone = address.indexOf("%");
-  return zone < 0 ? address : address.slice(0, zone);
+  const plain = (zone < 0 ? address : address.slice(0, zone)).toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(plain);
+  return mapped ? mapped[1] as string : plain;
 }
 
 /** The machine's addresses from one look to the next (pure: the caller lists them). */

@@ -88,14 +88,17 @@ export interface LinkWatchOptions {
 /** The probes and suspicion of one link (see the module header). */
 export class LinkWatch {
   #rtt = new RttEstimator();
+  /** The only sample so far is the handshake's (an upper bound): the first probe's replaces it. */
+  #fromHandshake = false;
   #linkTimeoutMs: number;
   #lastHeard: number;
   /** When the first probe since the last frame heard went out; null when none is outstanding. */
   #probeAt: number | null = null;
   /**
    * Probes sent and echoes heard on this link: the n-th echo answers the
-   * n-th probe. (broker-server skips an echo while much waits to be written
-   * to the link; the samples after that are too long, never too short.)
+   * n-th probe. (broker-server answers late while much waits to be written
+   * to the link; a skipped echo, from a build that skipped them, makes the
+   * later samples too long, never too short.)
    */
   #probes = 0;
   #echoesHeard = 0;
@@ -120,10 +123,13 @@ export class LinkWatch {
   /**
    * How long the link's handshake took (ms): an upper bound of its round
    * trip (the connect and the hello; for an opening the ERP connect too),
-   * taken as the first sample unless a probe was answered already.
+   * taken as the first sample unless a probe was answered already, and
+   * replaced by the first probe's sample (it measures the link itself).
    */
   handshakeTook(ms: number): void {
-    if (this.#rtt.srtt === null) this.#rtt.sample(ms);
+    if (this.#rtt.srtt !== null) return;
+    this.#rtt.sample(ms);
+    this.#fromHandshake = true;
   }
 
   /** How long a probe may stay unanswered before the link is suspect (ms). */
@@ -157,7 +163,14 @@ export class LinkWatch {
       this.#echoes = true;
       this.#echoesHeard++;
       if (this.#timed && this.#echoesHeard >= this.#timed.probe) {
-        if (this.#echoesHeard === this.#timed.probe) this.#rtt.sample(now - this.#timed.at);
+        if (this.#echoesHeard === this.#timed.probe) {
+          // A handshake that included a slow ERP connect (9 s) would
+          // otherwise keep the estimate, and the suspicion at LINK_TIMEOUT,
+          // for dozens of probes.
+          if (this.#fromHandshake) this.#rtt = new RttEstimator();
+          this.#fromHandshake = false;
+          this.#rtt.sample(now - this.#timed.at);
+        }
         this.#timed = null;
       }
     }

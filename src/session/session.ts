@@ -170,6 +170,8 @@ const SMALL_DATA_BYTES = 4 * 1024;
 const COPY_OVERHEAD_BYTES = 320;
 /** broker-server answers no HEARTBEAT while this much waits to be written to the link (bytes). */
 const ECHO_QUEUE_LIMIT = 16 * 1024;
+/** At most this many answers to probes owed on a backed-up link (see Session.#echo). */
+const MAX_ECHOES_OWED = 64;
 /** The client's tick at most (ms): how late a probe's deadline or its heartbeat may be noticed. */
 const CLIENT_TICK_MS = 250;
 /** At the end, wait at most this long for the local application to take its last bytes (ms). */
@@ -231,6 +233,11 @@ export class Session {
    */
   #attachAckHeard = false;
   #linkLoss: LinkLoss | null = null;
+  /**
+   * Echoes owed on a link (server): probes that came while more than
+   * ECHO_QUEUE_LIMIT waited to be written to it, answered once it drains.
+   */
+  #echoDebt: { link: Link; count: number } | null = null;
 
   /** Creates a session around an open local socket; call start() to begin reading it. */
   constructor(options: SessionOptions) {
@@ -591,11 +598,9 @@ export class Session {
         // times its link with it and notices a dead one early (see
         // liveness.ts). An older client takes it as an ACK with no news.
         // Not while much waits to be written to the link: a client that
-        // sends heartbeats and reads nothing must not make us queue answers
-        // (and a client with that much on its way hears those bytes).
-        if (this.#role === "server" && link.writer.queuedBytes < ECHO_QUEUE_LIMIT) {
-          link.send(encodeOffsetFrame(FrameType.Ack, 0));
-        }
+        // sends heartbeats and reads nothing must not make us queue answers;
+        // those are owed, and sent once the link drains (see #echo).
+        if (this.#role === "server") this.#echo(link);
         return;
       case FrameType.Fin:
         this.#onFin(readU64(payload, 0));
@@ -662,6 +667,36 @@ export class Session {
       // The FIN is delivered: acknowledge it at once, the peer may be waiting to finish.
       if (this.#link) this.#sendAck(this.#link);
       this.#checkComplete();
+    });
+  }
+
+  /**
+   * Answers a probe with ACK 0 (server). While more than ECHO_QUEUE_LIMIT
+   * waits to be written to the link, the answer is owed, not queued: a
+   * count (at most MAX_ECHOES_OWED, so a client that sends heartbeats and
+   * reads nothing costs nothing), paid in order once the link drains. It
+   * is never skipped: the client pairs its n-th echo with its n-th probe,
+   * and one skipped echo would make every later round trip it measures on
+   * the link span a whole probe interval (a roam then suspected after 3 s
+   * instead of 1 s, for the rest of the link's life).
+   */
+  #echo(link: Link): void {
+    const debt = this.#echoDebt?.link === link ? this.#echoDebt : null;
+    if (debt) {
+      debt.count = Math.min(debt.count + 1, MAX_ECHOES_OWED);
+      return;
+    }
+    if (link.writer.queuedBytes < ECHO_QUEUE_LIMIT) {
+      link.send(encodeOffsetFrame(FrameType.Ack, 0));
+      return;
+    }
+    const owed = { link, count: 1 };
+    this.#echoDebt = owed;
+    link.writer.waitBelow(ECHO_QUEUE_LIMIT).then(() => {
+      if (this.#echoDebt !== owed) return;
+      this.#echoDebt = null;
+      if (this.#link !== link) return;
+      for (let i = 0; i < owed.count; i++) link.send(encodeOffsetFrame(FrameType.Ack, 0));
     });
   }
 

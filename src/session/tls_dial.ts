@@ -53,6 +53,14 @@ export class NodeSocketTransport implements Transport {
     });
   }
 
+  /**
+   * This end's address (broker-client's address check needs it: a TLS link
+   * made from an address that went away is raced at once too).
+   */
+  get localAddr(): Deno.NetAddr {
+    return { transport: "tcp", hostname: this.#socket.localAddress ?? "", port: this.#socket.localPort ?? 0 };
+  }
+
   #notify(): void {
     const wake = this.#wake;
     this.#wake = null;

@@ -80,3 +80,23 @@ Deno.test("LinkWatch: the handshake's duration seeds the round trip, so a slow l
   watch.heard(3_100, "echo");
   ok(watch.suspicionMs >= 3_100 * 1.5 - 1, `suspicion after ${watch.suspicionMs} ms`);
 });
+
+Deno.test("LinkWatch: a first handshake that took 9 s (a slow ERP connect) gives way to the probes' fast round trips at once", () => {
+  // As in Session.attach: the attach probe goes out, then the handshake's duration is taken.
+  const watch = new LinkWatch(0, LINK_TIMEOUT, { echoes: true });
+  watch.probed(0);
+  watch.handshakeTook(9_000);
+  watch.heard(20, "echo");
+  // The echo measured the link; the handshake was only an upper bound of it (it included the ERP connect).
+  equal(
+    watch.suspicionMs,
+    MIN_SUSPICION_MS,
+    `suspicion after a 20 ms echo: ${watch.suspicionMs} ms (srtt ${watch.srtt})`,
+  );
+  // Idle link, a heartbeat (probe) every 2 s, each answered in 20 ms: a roam must be suspected in about 1 s, not at the link timeout.
+  for (let t = 2_000; t <= 10_000; t += 2_000) {
+    watch.probed(t);
+    watch.heard(t + 20, "echo");
+  }
+  equal(watch.suspicionMs, MIN_SUSPICION_MS, `after 5 more fast echoes: ${watch.suspicionMs} ms (srtt ${watch.srtt})`);
+});
