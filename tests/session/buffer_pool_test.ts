@@ -1,4 +1,5 @@
 import { deepEqual, equal } from "node:assert/strict";
+import { poisonOnGive } from "../helpers/pool.ts";
 import { BufferPool, type HeldBytes, PoolLease } from "../../src/session/buffer_pool.ts";
 import { type Transport, WriteQueue } from "../../src/session/transport.ts";
 import { ReplayBuffer } from "../../src/session/replay_buffer.ts";
@@ -273,16 +274,6 @@ Deno.test("DATA that came in the same read as the handshake is lent without a le
   lease?.release();
   link.close();
 });
-
-/** Fills every buffer handed back to the shared pool with 0xEE (so a view still in use sees it); returns the undo. */
-function poisonOnGive(): () => void {
-  const give = readBufferPool.give;
-  readBufferPool.give = function (buffer: Uint8Array) {
-    buffer.fill(0xee);
-    give.call(this, buffer);
-  };
-  return () => readBufferPool.give = give;
-}
 
 Deno.test("a lease released more often than it is held puts its buffer in the pool only once", () => {
   // One holder too many (a bug elsewhere) must not make two takers share a buffer: the

@@ -5,6 +5,7 @@
  * later pairing on that link by one probe.
  */
 import { equal, ok } from "node:assert/strict";
+import { takeChunks } from "../helpers/pool.ts";
 import { Link } from "../../src/session/link.ts";
 import { Session, type SessionTimers } from "../../src/session/session.ts";
 import type { Transport } from "../../src/session/transport.ts";
@@ -32,18 +33,7 @@ function linkTransport() {
   const written: Uint8Array[] = [];
   const gate: (() => void)[] = [];
   let held = false;
-  const take = (p: Uint8Array) => {
-    let n = 0;
-    while (chunks.length > 0 && n < p.length) {
-      const c = chunks[0] as Uint8Array;
-      const k = Math.min(p.length - n, c.length);
-      p.set(c.subarray(0, k), n);
-      n += k;
-      if (k < c.length) chunks[0] = c.subarray(k);
-      else chunks.shift();
-    }
-    return n;
-  };
+  const take = (p: Uint8Array) => takeChunks(chunks, p);
   const transport: Transport = {
     read: (p) => chunks.length > 0 ? Promise.resolve(take(p)) : new Promise((resolve) => waiting = { p, resolve }),
     write: async (p) => {

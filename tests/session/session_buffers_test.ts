@@ -5,6 +5,7 @@
  * that sees its bytes change shows up as corrupt output.
  */
 import { deepEqual, equal } from "node:assert/strict";
+import { poisonOnGive, takeChunks } from "../helpers/pool.ts";
 import { readBufferPool } from "../../src/session/buffer_pool.ts";
 import { Link } from "../../src/session/link.ts";
 import { Session, type SessionTimers } from "../../src/session/session.ts";
@@ -26,16 +27,6 @@ const TIMERS: SessionTimers = {
   replayBufferBytes: 8 << 20,
   receiveWindowBytes: 64 << 20,
 };
-
-/** Fills every buffer handed back to the shared pool with 0xEE; returns the undo. */
-function poisonOnGive(): () => void {
-  const give = readBufferPool.give;
-  readBufferPool.give = function (buffer: Uint8Array) {
-    buffer.fill(0xee);
-    give.call(this, buffer);
-  };
-  return () => readBufferPool.give = give;
-}
 
 /** The byte at stream offset `i` (any pattern that poison cannot imitate over a run). */
 const byteAt = (i: number) => (i * 31 + (i >>> 9) * 7 + 1) & 0xff;
@@ -88,19 +79,7 @@ function linkTransport() {
   const gate: (() => void)[] = [];
   let permits = Infinity;
   let changedInFlight = 0;
-  const take = (p: Uint8Array) => {
-    // As much as fits, from as many chunks as wait (so that read sizes grow).
-    let n = 0;
-    while (chunks.length > 0 && n < p.length) {
-      const c = chunks[0] as Uint8Array;
-      const k = Math.min(p.length - n, c.length);
-      p.set(c.subarray(0, k), n);
-      n += k;
-      if (k < c.length) chunks[0] = c.subarray(k);
-      else chunks.shift();
-    }
-    return n;
-  };
+  const take = (p: Uint8Array) => takeChunks(chunks, p);
   const transport: Transport = {
     read: (p) => chunks.length > 0 ? Promise.resolve(take(p)) : new Promise((resolve) => waiting = { p, resolve }),
     write: async (p) => {
