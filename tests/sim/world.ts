@@ -278,7 +278,6 @@ async function world(
     cutByErp?: boolean;
   }[] = [];
   const erpConns: NetConn[] = [];
-  let untagged = 0;
   // In some worlds an ERP server now and then closes a session's connection at once.
   const erpDropRate = rng.chance(0.15) ? 0.3 : 0;
   const erpListeners = new Map<string, { close(): void }>();
@@ -293,7 +292,6 @@ async function world(
           const pair = index === null ? undefined : results[index];
           if (index === null || !pair) {
             // A connection nobody wrote to (its Smart Client left first): the broker must still close it.
-            untagged++;
             note(`ERP ${host}: a connection that carries no session (tag ${index})`);
             try {
               conn.close();
