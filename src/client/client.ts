@@ -42,6 +42,7 @@ import {
 } from "./handshake.ts";
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
 import { ADDRESS_CHECK_MS, LocalAddresses, plainAddress } from "./addresses.ts";
+import { HandshakeSlots } from "./handshake_slots.ts";
 
 export { RejectedError } from "./handshake.ts";
 
@@ -64,6 +65,13 @@ export const FAREWELL_GRACE_MS = 3_000;
 
 /** How long a server gets to answer an ABORT with CLOSE on a link just resumed for it (ms). */
 const FAREWELL_ANSWER_MS = 3_000;
+
+/**
+ * Links broker-client sets up at once, across its sessions (see
+ * handshake_slots.ts): a PC's few sessions never wait; a hundred that lost
+ * their links together come back a batch at a time instead of all timing out.
+ */
+export const MAX_LINK_HANDSHAKES = 16;
 
 /** Resolves when `signal` aborts or `done` settles, whichever comes first (no listener is left behind). */
 async function untilAborted(signal: AbortSignal, done: Promise<unknown>): Promise<void> {
@@ -123,6 +131,7 @@ export class BrokerClient {
   #admissionKey: Promise<CryptoKey | null>;
   #addresses = new LocalAddresses();
   #addressTimer: TimerHandle | undefined;
+  #handshakes = new HandshakeSlots(MAX_LINK_HANDSHAKES);
 
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
@@ -200,7 +209,7 @@ export class BrokerClient {
       what: "Smart Client connections",
       advice:
         "raise the limit (ulimit -n in the shell that starts broker-client), or close programs that hold many files",
-      openFileLimit: openFileLimit(),
+      openFileLimit,
       clock: this.#clock,
       signal: this.#shutdown.signal,
       log: (note: AcceptNote) => log[note.level](note.message, note.fields),
@@ -212,6 +221,7 @@ export class BrokerClient {
         farewellsEnd: this.#farewellsEnd.signal,
         clock: this.#clock,
         network: this.#network,
+        handshakes: this.#handshakes,
         admissionKey: this.#admissionKey,
         done: () => this.#runners.delete(runner),
         farewell: (farewell) => {
@@ -251,6 +261,8 @@ interface SessionRunnerOptions {
   clock: Clock;
   /** Sockets for the links (plain TCP; TLS dials the system's). */
   network: Network;
+  /** Shared by every session of this broker-client: taken for each link being set up. */
+  handshakes: HandshakeSlots;
   admissionKey: Promise<CryptoKey | null>;
   /** The session has ended (called once). */
   done(): void;
@@ -269,6 +281,7 @@ class SessionRunner {
   #farewell: (farewell: Promise<void>) => void;
   #clock: Clock;
   #network: Network;
+  #handshakes: HandshakeSlots;
   #now: () => number;
   #session: Session;
   /** When the current link was lost (clock ms). */
@@ -319,6 +332,7 @@ class SessionRunner {
     this.#finishing = AbortSignal.any([options.farewellsEnd, this.#stopped.signal]);
     this.#clock = clock;
     this.#network = options.network;
+    this.#handshakes = options.handshakes;
     this.#now = now;
     this.#done = options.done;
     this.#farewell = options.farewell;
@@ -530,8 +544,9 @@ class SessionRunner {
     // WELCOME was lost, proving the key derived from it is what gets us the
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
-    const started = this.#now();
     let opened: OpenedSession;
+    const release = await this.#handshakes.take(signal);
+    const started = this.#now();
     try {
       opened = await openHandshake({
         dial: (hello) => this.#dial(server, hello, signal, this.#config.connectTimeoutMs),
@@ -553,6 +568,8 @@ class SessionRunner {
       // A definite refusal: it holds no session for this opening.
       if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) this.#inDoubt.delete(server);
       throw err;
+    } finally {
+      release();
     }
     await this.#adopt(opened, server, this.#now() - started);
   }
@@ -671,15 +688,27 @@ class SessionRunner {
   }
 
   /** Dials the session's server and reads its CHALLENGE (the connect within RESUME_CONNECT_TIMEOUT_MS). */
-  #challenge(identity: Identity, signal: AbortSignal, handshakeTimeoutMs: number): Promise<ResumeChallenge> {
+  async #challenge(
+    identity: Identity,
+    signal: AbortSignal,
+    handshakeTimeoutMs: number,
+  ): Promise<ResumeChallenge & { challengedIn: number }> {
     const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
-    return challengeResume({
-      dial: (hello) => this.#dial(identity.server, hello, signal, connectTimeoutMs),
-      sessionId: identity.sessionId,
-      handshakeTimeoutMs,
-      now: this.#now,
-      signal,
-    });
+    // The timeouts start once the slot is ours: the wait is not the link's fault.
+    const release = await this.#handshakes.take(signal);
+    const started = this.#now();
+    try {
+      const challenge = await challengeResume({
+        dial: (hello) => this.#dial(identity.server, hello, signal, connectTimeoutMs),
+        sessionId: identity.sessionId,
+        handshakeTimeoutMs,
+        now: this.#now,
+        signal,
+      });
+      return { ...challenge, challengedIn: this.#now() - started };
+    } finally {
+      release();
+    }
   }
 
   /**
@@ -694,8 +723,7 @@ class SessionRunner {
   async #resumeOn(identity: Identity, signal: AbortSignal): Promise<void> {
     const started = this.#now();
     const challenge = await this.#challenge(identity, signal, this.#config.handshakeTimeoutMs);
-    const challengedIn = this.#now() - started;
-    await this.#commit(identity, challenge, { started, challengedIn, signal });
+    await this.#commit(identity, challenge, { started, challengedIn: challenge.challengedIn, signal });
   }
 
   /**
@@ -783,7 +811,7 @@ class SessionRunner {
       server: formatHostPort(identity.server),
     });
     const signal = AbortSignal.any([race.signal, this.#resumeSignal()]);
-    let challenge: ResumeChallenge | null = null;
+    let challenge: (ResumeChallenge & { challengedIn: number }) | null = null;
     try {
       // Bounded so that a spare never outlives the old link's own deadline by much.
       const bound = Math.min(this.#config.handshakeTimeoutMs, this.#session.timers.linkTimeoutMs);
@@ -802,7 +830,8 @@ class SessionRunner {
       }
       const spare = challenge;
       challenge = null;
-      await this.#commit(identity, spare, { started: suspectedAt, challengedIn, signal: this.#resumeSignal() });
+      const timing = { started: suspectedAt, challengedIn: spare.challengedIn, signal: this.#resumeSignal() };
+      await this.#commit(identity, spare, timing);
     } catch (err) {
       challenge?.link.close();
       if (race.signal.aborted) {

@@ -202,7 +202,6 @@ Deno.test("a page opened with ?key= links to status.json and metrics with the ke
 // skipped there until it is, and run everywhere else.
 Deno.test({
   name: "with many sessions the page lists a bounded number and says how many more are in status.json",
-  ignore: Deno.build.os === "windows",
 }, async () => {
   await using erp = startErp(echo);
   await using server = startServer(withStatus(serverConfig([erp.port])));
