@@ -18,8 +18,12 @@
  *   `release()`, never earlier and never by anyone else.
  * - A holder that cannot know whether its bytes are still in use (a write
  *   queue closed while a write may be in flight, a link closed while a read
- *   may still fill the buffer) never releases, or `abandon`s the lease: the
- *   buffer is then left to the garbage collector, the safe outcome.
+ *   may still fill the buffer) `abandon`s the lease: its count ends, and the
+ *   buffer is left to the garbage collector, the safe outcome.
+ * - Every count ends, by `release` or `abandon`, when its holder is done or
+ *   dropped (a queue closed, a replay buffer cleared): `PoolLease.live`
+ *   counts the leases still held, and is back where it was once every
+ *   session is over (the simulation checks it in every world).
  * @module
  */
 
@@ -75,6 +79,8 @@ export const readBufferPool = new BufferPool(16 * 1024 * 1024);
 export interface Releasable {
   /** This holder no longer needs the buffer. */
   release(): void;
+  /** This holder is done, but something it cannot stop may still touch the buffer: never reuse it. */
+  abandon(): void;
 }
 
 /** A Releasable that more holders can join (a resume queues kept bytes on a new link). */
@@ -94,6 +100,8 @@ export interface HeldBytes {
  * returns to the pool once all of them released it.
  */
 export class PoolLease implements Shared {
+  /** Leases some holder still holds, process-wide (a leak check for tests: one count each). */
+  static live = 0;
   #buffer: Uint8Array;
   #pool: BufferPool | null;
   #holders: number;
@@ -104,6 +112,7 @@ export class PoolLease implements Shared {
     this.#buffer = buffer;
     this.#pool = pool;
     this.#holders = holders;
+    if (holders > 0) PoolLease.live++;
   }
 
   /** The whole buffer. */
@@ -125,6 +134,7 @@ export class PoolLease implements Shared {
   release(): void {
     // A release beyond the count (a bug elsewhere) must not give the buffer twice.
     if (this.#holders <= 0 || --this.#holders > 0) return;
+    PoolLease.live--;
     if (this.#charged) this.#charged.bytes -= this.#buffer.length;
     this.#charged = null;
     this.#pool?.give(this.#buffer);

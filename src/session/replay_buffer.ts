@@ -76,8 +76,9 @@ export class ReplayBuffer {
 
   /**
    * Keeps `bytes` (by reference: the caller must not reuse them); returns
-   * their offset. `owner` is released once all of them are acknowledged
-   * (not when the buffer is cleared: the bytes may still be on their way).
+   * their offset. `owner` is released once all of them are acknowledged,
+   * or when the buffer is cleared (a write queue still sending them holds a
+   * count of its own).
    * `held`: the memory they keep alive (the owner's whole buffer), counted
    * in `held` until they are all acknowledged.
    */
@@ -146,8 +147,12 @@ export class ReplayBuffer {
     }
   }
 
-  /** Drops everything (session end). */
+  /**
+   * Drops everything (session end). Each chunk's count ends: a write queue
+   * still sending its bytes holds a count of its own.
+   */
   clear(): void {
+    for (let i = this.#head; i < this.#chunks.length; i++) this.#chunks[i]?.owner?.release();
     this.#chunks = [];
     this.#head = 0;
     this.#held = 0;

@@ -170,7 +170,14 @@ export class WriteQueue {
     this.#wake();
   }
 
+  /** Ends the counts of every entry not written: the one being written (if any) is abandoned. */
   #drop(): void {
+    for (let i = this.#head; i < this.#owners.length; i++) {
+      const owner = this.#owners[i];
+      if (!owner) continue;
+      if (i === this.#head && this.#running) owner.abandon();
+      else owner.release();
+    }
     this.#queue = [];
     this.#owners = [];
     this.#head = 0;
