@@ -33,8 +33,12 @@ export interface AcceptErrorsOptions {
   what: string;
   /** How to get more descriptors, for the message ("raise it (...) or lower MAX_SESSIONS"). */
   advice: string;
-  /** The process's open-file limit, when known (see openFileLimit). */
-  openFileLimit?: number | null;
+  /**
+   * The process's open-file limit, when known (see openFileLimit); a
+   * function is asked only when descriptors run out, so that starting an
+   * accept loop costs no look-up.
+   */
+  openFileLimit?: number | null | (() => number | null);
   /** Clock in ms (injectable). */
   now?: () => number;
 }
@@ -66,7 +70,7 @@ export function classifyAcceptError(err: unknown): AcceptFailure {
 export class AcceptErrors {
   #what: string;
   #advice: string;
-  #limit: number | null;
+  #limit: number | null | (() => number | null);
   #now: () => number;
   /** Failures in a row that were not the peer's (drives the backoff). */
   #streak = 0;
@@ -94,7 +98,8 @@ export class AcceptErrors {
     this.#outFailures++;
     if (this.#outSince !== null) return { delayMs, note: null };
     this.#outSince = this.#now();
-    const limit = this.#limit === null ? "" : ` (the limit is ${this.#limit} open files)`;
+    const known = typeof this.#limit === "function" ? this.#limit() : this.#limit;
+    const limit = known === null ? "" : ` (the limit is ${known} open files)`;
     return {
       delayMs,
       note: {

@@ -250,7 +250,7 @@ export class BrokerServer {
     const options = {
       what: "links",
       advice: SERVER_DESCRIPTOR_ADVICE,
-      openFileLimit: openFileLimit(),
+      openFileLimit,
       clock: this.#clock,
       signal: this.#shutdown.signal,
       log: (note: AcceptNote) => log[note.level](note.message, note.fields),

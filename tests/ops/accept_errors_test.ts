@@ -134,3 +134,18 @@ Deno.test("the accept loop hands over each connection, rides out failures with a
   match(notes[0]?.message ?? "", /descriptor|open files/i);
   equal(script.length, 0, "the loop stopped at the closed listener");
 });
+
+Deno.test("accept errors: a limit given as a function is read only when descriptors run out", () => {
+  let asked = 0;
+  const errors = new AcceptErrors({
+    what: "links",
+    advice: "raise it",
+    openFileLimit: () => (asked++, 4096),
+    now: () => 0,
+  });
+  errors.failed(ENOTCONN);
+  errors.failed(new Error("something else"));
+  equal(asked, 0, "starting and other failures cost no look-up");
+  equal(errors.failed(EMFILE).note?.fields.limit, " (the limit is 4096 open files)");
+  equal(asked, 1);
+});
