@@ -111,8 +111,11 @@ export class VirtualClock implements Clock {
     let i = heap.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (!this.#before(heap[i] as Timer, heap[parent] as Timer)) break;
-      [heap[i], heap[parent]] = [heap[parent] as Timer, heap[i] as Timer];
+      const child = heap[i] as Timer;
+      const above = heap[parent] as Timer;
+      if (!this.#before(child, above)) break;
+      heap[i] = above;
+      heap[parent] = child;
       i = parent;
     }
   }
@@ -131,7 +134,9 @@ export class VirtualClock implements Clock {
         if (l < heap.length && this.#before(heap[l] as Timer, heap[m] as Timer)) m = l;
         if (r < heap.length && this.#before(heap[r] as Timer, heap[m] as Timer)) m = r;
         if (m === i) break;
-        [heap[i], heap[m]] = [heap[m] as Timer, heap[i] as Timer];
+        const moved = heap[i] as Timer;
+        heap[i] = heap[m] as Timer;
+        heap[m] = moved;
         i = m;
       }
     }

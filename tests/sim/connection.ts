@@ -265,18 +265,28 @@ export class SimConnection {
   readonly recorded: Uint8Array[] = [];
   #recordedBytes = 0;
 
-  /** Sends `bytes` on `dir`, in pieces of random size, each after the path's latency. */
+  /**
+   * Sends `bytes` on `dir` after the path's latency, cut in pieces of random
+   * size that the reader gets one read at a time (one delivery per write:
+   * a timer per piece made bulk worlds crawl).
+   */
   send(dir: Direction, bytes: Uint8Array): void {
     if (dir === this.#ab && this.#recordedBytes < RECORDED_BYTES) {
       this.recorded.push(bytes.slice(0, RECORDED_BYTES - this.#recordedBytes));
       this.#recordedBytes += bytes.length;
     }
     dir.unread += bytes.length;
+    if (bytes.length <= this.model.maxPiece && this.#rng.chance(0.5)) {
+      this.#schedule(dir, [bytes]);
+      return;
+    }
+    const pieces: Uint8Array[] = [];
     for (let at = 0; at < bytes.length;) {
       const size = Math.min(bytes.length - at, this.#rng.int(1, this.model.maxPiece));
-      this.#schedule(dir, bytes.subarray(at, at + size));
+      pieces.push(bytes.subarray(at, at + size));
       at += size;
     }
+    this.#schedule(dir, pieces);
   }
 
   /** Half-closes `dir`: the reader gets end of stream after the data. */
@@ -291,7 +301,7 @@ export class SimConnection {
     return this.#rng.int(lo, hi);
   }
 
-  #schedule(dir: Direction, piece: Uint8Array): void {
+  #schedule(dir: Direction, pieces: Uint8Array[]): void {
     const at = Math.max(this.#clock.now() + this.#latency(), dir.lastAt);
     dir.lastAt = at;
     dir.inFlight++;
@@ -299,10 +309,10 @@ export class SimConnection {
       dir.inFlight--;
       if (this.#reset) return;
       if (dir.frozen) {
-        dir.held.push(piece);
+        for (const piece of pieces) dir.held.push(piece);
         return;
       }
-      dir.readable.push(piece);
+      for (const piece of pieces) dir.readable.push(piece);
       dir.wakeReaders();
       if (dir.finSent && dir.inFlight === 0 && dir.held.length === 0 && !dir.finDelivered) this.#scheduleFin(dir);
     }, at - this.#clock.now());

@@ -14,7 +14,7 @@
  * 2. once the network is healed, every session makes progress or ends
  *    within a bounded simulated time (a stuck or endless world is a hang);
  * 3. once both brokers are stopped, nothing is left behind: no timer, no
- *    session, no open connection toward an ERP;
+ *    session, no pooled buffer held, no open connection toward an ERP;
  * 4. no session ends early without a reason in broker-server's log;
  * 5. no world throws out of a broker's event loop.
  * @module
@@ -28,6 +28,7 @@ import { serverConfigFromIni } from "../../src/config/server_config.ts";
 import { LOG_ROOT } from "../../src/ops/log.ts";
 import { BrokerServer } from "../../src/server/server.ts";
 import type { NetConn, Network } from "../../src/session/network.ts";
+import { PoolLease } from "../../src/session/buffer_pool.ts";
 import { type AppPlan, type AppResult, checkPair, describePlan, planApp, readTag, runApp, sessionTag } from "./apps.ts";
 import { VirtualClock } from "./clock.ts";
 import type { PathModel } from "./connection.ts";
@@ -53,6 +54,10 @@ export interface WorldOptions {
   maxSessions?: number;
   /** Most bytes each application writes. */
   maxBytes?: number;
+  /** Most faults the network suffers (default: as many as the chaos brings). */
+  maxFaults?: number;
+  /** false: no hostile peers (default: in half the worlds). */
+  hostile?: boolean;
 }
 
 /** What became of a world. */
@@ -157,14 +162,26 @@ export async function runWorld(options: WorldOptions): Promise<WorldReport> {
   globalThis.addEventListener("unhandledrejection", uncaught);
   globalThis.addEventListener("error", uncaught);
   logTarget = note;
-  // The brokers' only other randomness (backoff jitter) follows the seed too.
+  // The brokers' other randomness follows the seed too: backoff jitter, and
+  // session ids and nonces (keys come from WebCrypto, which the seed cannot
+  // reach: they change the proofs' bytes, never their sizes or the events).
   const random = Math.random;
   const jitter = rng.fork();
   Math.random = () => jitter.float();
+  const getRandomValues = crypto.getRandomValues;
+  const entropy = new Rng(options.seed ^ 0x5eed_1d5);
+  crypto.getRandomValues = <T extends ArrayBufferView | null>(array: T): T => {
+    if (array) {
+      const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = entropy.int(0, 255);
+    }
+    return array;
+  };
   try {
     return await world(options, rng, clock, note, problems, trace);
   } finally {
     Math.random = random;
+    crypto.getRandomValues = getRandomValues;
     logTarget = null;
     globalThis.removeEventListener("unhandledrejection", uncaught);
     globalThis.removeEventListener("error", uncaught);
@@ -180,11 +197,14 @@ async function world(
   trace: string[],
 ): Promise<WorldReport> {
   const start = clock.now();
+  const leasesBefore = PoolLease.live;
   // broker-client's lines about each Smart Client connection, by its port.
   const clientLines = new Map<number, string[]>();
   /** Session id (short) by Smart Client port, and how each side said each session ended. */
   const idByPort = new Map<number, string>();
   const ends = new Map<string, { server?: string; client?: string; serverAt?: number; clientAt?: number }>();
+  /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
+  const stalls: [number, string][] = [];
   const traced = note;
   note = (line: string) => {
     traced(line);
@@ -192,6 +212,8 @@ async function world(
     if (port) clientLines.set(Number(port), [...clientLines.get(Number(port)) ?? [], line]);
     const opened = /client: Session ([0-9a-f]{8}) opened for Smart Client 127\.0\.0\.1:(\d+)/.exec(line);
     if (opened) idByPort.set(Number(opened[2]), opened[1] as string);
+    // A link given up for silence, or suspected, while the network works is a stall.
+    if (/link silent for|link suspected \(a probe unanswered/.test(line)) stalls.push([clock.now(), line]);
     const closed = /(server|client): Session ([0-9a-f]{8}) closed: (.*?); /.exec(line);
     if (closed) {
       const end = ends.get(closed[2] as string) ?? {};
@@ -365,7 +387,7 @@ async function world(
   };
   const faultLoop = (async () => {
     const meanGapMs = rng.pick([200, 1_000, 5_000, 30_000]);
-    while (chaos) {
+    while (chaos && faults < (options.maxFaults ?? Infinity)) {
       await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
       if (!chaos) break;
       const links = net.between(pcAddress, BROKER).concat(pcAddress === PC ? [] : net.between(PC, BROKER));
@@ -453,7 +475,7 @@ async function world(
   // that say nothing, and replays of what a real client sent on a link.
   let hostile = 0;
   const hostileLoop = (async () => {
-    if (!rng.chance(0.5)) return;
+    if (options.hostile === false || !rng.chance(0.5)) return;
     const meanGapMs = rng.pick([300, 3_000]);
     while (chaos) {
       await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
@@ -525,6 +547,7 @@ async function world(
   const appsDone = opener.then(() => changes.until(allDone));
   // The chaos lasts a while, then the network heals and stays healed.
   const chaosMs = rng.pick([5_000, 60_000, 300_000]);
+  const healAt = clock.now() + chaosMs;
   clock.setTimeout(() => {
     chaos = false;
     for (const lift of [...lifts]) lift();
@@ -628,6 +651,20 @@ async function world(
     );
   }
 
+  // Invariant 2, sharper: on the healed network (lossless, prompt), no link
+  // may go silent or leave a probe unanswered: a session that stops reading
+  // its link (a head-of-line stall) only limps on from resume to resume.
+  // Links frozen by the chaos get a link timeout and a heartbeat to recover.
+  const settledAt = healAt + 2 * tuning.linkTimeoutMs + tuning.heartbeatMs + 4 * wan.latencyMs[1];
+  const lateStalls = stalls.filter(([at]) => at > settledAt);
+  if (lateStalls.length > 0) {
+    problems.push(
+      `stall: ${lateStalls.length} links silent or unanswered on the healed network, first at ${
+        ((lateStalls[0]?.[0] ?? 0) - start) / 1000
+      } s: ${lateStalls[0]?.[1]}`,
+    );
+  }
+
   // Invariant 3: stop both brokers; nothing may be left.
   const stopped = Promise.all([client.close(), server.close("simulation over", 0)]);
   let closed = false;
@@ -647,6 +684,9 @@ async function world(
   // Let the last timers run (applications' pauses, the network's deliveries), then none may remain.
   await runUntil(clock, () => clock.pending === 0, clock.now() + 600_000);
   if (clock.pending > 0) problems.push(`${clock.pending} timers still set after everything stopped`);
+  // Every pooled buffer's holders let go of it (see buffer_pool.ts).
+  const leased = PoolLease.live - leasesBefore;
+  if (leased !== 0) problems.push(`${leased} pooled buffers still held after everything stopped`);
   const hostileOpen = net.connections.filter((c) => c.from === ATTACKER && !c.connection.finished);
   if (hostileOpen.length > 0) problems.push(`${hostileOpen.length} hostile links still open after stopping`);
   // The ERP applications close their side when they see the end; broker-server must have closed the other.
