@@ -285,11 +285,13 @@ export class SessionDesk {
     entry.session.start();
     this.#server.adopt(link);
     entry.session.attach(link, 0);
-    log.info("Session {session} opened: client {client}, ERP {backend} ({address}): {decision}", {
+    // The local port is what the ERP server's own log shows for this connection.
+    log.info("Session {session} opened: client {client}, ERP {backend} ({address}, from port {port}): {decision}", {
       session: shortId(entry.id),
       client: link.peer,
       backend: backend.backend.server.name,
       address: formatHostPort(backend.backend.server),
+      port: (backend.conn.localAddr as Deno.NetAddr).port,
       decision: backend.decision,
     });
   }

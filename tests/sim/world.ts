@@ -203,6 +203,8 @@ async function world(
   /** Session id (short) by Smart Client port, and how each side said each session ended. */
   const idByPort = new Map<number, string>();
   const ends = new Map<string, { server?: string; client?: string; serverAt?: number; clientAt?: number }>();
+  /** Broker-side ports of the ERP connections of sessions that hostile peers opened. */
+  const hostileErpPorts = new Set<number>();
   /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
   const stalls: [number, string][] = [];
   const traced = note;
@@ -212,6 +214,9 @@ async function world(
     if (port) clientLines.set(Number(port), [...clientLines.get(Number(port)) ?? [], line]);
     const opened = /client: Session ([0-9a-f]{8}) opened for Smart Client 127\.0\.0\.1:(\d+)/.exec(line);
     if (opened) idByPort.set(Number(opened[2]), opened[1] as string);
+    // broker-server names each session's ERP connection by its local port.
+    const opening = /server: Session [0-9a-f]{8} opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
+    if (opening && opening[1] === ATTACKER) hostileErpPorts.add(Number(opening[2]));
     // A link given up for silence, or suspected, while the network works is a stall.
     if (/link silent for|link suspected \(a probe unanswered/.test(line)) stalls.push([clock.now(), line]);
     const closed = /(server|client): Session ([0-9a-f]{8}) closed: (.*?); /.exec(line);
@@ -311,6 +316,14 @@ async function world(
         const conn = await listener.accept();
         erpConns.push(conn);
         readTag(conn).then((index) => {
+          if (hostileErpPorts.has((conn.remoteAddr as Deno.NetAddr).port)) {
+            // A replayed opening without an admission key is a session like
+            // any other: its bytes are not the real session's.
+            note(`ERP ${host}: a connection of a session a hostile peer opened (tag ${index}); closed`);
+            if (admissionKey) problems.push(`a session opened by a hostile peer reached the ERP despite ADMISSION_KEY`);
+            conn.close();
+            return;
+          }
           const pair = index === null ? undefined : results[index];
           if (index === null || !pair) {
             // A connection nobody wrote to (its Smart Client left first): the broker must still close it.
