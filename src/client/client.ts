@@ -319,6 +319,8 @@ class SessionRunner {
   #raced: Promise<void> = Promise.resolve();
   /** The local address each link was dialed from, when the transport tells it. */
   #localAddresses = new WeakMap<Link, string>();
+  /** Links dialed and not yet attached (opening, resume or race handshakes; closed ones pruned at each dial). */
+  #settingUp = new Set<Link>();
   /** The local address of the link attached now, if known. */
   #attachedFrom: string | null = null;
 
@@ -533,6 +535,8 @@ class SessionRunner {
     const link = new Link(conn, formatHostPort(server), { clock: this.#clock });
     const local = "localAddr" in conn ? (conn.localAddr as Deno.NetAddr).hostname : undefined;
     if (local) this.#localAddresses.set(link, plainAddress(local));
+    for (const old of this.#settingUp) if (old.closed) this.#settingUp.delete(old);
+    this.#settingUp.add(link);
     link.send(encodePreface());
     link.send(hello);
     return link;
@@ -614,6 +618,7 @@ class SessionRunner {
       });
       this.#session.attach(link, 0);
       this.#attachedFrom = this.#localAddresses.get(link) ?? null;
+      this.#settingUp.delete(link);
       // An upper bound of the round trip (the connect, the hello, the ERP connect): until probes measure it.
       this.#session.measuredHandshake(handshakeMs);
       this.#opened = true;
@@ -761,6 +766,7 @@ class SessionRunner {
         throw err;
       }
       this.#attachedFrom = this.#localAddresses.get(link) ?? null;
+      this.#settingUp.delete(link);
       // The CHALLENGE came after a connect and a hello: at most two round trips.
       this.#session.measuredHandshake(timing.challengedIn);
       log.info(
@@ -780,10 +786,21 @@ class SessionRunner {
   }
 
   /**
-   * Some of this machine's addresses went away: if the attached link was
-   * made from one of them, it can never work again; race a new link now.
+   * Some of this machine's addresses went away: a link made from one of them
+   * can never work again. One being set up is dropped (its attempt fails at
+   * once and the next one dials from an address that works, instead of
+   * waiting out HANDSHAKE_TIMEOUT); for the attached one, race a new link now.
    */
   addressesGone(gone: ReadonlySet<string>): void {
+    for (const link of this.#settingUp) {
+      const address = this.#localAddresses.get(link);
+      if (link.closed || address === undefined || !gone.has(address)) continue;
+      log.info("Session {session}: a link being set up from {address}, which is gone, is dropped", {
+        session: this.#label,
+        address,
+      });
+      link.close();
+    }
     const from = this.#attachedFrom;
     if (from === null || !gone.has(from) || this.#race || this.#stateNow() !== "attached") return;
     this.#raced = this.#raceSpare(`its local address ${from} is gone`);

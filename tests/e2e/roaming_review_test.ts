@@ -162,3 +162,41 @@ Deno.test("race during a bulk transfer: 16 MiB each way, the link frozen three t
     await chaos.close();
   }
 });
+
+Deno.test("address check: a resume handshake on a link from an address that went away is dropped at once, not after HANDSHAKE_TIMEOUT", async () => {
+  await using logs = await captureLogs();
+  await using erp = startErp(echo);
+  await using server = startServer(serverConfig([erp.port], TIMERS));
+  let addresses = ["127.0.0.1", "192.0.2.9"];
+  const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
+  const client = new BrokerClient(clientConfig([chaos.port], { HANDSHAKE_TIMEOUT: "20s" }), {
+    network: { ...systemNetwork, addresses: () => addresses },
+  });
+  client.listen();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  const app = new Trickle(conn, 5, { everyMs: 20 });
+  try {
+    await waitFor(() => client.sessions[0]?.state === "attached", "the session to open");
+    await new Promise((r) => setTimeout(r, 1_200)); // two looks at the addresses with 127.0.0.1 in them
+    // The link drops; the first resume dials into a path that answers nothing.
+    chaos.setMode("blackhole");
+    const dialed = chaos.connections;
+    chaos.resetAll();
+    await waitFor(() => chaos.connections > dialed, "the first resume attempt to dial");
+    // The roam: that attempt's address goes away; the path works again.
+    chaos.setMode("pass");
+    addresses = ["192.0.2.9"];
+    await logs.waitFor(/a link being set up from 127\.0\.0\.1, which is gone, is dropped/, 2_000);
+    // The next attempt resumes long before the 20 s handshake timeout.
+    await waitFor(() => client.sessions[0]?.stats.resumes === 1, "the session to resume", 5_000);
+    await app.finish();
+    await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
+  } finally {
+    await client.close();
+    try {
+      conn.close();
+    } catch { /* finish() closed it */ }
+    chaos.dropFrozen();
+    await chaos.close();
+  }
+});
