@@ -93,6 +93,31 @@ Deno.test("race: 20 sessions roam at once from one address through a server at M
 const CERT = fileURLToPath(new URL("../fixtures/test_cert.pem", import.meta.url));
 const KEY = fileURLToPath(new URL("../fixtures/test_key.pem", import.meta.url));
 
+/**
+ * A broker-client toward `chaos` on a machine whose addresses are what
+ * `addresses()` says (its sockets are the system's), and one session
+ * trickling bytes through it; `stop()` closes all three.
+ */
+async function trickleThrough(
+  chaos: ChaosLink,
+  extra: Record<string, string>,
+  addresses: () => string[],
+  seed: number,
+): Promise<{ client: BrokerClient; app: Trickle; stop(): Promise<void> }> {
+  const client = new BrokerClient(clientConfig([chaos.port], extra), { network: { ...systemNetwork, addresses } });
+  client.listen();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
+  const stop = async () => {
+    await client.close();
+    try {
+      conn.close();
+    } catch { /* the application's finish() closed it */ }
+    chaos.dropFrozen();
+    await chaos.close();
+  };
+  return { client, app: new Trickle(conn, seed, { everyMs: 20 }), stop };
+}
+
 /** A session whose machine loses the address its link was made from (127.0.0.1 here) must race a new link at once. */
 async function addressGone(tls: boolean): Promise<void> {
   await using logs = await captureLogs();
@@ -102,12 +127,7 @@ async function addressGone(tls: boolean): Promise<void> {
   // The machine's addresses as the test says; sockets are the system's.
   let addresses = ["127.0.0.1", "192.0.2.9"];
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
-  const client = new BrokerClient(clientConfig([chaos.port], tls ? { LINK_TLS_CA: CERT } : {}), {
-    network: { ...systemNetwork, addresses: () => addresses },
-  });
-  client.listen();
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
-  const app = new Trickle(conn, 3, { everyMs: 20 });
+  const { client, app, stop } = await trickleThrough(chaos, tls ? { LINK_TLS_CA: CERT } : {}, () => addresses, 3);
   try {
     await waitFor(() => client.sessions[0]?.state === "attached", "the session to open");
     await new Promise((r) => setTimeout(r, 1_200)); // two looks at the addresses with 127.0.0.1 in them
@@ -120,12 +140,7 @@ async function addressGone(tls: boolean): Promise<void> {
     await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
     equal(client.sessionCount, 0);
   } finally {
-    await client.close();
-    try {
-      conn.close();
-    } catch { /* finish() closed it */ }
-    chaos.dropFrozen();
-    await chaos.close();
+    await stop();
   }
 }
 
@@ -169,12 +184,7 @@ Deno.test("address check: a resume handshake on a link from an address that went
   await using server = startServer(serverConfig([erp.port], TIMERS));
   let addresses = ["127.0.0.1", "192.0.2.9"];
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
-  const client = new BrokerClient(clientConfig([chaos.port], { HANDSHAKE_TIMEOUT: "20s" }), {
-    network: { ...systemNetwork, addresses: () => addresses },
-  });
-  client.listen();
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.address.port });
-  const app = new Trickle(conn, 5, { everyMs: 20 });
+  const { client, app, stop } = await trickleThrough(chaos, { HANDSHAKE_TIMEOUT: "20s" }, () => addresses, 5);
   try {
     await waitFor(() => client.sessions[0]?.state === "attached", "the session to open");
     await new Promise((r) => setTimeout(r, 1_200)); // two looks at the addresses with 127.0.0.1 in them
@@ -192,11 +202,6 @@ Deno.test("address check: a resume handshake on a link from an address that went
     await app.finish();
     await waitFor(() => server.sessions.length === 0 && client.sessionCount === 0, "sessions to end");
   } finally {
-    await client.close();
-    try {
-      conn.close();
-    } catch { /* finish() closed it */ }
-    chaos.dropFrozen();
-    await chaos.close();
+    await stop();
   }
 });
