@@ -132,12 +132,16 @@ async function startWindowsWatch(): Promise<ConsoleWatch> {
       worker.postMessage(message);
     });
   const release = () => lib.symbols.SetEvent(event);
-  const close = async () => {
-    release();
-    await ask({ type: "remove" });
+  const free = () => {
     worker.terminate();
     lib.symbols.CloseHandle(event);
     lib.close();
+  };
+  // The handler is unregistered before the worker that runs it goes (Windows would call a dead callback).
+  const close = async () => {
+    release();
+    await ask({ type: "remove" });
+    free();
   };
   const answer = await ask({
     type: "install",
@@ -145,7 +149,7 @@ async function startWindowsWatch(): Promise<ConsoleWatch> {
     deadlineMs: CONSOLE_STOP_DEADLINE_MS,
   });
   if (answer.type !== "ready") {
-    await close();
+    free();
     throw new Error(answer.type === "failed" ? answer.error : `unexpected answer ${answer.type}`);
   }
   return { signal: stop.signal, problem: null, finished: release, [Symbol.asyncDispose]: close };

@@ -2,7 +2,9 @@
  * The Windows console control handler: which events stop the programs, and
  * (under the Windows build of Deno: deno task test:windows) that a
  * CTRL_CLOSE_EVENT stops broker-server and broker-client gracefully and
- * holds Windows' handler thread until the stop is complete. Windows delivers
+ * holds Windows' handler thread until the stop is complete, that a
+ * CTRL_SHUTDOWN_EVENT does too, and that Ctrl-C still reaches Deno's SIGINT
+ * with the handler in place. Windows delivers
  * console events by starting a thread at kernelbase's CtrlRoutine in the
  * process; the tests do the same with CreateThread / CreateRemoteThread,
  * since GenerateConsoleCtrlEvent only sends Ctrl-C and Ctrl-Break.
@@ -125,8 +127,13 @@ function outputOf(child: Deno.ChildProcess): { text(): string; waitFor(re: RegEx
   };
 }
 
-/** Starts `entry` (server.ts or client.ts) with `config`, sends it CTRL_CLOSE_EVENT, and returns its exit code and output. */
-async function closeConsoleOf(entry: string, config: string, stopped: RegExp): Promise<{ code: number; text: string }> {
+/** Starts `entry` (server.ts or client.ts) with `config`, sends it console `event`, and returns its exit code and output. */
+async function sendConsoleEvent(
+  entry: string,
+  config: string,
+  event: number,
+  stopped: RegExp,
+): Promise<{ code: number; text: string }> {
   const path = fileURLToPath(new URL(`../../${entry}`, import.meta.url));
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", path, "--config", config, "--console", "--log-level", "debug"],
@@ -146,7 +153,7 @@ async function closeConsoleOf(entry: string, config: string, stopped: RegExp): P
       null,
       0n,
       ctrlRoutine,
-      Deno.UnsafePointer.create(2n),
+      Deno.UnsafePointer.create(BigInt(event)),
       0,
       null,
     );
@@ -165,24 +172,30 @@ async function closeConsoleOf(entry: string, config: string, stopped: RegExp): P
   }
 }
 
+/** A folder with an appserver.ini for a broker-server on the loopback. */
+async function serverFolder(): Promise<{ dir: string; config: string }> {
+  const dir = await Deno.makeTempDir();
+  const config = `${dir}\\appserver.ini`;
+  await Deno.writeTextFile(
+    config,
+    [
+      "[BALANCE_SMART_CLIENT_DESKTOP]",
+      "LOCAL_SERVER_ADDRESS = 127.0.0.1",
+      `LOCAL_SERVER_PORT = ${freePort()}`,
+      `REMOTE_SERVER_01 = 127.0.0.1 ${freePort()}`,
+      "HEALTH_CHECK_INTERVAL = 0",
+      "STATUS_PORT = 0",
+    ].join("\r\n"),
+  );
+  return { dir, config };
+}
+
 Deno.test({
   name: "closing broker-server's console window stops it gracefully, exit code 0",
   ignore: !onWindows,
   async fn() {
-    const dir = await Deno.makeTempDir();
-    const config = `${dir}\\appserver.ini`;
-    await Deno.writeTextFile(
-      config,
-      [
-        "[BALANCE_SMART_CLIENT_DESKTOP]",
-        "LOCAL_SERVER_ADDRESS = 127.0.0.1",
-        `LOCAL_SERVER_PORT = ${freePort()}`,
-        `REMOTE_SERVER_01 = 127.0.0.1 ${freePort()}`,
-        "HEALTH_CHECK_INTERVAL = 0",
-        "STATUS_PORT = 0",
-      ].join("\r\n"),
-    );
-    const { code, text } = await closeConsoleOf("server.ts", config, /broker-server stopped/);
+    const { dir, config } = await serverFolder();
+    const { code, text } = await sendConsoleEvent("server.ts", config, ConsoleEvent.Close, /broker-server stopped/);
     await Deno.remove(dir, { recursive: true });
     match(text, /the console window is closing \(CTRL_CLOSE_EVENT\): broker-server is stopping/);
     equal(code, 0, text);
@@ -200,9 +213,33 @@ Deno.test({
       `[drivers]\r\nactive=b\r\n[b]\r\nserver=127.0.0.1\r\nport=${freePort()}\r\nBrokerProxy=1\r\n` +
         `BrokerServer=127.0.0.1:${freePort()}\r\nLOG_FILE=\r\n`,
     );
-    const { code, text } = await closeConsoleOf("client.ts", config, /broker-client stopped/);
+    const { code, text } = await sendConsoleEvent("client.ts", config, ConsoleEvent.Close, /broker-client stopped/);
     await Deno.remove(dir, { recursive: true });
     match(text, /the console window is closing \(CTRL_CLOSE_EVENT\): broker-client is stopping/);
+    equal(code, 0, text);
+  },
+});
+
+Deno.test({
+  name: "Ctrl-C still reaches broker-server's SIGINT stop with the console handler in place, exit code 0",
+  ignore: !onWindows,
+  async fn() {
+    const { dir, config } = await serverFolder();
+    const { code, text } = await sendConsoleEvent("server.ts", config, ConsoleEvent.CtrlC, /broker-server stopped/);
+    await Deno.remove(dir, { recursive: true });
+    equal(/_EVENT\)/.test(text), false, `the console handler let Ctrl-C pass:\n${text}`);
+    equal(code, 0, text);
+  },
+});
+
+Deno.test({
+  name: "a shutdown (CTRL_SHUTDOWN_EVENT) stops broker-server gracefully, exit code 0",
+  ignore: !onWindows,
+  async fn() {
+    const { dir, config } = await serverFolder();
+    const { code, text } = await sendConsoleEvent("server.ts", config, ConsoleEvent.Shutdown, /broker-server stopped/);
+    await Deno.remove(dir, { recursive: true });
+    match(text, /Windows is shutting down \(CTRL_SHUTDOWN_EVENT\): broker-server is stopping/);
     equal(code, 0, text);
   },
 });
