@@ -24,12 +24,13 @@ export type Program = "server" | "client";
 
 /**
  * Deno permissions per program: network, config and log files, environment
- * and system information; broker-server also installs itself as a service
- * (systemctl, sc.exe) and speaks the Windows service protocol through FFI.
+ * and system information; FFI for the Windows console control handler
+ * (kernel32); broker-server also installs itself as a service (systemctl,
+ * sc.exe) and speaks the Windows service protocol through FFI.
  */
 export const PERMISSIONS: Readonly<Record<Program, readonly string[]>> = {
   server: ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-run", "--allow-ffi"],
-  client: ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"],
+  client: ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-ffi"],
 };
 
 /** What `deno run` or `deno compile` needs before the entry file: the V8 flags, then the permissions. */

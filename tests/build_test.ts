@@ -24,6 +24,8 @@ Deno.test("the build compiles both programs for Linux and Windows with their per
     "x86_64-pc-windows-msvc",
     "--output",
     "dist/broker-server-x86_64-pc-windows-msvc.exe",
+    "--include",
+    "src/ops/console_control_worker.ts",
     "server.ts",
   ]);
   throws(() => planBuild(["aarch64-apple-darwin"]), /Cannot build for target "aarch64-apple-darwin"/);
@@ -58,7 +60,7 @@ Deno.test("deno task server and client run with the flags of src/runtime_flags.t
   }
   for (const step of planBuild(["x86_64-unknown-linux-gnu"])) {
     const program = step.output.includes("broker-server") ? "server" : "client";
-    deepEqual(step.args.slice(1, -5), runtimeFlags(program), step.output);
+    deepEqual(step.args.slice(1, -7), runtimeFlags(program), step.output);
     equal(step.args.includes(V8_FLAGS_ARG), true);
   }
 });

@@ -29,6 +29,9 @@ export const PROGRAMS: readonly { program: Program; entry: string; name: string;
   { program: "client", entry: "client.ts", name: "broker-client", example: "examples/smartclient.ini" },
 ];
 
+/** The console control handler's worker (src/ops/console_control.ts), which each program starts on Windows. */
+export const CONSOLE_WORKER = "src/ops/console_control_worker.ts";
+
 /** One `deno compile` run. */
 export interface CompileStep {
   /** Target triple. */
@@ -59,6 +62,9 @@ export function planBuild(targets: readonly string[], outDir = "dist"): CompileS
           target,
           "--output",
           output,
+          // Workers are not found by deno compile's module graph: the console control handler's is named here.
+          "--include",
+          CONSOLE_WORKER,
           program.entry,
         ],
       };

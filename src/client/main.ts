@@ -19,7 +19,7 @@ import { checkClientFiles } from "../config/files.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
 import { describeLogSettings, perUserLogFile } from "../config/logging.ts";
 import { logger, loggingFrom, setupLoggingWithFallback, teardownLogging } from "../ops/log.ts";
-import { aborted } from "../ops/signals.ts";
+import { aborted, watchConsole } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { basename } from "node:path";
 import { BrokerClient } from "./client.ts";
@@ -154,6 +154,7 @@ async function runClient(config: ClientConfig, cli: CliOptions, signal: AbortSig
   log.info("broker-client {version} starting with {path}", { version: VERSION, path: config.path });
   if (logProblem) log.warn("{warning}", { warning: logProblem });
   for (const w of config.warnings) log.warn("{warning}", { warning: w });
+  await using consoleStop = await watchConsole(true, "broker-client");
   const client = new BrokerClient(config);
   try {
     client.listen();
@@ -161,8 +162,9 @@ async function runClient(config: ClientConfig, cli: CliOptions, signal: AbortSig
     log.error("{error}", { error: (err as Error).message });
     return EXIT_FAILURE;
   }
-  await aborted(signal);
+  await aborted(AbortSignal.any([signal, consoleStop.signal]));
   await client.close();
   await teardownLogging();
+  consoleStop.finished();
   return EXIT_OK;
 }

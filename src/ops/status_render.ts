@@ -210,6 +210,16 @@ export function renderMetrics(s: StatusSnapshot): string {
     "Bytes held in replay buffers (sent to clients, not yet acknowledged).",
     [["", s.sessions.reduce((n, x) => n + x.bufferedBytes, 0)]],
   );
+  metric(
+    "broker_buffered_bytes",
+    "gauge",
+    "Bytes held for live sessions (replay buffers and bytes waiting for the ERP), as MAX_BUFFERED counts them.",
+    [["", t.bytesBuffered]],
+  );
+  metric("broker_buffered_limit_bytes", "gauge", "MAX_BUFFERED: new sessions wait above this.", [[
+    "",
+    s.maxBufferedBytes,
+  ]]);
   backendMetrics(s.servers, metric);
   return out.join("\n") + "\n";
 }

@@ -23,7 +23,8 @@ import { formatDuration, formatHostPort, formatSize } from "../config/values.ts"
 import { describeLogSettings } from "../config/logging.ts";
 import { descriptorsNeeded, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
 import { logger, loggingFrom, setupLogging, teardownLogging } from "../ops/log.ts";
-import { aborted, holdHangup } from "../ops/signals.ts";
+import { aborted, holdHangup, watchConsole } from "../ops/signals.ts";
+import { CONSOLE_DRAIN_MS } from "../ops/console_control.ts";
 import { VERSION } from "../version.ts";
 import { resolve } from "node:path";
 import { readServiceName, selfCommand, type ServiceSpec } from "../ops/service.ts";
@@ -191,13 +192,14 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
       );
       return EXIT_USAGE;
     }
+    // A service has no console: the Service Control Manager's Stop and shutdown stop it.
     return await runAsWindowsService(
       config.serviceName,
       config.drainTimeoutMs,
-      (signal, onRunning) => runBroker(config, cli, signal, onRunning),
+      (signal, onRunning) => runBroker(config, cli, signal, { onRunning, console: false }),
     );
   }
-  return await runBroker(config, cli, options.signal);
+  return await runBroker(config, cli, options.signal, { console: true });
 }
 
 /** --check: prints the configuration as understood and whether its files open. */
@@ -212,17 +214,26 @@ async function checkOnly(config: ServerConfig): Promise<number> {
   return EXIT_OK;
 }
 
-/** Runs the broker until `signal` aborts; resolves to the exit code. */
+/** How runBroker runs: under a console or as a service. */
+interface RunOptions {
+  /** Called once the broker listens. */
+  onRunning?: () => void;
+  /** Whether closing the console window, logoff and shutdown stop it (Windows). */
+  console: boolean;
+}
+
+/** Runs the broker until `signal` aborts (or its console closes); resolves to the exit code. */
 async function runBroker(
   config: ServerConfig,
   cli: CliOptions,
   signal: AbortSignal,
-  onRunning: () => void = () => {},
+  options: RunOptions,
 ): Promise<number> {
   const failed = await startLogging(config, cli);
   if (failed !== null) return failed;
   const log = logger("server");
   log.info("broker-server {version} starting with {path}", { version: VERSION, path: config.path });
+  await using consoleStop = await watchConsole(options.console, "broker-server");
   for (const w of config.warnings) log.warn("{warning}", { warning: w });
   warnIfFewDescriptors(config);
   const server = new BrokerServer(config, {
@@ -235,12 +246,13 @@ async function runBroker(
     await teardownLogging();
     return EXIT_FAILURE;
   }
-  onRunning();
+  options.onRunning?.();
   const watcher = watchConfig(config.path, () => server.reload());
-  await aborted(signal);
+  await aborted(AbortSignal.any([signal, consoleStop.signal]));
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
-  const stopped = await stopWithinDeadline(server, watcher);
+  const stopped = await stopWithinDeadline(server, watcher, consoleStop.signal.aborted);
   await teardownLogging();
+  consoleStop.finished();
   return stopped ? EXIT_OK : EXIT_FAILURE;
 }
 
@@ -295,9 +307,15 @@ function warnIfFewDescriptors(config: ServerConfig): void {
  * waits for a reload under way, which may be settling a file that keeps
  * changing until the server's close stops it.
  */
-async function stopWithinDeadline(server: BrokerServer, watcher: { close(): Promise<void> }): Promise<boolean> {
+async function stopWithinDeadline(
+  server: BrokerServer,
+  watcher: { close(): Promise<void> },
+  consoleClosing: boolean,
+): Promise<boolean> {
+  // Windows ends the process about 5 s after a console stop: the drain must leave time for the rest.
+  const drainMs = consoleClosing ? Math.min(server.config.drainTimeoutMs, CONSOLE_DRAIN_MS) : undefined;
   const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
-  const closing = Promise.all([watcher.close(), server.close()]);
+  const closing = Promise.all([watcher.close(), server.close(undefined, drainMs)]);
   if (!await within(closing, deadlineMs)) {
     logger("server").error(
       "The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway",

@@ -174,6 +174,8 @@ export interface StatusSnapshot {
   sortMethod: string;
   /** Replay buffer cap per session and direction (bytes). */
   replayBufferBytes: number;
+  /** MAX_BUFFERED: above this many bytes held for sessions (`totals.bytesBuffered`), new sessions wait. */
+  maxBufferedBytes: number;
   /** ERP servers. */
   servers: ServerStatus[];
   /** Live sessions. */
@@ -192,6 +194,8 @@ export interface StatusSnapshot {
     bytesToClients: number;
     bytesToErp: number;
     bytesReplayed: number;
+    /** Bytes held for live sessions now (replay buffers and bytes waiting for the ERP): what MAX_BUFFERED limits. */
+    bytesBuffered: number;
   };
   /** Resume durations: cumulative counts per `le` bucket (s), sum and count. */
   resumeDuration: { buckets: { le: number; count: number }[]; sum: number; count: number };
@@ -263,6 +267,7 @@ export function buildStatus(from: StatusSources): StatusSnapshot {
     memory: processMemory(),
     sortMethod: from.sortMethod,
     replayBufferBytes: config.tuning.replayBufferBytes,
+    maxBufferedBytes: config.limits.maxBufferedBytes,
     servers: from.backends.map(serverStatus),
     sessions: from.sessions.map((e) => sessionStatus(e, now)),
     totals: totals(from),
@@ -333,5 +338,6 @@ function totals(from: StatusSources): StatusSnapshot["totals"] {
     bytesToClients: stats.endedBytesToClient + sum((e) => erpTraffic(e.session.stats).toClient),
     bytesToErp: stats.endedBytesToErp + sum((e) => erpTraffic(e.session.stats).toErp),
     bytesReplayed: stats.endedBytesReplayed + sum((e) => e.session.stats.bytesReplayed),
+    bytesBuffered: sum((e) => e.session.bufferedBytes + e.session.pendingLocalBytes),
   };
 }
