@@ -43,6 +43,7 @@ import {
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
 import { ADDRESS_CHECK_MS, LocalAddresses, plainAddress } from "./addresses.ts";
 import { HandshakeSlots } from "./handshake_slots.ts";
+import { OutageHistory } from "./outages.ts";
 
 export { RejectedError } from "./handshake.ts";
 
@@ -321,6 +322,8 @@ class SessionRunner {
   #localAddresses = new WeakMap<Link, string>();
   /** The local address of the link attached now, if known. */
   #attachedFrom: string | null = null;
+  /** Outages hidden so far, and the log line of each resume. */
+  #outages = new OutageHistory();
 
   constructor(conn: NetConn, options: SessionRunnerOptions) {
     const { config, clock } = options;
@@ -369,6 +372,7 @@ class SessionRunner {
           if (!this.#race) this.#raced = this.#raceSpare(`a probe unanswered for ${Math.round(waitedMs)} ms`);
         },
         reassured: () => this.#race?.abort(),
+        peerReplayed: (bytes, complete) => this.#outages.replayedBy(bytes, complete),
         ended: (end) => this.#onEnded(end),
       },
     });
@@ -744,11 +748,17 @@ class SessionRunner {
         link.close();
         return;
       }
-      const away = this.#now() - this.#session.stateSince;
+      this.#outages.begin({
+        session: this.#label,
+        awayMs: this.#now() - this.#session.stateSince,
+        trigger: this.#session.linkLoss ?? "link error",
+        handshakeMs: this.#now() - timing.started,
+      });
       let replayed: number;
       try {
         replayed = this.#session.attach(link, resumed.receivedOffset);
       } catch (err) {
+        this.#outages.abandon();
         const reason = `cannot resume: ${(err as Error).message}`;
         if (err instanceof ResumeGapError || err instanceof RangeError) {
           // Told like any ending: if the answer does not come, the goodbye is said again on a new link.
@@ -763,16 +773,7 @@ class SessionRunner {
       this.#attachedFrom = this.#localAddresses.get(link) ?? null;
       // The CHALLENGE came after a connect and a hello: at most two round trips.
       this.#session.measuredHandshake(timing.challengedIn);
-      log.info(
-        "Session {session} resumed after {seconds} s (trigger: {trigger}; handshake {handshake} ms): {replayed} bytes replayed to the server",
-        {
-          session: this.#label,
-          seconds: (away / 1000).toFixed(1),
-          trigger: this.#session.linkLoss ?? "link error",
-          handshake: this.#now() - timing.started,
-          replayed,
-        },
-      );
+      this.#outages.replayedTo(replayed);
     } catch (err) {
       link.close();
       throw err;
