@@ -95,7 +95,7 @@ export class OutageHistory {
         handshake: p.handshakeMs,
         toServer: p.toServer,
         byServer: by?.bytes ?? 0,
-        cut: by?.complete === false ? " (cut short: the link went before its replay ended)" : "",
+        cut: by?.complete === false ? " (cut short: the link or the session ended first)" : "",
       },
     );
   }
