@@ -7,6 +7,7 @@
 
 import type { ClientConfig } from "../config/client_config.ts";
 import { formatHostPort } from "../config/values.ts";
+import { peerText } from "../ops/peer_text.ts";
 import { allAttached, type ClientStatus, statusText } from "./status.ts";
 
 /** Exit codes of `--status`. */
@@ -65,7 +66,9 @@ async function fetchStatus(url: string, where: string, timeoutMs: number): Promi
 
 /** Runs `--status` for `config`; resolves to its exit code (StatusExit). */
 export async function statusCommand(config: ClientConfig, options: StatusCommandOptions = {}): Promise<number> {
-  const print = options.print ?? console.log;
+  // What another program on the port sends must not reach the console as escape sequences.
+  const print = (text: string) =>
+    (options.print ?? console.log)(text.split("\n").map((line) => peerText(line, { maxChars: Infinity })).join("\n"));
   const timeoutMs = options.timeoutMs ?? STATUS_TIMEOUT_MS;
   if (config.statusPort === 0) {
     print(`broker-client's status page is off (STATUS_PORT=0 in ${config.path}): set a port there to use --status`);

@@ -258,3 +258,46 @@ Deno.test("--status with STATUS_PORT=0 says the page is off and exits 2", async 
   match(printed.join("\n"), /status page is off \(STATUS_PORT=0 in .*smartclient\.ini\)/);
   await file.remove();
 });
+
+Deno.test("--status tells another program on the port from broker-client, and prints nothing it sends raw", async () => {
+  const file = await writeConfig(freePort());
+  let answer = "<html>some other web server</html>";
+  await using _impostor = Deno.serve(
+    { hostname: "127.0.0.1", port: file.statusPort, onListen: () => {} },
+    () => new Response(answer),
+  );
+  const config = await loadClientConfig(file.path);
+  const printed: string[] = [];
+  const print = (t: string) => printed.push(t);
+  equal(await statusCommand(config, { print }), 2);
+  match(printed.pop() ?? "", /answered, but not as broker-client's status page does: another program holds the port/);
+
+  answer = JSON.stringify({
+    program: "broker-client",
+    sessions: [],
+    pid: 1,
+    listen: "\x1b[2J127.0.0.1:1",
+    config: "x",
+  });
+  equal(await statusCommand(config, { print }), 2);
+  const said = printed.pop() ?? "";
+  match(said, /is another one \(process 1, Smart Client connects to \\x1b\[2J127\.0\.0\.1:1/);
+  ok(!said.includes("\x1b"), "no escape sequence reaches the console");
+  await file.remove();
+});
+
+Deno.test("--status gives up on a status port that accepts and never answers", async () => {
+  const file = await writeConfig(freePort());
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: file.statusPort });
+  const held = listener.accept();
+  const printed: string[] = [];
+  const code = await statusCommand(await loadClientConfig(file.path), {
+    print: (t) => printed.push(t),
+    timeoutMs: 300,
+  });
+  equal(code, 2);
+  match(printed.join("\n"), new RegExp(`127\\.0\\.0\\.1:${file.statusPort} did not answer within 0\\.3 s`));
+  (await held).close();
+  listener.close();
+  await file.remove();
+});
