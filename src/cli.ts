@@ -27,6 +27,8 @@ export interface CliOptions {
   driver?: string;
   /** `--check`: validate, print the effective settings, exit. */
   check: boolean;
+  /** `--status`: ask the running broker-client for its status, print it, exit (broker-client only). */
+  status: boolean;
   /** `--help`. */
   help: boolean;
   /** `--version`. */
@@ -68,7 +70,7 @@ const TOTVS_ALIASES: Record<string, string | null> = {
 /** The flags each program takes, parsed (node's parseArgs); throws UsageError. */
 function parseFlags(
   args: string[],
-  options: { driver: boolean; service?: boolean },
+  options: { driver: boolean; service?: boolean; status?: boolean },
 ): Record<string, string | boolean | undefined> {
   try {
     return parseArgs({
@@ -78,6 +80,7 @@ function parseFlags(
       options: {
         config: { type: "string", short: "c" },
         ...(options.driver ? { driver: { type: "string" as const } } : {}),
+        ...(options.status ? { status: { type: "boolean" as const } } : {}),
         ...(options.service
           ? {
             install: { type: "boolean" as const },
@@ -100,7 +103,10 @@ function parseFlags(
 }
 
 /** Parses command-line arguments; throws UsageError with a readable message. */
-export function parseCli(args: string[], options: { driver: boolean; service?: boolean }): CliOptions {
+export function parseCli(
+  args: string[],
+  options: { driver: boolean; service?: boolean; status?: boolean },
+): CliOptions {
   const mapped: string[] = [];
   for (const arg of args) {
     const alias = TOTVS_ALIASES[arg.toLowerCase()];
@@ -110,6 +116,7 @@ export function parseCli(args: string[], options: { driver: boolean; service?: b
   const v = parseFlags(mapped, options);
   const result: CliOptions = {
     check: v.check === true,
+    status: v.status === true,
     help: v.help === true,
     version: v.version === true,
     console: v.console === true,

@@ -55,6 +55,7 @@ const clientConfig = await loadClientConfig("examples/loopback/smartclient.ini")
 clientConfig.listen.port = 0;
 clientConfig.brokerServers = [{ hostname: "127.0.0.1", port: chaos.port }];
 clientConfig.log.file = null;
+clientConfig.statusPort = 0;
 const client = new BrokerClient(clientConfig);
 client.listen();
 

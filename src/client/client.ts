@@ -43,6 +43,10 @@ import {
 import { type RetryOutcome, retryUntil, type Verdict } from "./retry.ts";
 import { ADDRESS_CHECK_MS, LocalAddresses, plainAddress } from "./addresses.ts";
 import { HandshakeSlots } from "./handshake_slots.ts";
+import { OutageHistory } from "./outages.ts";
+import { type ClientStatus, clientStatus, type LinkError, renderClientHtml, type SessionView } from "./status.ts";
+import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import { VERSION } from "../version.ts";
 
 export { RejectedError } from "./handshake.ts";
 
@@ -132,11 +136,16 @@ export class BrokerClient {
   #addresses = new LocalAddresses();
   #addressTimer: TimerHandle | undefined;
   #handshakes = new HandshakeSlots(MAX_LINK_HANDSHAKES);
+  #startedAt: number;
+  /** The last error talking to each broker server ("host:port"), for the status page. */
+  #linkErrors = new Map<string, LinkError>();
+  #statusServer: StatusServer | null = null;
 
   /** Creates a client for `config`; call listen() to start. */
   constructor(config: ClientConfig, options: BrokerClientOptions = {}) {
     this.#config = config;
     this.#clock = options.clock ?? (options.now ? { ...systemClock, now: options.now } : systemClock);
+    this.#startedAt = this.#clock.now();
     this.#network = options.network ?? systemNetwork;
     this.#admissionKey = config.admissionKey ? importAdmissionKey(config.admissionKey) : Promise.resolve(null);
   }
@@ -156,6 +165,26 @@ export class BrokerClient {
   /** The sessions in progress (for status and tests). */
   get sessions(): Session[] {
     return [...this.#runners].map((r) => r.session);
+  }
+
+  /** Where the status page listens, when it does. */
+  get statusAddress(): HostPort | null {
+    return this.#statusServer?.address ?? null;
+  }
+
+  /** What the status page and `--status` show: broker servers, sessions, the outage going on. */
+  status(): ClientStatus {
+    return clientStatus({
+      version: VERSION,
+      pid: Deno.pid,
+      startedAt: this.#startedAt,
+      configPath: this.#config.path,
+      listen: this.address,
+      brokerServers: this.#config.brokerServers,
+      sessions: [...this.#runners].map((r) => r.view),
+      linkErrors: this.#linkErrors,
+      now: this.#clock.now(),
+    });
   }
 
   /** How opening each session in progress went: failed rounds and their reasons (for status and tests). */
@@ -181,6 +210,32 @@ export class BrokerClient {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#watchAddresses();
+    this.#startStatusPage();
+  }
+
+  /**
+   * Serves the status page on 127.0.0.1:STATUS_PORT, never another address.
+   * A port already taken (another broker-client on this machine, another
+   * user's on a terminal server) costs the page, never the sessions.
+   */
+  #startStatusPage(): void {
+    if (this.#config.statusPort === 0) return;
+    try {
+      this.#statusServer = startStatusServer({
+        listen: { hostname: "127.0.0.1", port: this.#config.statusPort },
+        accessKey: null,
+        pages: { html: () => renderClientHtml(this.status()), json: () => this.status() },
+      });
+    } catch (err) {
+      log.warn("{error}; broker-client runs without it (broker-client --status cannot reach this one)", {
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  /** Notes the last error talking to `server`, for the status page. */
+  #linkFailed(server: HostPort, message: string): void {
+    this.#linkErrors.set(formatHostPort(server), { message, at: new Date(this.#clock.now()).toISOString() });
   }
 
   /**
@@ -223,6 +278,7 @@ export class BrokerClient {
         network: this.#network,
         handshakes: this.#handshakes,
         admissionKey: this.#admissionKey,
+        linkFailed: (server, message) => this.#linkFailed(server, message),
         done: () => this.#runners.delete(runner),
         farewell: (farewell) => {
           this.#farewells.add(farewell);
@@ -241,6 +297,8 @@ export class BrokerClient {
     this.#clock.clear(this.#addressTimer);
     const grace = this.#clock.setTimeout(() => this.#farewellsEnd.abort(), FAREWELL_GRACE_MS);
     this.#listener?.close();
+    await this.#statusServer?.shutdown();
+    this.#statusServer = null;
     await this.#acceptLoop;
     await Promise.all([...this.#runners].map((r) => r.stop(reason)));
     // Farewells started by the stops above join the set while they run.
@@ -264,6 +322,8 @@ interface SessionRunnerOptions {
   /** Shared by every session of this broker-client: taken for each link being set up. */
   handshakes: HandshakeSlots;
   admissionKey: Promise<CryptoKey | null>;
+  /** Talking to `server` failed with `message` (an opening or a resume attempt). */
+  linkFailed(server: HostPort, message: string): void;
   /** The session has ended (called once). */
   done(): void;
   /** The session ended while its server may not know: broker-client awaits `farewell` before exiting. */
@@ -293,6 +353,7 @@ class SessionRunner {
   #openedAt: number;
   #reconnecting: Promise<void> | null = null;
   #done: () => void;
+  #linkFailed: (server: HostPort, message: string) => void;
   #ended: Promise<void>;
   #endedResolve!: () => void;
   #stopped = new AbortController();
@@ -323,6 +384,8 @@ class SessionRunner {
   #settingUp = new Set<Link>();
   /** The local address of the link attached now, if known. */
   #attachedFrom: string | null = null;
+  /** Outages hidden so far, and the log line of each resume. */
+  #outages = new OutageHistory();
 
   constructor(conn: NetConn, options: SessionRunnerOptions) {
     const { config, clock } = options;
@@ -337,6 +400,7 @@ class SessionRunner {
     this.#handshakes = options.handshakes;
     this.#now = now;
     this.#done = options.done;
+    this.#linkFailed = options.linkFailed;
     this.#farewell = options.farewell;
     this.#smartClient = formatHostPort(conn.remoteAddr as Deno.NetAddr);
     this.#openedAt = now();
@@ -371,6 +435,7 @@ class SessionRunner {
           if (!this.#race) this.#raced = this.#raceSpare(`a probe unanswered for ${Math.round(waitedMs)} ms`);
         },
         reassured: () => this.#race?.abort(),
+        peerReplayed: (bytes, complete) => this.#outages.replayedBy(bytes, complete),
         ended: (end) => this.#onEnded(end),
       },
     });
@@ -428,6 +493,19 @@ class SessionRunner {
   /** Rounds of opening attempts that failed so far, and why the last one did. */
   get opening(): { failedRounds: number; lastFailure: string } {
     return { ...this.#opening };
+  }
+
+  /** What the status page shows of this session. */
+  get view(): SessionView {
+    return {
+      id: this.#identity ? toHex(this.#identity.sessionId).slice(0, 8) : null,
+      smartClient: this.#smartClient,
+      server: this.#identity?.server ?? null,
+      openedAt: this.#openedAt,
+      session: this.#session,
+      outages: this.#outages,
+      opening: this.opening,
+    };
   }
 
   get #label(): string {
@@ -512,6 +590,7 @@ class SessionRunner {
         const transient = err instanceof RejectedError && err.code === RejectCode.Unavailable;
         if ((err instanceof RejectedError && !transient) || err instanceof TlsTrustError) rejections++;
         errors.set(formatHostPort(server), describeError(err));
+        this.#linkFailed(server, describeError(err));
       }
     }
     const summary = [...errors].map(([server, error]) => `${server}: ${error}`).join("; ");
@@ -668,8 +747,10 @@ class SessionRunner {
     if (!identity) return;
     let lastError = "";
     const classify = (err: unknown): Verdict => {
-      if (err instanceof RejectedError) return "final";
       const error = describeError(err);
+      this.#outages.lastAttemptError = error;
+      this.#linkFailed(identity.server, error);
+      if (err instanceof RejectedError) return "final";
       if (error !== lastError) {
         log.info("Session {session}: resume attempt failed ({error}); retrying", { session: this.#label, error });
         lastError = error;
@@ -749,11 +830,17 @@ class SessionRunner {
         link.close();
         return;
       }
-      const away = this.#now() - this.#session.stateSince;
+      this.#outages.begin({
+        session: this.#label,
+        awayMs: this.#now() - this.#session.stateSince,
+        trigger: this.#session.linkLoss ?? "link error",
+        handshakeMs: this.#now() - timing.started,
+      });
       let replayed: number;
       try {
         replayed = this.#session.attach(link, resumed.receivedOffset);
       } catch (err) {
+        this.#outages.abandon();
         const reason = `cannot resume: ${(err as Error).message}`;
         if (err instanceof ResumeGapError || err instanceof RangeError) {
           // Told like any ending: if the answer does not come, the goodbye is said again on a new link.
@@ -769,16 +856,7 @@ class SessionRunner {
       this.#settingUp.delete(link);
       // The CHALLENGE came after a connect and a hello: at most two round trips.
       this.#session.measuredHandshake(timing.challengedIn);
-      log.info(
-        "Session {session} resumed after {seconds} s (trigger: {trigger}; handshake {handshake} ms): {replayed} bytes replayed to the server",
-        {
-          session: this.#label,
-          seconds: (away / 1000).toFixed(1),
-          trigger: this.#session.linkLoss ?? "link error",
-          handshake: this.#now() - timing.started,
-          replayed,
-        },
-      );
+      this.#outages.replayedTo(replayed);
     } catch (err) {
       link.close();
       throw err;

@@ -23,6 +23,7 @@ import { aborted, watchConsole } from "../ops/signals.ts";
 import { VERSION } from "../version.ts";
 import { basename } from "node:path";
 import { BrokerClient } from "./client.ts";
+import { statusCommand } from "./status_command.ts";
 
 /** The default configuration file name. */
 export const CLIENT_CONFIG_FILE = "smartclient.ini";
@@ -38,6 +39,11 @@ Options:
       --check           validate the configuration and the TLS CA file it
                         names, print the effective settings and exit (0
                         valid, 2 invalid)
+      --status          ask the broker-client running with this configuration
+                        for its broker servers and sessions, print them and
+                        exit: 0 every session attached, 1 a session
+                        reconnecting (or not reaching a broker server), 2
+                        broker-client not running or not answering
       --console         log informational lines to the console (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -71,6 +77,8 @@ smartclient.ini: [drivers] active=<section>, and in that section:
   LINK_TLS_FINGERPRINT   SHA-256 of the server certificate to pin
   LOG_MAX_SIZE, LOG_FILES  rotate at this size (default 10M), keep N (default 5)
   LOG_LEVEL, LOG_FORMAT  debug/info/warning/error (default info); text or json
+  STATUS_PORT            status page and status.json on 127.0.0.1 only, for
+                         the helpdesk and --status (default 8405; 0: off)
 The resume window, heartbeat and dead-link times come from the broker server.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -100,6 +108,9 @@ export function describeClientConfig(config: ClientConfig): string {
         }`
         : "plain TCP"
     }; admission key ${config.admissionKey ? "set (hidden)" : "not set"}`,
+    `Status page:         ${
+      config.statusPort === 0 ? "off" : `http://127.0.0.1:${config.statusPort}/ (loopback only; also status.json)`
+    }`,
   ];
   for (const n of config.notes) lines.push(`Note: ${n}`);
   for (const w of config.warnings) lines.push(`Warning: ${w}`);
@@ -111,18 +122,19 @@ export async function clientMain(args: string[], options: { signal: AbortSignal 
   let cli: CliOptions;
   let config: ClientConfig;
   try {
-    cli = parseCli(args, { driver: true });
+    cli = parseCli(args, { driver: true, status: true });
     const answered = answerHelpOrVersion(cli, "broker-client", USAGE);
     if (answered !== null) return answered;
     config = await loadClientConfig(
       cli.config ?? defaultConfigPath(CLIENT_CONFIG_FILE, currentExecLocation()),
       cli.driver,
     );
-    if (!cli.check) checkClientFiles(config);
+    if (!cli.check && !cli.status) checkClientFiles(config);
   } catch (err) {
     return usageFailure(err, "broker-client");
   }
   if (cli.check) return checkOnly(config);
+  if (cli.status) return await statusCommand(config);
   return await runClient(config, cli, options.signal);
 }
 

@@ -17,7 +17,15 @@ import { type ClientTls, readAdmissionKey, readClientTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
 import { readDuration } from "./bounds.ts";
 import { DEFAULT_TUNING, readReplayBufferSize } from "./tuning.ts";
-import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+import {
+  formatHostPort,
+  type HostPort,
+  isLoopback,
+  parseHostPort,
+  parsePort,
+  parsePortOrOff,
+  parseSwitch,
+} from "./values.ts";
 
 /** Everything broker-client needs from smartclient.ini. */
 export interface ClientConfig {
@@ -43,6 +51,8 @@ export interface ClientConfig {
   admissionKey: string | null;
   /** TLS on the link (trusted CA, pinned fingerprint), or null for plain TCP. */
   tls: ClientTls | null;
+  /** Port of the status page and status.json on 127.0.0.1 (never another address); 0 when off. */
+  statusPort: number;
   /** Plain-language notes for the log: how the file was understood. */
   notes: string[];
   /** Oddities found while reading, to be logged at start. */
@@ -51,6 +61,13 @@ export interface ClientConfig {
 
 /** Default log file of broker-client, beside its configuration (a desktop user has no console). */
 export const DEFAULT_CLIENT_LOG_FILE = "broker-client.log";
+
+/**
+ * Default STATUS_PORT of broker-client: beside broker-server's 8404, so that
+ * both can run on one machine (a test bench, the demo) and a helpdesk has
+ * one number to remember.
+ */
+export const DEFAULT_CLIENT_STATUS_PORT = 8405;
 
 /** Default for NEW_SESSION_TIMEOUT: how long a new session may wait for a broker server. */
 export const DEFAULT_NEW_SESSION_TIMEOUT_MS = 30_000;
@@ -88,6 +105,7 @@ export function clientConfigFromIni(doc: IniDocument, driverOverride?: string): 
     log: readLogSettings(section, doc.path, DEFAULT_CLIENT_LOG_FILE),
     admissionKey: readAdmissionKey(section),
     tls: readClientTls(section, doc.path),
+    statusPort: section.value("STATUS_PORT", parsePortOrOff, DEFAULT_CLIENT_STATUS_PORT),
     notes,
     warnings,
   };

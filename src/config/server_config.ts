@@ -11,7 +11,15 @@ import { type LogSettings, readLogSettings } from "./logging.ts";
 import { readAdmissionKey, readLimits, readServerTls, type ServerLimits, type ServerTls } from "./security.ts";
 import { SectionReader } from "./section.ts";
 import { readTuning, type SessionTuning } from "./tuning.ts";
-import { formatHostPort, type HostPort, isLoopback, parseHostPort, parsePort, parseSwitch } from "./values.ts";
+import {
+  formatHostPort,
+  type HostPort,
+  isLoopback,
+  parseHostPort,
+  parsePort,
+  parsePortOrOff,
+  parseSwitch,
+} from "./values.ts";
 
 /** Name of the appserver.ini section that configures the broker. */
 export const BROKER_SECTION = "BALANCE_SMART_CLIENT_DESKTOP";
@@ -149,10 +157,7 @@ function parseCount(text: string): number {
 }
 
 function readStatusConfig(section: SectionReader): StatusConfig {
-  const portEntry = section.entry("STATUS_PORT");
-  const port = portEntry
-    ? section.parseEntry(portEntry, (t) => /^\s*(0|off|none)\s*$/i.test(t) ? 0 : parsePort(t))
-    : DEFAULT_STATUS_PORT;
+  const port = section.value("STATUS_PORT", parsePortOrOff, DEFAULT_STATUS_PORT);
   const hostname = section.value("STATUS_ADDRESS", (t) => {
     if (t.trim() === "") throw new SyntaxError(`expected an address, got ""`);
     return t.trim();

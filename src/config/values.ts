@@ -27,6 +27,11 @@ export function parsePort(text: string): number {
   return port;
 }
 
+/** A port that may be turned off: `0`, `off` or `none` give 0, anything else a port in 1..65535. */
+export function parsePortOrOff(text: string): number {
+  return /^\s*(0|off|none)\s*$/i.test(text) ? 0 : parsePort(text);
+}
+
 /**
  * Parses a server address in any of the spellings administrators use:
  * `host port` (TOTVS), `host:port`, `[ipv6]:port` and `ipv6 port`.

@@ -1,5 +1,5 @@
 /**
- * Renders a status snapshot for people (an HTML page that refreshes itself,
+ * Renders broker-server's status snapshot for people (an HTML page that refreshes itself,
  * readable on a phone, no scripts) and for Prometheus (text format 0.0.4).
  * Pure functions: snapshot in, text out.
  * @module
@@ -19,7 +19,8 @@ export interface RenderHtmlOptions {
   linkKey?: string | null;
 }
 
-function escape(text: string | number): string {
+/** `text` safe inside HTML text and quoted attributes. */
+export function escapeHtml(text: string | number): string {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
@@ -40,7 +41,8 @@ export function formatBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
-const STYLE = `
+/** The style sheet of both programs' status pages. */
+export const STATUS_STYLE = `
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:1rem;color:#1d2733;background:#f5f7fa}
 h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.5rem 0 .5rem}
 .meta{color:#5b6b7c;font-size:.9rem}.cards{display:flex;flex-wrap:wrap;gap:.5rem;margin-top:1rem}
@@ -57,7 +59,7 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
   const t = s.totals;
   const query = options.linkKey ? `?key=${encodeURIComponent(options.linkKey)}` : "";
   const card = (label: string, value: string | number) =>
-    `<div class="card">${escape(label)}<b>${escape(value)}</b></div>`;
+    `<div class="card">${escapeHtml(label)}<b>${escapeHtml(value)}</b></div>`;
   const listed = s.sessions.slice(0, SESSION_ROWS);
   const unlisted = s.sessions.length - listed.length;
   const servers = serverRows(s.servers);
@@ -65,21 +67,21 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <meta http-equiv="refresh" content="${REFRESH_SECONDS}"><title>Protheus broker: ${t.sessionsActive} sessions</title>
-<style>${STYLE}</style></head><body>
+<style>${STATUS_STYLE}</style></head><body>
 <h1>Protheus broker-server</h1>
-<div class="meta">version ${escape(s.version)} · up ${escape(formatAge(s.uptimeSeconds))} · listening on ${
-    escape(s.listen)
-  } · balancing ${escape(s.sortMethod)} · memory ${
-    escape(formatBytes(s.memory.rss))
+<div class="meta">version ${escapeHtml(s.version)} · up ${escapeHtml(formatAge(s.uptimeSeconds))} · listening on ${
+    escapeHtml(s.listen)
+  } · balancing ${escapeHtml(s.sortMethod)} · memory ${
+    escapeHtml(formatBytes(s.memory.rss))
   } · refreshes every ${REFRESH_SECONDS} s</div>
-<div class="meta">In force: ${escape(s.config.path)}${
-    s.config.reloadedAt ? ` (reloaded ${escape(s.config.reloadedAt)})` : ""
+<div class="meta">In force: ${escapeHtml(s.config.path)}${
+    s.config.reloadedAt ? ` (reloaded ${escapeHtml(s.config.reloadedAt)})` : ""
   } · admission key ${s.config.admissionKey ? "set" : "not set"} · link ${
     s.config.linkTls ? "TLS" : "plain TCP"
-  } · status page key ${s.config.statusAccessKey ? "set" : "not set"} · log ${escape(s.config.log)}</div>${
+  } · status page key ${s.config.statusAccessKey ? "set" : "not set"} · log ${escapeHtml(s.config.log)}</div>${
     s.config.pendingRestart.length > 0
       ? `\n<div class="meta"><span class="draining">Changed in the file, waiting for a restart: ${
-        escape(s.config.pendingRestart.join(", "))
+        escapeHtml(s.config.pendingRestart.join(", "))
       }</span></div>`
       : ""
   }
@@ -98,17 +100,17 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
     s.sessions.length === 0
       ? `<div class="empty">No sessions.</div>`
       : `<table><thead><tr><th>Session</th><th>Client</th><th>ERP server</th><th>State</th><th>Age</th><th>To client</th><th>To ERP</th><th>Resumes</th><th>Replay buffer (of ${
-        escape(formatBytes(s.replayBufferBytes))
+        escapeHtml(formatBytes(s.replayBufferBytes))
       })</th></tr></thead><tbody>${sessions}</tbody></table>${
         unlisted > 0
           ? `<div class="empty">… and ${unlisted} more sessions: see <a href="status.json${
-            escape(query)
+            escapeHtml(query)
           }">status.json</a> for all of them.</div>`
           : ""
       }`
   }</div>
-<p class="meta">Machine-readable: <a href="status.json${escape(query)}">status.json</a> · <a href="metrics${
-    escape(query)
+<p class="meta">Machine-readable: <a href="status.json${escapeHtml(query)}">status.json</a> · <a href="metrics${
+    escapeHtml(query)
   }">metrics</a> (Prometheus)</p>
 </body></html>
 `;
@@ -117,14 +119,14 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
 /** The ERP servers table's rows. */
 function serverRows(list: StatusSnapshot["servers"]): string {
   return list.map((b) =>
-    `<tr><td>${escape(b.name)}</td><td>${escape(b.address)}</td><td class="${b.health}">${b.health}${
+    `<tr><td>${escapeHtml(b.name)}</td><td>${escapeHtml(b.address)}</td><td class="${b.health}">${b.health}${
       b.draining ? ` <span class="draining">draining</span>` : ""
     }</td>` +
     `<td class="n">${b.activeSessions}${
       b.maxSessions > 0 ? ` / ${b.maxSessions}` : ""
     }</td><td class="n">${b.totalSessions}</td>` +
     `<td class="n">${b.weight}</td><td class="err">${
-      b.lastError ? `${escape(b.lastError.message)} <span class="meta">(${escape(b.lastError.at)})</span>` : ""
+      b.lastError ? `${escapeHtml(b.lastError.message)} <span class="meta">(${escapeHtml(b.lastError.at)})</span>` : ""
     }</td></tr>`
   ).join("");
 }
@@ -132,15 +134,17 @@ function serverRows(list: StatusSnapshot["servers"]): string {
 /** The sessions table's rows. */
 function sessionRows(list: StatusSnapshot["sessions"]): string {
   return list.map((x) =>
-    `<tr><td><code>${escape(x.id)}</code></td><td>${escape(x.client)}</td><td>${escape(x.server)}</td>` +
-    `<td class="${x.state}">${x.state} ${escape(formatAge(x.stateSeconds))}</td><td class="n">${
-      escape(formatAge(x.ageSeconds))
+    `<tr><td><code>${escapeHtml(x.id)}</code></td><td>${escapeHtml(x.client)}</td><td>${escapeHtml(x.server)}</td>` +
+    `<td class="${x.state}">${x.state} ${escapeHtml(formatAge(x.stateSeconds))}</td><td class="n">${
+      escapeHtml(formatAge(x.ageSeconds))
     }</td>` +
-    `<td class="n">${escape(formatBytes(x.bytesToClient))}</td><td class="n">${
-      escape(formatBytes(x.bytesToErp))
+    `<td class="n">${escapeHtml(formatBytes(x.bytesToClient))}</td><td class="n">${
+      escapeHtml(formatBytes(x.bytesToErp))
     }</td>` +
-    `<td class="n">${x.resumes}${x.resumes > 0 && x.lastLinkLoss ? ` (last: ${escape(x.lastLinkLoss)})` : ""}</td>` +
-    `<td class="n">${escape(formatBytes(x.bufferedBytes))}</td></tr>`
+    `<td class="n">${x.resumes}${
+      x.resumes > 0 && x.lastLinkLoss ? ` (last: ${escapeHtml(x.lastLinkLoss)})` : ""
+    }</td>` +
+    `<td class="n">${escapeHtml(formatBytes(x.bufferedBytes))}</td></tr>`
   ).join("");
 }
 

@@ -1,20 +1,30 @@
 /**
- * The status HTTP listener of broker-server, on Deno.serve: `/` (HTML),
- * `/status.json` and `/metrics` (Prometheus). Bound to the loopback unless
- * configured otherwise; beyond it an access key is required (Bearer token,
- * Basic auth password, or `?key=`), and refused requests get a bare 401.
- * Without a key, only requests naming a loopback host are answered, so a web
- * page cannot read the status through DNS rebinding (a hostile name that
- * resolves to 127.0.0.1 in the administrator's browser).
+ * The status HTTP listener of both programs, on Deno.serve: `/` (HTML),
+ * `/status.json` and, for broker-server, `/metrics` (Prometheus). Bound to
+ * the loopback unless configured otherwise (broker-client: always); beyond
+ * it an access key is required (Bearer token, Basic auth password, or
+ * `?key=`), and refused requests get a bare 401. Without a key, only
+ * requests naming a loopback host are answered, so a web page cannot read
+ * the status through DNS rebinding (a hostile name that resolves to
+ * 127.0.0.1 in the administrator's browser).
  * @module
  */
 
 import { formatHostPort, type HostPort } from "../config/values.ts";
-import type { StatusSnapshot } from "../server/stats.ts";
 import { logger } from "./log.ts";
-import { renderHtml, renderMetrics } from "./status_render.ts";
+import type { RenderHtmlOptions } from "./status_render.ts";
 
 const log = logger("status");
+
+/** What a status listener serves, rendered afresh for each request. */
+export interface StatusPages {
+  /** The HTML page; `options.linkKey`: the `?key=` it was opened with, for its links. */
+  html(options: RenderHtmlOptions): string;
+  /** The content of status.json. */
+  json(): unknown;
+  /** The Prometheus text of /metrics; without it, /metrics is not found. */
+  metrics?(): string;
+}
 
 /** Options of the status listener. */
 export interface StatusServerOptions {
@@ -22,8 +32,8 @@ export interface StatusServerOptions {
   listen: HostPort;
   /** Required access key, or null when open (loopback). */
   accessKey: string | null;
-  /** Where the figures come from. */
-  snapshot: () => StatusSnapshot;
+  /** What it serves. */
+  pages: StatusPages;
 }
 
 /** A running status listener. */
@@ -110,17 +120,17 @@ export async function handleStatusRequest(request: Request, options: StatusServe
     const queryKey = options.accessKey !== null && !request.headers.has("authorization")
       ? new URL(request.url).searchParams.get("key")
       : null;
-    return new Response(renderHtml(options.snapshot(), { linkKey: queryKey }), {
+    return new Response(options.pages.html({ linkKey: queryKey }), {
       headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
     });
   }
   if (path === "/status.json") {
-    return new Response(JSON.stringify(options.snapshot(), null, 2), {
+    return new Response(JSON.stringify(options.pages.json(), null, 2), {
       headers: { ...noStore, "content-type": "application/json" },
     });
   }
-  if (path === "/metrics") {
-    return new Response(renderMetrics(options.snapshot()), {
+  if (path === "/metrics" && options.pages.metrics) {
+    return new Response(options.pages.metrics(), {
       headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
     });
   }
@@ -144,8 +154,9 @@ export function startStatusServer(options: StatusServerOptions): StatusServer {
     );
   }
   const address = { hostname: server.addr.hostname, port: server.addr.port };
-  log.info("Status page on http://{address}/ (also /status.json and /metrics){auth}", {
+  log.info("Status page on http://{address}/ (also /status.json{metrics}){auth}", {
     address: formatHostPort(address),
+    metrics: options.pages.metrics ? " and /metrics" : "",
     auth: options.accessKey ? ", access key required" : "",
   });
   return {

@@ -9,6 +9,7 @@ import type { StatusConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import { renderHtml, renderMetrics } from "../ops/status_render.ts";
 import type { StatusSnapshot } from "./stats.ts";
 
 const log = logger("server");
@@ -38,7 +39,11 @@ export class StatusPage {
       this.#server = startStatusServer({
         listen: status.listen,
         accessKey: status.accessKey,
-        snapshot: this.#snapshot,
+        pages: {
+          html: (options) => renderHtml(this.#snapshot(), options),
+          json: () => this.#snapshot(),
+          metrics: () => renderMetrics(this.#snapshot()),
+        },
       });
       return null;
     } catch (err) {

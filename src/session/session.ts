@@ -130,6 +130,12 @@ export interface SessionEvents {
   goingAway?(drainMs: number, reason: string): void;
   /** The peer was heard from for the first time: it has the session. */
   confirmed?(): void;
+  /**
+   * The client's link just resumed brought the server's replay: `bytes` of
+   * DATA before the server's first ACK (which follows its replay at once);
+   * `complete` false when the link or the session ended before that ACK.
+   */
+  peerReplayed?(bytes: number, complete: boolean): void;
   /** The session is over; the local socket is closed. */
   ended(end: SessionEnd): void;
 }
@@ -233,6 +239,8 @@ export class Session {
    */
   #attachAckHeard = false;
   #linkLoss: LinkLoss | null = null;
+  /** The server's replay counted so far on the client's link just resumed, until the server's first ACK on it. */
+  #peerReplay: { bytes: number } | null = null;
   /**
    * Echoes owed on a link (server): probes that came while more than
    * ECHO_QUEUE_LIMIT waited to be written to it, answered once it drains.
@@ -364,6 +372,8 @@ export class Session {
     this.#dropLink();
     this.#clock.clear(this.#windowTimer);
     this.#link = link;
+    // Before the read loop starts: the replay may be in the link's buffer already.
+    if (resumed && this.#role === "client") this.#peerReplay = { bytes: 0 };
     this.#setState("attached");
     link.lastReceivedAt = this.#clock.now();
     link.recycleBuffers(this.#lent);
@@ -503,6 +513,7 @@ export class Session {
   }
 
   #end(end: SessionEnd): void {
+    this.#peerReplayEnded(false);
     this.#setState("closed");
     this.#clock.clear(this.#ackTimer);
     this.#clock.clear(this.#tickTimer);
@@ -512,7 +523,16 @@ export class Session {
     this.#events.ended(end);
   }
 
+  /** The server's replay on the link just resumed is over (`complete`: its ACK came), or cut short. */
+  #peerReplayEnded(complete: boolean): void {
+    const replay = this.#peerReplay;
+    if (!replay) return;
+    this.#peerReplay = null;
+    this.#events.peerReplayed?.(replay.bytes, complete);
+  }
+
   #dropLink(): void {
+    this.#peerReplayEnded(false);
     const old = this.#link;
     if (!old) return;
     this.#link = null;
@@ -589,6 +609,7 @@ export class Session {
         this.#onData(link, payload);
         return;
       case FrameType.Ack:
+        this.#peerReplayEnded(true);
         this.#applyAck(readU64(payload, 0));
         return;
       case FrameType.Heartbeat:
@@ -641,6 +662,7 @@ export class Session {
     }
     this.#received += bytes.length;
     this.stats.bytesReceived += bytes.length;
+    if (this.#peerReplay) this.#peerReplay.bytes += bytes.length;
     if (bytes.length < SMALL_DATA_BYTES) {
       // Small pieces are gathered into shared buffers: a peer sending
       // one byte per DATA frame must not cost an object (and a write) per byte.

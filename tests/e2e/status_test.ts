@@ -7,7 +7,7 @@ import { clientConfig, serverConfig, startClient, startErp, startServer, waitFor
 import type { StatusSnapshot } from "../../src/server/stats.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { findChromium, headlessArgs } from "../../tools/chromium.ts";
-import { echo, freePort } from "../helpers/apps.ts";
+import { echo, freePort, getWithHost } from "../helpers/apps.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { loadServerConfig } from "../../src/config/server_config.ts";
 import { SESSION_ROWS } from "../../src/ops/status_render.ts";
@@ -153,18 +153,6 @@ Deno.test({
     await Deno.remove(profile, { recursive: true });
   },
 });
-
-/** A GET with a Host header of our choosing (fetch always sends the real one); resolves to the status code. */
-async function getWithHost(port: number, path: string, host: string): Promise<number> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
-  const chunks: Uint8Array[] = [];
-  const buf = new Uint8Array(16 * 1024);
-  for (let n; (n = await conn.read(buf)) !== null;) chunks.push(buf.slice(0, n));
-  conn.close();
-  const head = new TextDecoder().decode(chunks[0] ?? new Uint8Array());
-  return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? NaN);
-}
 
 Deno.test("the keyless loopback page answers only to loopback host names (no DNS rebinding)", async () => {
   await using erp = startErp(echo);

@@ -73,3 +73,15 @@ export async function readAndWrite(conn: Deno.Conn, seed: number, size: number, 
   ]);
   return digest;
 }
+
+/** The HTTP status of `GET path` on 127.0.0.1:`port` sent with the header `Host: host` (fetch would not send it). */
+export async function getWithHost(port: number, path: string, host: string): Promise<number> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+  const chunks: Uint8Array[] = [];
+  const buf = new Uint8Array(16 * 1024);
+  for (let n; (n = await conn.read(buf)) !== null;) chunks.push(buf.slice(0, n));
+  conn.close();
+  const head = new TextDecoder().decode(chunks[0] ?? new Uint8Array());
+  return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? NaN);
+}

@@ -40,7 +40,8 @@ export function clientConfig(brokerPorts: number[], extra: Record<string, string
     "port=1",
     "BrokerProxy=1",
     `BrokerServer=${brokerPorts.map((p) => `127.0.0.1:${p}`).join(",")}`,
-    ...Object.entries(extra).map(([k, v]) => `${k}=${v}`),
+    // A fixed status port would collide between tests: on only where a test asks.
+    ...Object.entries({ STATUS_PORT: "0", ...extra }).map(([k, v]) => `${k}=${v}`),
   ];
   const config = clientConfigFromIni(parseIni(lines.join("\n"), "test-smartclient.ini"));
   config.listen.port = 0;

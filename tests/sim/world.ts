@@ -286,6 +286,7 @@ async function world(
         "BrokerProxy = 1",
         `BrokerServer = ${BROKER}:${BROKER_PORT}`,
         `REPLAY_BUFFER_SIZE = ${tuning.replayBuffer}`,
+        "STATUS_PORT = 0",
         ...(admissionKey ? [`ADMISSION_KEY = ${admissionKey}`] : []),
       ].join("\n"),
       "sim/smartclient.ini",
