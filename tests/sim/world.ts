@@ -203,8 +203,12 @@ async function world(
   /** Session id (short) by Smart Client port, and how each side said each session ended. */
   const idByPort = new Map<number, string>();
   const ends = new Map<string, { server?: string; client?: string; serverAt?: number; clientAt?: number }>();
-  /** Broker-side ports of the ERP connections of sessions that hostile peers opened. */
-  const hostileErpPorts = new Set<number>();
+  /** Sessions hostile peers opened (replaying a real opening), by their ERP connection's broker-side port. */
+  const hostileOpened = new Map<number, string>();
+  /** Sessions broker-client opened for a Smart Client. */
+  const adopted = new Set<string>();
+  /** Wakes what waits on the log (set once the world's waiters exist). */
+  let logChanged = () => {};
   /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
   const stalls: [number, string][] = [];
   const traced = note;
@@ -213,10 +217,14 @@ async function world(
     const port = /Smart Client 127\.0\.0\.1:(\d+)/.exec(line)?.[1];
     if (port) clientLines.set(Number(port), [...clientLines.get(Number(port)) ?? [], line]);
     const opened = /client: Session ([0-9a-f]{8}) opened for Smart Client 127\.0\.0\.1:(\d+)/.exec(line);
-    if (opened) idByPort.set(Number(opened[2]), opened[1] as string);
+    if (opened) {
+      idByPort.set(Number(opened[2]), opened[1] as string);
+      adopted.add(opened[1] as string);
+      logChanged();
+    }
     // broker-server names each session's ERP connection by its local port.
-    const opening = /server: Session [0-9a-f]{8} opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
-    if (opening && opening[1] === ATTACKER) hostileErpPorts.add(Number(opening[2]));
+    const opening = /server: Session ([0-9a-f]{8}) opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
+    if (opening && opening[2] === ATTACKER) hostileOpened.set(Number(opening[3]), opening[1] as string);
     // A link given up for silence, or suspected, while the network works is a stall.
     if (/link silent for|link suspected \(a probe unanswered/.test(line)) stalls.push([clock.now(), line]);
     const closed = /(server|client): Session ([0-9a-f]{8}) closed: (.*?); /.exec(line);
@@ -226,6 +234,7 @@ async function world(
       end[side] = closed[3] as string;
       end[`${side}At`] = clock.now();
       ends.set(closed[2] as string, end);
+      logChanged();
     }
   };
   logTarget = note;
@@ -296,6 +305,7 @@ async function world(
 
   // ERP applications: each accepted connection runs the plan of the session its tag names.
   const changes = new Changes();
+  logChanged = () => changes.notify();
   const plans: AppPlan[] = [];
   const results: {
     client?: AppResult;
@@ -316,14 +326,20 @@ async function world(
       for (;;) {
         const conn = await listener.accept();
         erpConns.push(conn);
-        readTag(conn).then((index) => {
-          if (hostileErpPorts.has((conn.remoteAddr as Deno.NetAddr).port)) {
-            // A replayed opening without an admission key is a session like
-            // any other: its bytes are not the real session's.
-            note(`ERP ${host}: a connection of a session a hostile peer opened (tag ${index}); closed`);
+        readTag(conn).then(async (index) => {
+          const replayed = hostileOpened.get((conn.remoteAddr as Deno.NetAddr).port);
+          if (replayed !== undefined) {
             if (admissionKey) problems.push(`a session opened by a hostile peer reached the ERP despite ADMISSION_KEY`);
-            conn.close();
-            return;
+            // Without an admission key, a replayed opening opens a session:
+            // the real client's own if its retried opening proves it (the
+            // welcome went to the replayer), else one of the replayer's own,
+            // whose bytes are not the real session's.
+            await changes.until(() => adopted.has(replayed) || ends.get(replayed)?.server !== undefined);
+            if (!adopted.has(replayed)) {
+              note(`ERP ${host}: a connection of a session a hostile peer opened (tag ${index}); closed`);
+              conn.close();
+              return;
+            }
           }
           const pair = index === null ? undefined : results[index];
           if (index === null || !pair) {
