@@ -1,6 +1,7 @@
 /**
- * The status HTTP listener of broker-server, on Deno.serve: `/` (HTML),
- * `/status.json` and `/metrics` (Prometheus). Bound to the loopback unless
+ * The status HTTP listener of broker-server, on Deno.serve: `/` (HTML,
+ * with a session filter in the query string), `/status.json`,
+ * `/history.json` (the last 24 hours) and `/metrics` (Prometheus). Bound to the loopback unless
  * configured otherwise; beyond it an access key is required (Bearer token,
  * Basic auth password, or `?key=`), and refused requests get a bare 401.
  * Without a key, only requests naming a loopback host are answered, so a web
@@ -12,7 +13,8 @@
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import type { StatusSnapshot } from "../server/stats.ts";
 import { logger } from "./log.ts";
-import { renderHtml, renderMetrics } from "./status_render.ts";
+import type { HistorySnapshot } from "../server/history.ts";
+import { parseSessionFilter, renderHtml, renderMetrics } from "./status_render.ts";
 
 const log = logger("status");
 
@@ -24,6 +26,8 @@ export interface StatusServerOptions {
   accessKey: string | null;
   /** Where the figures come from. */
   snapshot: () => StatusSnapshot;
+  /** The last 24 hours (the charts and /history.json); absent: neither. */
+  history?: () => HistorySnapshot;
 }
 
 /** A running status listener. */
@@ -103,26 +107,33 @@ export async function handleStatusRequest(request: Request, options: StatusServe
   if (request.method !== "GET" && request.method !== "HEAD") {
     return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
   }
-  const path = new URL(request.url).pathname;
+  const url = new URL(request.url);
   const noStore = { "cache-control": "no-store" };
-  if (path === "/" || path === "/index.html") {
-    // A page opened with ?key= keeps it in its links (the header ways need no help).
-    const queryKey = options.accessKey !== null && !request.headers.has("authorization")
-      ? new URL(request.url).searchParams.get("key")
-      : null;
-    return new Response(renderHtml(options.snapshot(), { linkKey: queryKey }), {
-      headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
-    });
-  }
-  if (path === "/status.json") {
-    return new Response(JSON.stringify(options.snapshot(), null, 2), {
-      headers: { ...noStore, "content-type": "application/json" },
-    });
-  }
-  if (path === "/metrics") {
-    return new Response(renderMetrics(options.snapshot()), {
-      headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-    });
+  const json = (value: unknown) =>
+    new Response(JSON.stringify(value, null, 2), { headers: { ...noStore, "content-type": "application/json" } });
+  switch (url.pathname) {
+    case "/":
+    case "/index.html": {
+      // A page opened with ?key= keeps it in its links (the header ways need no help).
+      const linkKey = options.accessKey !== null && !request.headers.has("authorization")
+        ? url.searchParams.get("key")
+        : null;
+      const html = renderHtml(options.snapshot(), {
+        linkKey,
+        filter: parseSessionFilter(url.searchParams),
+        ...(options.history ? { history: options.history() } : {}),
+      });
+      return new Response(html, { headers: { ...noStore, "content-type": "text/html; charset=utf-8" } });
+    }
+    case "/status.json":
+      return json(options.snapshot());
+    case "/history.json":
+      if (options.history) return json(options.history());
+      break;
+    case "/metrics":
+      return new Response(renderMetrics(options.snapshot()), {
+        headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
   }
   return new Response("Not found\n", { status: 404, headers: { "content-type": "text/plain" } });
 }
@@ -144,7 +155,7 @@ export function startStatusServer(options: StatusServerOptions): StatusServer {
     );
   }
   const address = { hostname: server.addr.hostname, port: server.addr.port };
-  log.info("Status page on http://{address}/ (also /status.json and /metrics){auth}", {
+  log.info("Status page on http://{address}/ (also /status.json, /history.json and /metrics){auth}", {
     address: formatHostPort(address),
     auth: options.accessKey ? ", access key required" : "",
   });

@@ -9,6 +9,7 @@ import type { StatusConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
+import type { HistorySnapshot } from "./history.ts";
 import type { StatusSnapshot } from "./stats.ts";
 
 const log = logger("server");
@@ -16,11 +17,13 @@ const log = logger("server");
 /** The status page of one broker-server. */
 export class StatusPage {
   #snapshot: () => StatusSnapshot;
+  #history: () => HistorySnapshot;
   #server: StatusServer | null = null;
 
-  /** A page that shows `snapshot()`; call start() to listen. */
-  constructor(snapshot: () => StatusSnapshot) {
+  /** A page that shows `snapshot()` and `history()`; call start() to listen. */
+  constructor(snapshot: () => StatusSnapshot, history: () => HistorySnapshot) {
     this.#snapshot = snapshot;
+    this.#history = history;
   }
 
   /** Where the page listens, when it does. */
@@ -39,6 +42,7 @@ export class StatusPage {
         listen: status.listen,
         accessKey: status.accessKey,
         snapshot: this.#snapshot,
+        history: this.#history,
       });
       return null;
     } catch (err) {
