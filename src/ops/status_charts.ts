@@ -18,7 +18,7 @@ export interface Scheme {
   text: string;
   muted: string;
   grid: string;
-  attached: string;
+  live: string;
   detached: string;
   resumes: string;
   lost: string;
@@ -32,7 +32,7 @@ export const PALETTE: { light: Scheme; dark: Scheme } = {
     text: "#1d2733",
     muted: "#52606e",
     grid: "#d5dce4",
-    attached: "#1f63d6",
+    live: "#1f63d6",
     detached: "#b35c00",
     resumes: "#0b7a5b",
     lost: "#c4161c",
@@ -43,7 +43,7 @@ export const PALETTE: { light: Scheme; dark: Scheme } = {
     text: "#e6edf3",
     muted: "#9aa7b4",
     grid: "#30363d",
-    attached: "#58a6ff",
+    live: "#58a6ff",
     detached: "#f0b429",
     resumes: "#3fb950",
     lost: "#ff7b72",
@@ -68,8 +68,8 @@ export function contrastRatio(a: string, b: string): number {
 /** The charts' CSS for one scheme (classes used by the SVG below). */
 export function chartStyle(s: Scheme): string {
   return `.chart text{fill:${s.text};font-size:13px}.chart .m{fill:${s.muted}}.chart .g{stroke:${s.grid};stroke-width:1}` +
-    `.chart .att{fill:${s.attached}}.chart .det{fill:${s.detached}}.chart .res{fill:${s.resumes}}.chart .lost{fill:${s.lost}}` +
-    `.chart .k-att{fill:${s.attached}}.chart .k-det{fill:${s.detached}}.chart .k-res{fill:${s.resumes}}.chart .k-lost{fill:${s.lost}}`;
+    `.chart .att{fill:${s.live}}.chart .det{fill:${s.detached}}.chart .res{fill:${s.resumes}}.chart .lost{fill:${s.lost}}` +
+    `.chart .k-att{fill:${s.live}}.chart .k-det{fill:${s.detached}}.chart .k-res{fill:${s.resumes}}.chart .k-lost{fill:${s.lost}}`;
 }
 
 function escape(text: string | number): string {
@@ -144,7 +144,9 @@ function frame(max: number): string {
   const lines = [0, max / 2, max].map((v) => {
     const y = BASE - (v / max) * PLOT;
     return `<line class="g" x1="${LEFT}" x2="${LEFT + COLUMNS * COLUMN}" y1="${y}" y2="${y}"/>` +
-      `<text class="m" x="${LEFT - 6}" y="${y + 4}" text-anchor="end">${escape(formatCount(v))}</text>`;
+      `<text class="m" x="${LEFT - 6}" y="${y + 4}" text-anchor="end">${
+        escape(Number.isInteger(v) ? formatCount(v) : v.toFixed(1))
+      }</text>`;
   }).join("");
   const hours = [24, 18, 12, 6, 0].map((ago, i) =>
     `<text class="m" x="${LEFT + i * (COLUMNS * COLUMN / 4)}" y="${H - 6}" text-anchor="${
@@ -186,21 +188,21 @@ function svg(label: string, height: number, body: string): string {
     `<title>${escape(label)}</title>${body}</svg>`;
 }
 
-/** Live sessions over 24 h: attached below, detached stacked on top (each column: its busiest minute). */
+/** Live sessions over 24 h (each column: its busiest minute), and the detached ones among them. */
 export function sessionsChart(h: HistorySnapshot): string {
-  const attached = columns(h.series.attached);
+  const live = columns(h.series.live);
   const detached = columns(h.series.detached);
-  const stacked = attached.map((a, i) => a === null ? null : a + (detached[i] ?? 0));
-  const max = niceCeil(Math.max(0, ...stacked.map((v) => v ?? 0)));
-  const nowAttached = lastKnown(h.series.attached);
+  const zero = live.map(() => 0);
+  const max = niceCeil(Math.max(0, ...live.map((v) => v ?? 0)));
+  const nowLive = lastKnown(h.series.live);
   const nowDetached = lastKnown(h.series.detached);
   return svg(
-    `Live sessions over the last 24 hours: now ${nowAttached} attached, ${nowDetached} detached`,
+    `Live sessions over the last 24 hours: now ${nowLive}, of them ${nowDetached} detached`,
     H,
-    frame(max) + `<path class="att" d="${area(attached, attached.map(() => 0), max)}"/>` +
-      `<path class="det" d="${area(stacked, attached, max)}"/>` +
-      key(LEFT, "k-att", `attached (now ${formatCount(nowAttached)})`) +
-      key(LEFT + 220, "k-det", `detached (now ${formatCount(nowDetached)})`),
+    frame(max) + `<path class="att" d="${area(live, zero, max)}"/>` +
+      `<path class="det" d="${area(detached, zero, max)}"/>` +
+      key(LEFT, "k-att", `live sessions (now ${formatCount(nowLive)})`) +
+      key(LEFT + 250, "k-det", `detached (now ${formatCount(nowDetached)})`),
   );
 }
 

@@ -36,6 +36,11 @@ const HOUR_MS = 3_600_000;
 /** Fields of one hour of one flaky-table entry: outages, sessions lost, total seconds, longest seconds. */
 const FIELDS = 4;
 
+/** `n` modulo `m`, never negative (a virtual clock may start at 0, so hours and minutes before it are negative). */
+function modulo(n: number, m: number): number {
+  return ((n % m) + m) % m;
+}
+
 /** Adds `n` to `a[i]`. */
 function add(a: Uint32Array | Float64Array, i: number, n = 1): void {
   a[i] = (a[i] as number) + n;
@@ -105,8 +110,11 @@ export interface HistorySnapshot {
   to: string;
   /** One value per minute; null before the history started (and, for sampled figures, for minutes never sampled). */
   series: {
-    attached: (number | null)[];
+    /** Most live sessions (attached and detached) in the minute. */
+    live: (number | null)[];
+    /** Most detached sessions seen in the minute's samples. */
     detached: (number | null)[];
+    /** Fewest ERP servers up seen in the minute's samples. */
     serversUp: (number | null)[];
     opened: (number | null)[];
     resumes: (number | null)[];
@@ -145,7 +153,8 @@ export class ServerHistory {
   #lastMinute: number;
   readonly #stamp = new Float64Array(HISTORY_MINUTES).fill(-1);
   readonly #sampled = new Uint8Array(HISTORY_MINUTES);
-  readonly #attached = new Uint32Array(HISTORY_MINUTES);
+  readonly #serversUpKnown = new Uint8Array(HISTORY_MINUTES);
+  readonly #live = new Uint32Array(HISTORY_MINUTES);
   readonly #detached = new Uint32Array(HISTORY_MINUTES);
   readonly #serversUp = new Uint32Array(HISTORY_MINUTES);
   readonly #opened = new Uint32Array(HISTORY_MINUTES);
@@ -171,7 +180,8 @@ export class ServerHistory {
     const arrays = [
       this.#stamp,
       this.#sampled,
-      this.#attached,
+      this.#serversUpKnown,
+      this.#live,
       this.#detached,
       this.#serversUp,
       this.#opened,
@@ -194,13 +204,14 @@ export class ServerHistory {
   #slot(now: number): number {
     const minute = Math.max(Math.floor(now / MINUTE_MS), this.#lastMinute);
     this.#lastMinute = minute;
-    const slot = minute % HISTORY_MINUTES;
+    const slot = modulo(minute, HISTORY_MINUTES);
     if (this.#stamp[slot] !== minute) {
       this.#stamp[slot] = minute;
       for (
         const series of [
           this.#sampled,
-          this.#attached,
+          this.#serversUpKnown,
+          this.#live,
           this.#detached,
           this.#serversUp,
           this.#opened,
@@ -215,6 +226,16 @@ export class ServerHistory {
       this.#bins.fill(0, slot * BINS, slot * BINS + BINS);
     }
     return slot;
+  }
+
+  /**
+   * `count` sessions are live now (called as sessions open and end, so
+   * each minute's peak is exact; samples add the detached ones).
+   */
+  sessionsLive(now: number, count: number): void {
+    const slot = this.#slot(now);
+    this.#sampled[slot] = 1;
+    this.#live[slot] = Math.max(this.#live[slot] as number, count);
   }
 
   /** A session opened. */
@@ -254,9 +275,10 @@ export class ServerHistory {
   /** Live figures now: each minute keeps its most sessions, its fewest ERP servers up, and its bytes. */
   sample(now: number, figures: HistorySample): void {
     const slot = this.#slot(now);
-    const first = this.#sampled[slot] === 0;
+    const first = this.#sampled[slot] === 0 || this.#serversUpKnown[slot] === 0;
     this.#sampled[slot] = 1;
-    this.#attached[slot] = Math.max(this.#attached[slot] as number, figures.attached);
+    this.#serversUpKnown[slot] = 1;
+    this.#live[slot] = Math.max(this.#live[slot] as number, figures.attached + figures.detached);
     this.#detached[slot] = Math.max(this.#detached[slot] as number, figures.detached);
     this.#serversUp[slot] = first ? figures.serversUp : Math.min(this.#serversUp[slot] as number, figures.serversUp);
     const last = this.#lastBytes;
@@ -273,16 +295,16 @@ export class ServerHistory {
     const first = end - HISTORY_MINUTES + 1;
     const slots = Array.from({ length: HISTORY_MINUTES }, (_, i) => {
       const minute = first + i;
-      const slot = minute % HISTORY_MINUTES;
+      const slot = modulo(minute, HISTORY_MINUTES);
       return minute < this.#startMinute ? -2 : this.#stamp[slot] === minute ? slot : -1;
     });
     // -2: before the start (null); -1: a minute nothing happened in (0, or null for sampled figures).
     const counter = (a: ArrayLike<number>) => slots.map((s) => s === -2 ? null : s === -1 ? 0 : a[s] as number);
     const gauge = (a: ArrayLike<number>) => slots.map((s) => s < 0 || this.#sampled[s] === 0 ? null : a[s] as number);
     const series = {
-      attached: gauge(this.#attached),
+      live: gauge(this.#live),
       detached: gauge(this.#detached),
-      serversUp: gauge(this.#serversUp),
+      serversUp: slots.map((s) => s < 0 || this.#serversUpKnown[s] === 0 ? null : this.#serversUp[s] as number),
       opened: counter(this.#opened),
       resumes: counter(this.#resumes),
       expired: counter(this.#expired),
@@ -395,7 +417,7 @@ export class FlakyTable {
   }
 
   #hourFields(entry: number, hour: number): Float32Array {
-    const at = (entry * HOURS + (hour % HOURS)) * FIELDS;
+    const at = (entry * HOURS + modulo(hour, HOURS)) * FIELDS;
     return this.#hours.subarray(at, at + FIELDS);
   }
 

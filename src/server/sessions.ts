@@ -286,6 +286,7 @@ export class SessionDesk {
     this.#server.stats.sessionsOpened++;
     this.#server.history.opened(this.#server.clock.now());
     attempt.opened(own.publicKey, entry);
+    this.#server.history.sessionsLive(this.#server.clock.now(), this.#server.registry.size);
     entry.session.start();
     this.#server.adopt(link);
     entry.session.attach(link, 0);
@@ -523,6 +524,7 @@ export class SessionDesk {
     const traffic = erpTraffic(stats);
     this.#server.stats.recordEnd(end.cause, { ...traffic, replayed: stats.bytesReplayed });
     const now = this.#server.clock.now();
+    this.#server.history.sessionsLive(now, registry.size);
     if (end.cause !== "complete") {
       this.#server.history.sessionLost(now, end.cause, { client: entry.client, seconds: (now - detachedAt) / 1000 });
     }

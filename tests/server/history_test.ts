@@ -70,13 +70,20 @@ Deno.test("history: samples keep each minute's most sessions, fewest ERP servers
   // A counter that went back (it cannot, but if it did) starts a new baseline instead of a negative minute.
   h.sample(T0 + 4 * MINUTE_MS, { attached: 1, detached: 0, serversUp: 2, bytesToClients: 100, bytesToErp: 0 });
   const s = h.snapshot(T0 + 4 * MINUTE_MS);
-  deepEqual(s.series.attached.slice(-5), [9, null, null, 1, 1], "minutes never sampled are null");
+  deepEqual(s.series.live.slice(-5), [11, null, null, 1, 1], "minutes never sampled are null");
   deepEqual(s.series.detached.slice(-5), [2, null, null, 0, 0]);
   deepEqual(s.series.serversUp.slice(-5), [1, null, null, 2, 2]);
   deepEqual(s.series.bytesToClients.slice(-5), [600, 0, 0, 1_000, 0]);
   deepEqual(s.series.bytesToErp.slice(-5), [20, 0, 0, 10, 0]);
   deepEqual([s.totals.bytesToClients, s.totals.bytesToErp], [1_600, 30]);
-  equal(s.series.attached[HISTORY_MINUTES - 6], null, "before the start");
+  equal(s.series.live[HISTORY_MINUTES - 6], null, "before the start");
+  // Sessions opening and ending report the live count at once: a minute's peak between samples shows.
+  h.sessionsLive(T0 + 4 * MINUTE_MS + 1, 40);
+  h.sessionsLive(T0 + 4 * MINUTE_MS + 2, 39);
+  h.sessionsLive(T0 + 5 * MINUTE_MS, 0);
+  const later = h.snapshot(T0 + 5 * MINUTE_MS);
+  deepEqual(later.series.live.slice(-2), [40, 0]);
+  deepEqual(later.series.serversUp.slice(-2), [2, null], "not sampled in the last minute");
 });
 
 Deno.test("history: a clock that steps back counts in the latest minute and never overwrites a newer one", () => {
@@ -169,4 +176,13 @@ Deno.test("history: its memory is fixed, a few hundred KiB, however busy (measur
   console.log(`ServerHistory, filled: ${Math.round(each / 1024)} KiB each (typed arrays ${one.byteLength} bytes)`);
   ok(each < 512 * 1024, `a filled history takes ${Math.round(each / 1024)} KiB`);
   equal(kept.length, count);
+});
+
+Deno.test("history: a clock that starts at 0 (the simulation's virtual clock) counts like any other", () => {
+  const h = new ServerHistory(0);
+  h.opened(0);
+  h.outageHidden(5, { client: "10.0.0.1:1", seconds: 2 });
+  const s = h.snapshot(10);
+  deepEqual([s.series.opened.at(-1), s.series.opened.at(-2), s.totals.resumes], [1, null, 1]);
+  deepEqual(s.flakiest.clients.map((r) => [r.key, r.outages, r.longestSeconds]), [["10.0.0.1", 1, 2]]);
 });
