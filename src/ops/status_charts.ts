@@ -117,11 +117,11 @@ const PLOT = 110;
 const BASE = TOP + PLOT;
 const H = BASE + 24;
 
-/** The smallest of 1, 2, 5 x 10^k at or above `n` (at least 1). */
+/** The smallest of 1, 2, 3, 4, 5, 6, 8 x 10^k at or above `n` (at least 1): the scale fills most of its height. */
 export function niceCeil(n: number): number {
   if (!(n > 1)) return 1;
   const power = 10 ** Math.floor(Math.log10(n));
-  return [1, 2, 5, 10].map((m) => m * power).find((v) => v >= n) as number;
+  return [1, 2, 3, 4, 5, 6, 8, 10].map((m) => m * power).find((v) => v >= n) as number;
 }
 
 /** `values` (oldest first) in COLUMNS columns, each the largest value it covers (null: none known). */

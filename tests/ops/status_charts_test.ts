@@ -96,7 +96,7 @@ Deno.test("charts: every colour reads on its background, light and dark", () => 
   equal(Math.round(contrastRatio("#ffffff", "#000000")), 21);
 });
 
-Deno.test("charts: columns keep each span's largest value; scales round up to 1, 2 or 5", () => {
+Deno.test("charts: columns keep each span's largest value; scales round up to 1, 2, 3, 4, 5, 6 or 8", () => {
   const values: (number | null)[] = Array(HISTORY_MINUTES).fill(null);
   values[0] = 3;
   values[5] = 7;
@@ -104,5 +104,5 @@ Deno.test("charts: columns keep each span's largest value; scales round up to 1,
   const c = columns(values);
   equal(c.length, 240);
   deepEqual(c.slice(0, 3), [7, 0, null]);
-  deepEqual([0, 1, 3, 7, 10, 11, 240, 1001].map(niceCeil), [1, 1, 5, 10, 10, 20, 500, 2000]);
+  deepEqual([0, 1, 3, 7, 10, 11, 22, 240, 1001].map(niceCeil), [1, 1, 3, 8, 10, 20, 30, 300, 2000]);
 });
