@@ -91,6 +91,11 @@ Deno.test("charts: every colour reads on its background, light and dark", () => 
         ok(contrastRatio(series, ground) >= 3, `${name}: ${series} on ${ground}: ${contrastRatio(series, ground)}`);
       }
     }
+    // The series colours also colour text in the tables (attached, detached, up, down) on the panel.
+    for (const series of [s.live, s.detached, s.resumes, s.lost]) {
+      ok(contrastRatio(series, s.panel) >= 4.5, `${name}: text in ${series} on the panel`);
+    }
+    ok(contrastRatio(s.text, s.grid) >= 4.5, `${name}: table headings on ${s.grid}`);
   }
   ok(contrastRatio(PALETTE.dark.panel, "#000000") < 1.5, "the dark scheme is dark");
   equal(Math.round(contrastRatio("#ffffff", "#000000")), 21);
