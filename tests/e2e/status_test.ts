@@ -271,12 +271,12 @@ Deno.test("with many sessions the page lists them all up to its bound, and filte
 
 /**
  * A broker whose link is reset twice under `count` sessions (each resumes
- * twice: hidden outages), then refused until their 1 s window has closed
+ * twice: hidden outages), then refused until their 3 s window has closed
  * (each is lost). Resolves once every session has ended on the server.
  */
 async function flakyRun(count: number) {
   const erp = startErp(echo);
-  const config = serverConfig([erp.port], { RESUME_TIMEOUT: "1s", HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" });
+  const config = serverConfig([erp.port], { RESUME_TIMEOUT: "3s", HEARTBEAT_INTERVAL: "100ms", LINK_TIMEOUT: "400ms" });
   const server = startServer(withStatus(config));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
   const client = startClient(clientConfig([chaos.port]));
