@@ -18,13 +18,20 @@ interface Pair {
   index: number;
 }
 
+/** Where the relay forwards to; `localAddress` (another 127.x address on Linux) shows the server another client. */
+export interface ChaosTarget {
+  host: string;
+  port: number;
+  localAddress?: string;
+}
+
 /** The relay's fault modes for new connections. */
 export type ChaosMode = "pass" | "refuse" | "blackhole";
 
 /** A misbehaving TCP relay on 127.0.0.1. */
 export class ChaosLink {
   #server: net.Server;
-  #target: { host: string; port: number };
+  #target: ChaosTarget;
   #pairs = new Set<Pair>();
   #mode: ChaosMode = "pass";
   #delayMs = 0;
@@ -34,13 +41,13 @@ export class ChaosLink {
   /** Connections accepted. */
   connections = 0;
 
-  private constructor(server: net.Server, target: { host: string; port: number }) {
+  private constructor(server: net.Server, target: ChaosTarget) {
     this.#server = server;
     this.#target = target;
   }
 
   /** Starts a relay on 127.0.0.1 (port 0) to `target`. */
-  static async start(target: { host: string; port: number }): Promise<ChaosLink> {
+  static async start(target: ChaosTarget): Promise<ChaosLink> {
     const server = net.createServer({ noDelay: true });
     const link = new ChaosLink(server, target);
     server.on("connection", (socket) => link.#accept(socket));
@@ -95,7 +102,8 @@ export class ChaosLink {
       front.resetAndDestroy();
       return;
     }
-    const back = net.connect({ host: this.#target.host, port: this.#target.port, noDelay: true });
+    const { host, port, localAddress } = this.#target;
+    const back = net.connect({ host, port, noDelay: true, ...(localAddress ? { localAddress } : {}) });
     back.on("error", () => {});
     const pair: Pair = { front, back, frozen: this.#mode === "blackhole", index: this.connections - 1 };
     this.#pairs.add(pair);

@@ -5,23 +5,86 @@
  * @module
  */
 
-import type { StatusSnapshot } from "../server/stats.ts";
+import type { FlakyRow, HistorySnapshot } from "../server/history.ts";
+import type { SessionStatus, StatusSnapshot } from "../server/stats.ts";
+import {
+  chartStyle,
+  formatCount,
+  formatOutage,
+  headline,
+  outagesChart,
+  PALETTE,
+  resumesChart,
+  type Scheme,
+  sessionsChart,
+} from "./status_charts.ts";
 
 /** Seconds between automatic refreshes of the HTML page. */
 export const REFRESH_SECONDS = 5;
 
 /** Most sessions listed on the HTML page; status.json lists them all. */
-export const SESSION_ROWS = 100;
+export const SESSION_ROWS = 200;
+
+/** Longest filter value taken from the query string (characters); longer ones are cut. */
+export const FILTER_MAX_LENGTH = 64;
+
+/** Which sessions the page lists: substrings of the client address and ERP server name, and a state. */
+export interface SessionFilter {
+  client: string;
+  server: string;
+  state: "" | "attached" | "detached";
+}
 
 /** Options of renderHtml. */
 export interface RenderHtmlOptions {
   /** The access key the page was opened with as `?key=`, kept in its links; null or absent otherwise. */
   linkKey?: string | null;
+  /** The last 24 hours, for the charts; absent: no charts. */
+  history?: HistorySnapshot;
+  /** Which sessions to list (default: all). */
+  filter?: SessionFilter;
 }
 
 /** `text` safe inside HTML text and quoted attributes. */
 export function escapeHtml(text: string | number): string {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/**
+ * The session filter of a query string (`client`, `server`, `state`):
+ * values are cut to FILTER_MAX_LENGTH characters, an unknown state is
+ * ignored; whatever is given is only ever compared and escaped.
+ */
+export function parseSessionFilter(params: URLSearchParams): SessionFilter {
+  const value = (name: string) => (params.get(name) ?? "").trim().slice(0, FILTER_MAX_LENGTH);
+  const state = value("state").toLowerCase();
+  return {
+    client: value("client"),
+    server: value("server"),
+    state: state === "attached" || state === "detached" ? state : "",
+  };
+}
+
+/**
+ * The sessions that `filter` lets through, most in need of a look first:
+ * detached ones (longest away first), then the most resumed, then the oldest.
+ */
+export function selectSessions(list: readonly SessionStatus[], filter: SessionFilter): SessionStatus[] {
+  const client = filter.client.toLowerCase();
+  const server = filter.server.toLowerCase();
+  const picked = list.filter((x) =>
+    (client === "" || x.client.toLowerCase().includes(client)) &&
+    (server === "" || x.server.toLowerCase().includes(server)) &&
+    (filter.state === "" || x.state === filter.state)
+  );
+  const detached = (x: SessionStatus) => x.state === "detached" ? 1 : 0;
+  return picked.sort((a, b) =>
+    detached(b) - detached(a) ||
+    (detached(a) ? b.stateSeconds - a.stateSeconds : 0) ||
+    b.resumes - a.resumes ||
+    b.ageSeconds - a.ageSeconds ||
+    (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  );
 }
 
 /** "3 d 4 h", "12 min 5 s", "42 s". */
@@ -41,37 +104,62 @@ export function formatBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
-/** The style sheet of both programs' status pages. */
+/** The page's colours as CSS variables, for one scheme. */
+function schemeVariables(s: Scheme): string {
+  return `--bg:${s.background};--panel:${s.panel};--text:${s.text};--muted:${s.muted};--grid:${s.grid};` +
+    `--ok:${s.resumes};--warn:${s.detached};--bad:${s.lost};--head:${s.grid}`;
+}
+
+/** The style sheet of both programs' status pages (light and dark schemes). */
 export const STATUS_STYLE = `
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:1rem;color:#1d2733;background:#f5f7fa}
-h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.5rem 0 .5rem}
-.meta{color:#5b6b7c;font-size:.9rem}.cards{display:flex;flex-wrap:wrap;gap:.5rem;margin-top:1rem}
-.card{background:#fff;border-radius:6px;padding:.5rem .8rem;box-shadow:0 1px 2px #0002;min-width:7rem}
-.card b{display:block;font-size:1.2rem}.wrap{overflow-x:auto;background:#fff;border-radius:6px;box-shadow:0 1px 2px #0002}
-table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{padding:.4rem .6rem;text-align:left;white-space:nowrap;border-bottom:1px solid #e6eaef}
-th{background:#eef2f6;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.up{color:#0a7a32;font-weight:600}.down{color:#c4161c;font-weight:600}.draining{color:#a15c00;font-weight:600}
-td.err{white-space:normal;min-width:14rem}.attached{color:#0a7a32}.detached{color:#a15c00;font-weight:600}.empty{color:#5b6b7c;padding:.8rem}
+:root{color-scheme:light dark;${schemeVariables(PALETTE.light)}}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:1rem;color:var(--text);background:var(--bg)}
+a{color:inherit}h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.05rem;margin:1.5rem 0 .5rem}
+.meta{color:var(--muted);font-size:.9rem}.cards{display:flex;flex-wrap:wrap;gap:.5rem;margin-top:1rem}
+.card{background:var(--panel);border-radius:6px;padding:.5rem .8rem;box-shadow:0 1px 2px #0002;min-width:7rem}
+.card b{display:block;font-size:1.2rem}.wrap{overflow-x:auto;background:var(--panel);border-radius:6px;box-shadow:0 1px 2px #0002}
+.headline{font-size:1.15rem;font-weight:600;margin:1rem 0 0;padding:.6rem .8rem;background:var(--panel);border-radius:6px;border-left:4px solid var(--ok)}
+.headline.lost{border-left-color:var(--bad)}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,30rem),1fr));gap:.75rem}
+.chart{display:block;width:100%;height:auto;background:var(--panel);border-radius:6px;padding:.3rem 0}
+.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,24rem),1fr));gap:.75rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{padding:.4rem .6rem;text-align:left;white-space:nowrap;border-bottom:1px solid var(--grid)}
+th{background:var(--head);font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.up{color:var(--ok);font-weight:600}.down{color:var(--bad);font-weight:600}.draining{color:var(--warn);font-weight:600}
+td.err{white-space:normal;min-width:14rem}.attached{color:var(--ok)}.detached{color:var(--warn);font-weight:600}.empty{color:var(--muted);padding:.8rem}
+form.filter{display:flex;flex-wrap:wrap;gap:.4rem;margin:0 0 .5rem}form.filter input,form.filter select,form.filter button{font:inherit;padding:.3rem .5rem;color:var(--text);background:var(--panel);border:1px solid var(--muted);border-radius:4px}
+${chartStyle(PALETTE.light)}
+@media (prefers-color-scheme:dark){:root{${schemeVariables(PALETTE.dark)}}${chartStyle(PALETTE.dark)}}
 `;
 
-/** The status page: every ERP server, the first SESSION_ROWS sessions. */
+/** The status page: the last 24 hours, every ERP server, and up to SESSION_ROWS sessions. */
 export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): string {
   const t = s.totals;
   const query = options.linkKey ? `?key=${encodeURIComponent(options.linkKey)}` : "";
-  const card = (label: string, value: string | number) =>
-    `<div class="card">${escapeHtml(label)}<b>${escapeHtml(value)}</b></div>`;
-  const listed = s.sessions.slice(0, SESSION_ROWS);
-  const unlisted = s.sessions.length - listed.length;
-  const servers = serverRows(s.servers);
-  const sessions = sessionRows(listed);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <meta http-equiv="refresh" content="${REFRESH_SECONDS}"><title>Protheus broker: ${t.sessionsActive} sessions</title>
 <style>${STATUS_STYLE}</style></head><body>
 <h1>Protheus broker-server</h1>
-<div class="meta">version ${escapeHtml(s.version)} · up ${escapeHtml(formatAge(s.uptimeSeconds))} · listening on ${
-    escapeHtml(s.listen)
-  } · balancing ${escapeHtml(s.sortMethod)} · memory ${
+${metaLines(s)}
+${options.history ? historySection(options.history) : ""}
+<div class="cards">${cards(s)}</div>
+<h2>ERP servers</h2>
+<div class="wrap"><table><thead><tr><th>Server</th><th>Address</th><th>State</th><th>Sessions</th><th>Total</th><th>Weight</th><th>Last error</th></tr></thead>
+<tbody>${serverRows(s.servers)}</tbody></table></div>
+${sessionsSection(s, options.filter ?? { client: "", server: "", state: "" }, options.linkKey ?? null)}
+<p class="meta">Machine-readable: <a href="status.json${escapeHtml(query)}">status.json</a> · <a href="history.json${
+    escapeHtml(query)
+  }">history.json</a> · <a href="metrics${escapeHtml(query)}">metrics</a> (Prometheus)</p>
+</body></html>
+`;
+}
+
+/** The lines under the title: version, uptime, address, memory, configuration in force. */
+function metaLines(s: StatusSnapshot): string {
+  return `<div class="meta">version ${escapeHtml(s.version)} · up ${
+    escapeHtml(formatAge(s.uptimeSeconds))
+  } · listening on ${escapeHtml(s.listen)} · balancing ${escapeHtml(s.sortMethod)} · memory ${
     escapeHtml(formatBytes(s.memory.rss))
   } · refreshes every ${REFRESH_SECONDS} s</div>
 <div class="meta">In force: ${escapeHtml(s.config.path)}${
@@ -84,36 +172,83 @@ export function renderHtml(s: StatusSnapshot, options: RenderHtmlOptions = {}): 
         escapeHtml(s.config.pendingRestart.join(", "))
       }</span></div>`
       : ""
-  }
-<div class="cards">${card("Active sessions", t.sessionsActive)}${card("Opened", t.sessionsOpened)}${
-    card("Resumes", t.resumes)
-  }${card("Replaced while attached", t.resumesByTrigger.replacedWhileAttached)}${card("Expired", t.sessionsExpired)}${
-    card("Ended by error", t.sessionsAborted)
-  }${card("To clients", formatBytes(t.bytesToClients))}${card("To ERP", formatBytes(t.bytesToErp))}${
-    card("Replayed", formatBytes(t.bytesReplayed))
-  }</div>
-<h2>ERP servers</h2>
-<div class="wrap"><table><thead><tr><th>Server</th><th>Address</th><th>State</th><th>Sessions</th><th>Total</th><th>Weight</th><th>Last error</th></tr></thead>
-<tbody>${servers}</tbody></table></div>
-<h2>Sessions (${s.sessions.length})</h2>
-<div class="wrap">${
-    s.sessions.length === 0
-      ? `<div class="empty">No sessions.</div>`
-      : `<table><thead><tr><th>Session</th><th>Client</th><th>ERP server</th><th>State</th><th>Age</th><th>To client</th><th>To ERP</th><th>Resumes</th><th>Replay buffer (of ${
-        escapeHtml(formatBytes(s.replayBufferBytes))
-      })</th></tr></thead><tbody>${sessions}</tbody></table>${
-        unlisted > 0
-          ? `<div class="empty">… and ${unlisted} more sessions: see <a href="status.json${
-            escapeHtml(query)
-          }">status.json</a> for all of them.</div>`
-          : ""
-      }`
-  }</div>
-<p class="meta">Machine-readable: <a href="status.json${escapeHtml(query)}">status.json</a> · <a href="metrics${
-    escapeHtml(query)
-  }">metrics</a> (Prometheus)</p>
-</body></html>
-`;
+  }`;
+}
+
+/** The counters since start. */
+function cards(s: StatusSnapshot): string {
+  const t = s.totals;
+  const card = (label: string, value: string | number) =>
+    `<div class="card">${escapeHtml(label)}<b>${escapeHtml(value)}</b></div>`;
+  return card("Active sessions", t.sessionsActive) + card("Opened", t.sessionsOpened) + card("Resumes", t.resumes) +
+    card("Replaced while attached", t.resumesByTrigger.replacedWhileAttached) + card("Expired", t.sessionsExpired) +
+    card("Ended by error", t.sessionsAborted) + card("To clients", formatBytes(t.bytesToClients)) +
+    card("To ERP", formatBytes(t.bytesToErp)) + card("Replayed", formatBytes(t.bytesReplayed));
+}
+
+/** The headline, the three charts and the flakiest clients and networks. */
+function historySection(h: HistorySnapshot): string {
+  const lost = h.totals.expired + h.totals.aborted > 0;
+  return `<p class="headline${lost ? " lost" : ""}">${escapeHtml(headline(h))}</p>
+<h2>Last 24 hours</h2>
+<div class="charts">${sessionsChart(h)}${resumesChart(h)}${outagesChart(h)}</div>
+<h2>Flakiest clients (24 h)</h2>
+<div class="pair"><div class="wrap">${flakyTable("Client", h.flakiest.clients)}</div><div class="wrap">${
+    flakyTable("Network", h.flakiest.networks)
+  }</div></div>`;
+}
+
+/** One flakiest table: where the bad Wi-Fi is. */
+function flakyTable(what: string, rows: FlakyRow[]): string {
+  if (rows.length === 0) return `<div class="empty">No outages in the last 24 h.</div>`;
+  return `<table><thead><tr><th>${what}</th><th>Outages</th><th>Lost</th><th>Total</th><th>Longest</th></tr></thead><tbody>${
+    rows.map((r) =>
+      `<tr><td>${escapeHtml(r.key)}</td><td class="n">${escapeHtml(formatCount(r.outages))}</td><td class="n">${
+        escapeHtml(formatCount(r.lost))
+      }</td><td class="n">${escapeHtml(formatOutage(r.totalSeconds))}</td><td class="n">${
+        escapeHtml(formatOutage(r.longestSeconds))
+      }</td></tr>`
+    ).join("")
+  }</tbody></table>`;
+}
+
+/** The sessions heading, the filter form and the table of up to SESSION_ROWS sessions. */
+function sessionsSection(s: StatusSnapshot, filter: SessionFilter, linkKey: string | null): string {
+  const picked = selectSessions(s.sessions, filter);
+  const listed = picked.slice(0, SESSION_ROWS);
+  const filtered = filter.client !== "" || filter.server !== "" || filter.state !== "";
+  const query = linkKey ? `?key=${encodeURIComponent(linkKey)}` : "";
+  const count = filtered ? `${picked.length} of ${s.sessions.length}` : `${s.sessions.length}`;
+  const more = picked.length - listed.length;
+  const table = listed.length === 0
+    ? `<div class="empty">${filtered ? "No session matches the filter." : "No sessions."}</div>`
+    : `<table><thead><tr><th>Session</th><th>Client</th><th>ERP server</th><th>State</th><th>Age</th><th>To client</th><th>To ERP</th><th>Resumes</th><th>Replay buffer (of ${
+      escapeHtml(formatBytes(s.replayBufferBytes))
+    })</th></tr></thead><tbody>${sessionRows(listed)}</tbody></table>`;
+  return `<h2>Sessions (${count})</h2>
+${filterForm(filter, linkKey)}
+<div class="wrap">${table}${
+    more > 0
+      ? `<div class="empty">… and ${more} more sessions: see <a href="status.json${
+        escapeHtml(query)
+      }">status.json</a> for all of them.</div>`
+      : ""
+  }</div>`;
+}
+
+/** The filter form (a plain GET: no scripts); a page opened with ?key= keeps it. */
+function filterForm(filter: SessionFilter, linkKey: string | null): string {
+  const option = (value: string, words: string) =>
+    `<option value="${value}"${filter.state === value ? " selected" : ""}>${words}</option>`;
+  return `<form class="filter" method="get"><input name="client" value="${
+    escapeHtml(filter.client)
+  }" placeholder="client address" aria-label="client address"><input name="server" value="${
+    escapeHtml(filter.server)
+  }" placeholder="ERP server" aria-label="ERP server"><select name="state" aria-label="state">${
+    option("", "any state") + option("detached", "detached") + option("attached", "attached")
+  }</select>${
+    linkKey ? `<input type="hidden" name="key" value="${escapeHtml(linkKey)}">` : ""
+  }<button>Filter</button></form>`;
 }
 
 /** The ERP servers table's rows. */

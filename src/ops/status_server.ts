@@ -1,6 +1,8 @@
 /**
- * The status HTTP listener of both programs, on Deno.serve: `/` (HTML),
- * `/status.json` and, for broker-server, `/metrics` (Prometheus). Bound to
+ * The status HTTP listener of both programs, on Deno.serve: `/` (HTML;
+ * broker-server's with a session filter in the query string),
+ * `/status.json` and, for broker-server, `/history.json` (the last 24 hours)
+ * and `/metrics` (Prometheus). Bound to
  * the loopback unless configured otherwise (broker-client: always); beyond
  * it an access key is required (Bearer token, Basic auth password, or
  * `?key=`), and refused requests get a bare 401. Without a key, only
@@ -18,10 +20,15 @@ const log = logger("status");
 
 /** What a status listener serves, rendered afresh for each request. */
 export interface StatusPages {
-  /** The HTML page; `options.linkKey`: the `?key=` it was opened with, for its links. */
-  html(options: RenderHtmlOptions): string;
+  /**
+   * The HTML page; `options.linkKey`: the `?key=` it was opened with, for
+   * its links; `query`: the request's query string (e.g. a filter).
+   */
+  html(options: Pick<RenderHtmlOptions, "linkKey">, query: URLSearchParams): string;
   /** The content of status.json. */
   json(): unknown;
+  /** The content of history.json; without it, /history.json is not found. */
+  history?(): unknown;
   /** The Prometheus text of /metrics; without it, /metrics is not found. */
   metrics?(): string;
 }
@@ -113,26 +120,34 @@ export async function handleStatusRequest(request: Request, options: StatusServe
   if (request.method !== "GET" && request.method !== "HEAD") {
     return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
   }
-  const path = new URL(request.url).pathname;
+  const url = new URL(request.url);
   const noStore = { "cache-control": "no-store" };
-  if (path === "/" || path === "/index.html") {
-    // A page opened with ?key= keeps it in its links (the header ways need no help).
-    const queryKey = options.accessKey !== null && !request.headers.has("authorization")
-      ? new URL(request.url).searchParams.get("key")
-      : null;
-    return new Response(options.pages.html({ linkKey: queryKey }), {
-      headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
-    });
-  }
-  if (path === "/status.json") {
-    return new Response(JSON.stringify(options.pages.json(), null, 2), {
-      headers: { ...noStore, "content-type": "application/json" },
-    });
-  }
-  if (path === "/metrics" && options.pages.metrics) {
-    return new Response(options.pages.metrics(), {
-      headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-    });
+  const json = (value: unknown) =>
+    new Response(JSON.stringify(value, null, 2), { headers: { ...noStore, "content-type": "application/json" } });
+  const pages = options.pages;
+  switch (url.pathname) {
+    case "/":
+    case "/index.html": {
+      // A page opened with ?key= keeps it in its links (the header ways need no help).
+      const linkKey = options.accessKey !== null && !request.headers.has("authorization")
+        ? url.searchParams.get("key")
+        : null;
+      return new Response(pages.html({ linkKey }, url.searchParams), {
+        headers: { ...noStore, "content-type": "text/html; charset=utf-8" },
+      });
+    }
+    case "/status.json":
+      return json(pages.json());
+    case "/history.json":
+      if (pages.history) return json(pages.history());
+      break;
+    case "/metrics":
+      if (pages.metrics) {
+        return new Response(pages.metrics(), {
+          headers: { ...noStore, "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      }
+      break;
   }
   return new Response("Not found\n", { status: 404, headers: { "content-type": "text/plain" } });
 }
@@ -154,9 +169,9 @@ export function startStatusServer(options: StatusServerOptions): StatusServer {
     );
   }
   const address = { hostname: server.addr.hostname, port: server.addr.port };
-  log.info("Status page on http://{address}/ (also /status.json{metrics}){auth}", {
+  log.info("Status page on http://{address}/ (also /status.json{more}){auth}", {
     address: formatHostPort(address),
-    metrics: options.pages.metrics ? " and /metrics" : "",
+    more: `${options.pages.history ? ", /history.json" : ""}${options.pages.metrics ? " and /metrics" : ""}`,
     auth: options.accessKey ? ", access key required" : "",
   });
   return {

@@ -98,8 +98,8 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   MAX_FRAME_SIZE (1M), MAX_BUFFERED (2G): limits
   DRAIN_TIMEOUT          on stop, time live sessions get to finish (default
                          10s; 0 ends them at once)
-  STATUS_PORT            status page, /status.json and /metrics (default 8404;
-                         0 turns it off)
+  STATUS_PORT            status page, /status.json, /history.json and /metrics
+                         (default 8404; 0 turns it off)
   STATUS_ADDRESS         its address (default 127.0.0.1)
   STATUS_ACCESS_KEY      required when STATUS_ADDRESS is not the loopback
   LOG_FILE               log file (relative to this file's folder; default none)

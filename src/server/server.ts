@@ -17,12 +17,13 @@ import { importAdmissionKey } from "../protocol/resume_auth.ts";
 import { RateLimiter, sourceOf } from "./rate_limit.ts";
 import { LinkGate } from "./link_gate.ts";
 import { Link } from "../session/link.ts";
-import { type Clock, systemClock } from "../session/clock.ts";
+import { type Clock, systemClock, type TimerHandle } from "../session/clock.ts";
 import { type NetConn, type NetListener, type Network, systemNetwork } from "../session/network.ts";
 import { describeError, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
-import { buildStatus, ServerStats, type StatusSnapshot } from "./stats.ts";
+import { buildStatus, erpTraffic, ServerStats, type StatusSnapshot } from "./stats.ts";
+import { type HistorySnapshot, ServerHistory } from "./history.ts";
 import { Reloader } from "./reloading.ts";
 import { StatusPage } from "./status_page.ts";
 import { acceptLoop, type AcceptNote, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
@@ -41,6 +42,9 @@ const log = logger("server");
  * that say nothing, or dribble, are cut short by it.
  */
 const HELLO_TIMEOUT_MS = 2_000;
+
+/** How often the history samples live sessions, ERP servers up and bytes (ms): a few samples in each minute. */
+const HISTORY_SAMPLE_MS = 20_000;
 
 /** How long a reloaded file that weakens security must read the same before it is applied (ms). */
 export const DEFAULT_RELOAD_SETTLE_MS = 1_000;
@@ -77,7 +81,9 @@ export class BrokerServer {
   #balancer: Balancer;
   #healthChecker: HealthChecker;
   #stats: ServerStats;
-  #statusPage = new StatusPage(() => this.status());
+  #history: ServerHistory;
+  #historyTimer: TimerHandle | undefined;
+  #statusPage = new StatusPage(() => this.status(), () => this.history());
   #stopping = false;
   #drained: (() => void) | null = null;
   #rates: RateLimiter;
@@ -97,6 +103,7 @@ export class BrokerServer {
       network: this.#network,
     });
     this.#stats = new ServerStats(this.#now());
+    this.#history = new ServerHistory(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#gate = new LinkGate({
       now: this.#now,
@@ -122,6 +129,7 @@ export class BrokerServer {
       registry: this.#registry,
       balancer: this.#balancer,
       stats: this.#stats,
+      history: this.#history,
       shutdown: this.#shutdown.signal,
       stopping: () => this.#stopping,
       admissionKey: () => this.#admissionKey,
@@ -138,6 +146,32 @@ export class BrokerServer {
   /** Where the status page listens, when it does. */
   get statusAddress(): HostPort | null {
     return this.#statusPage.address;
+  }
+
+  /** The last 24 hours: the status page's charts and /history.json. */
+  history(): HistorySnapshot {
+    this.#sampleHistory();
+    return this.#history.snapshot(this.#now());
+  }
+
+  /** Samples the live figures into the history: every HISTORY_SAMPLE_MS, and whenever the page reads it. */
+  #sampleHistory(): void {
+    let attached = 0;
+    let bytesToClients = this.#stats.endedBytesToClient;
+    let bytesToErp = this.#stats.endedBytesToErp;
+    for (const e of this.#registry.values()) {
+      if (e.session.state === "attached") attached++;
+      const traffic = erpTraffic(e.session.stats);
+      bytesToClients += traffic.toClient;
+      bytesToErp += traffic.toErp;
+    }
+    this.#history.sample(this.#now(), {
+      attached,
+      detached: this.#registry.size - attached,
+      serversUp: this.#balancer.backends.filter((b) => b.health === "up" && !b.draining).length,
+      bytesToClients,
+      bytesToErp,
+    });
   }
 
   /** The figures of the status page, /status.json and /metrics. */
@@ -243,6 +277,8 @@ export class BrokerServer {
     });
     this.#acceptLoop = this.#accept(this.#listener);
     this.#healthChecker.start(this.#config.health.intervalMs);
+    this.#sampleHistory();
+    this.#historyTimer = this.#clock.setInterval(() => this.#sampleHistory(), HISTORY_SAMPLE_MS);
     this.#statusPage.start(this.#config.status);
   }
 
@@ -302,6 +338,7 @@ export class BrokerServer {
       this.#drained = null;
     }
     this.#shutdown.abort();
+    this.#clock.clear(this.#historyTimer);
     await this.#reloader.idle;
     this.#listener?.close();
     await this.#acceptLoop;

@@ -50,6 +50,7 @@ import {
 import type { RateLimiter } from "./rate_limit.ts";
 import { type OpeningAttempt, type SessionEntry, type SessionRegistry, shortId, type Tombstone } from "./registry.ts";
 import { erpTraffic, type ServerStats } from "./stats.ts";
+import type { ServerHistory } from "./history.ts";
 
 const log = logger("server");
 
@@ -76,6 +77,8 @@ export interface SessionDeskOptions {
   balancer: Balancer;
   /** The server's counters. */
   stats: ServerStats;
+  /** The server's last 24 hours. */
+  history: ServerHistory;
   /** Aborted when the server shuts down. */
   shutdown: AbortSignal;
   /** Whether the server is stopping (refuses new sessions). */
@@ -281,7 +284,9 @@ export class SessionDesk {
     link.send(welcome);
     const entry = this.#entry({ sessionId, source, key, secret, client: link.peer }, backend, timers, attempt);
     this.#server.stats.sessionsOpened++;
+    this.#server.history.opened(this.#server.clock.now());
     attempt.opened(own.publicKey, entry);
+    this.#server.history.sessionsLive(this.#server.clock.now(), this.#server.registry.size);
     entry.session.start();
     this.#server.adopt(link);
     entry.session.attach(link, 0);
@@ -308,6 +313,8 @@ export class SessionDesk {
     attempt: OpeningAttempt,
   ): SessionEntry {
     const id = toHex(fields.sessionId);
+    // When the latest link was lost: an expired session's outage ran from there.
+    let detachedAt = this.#server.clock.now();
     const entry: SessionEntry = {
       id,
       ...fields,
@@ -321,6 +328,7 @@ export class SessionDesk {
         clock: this.#server.clock,
         events: {
           detached: (reason) => {
+            detachedAt = this.#server.clock.now();
             log.info(
               "Session {session}: link from {client} lost ({reason}); holding the ERP connection for {window} s",
               { session: shortId(id), client: entry.client, reason, window: Math.round(timers.resumeTimeoutMs / 1000) },
@@ -329,7 +337,7 @@ export class SessionDesk {
           confirmed: attempt.giveUp,
           ended: (end) => {
             attempt.giveUp();
-            this.#ended(entry, end);
+            this.#ended(entry, end, detachedAt);
           },
         },
       }),
@@ -453,6 +461,7 @@ export class SessionDesk {
       session.sendGoAway(this.#server.config().drainTimeoutMs, "broker-server is shutting down");
     }
     this.#server.stats.recordResume(detachedFor / 1000, session.linkLoss);
+    this.#server.history.outageHidden(this.#server.clock.now(), { client: link.peer, seconds: detachedFor / 1000 });
     entry.client = link.peer;
     log.info(
       "Session {session} resumed from {client} after {seconds} s (link before: {trigger}): {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
@@ -504,13 +513,21 @@ export class SessionDesk {
     }
   }
 
-  /** Records the end of `entry`: counters, the ERP server's count, the log line, its tombstone. */
-  #ended(entry: SessionEntry, end: SessionEnd): void {
+  /**
+   * Records the end of `entry` (detached since clock ms `detachedAt` if its
+   * window expired): counters, history, the ERP server's count, the log line, its tombstone.
+   */
+  #ended(entry: SessionEntry, end: SessionEnd, detachedAt: number): void {
     const registry = this.#server.registry;
     registry.delete(entry.id);
     const stats = entry.session.stats;
     const traffic = erpTraffic(stats);
     this.#server.stats.recordEnd(end.cause, { ...traffic, replayed: stats.bytesReplayed });
+    const now = this.#server.clock.now();
+    this.#server.history.sessionsLive(now, registry.size);
+    if (end.cause !== "complete") {
+      this.#server.history.sessionLost(now, end.cause, { client: entry.client, seconds: (now - detachedAt) / 1000 });
+    }
     this.#server.balancer.release(entry.backend);
     const heldBack = end.clean ? 0 : this.#server.abnormalEndLog.spend(entry.source);
     const fields = {

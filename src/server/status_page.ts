@@ -9,7 +9,8 @@ import type { StatusConfig } from "../config/server_config.ts";
 import { formatHostPort, type HostPort } from "../config/values.ts";
 import { logger } from "../ops/log.ts";
 import { startStatusServer, type StatusServer } from "../ops/status_server.ts";
-import { renderHtml, renderMetrics } from "../ops/status_render.ts";
+import { parseSessionFilter, renderHtml, renderMetrics } from "../ops/status_render.ts";
+import type { HistorySnapshot } from "./history.ts";
 import type { StatusSnapshot } from "./stats.ts";
 
 const log = logger("server");
@@ -17,10 +18,12 @@ const log = logger("server");
 /** The status page of one broker-server. */
 export class StatusPage {
   #snapshot: () => StatusSnapshot;
+  #history: () => HistorySnapshot;
   #server: StatusServer | null = null;
 
-  /** A page that shows `snapshot()`; call start() to listen. */
-  constructor(snapshot: () => StatusSnapshot) {
+  /** A page that shows `snapshot()` and `history()`; call start() to listen. */
+  constructor(snapshot: () => StatusSnapshot, history: () => HistorySnapshot) {
+    this.#history = history;
     this.#snapshot = snapshot;
   }
 
@@ -40,8 +43,10 @@ export class StatusPage {
         listen: status.listen,
         accessKey: status.accessKey,
         pages: {
-          html: (options) => renderHtml(this.#snapshot(), options),
+          html: (options, query) =>
+            renderHtml(this.#snapshot(), { ...options, filter: parseSessionFilter(query), history: this.#history() }),
           json: () => this.#snapshot(),
+          history: () => this.#history(),
           metrics: () => renderMetrics(this.#snapshot()),
         },
       });
