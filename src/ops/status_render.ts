@@ -314,22 +314,7 @@ export function renderMetrics(s: StatusSnapshot): string {
     ['{cause="expired"}', t.sessionsExpired],
     ['{cause="aborted"}', t.sessionsAborted],
   ]);
-  metric("broker_resumes_total", "counter", "Successful resumes.", [["", t.resumes]]);
-  metric("broker_resumes_by_trigger_total", "counter", "Successful resumes by what ended the link before.", [
-    ['{trigger="link error"}', t.resumesByTrigger.linkError],
-    ['{trigger="silence"}', t.resumesByTrigger.silence],
-    ['{trigger="replaced while attached"}', t.resumesByTrigger.replacedWhileAttached],
-  ]);
-  out.push(
-    "# HELP broker_resume_duration_seconds Time sessions spent detached before resuming.",
-    "# TYPE broker_resume_duration_seconds histogram",
-  );
-  for (const b of s.resumeDuration.buckets) out.push(`broker_resume_duration_seconds_bucket{le="${b.le}"} ${b.count}`);
-  out.push(
-    `broker_resume_duration_seconds_bucket{le="+Inf"} ${s.resumeDuration.count}`,
-    `broker_resume_duration_seconds_sum ${s.resumeDuration.sum}`,
-    `broker_resume_duration_seconds_count ${s.resumeDuration.count}`,
-  );
+  resumeMetrics(s, metric, out);
   metric("broker_relayed_bytes_total", "counter", "Application bytes relayed, by direction.", [
     ['{direction="to_client"}', t.bytesToClients],
     ['{direction="to_erp"}', t.bytesToErp],
@@ -364,6 +349,27 @@ export function renderMetrics(s: StatusSnapshot): string {
 }
 
 type MetricWriter = (name: string, type: string, help: string, samples: [string, number][]) => void;
+
+/** The resume counters and the histogram of how long sessions were detached (written to `out` as is). */
+function resumeMetrics(s: StatusSnapshot, metric: MetricWriter, out: string[]): void {
+  const t = s.totals;
+  metric("broker_resumes_total", "counter", "Successful resumes.", [["", t.resumes]]);
+  metric("broker_resumes_by_trigger_total", "counter", "Successful resumes by what ended the link before.", [
+    ['{trigger="link error"}', t.resumesByTrigger.linkError],
+    ['{trigger="silence"}', t.resumesByTrigger.silence],
+    ['{trigger="replaced while attached"}', t.resumesByTrigger.replacedWhileAttached],
+  ]);
+  out.push(
+    "# HELP broker_resume_duration_seconds Time sessions spent detached before resuming.",
+    "# TYPE broker_resume_duration_seconds histogram",
+  );
+  for (const b of s.resumeDuration.buckets) out.push(`broker_resume_duration_seconds_bucket{le="${b.le}"} ${b.count}`);
+  out.push(
+    `broker_resume_duration_seconds_bucket{le="+Inf"} ${s.resumeDuration.count}`,
+    `broker_resume_duration_seconds_sum ${s.resumeDuration.sum}`,
+    `broker_resume_duration_seconds_count ${s.resumeDuration.count}`,
+  );
+}
 
 /** The per-ERP-server metrics. */
 function backendMetrics(servers: StatusSnapshot["servers"], metric: MetricWriter): void {
