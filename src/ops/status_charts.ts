@@ -250,13 +250,14 @@ export function outagesChart(h: HistorySnapshot): string {
   const barWidth = W - labelWidth - 70;
   const max = Math.max(1, ...rows.map((r) => r.count));
   const row = 26;
-  const body = rows.map((r, i) => {
-    const y = 8 + i * row;
+  const title = `<text x="12" y="18">outages hidden, by how long they lasted; sessions lost</text>`;
+  const body = title + rows.map((r, i) => {
+    const y = 30 + i * row;
     const width = r.count === 0 ? 0 : Math.max(2, Math.round((r.count / max) * barWidth));
     return `<text x="${labelWidth - 8}" y="${y + 14}" text-anchor="end">${escape(r.label)}</text>` +
       `<rect class="${r.cls}" x="${labelWidth}" y="${y + 2}" width="${width}" height="16" rx="2"/>` +
       `<text x="${labelWidth + width + 6}" y="${y + 15}">${escape(formatCount(r.count))}</text>`;
   }).join("");
   const summary = rows.map((r) => `${r.label}: ${r.count}`).join(", ");
-  return svg(`Outages in the last 24 hours by duration: ${summary}`, 12 + rows.length * row, body);
+  return svg(`Outages in the last 24 hours by duration: ${summary}`, 34 + rows.length * row, body);
 }
