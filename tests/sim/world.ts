@@ -404,7 +404,7 @@ async function world(
       await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
       if (!chaos) break;
       const links = net.between(pcAddress, BROKER).concat(pcAddress === PC ? [] : net.between(PC, BROKER));
-      const kind = rng.pick(["reset", "reset", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
+      const kind = rng.pick(["reset", "reset", "close", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
       faults++;
       strikes.push(clock.now());
       switch (kind) {
@@ -412,6 +412,12 @@ async function world(
           const link = links.length > 0 ? rng.pick(links) : null;
           note(`fault: reset ${link ? "a link" : "(no link)"}`);
           link?.reset();
+          break;
+        }
+        case "close": {
+          const link = links.length > 0 ? rng.pick(links) : null;
+          note(`fault: close ${link ? "a link" : "(no link)"} cleanly`);
+          link?.closeCleanly();
           break;
         }
         case "freeze": {
