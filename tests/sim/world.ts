@@ -205,6 +205,8 @@ async function world(
   const ends = new Map<string, { server?: string; client?: string; serverAt?: number; clientAt?: number }>();
   /** Broker-side ports of the ERP connections of sessions that hostile peers opened. */
   const hostileErpPorts = new Set<number>();
+  /** broker-server's lines saying a session resumed on a hostile peer's link (a replayed proof that worked). */
+  const hostileResumes: string[] = [];
   /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
   const stalls: [number, string][] = [];
   const traced = note;
@@ -217,6 +219,10 @@ async function world(
     // broker-server names each session's ERP connection by its local port.
     const opening = /server: Session [0-9a-f]{8} opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
     if (opening && opening[1] === ATTACKER) hostileErpPorts.add(Number(opening[2]));
+    // Only the real client can prove a session: a replayed proof must never resume one.
+    if (line.includes(`resumed from ${ATTACKER}`) && /server: Session [0-9a-f]{8} resumed/.test(line)) {
+      hostileResumes.push(line);
+    }
     // A link given up for silence, or suspected, while the network works is a stall.
     if (/link silent for|link suspected \(a probe unanswered/.test(line)) stalls.push([clock.now(), line]);
     const closed = /(server|client): Session ([0-9a-f]{8}) closed: (.*?); /.exec(line);
@@ -668,6 +674,12 @@ async function world(
         }")`
       ),
     );
+  }
+
+  // Hostile peers: a replayed resume proof (or any proof from the attacker's
+  // host) must be refused; one that resumes a session hands the attacker its link.
+  if (hostileResumes.length > 0) {
+    problems.push(`a hostile peer resumed ${hostileResumes.length} sessions, first: ${hostileResumes[0]}`);
   }
 
   // Invariant 2, sharper: on the healed network (lossless, prompt), no link
