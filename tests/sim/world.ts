@@ -205,6 +205,10 @@ async function world(
   const ends = new Map<string, { server?: string; client?: string; serverAt?: number; clientAt?: number }>();
   /** Broker-side ports of the ERP connections of sessions that hostile peers opened. */
   const hostileErpPorts = new Set<number>();
+  /** Sessions a hostile peer opened (the world's ERP closes their connections; a real client may adopt one). */
+  const hostileSessions = new Set<string>();
+  /** Whether an ERP server stopped accepting at some point (its queued connections were reset). */
+  let erpWentDown = false;
   /** broker-server's lines saying a session resumed on a hostile peer's link (a replayed proof that worked). */
   const hostileResumes: string[] = [];
   /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
@@ -217,8 +221,11 @@ async function world(
     const opened = /client: Session ([0-9a-f]{8}) opened for Smart Client 127\.0\.0\.1:(\d+)/.exec(line);
     if (opened) idByPort.set(Number(opened[2]), opened[1] as string);
     // broker-server names each session's ERP connection by its local port.
-    const opening = /server: Session [0-9a-f]{8} opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
-    if (opening && opening[1] === ATTACKER) hostileErpPorts.add(Number(opening[2]));
+    const opening = /server: Session ([0-9a-f]{8}) opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
+    if (opening && opening[2] === ATTACKER) {
+      hostileErpPorts.add(Number(opening[3]));
+      hostileSessions.add(opening[1] as string);
+    }
     // Only the real client can prove a session: a replayed proof must never resume one.
     if (line.includes(`resumed from ${ATTACKER}`) && /server: Session [0-9a-f]{8} resumed/.test(line)) {
       hostileResumes.push(line);
@@ -475,6 +482,7 @@ async function world(
           const listener = erpListeners.get(host);
           if (!listener) break;
           note(`fault: ERP server ${host} stops accepting for ${ms} ms`);
+          erpWentDown = true;
           listener.close();
           erpListeners.delete(host);
           const lift = () => {
@@ -626,11 +634,24 @@ async function world(
   // reason both brokers state (its window expired during an outage the
   // world made, an application reset its end); even then, what arrived is
   // a prefix of what was sent.
-  /** Whether a reason is a fair early end: a window may pass only if the network was never healthy long enough. */
-  const fair = (reason: string, at: number): boolean => {
+  /**
+   * Whether a reason is a fair early end. A window may pass only if the
+   * network was never healthy long enough; an application's connection may
+   * fail only if `localFault` (an application reset it, the ERP hung up at
+   * once, or the world's ERP closed it as a hostile peer's); a
+   * reason passed on from the other side ("peer ended the session: R",
+   * "cannot resume: ... has ended: R") only if R is (a window in R is judged
+   * where it was logged); any other "cannot resume" only if broker-server had
+   * forgotten the session (its window expired: judged on its own line).
+   */
+  const fair = (reason: string, at: number, localFault: boolean, passedOn = false): boolean => {
+    const inner = /^peer ended the session: (.*)$/.exec(reason) ?? /^cannot resume: .*? has ended: (.*)$/.exec(reason);
+    if (inner) return fair(inner[1] as string, at, localFault, true);
+    if (/connection failed|closed the connection before the session opened/.test(reason)) return localFault;
     if (!EARLY_END.test(reason)) return false;
+    if (/cannot resume/.test(reason)) return /is not known to this broker-server/.test(reason);
     const window = /resume window of (\d+) s expired/.exec(reason);
-    if (!window) return true;
+    if (!window || passedOn) return true;
     const stretch = healthyStretch(at - Number(window[1]) * 1000, at);
     return stretch < healthyMs;
   };
@@ -639,17 +660,24 @@ async function world(
     if (!pair.client || (pair.erpConnections > 0 && !pair.erp)) continue;
     const id = idByPort.get(pair.port ?? -1);
     const end = id ? ends.get(id) : undefined;
+    // A session that never reached the ERP may have been reset in an ERP server's queue as it went down.
+    const localFault = pair.client.resetByMe || pair.erp?.resetByMe === true || pair.cutByErp === true ||
+      (id !== undefined && hostileSessions.has(id)) || (pair.erpConnections === 0 && erpWentDown);
     // An expired window is a reason only if the world blocked new links for about that long.
     // broker-server's window may run out after broker-client gave up on it: fair if the client's end was.
-    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0);
+    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0, localFault);
     const serverFair = end?.server !== undefined &&
-      (fair(end.server, end.serverAt ?? 0) ||
-        (clientFair && EARLY_END.test(end.server) && (end.clientAt ?? Infinity) <= (end.serverAt ?? 0)));
+      (fair(end.server, end.serverAt ?? 0, localFault) ||
+        (clientFair && fair(end.server, end.serverAt ?? 0, localFault, true) &&
+          (end.clientAt ?? Infinity) <= (end.serverAt ?? 0)));
     const stated = clientFair && serverFair;
     if (pair.erpConnections === 0) {
       // Fine when Smart Client left at once, or broker-client said why it gave up.
       const said = (clientLines.get(pair.port ?? -1) ?? []).some((l) => /no broker server|refused|rejected/i.test(l));
-      if (!pair.client.resetByMe && !said && !stated) {
+      // Or a session a hostile peer's replayed opening opened and the real client then
+      // adopted ("retried opening it"): the world's ERP closed its connection as the peer's.
+      const adopted = id !== undefined && hostileSessions.has(id);
+      if (!pair.client.resetByMe && !said && !stated && !adopted) {
         problems.push(
           `session ${i} (${id ?? "no id"}): never reached an ERP server (ends: server "${
             end?.server ?? "none"
