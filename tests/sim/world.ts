@@ -34,6 +34,7 @@ import { VirtualClock } from "./clock.ts";
 import type { PathModel } from "./connection.ts";
 import { SimNetwork } from "./network.ts";
 import { Rng } from "./rng.ts";
+import type { TimerHandle } from "../../src/session/clock.ts";
 import { runUntil, settle } from "./settle.ts";
 
 /** The hosts of a world. */
@@ -397,7 +398,17 @@ async function world(
   const lifts = new Set<() => void>();
   let healed: () => void = () => {};
   const healedNow = new Promise<void>((resolve) => healed = resolve);
-  const wait = (ms: number) => Promise.race([new Promise<void>((r) => clock.setTimeout(r, ms)), healedNow]);
+  // The chaos's own timers: cleared at the heal, so that any timer left once
+  // the brokers stop is theirs (invariant 3 allows none).
+  const chaosTimers = new Set<TimerHandle>();
+  const later = (fn: () => void, ms: number) => {
+    const timer = clock.setTimeout(() => {
+      chaosTimers.delete(timer);
+      fn();
+    }, ms);
+    chaosTimers.add(timer);
+  };
+  const wait = (ms: number) => Promise.race([new Promise<void>((r) => later(r, ms)), healedNow]);
   // When the network was unwell: new links blocked (intervals) and links
   // struck (instants). Only a window without a healthy stretch may pass.
   let blockedSince: number | null = null;
@@ -444,7 +455,7 @@ async function world(
             link.thaw();
           };
           lifts.add(lift);
-          clock.setTimeout(lift, ms);
+          later(lift, ms);
           break;
         }
         case "partition": {
@@ -490,7 +501,7 @@ async function world(
             listenErp(host);
           };
           lifts.add(lift);
-          clock.setTimeout(() => lifts.has(lift) && lift(), ms);
+          later(() => lifts.has(lift) && lift(), ms);
           break;
         }
         case "roam": {
@@ -581,12 +592,18 @@ async function world(
   // The chaos lasts a while, then the network heals and stays healed.
   const chaosMs = rng.pick([5_000, 60_000, 300_000]);
   const healAt = clock.now() + chaosMs;
-  clock.setTimeout(() => {
+  let isHealed = false;
+  const heal = () => {
+    if (isHealed) return;
+    isHealed = true;
     chaos = false;
+    for (const timer of chaosTimers) clock.clear(timer);
+    chaosTimers.clear();
     for (const lift of [...lifts]) lift();
     healed();
     note("the network heals for good");
-  }, chaosMs);
+  };
+  const healTimer = clock.setTimeout(heal, chaosMs);
   let finished = false;
   appsDone.then(() => finished = true);
   // Bounded: the chaos, a resume window, and generous time for the traffic itself.
@@ -724,7 +741,10 @@ async function world(
     );
   }
 
-  // Invariant 3: stop both brokers; nothing may be left.
+  // Invariant 3: stop both brokers; nothing may be left. The chaos ends
+  // first (its timers too) if the applications finished before the heal.
+  clock.clear(healTimer);
+  heal();
   const stopped = Promise.all([client.close(), server.close("simulation over", 0)]);
   let closed = false;
   stopped.then(() => closed = true);
@@ -741,7 +761,10 @@ async function world(
     problems.push(`broker-client still holds ${client.sessionCount} sessions after stopping`);
   }
   // Let the last timers run (applications' pauses, the network's deliveries), then none may remain.
-  await runUntil(clock, () => clock.pending === 0, clock.now() + 600_000);
+  // Only the network's deliveries and the applications' pauses may still be
+  // due (well under a second): a broker timer still set after both brokers
+  // stopped is a timer a session or a registry left behind, however far off.
+  await runUntil(clock, () => clock.pending === 0, clock.now() + LAST_TIMERS_MS);
   if (clock.pending > 0) problems.push(`${clock.pending} timers still set after everything stopped`);
   // Every pooled buffer's holders let go of it (see buffer_pool.ts).
   const leased = PoolLease.live - leasesBefore;
@@ -763,6 +786,9 @@ async function world(
     hostile,
   };
 }
+
+/** How long after both brokers stopped the last timers (the network's, the applications') may still run (ms). */
+const LAST_TIMERS_MS = 10_000;
 
 /** Reasons for which a session may end before its applications are done. */
 const EARLY_END =
