@@ -526,7 +526,10 @@ async function world(
       if (!chaos) break;
       const kind = rng.pick(["garbage", "cut", "idle", "replay"] as const);
       const past = net.connections.filter((c) => c.from !== ATTACKER && c.to === BROKER);
-      const source = past.length > 0 ? rng.pick(past).connection.recorded : [];
+      // Half the time the newest link: its proof names offsets the session still holds.
+      const source = past.length > 0
+        ? (rng.chance(0.5) ? past[past.length - 1] ?? rng.pick(past) : rng.pick(past)).connection.recorded
+        : [];
       const recorded = new Uint8Array(source.reduce((n, b) => n + b.length, 0));
       source.reduce((at, b) => (recorded.set(b, at), at + b.length), 0);
       let conn: NetConn;
