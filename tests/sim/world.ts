@@ -430,7 +430,10 @@ async function world(
       const links = net.between(pcAddress, BROKER).concat(pcAddress === PC ? [] : net.between(PC, BROKER));
       const kind = rng.pick(["reset", "reset", "close", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
       faults++;
-      strikes.push(clock.now());
+      // A strike is a fault that broke a link between the PC and the broker
+      // (a blocked dial counts through `blocked`): one that found no link, or
+      // an ERP server that stops accepting, leaves sessions free to resume.
+      if (links.length > 0 && kind !== "refuse" && kind !== "erpDown") strikes.push(clock.now());
       switch (kind) {
         case "reset": {
           const link = links.length > 0 ? rng.pick(links) : null;
