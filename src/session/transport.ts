@@ -56,7 +56,8 @@ export function closeQuietly(transport: Transport): void {
  * awaiting; one loop writes them in order. The queue holds references, not
  * copies. Producers that must not outrun the socket await `waitBelow`.
  * A pushed buffer may come with an owner to release once it is written
- * (pooled buffers); buffers dropped on close are never released.
+ * (pooled buffers); one dropped unwritten (pushed after the queue closed
+ * or failed, or still queued then) ends its owner's count all the same.
  */
 export class WriteQueue {
   #transport: Transport;
@@ -105,9 +106,16 @@ export class WriteQueue {
     return this.#closed;
   }
 
-  /** Queues `bytes` for writing (by reference); `owner` is released once they are written. */
+  /**
+   * Queues `bytes` for writing (by reference); `owner` is released once they
+   * are written, or at once when the queue no longer writes (its pusher may
+   * not know yet that the transport failed).
+   */
   push(bytes: Uint8Array, owner?: Releasable): void {
-    if (this.#closed || this.#endAfterFlush) return;
+    if (this.#closed || this.#endAfterFlush) {
+      owner?.release();
+      return;
+    }
     this.#queue.push(bytes);
     this.#owners.push(owner);
     this.#queued += bytes.length;

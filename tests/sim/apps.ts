@@ -51,6 +51,11 @@ export interface AppPlan {
   readPauseMs: number;
   /** For a reset: after how many bytes written. */
   resetAfter: number;
+  /**
+   * Request-response: Smart Client's pause before each request after the
+   * first (ms), a user at work: a session that outlives resume windows.
+   */
+  thinkMs: number;
 }
 
 /** Draws a plan; `maxBytes` bounds each direction. */
@@ -66,6 +71,7 @@ export function planApp(rng: Rng, maxBytes: number, kind: AppKind = rng.pick(APP
     readSize: rng.pick([1, 100, 4096, 65_536]),
     readPauseMs: rng.pick([0, 1, 20, 200]),
     resetAfter: 0,
+    thinkMs: 0,
   };
   if (kind === "bulk-to-erp") plan.erpBytes = 0;
   if (kind === "bulk-to-client") plan.clientBytes = 0;
@@ -76,6 +82,7 @@ export function planApp(rng: Rng, maxBytes: number, kind: AppKind = rng.pick(APP
     plan.erpBytes = rng.int(0, 64);
   }
   if (kind === "request-response") {
+    plan.thinkMs = rng.pick([0, 0, 0, 5_000, 30_000]);
     plan.clientBytes = Math.max(plan.rounds, Math.min(plan.clientBytes, plan.rounds * 4096));
     plan.erpBytes = Math.max(plan.rounds, plan.erpBytes);
   }
@@ -228,6 +235,7 @@ export async function runApp(
           const myPart = Math.floor((toSend * r) / rounds);
           const theirPart = Math.floor((expect * r) / rounds);
           if (side === "client") {
+            if (r > 1 && plan.thinkMs > 0) await sleep(plan.thinkMs);
             await write(myPart);
             await readUntil(theirPart);
           } else {
@@ -336,6 +344,6 @@ export function checkPair(plan: AppPlan, client: AppResult, erp: AppResult): str
 /** A one-line description of a plan, for traces. */
 export function describePlan(plan: AppPlan): string {
   return `${plan.kind}: ${plan.clientBytes} B from Smart Client, ${plan.erpBytes} B from the ERP, writes of ${plan.writeSize}, reads of ${plan.readSize}${
-    plan.kind === "request-response" ? `, ${plan.rounds} rounds` : ""
+    plan.kind === "request-response" ? `, ${plan.rounds} rounds${plan.thinkMs ? `, ${plan.thinkMs} ms apart` : ""}` : ""
   }${plan.kind.endsWith("resets") ? `, reset after ${plan.resetAfter} B` : ""}`;
 }

@@ -235,6 +235,18 @@ export class SimConnection {
     }
   }
 
+  /**
+   * Closes the connection cleanly in both directions, as a middlebox that
+   * gives up on it may: each side reads what was already sent, then the end
+   * of stream; later writes fail.
+   */
+  closeCleanly(): void {
+    if (this.#reset || (this.#ab.finSent && this.#ba.finSent)) return;
+    this.#onEvent("clean close");
+    this.sendFin(this.#ab);
+    this.sendFin(this.#ba);
+  }
+
   /** Resets the connection at once: both sides' pending and later operations fail. */
   reset(): void {
     if (this.#reset) return;

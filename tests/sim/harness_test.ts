@@ -151,6 +151,27 @@ Deno.test("sim connection: closing with unread data resets the peer, as TCP does
   await rejects(clean.conn.a.read(new Uint8Array(1)), Deno.errors.BadResource);
 });
 
+Deno.test("sim connection: a clean close delivers what was in flight both ways, then the end of stream; later writes fail", async () => {
+  const { clock, conn } = connection(7);
+  await conn.a.write(bytes(100));
+  await conn.b.write(bytes(50));
+  conn.closeCleanly();
+  await rejects(conn.a.write(bytes(1)), Deno.errors.BrokenPipe);
+  const drain = async (end: SimEndpoint) => {
+    let total = 0;
+    for (;;) {
+      const n = await end.read(new Uint8Array(1000));
+      if (n === null) return total;
+      total += n;
+    }
+  };
+  let got: [number, number] | undefined;
+  Promise.all([drain(conn.b), drain(conn.a)]).then((r) => got = r);
+  await runUntil(clock, () => got !== undefined, clock.now() + 1000);
+  deepEqual(got, [100, 50]);
+  ok(!conn.wasReset);
+});
+
 Deno.test("sim connection: the same seed replays the same deliveries", async () => {
   const trace = async (seed: number) => {
     const { clock, conn } = connection(seed, { latencyMs: [1, 30], maxPiece: 300, capacity: 1 << 20 });

@@ -34,6 +34,7 @@ import { VirtualClock } from "./clock.ts";
 import type { PathModel } from "./connection.ts";
 import { SimNetwork } from "./network.ts";
 import { Rng } from "./rng.ts";
+import type { TimerHandle } from "../../src/session/clock.ts";
 import { runUntil, settle } from "./settle.ts";
 
 /** The hosts of a world. */
@@ -209,6 +210,10 @@ async function world(
   const adopted = new Set<string>();
   /** Wakes what waits on the log (set once the world's waiters exist). */
   let logChanged = () => {};
+  /** Whether an ERP server stopped accepting at some point (its queued connections were reset). */
+  let erpWentDown = false;
+  /** broker-server's lines saying a session resumed on a hostile peer's link (a replayed proof that worked). */
+  const hostileResumes: string[] = [];
   /** When a link was declared dead for silence or suspected (clock ms), and the line that said so. */
   const stalls: [number, string][] = [];
   const traced = note;
@@ -224,7 +229,13 @@ async function world(
     }
     // broker-server names each session's ERP connection by its local port.
     const opening = /server: Session ([0-9a-f]{8}) opened: client ([^,]+):\d+, ERP .*?, from port (\d+)\)/.exec(line);
-    if (opening && opening[2] === ATTACKER) hostileOpened.set(Number(opening[3]), opening[1] as string);
+    if (opening && opening[2] === ATTACKER) {
+      hostileOpened.set(Number(opening[3]), opening[1] as string);
+    }
+    // Only the real client can prove a session: a replayed proof must never resume one.
+    if (line.includes(`resumed from ${ATTACKER}`) && /server: Session [0-9a-f]{8} resumed/.test(line)) {
+      hostileResumes.push(line);
+    }
     // A link given up for silence, or suspected, while the network works is a stall.
     if (/link silent for|link suspected \(a probe unanswered/.test(line)) stalls.push([clock.now(), line]);
     const closed = /(server|client): Session ([0-9a-f]{8}) closed: (.*?); /.exec(line);
@@ -401,7 +412,17 @@ async function world(
   const lifts = new Set<() => void>();
   let healed: () => void = () => {};
   const healedNow = new Promise<void>((resolve) => healed = resolve);
-  const wait = (ms: number) => Promise.race([new Promise<void>((r) => clock.setTimeout(r, ms)), healedNow]);
+  // The chaos's own timers: cleared at the heal, so that any timer left once
+  // the brokers stop is theirs (invariant 3 allows none).
+  const chaosTimers = new Set<TimerHandle>();
+  const later = (fn: () => void, ms: number) => {
+    const timer = clock.setTimeout(() => {
+      chaosTimers.delete(timer);
+      fn();
+    }, ms);
+    chaosTimers.add(timer);
+  };
+  const wait = (ms: number) => Promise.race([new Promise<void>((r) => later(r, ms)), healedNow]);
   // When the network was unwell: new links blocked (intervals) and links
   // struck (instants). Only a window without a healthy stretch may pass.
   let blockedSince: number | null = null;
@@ -421,14 +442,23 @@ async function world(
       await wait(1 + Math.floor(-Math.log(1 - rng.float()) * meanGapMs));
       if (!chaos) break;
       const links = net.between(pcAddress, BROKER).concat(pcAddress === PC ? [] : net.between(PC, BROKER));
-      const kind = rng.pick(["reset", "reset", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
+      const kind = rng.pick(["reset", "reset", "close", "freeze", "partition", "refuse", "roam", "erpDown"] as const);
       faults++;
-      strikes.push(clock.now());
+      // A strike is a fault that broke a link between the PC and the broker
+      // (a blocked dial counts through `blocked`): one that found no link, or
+      // an ERP server that stops accepting, leaves sessions free to resume.
+      if (links.length > 0 && kind !== "refuse" && kind !== "erpDown") strikes.push(clock.now());
       switch (kind) {
         case "reset": {
           const link = links.length > 0 ? rng.pick(links) : null;
           note(`fault: reset ${link ? "a link" : "(no link)"}`);
           link?.reset();
+          break;
+        }
+        case "close": {
+          const link = links.length > 0 ? rng.pick(links) : null;
+          note(`fault: close ${link ? "a link" : "(no link)"} cleanly`);
+          link?.closeCleanly();
           break;
         }
         case "freeze": {
@@ -442,7 +472,7 @@ async function world(
             link.thaw();
           };
           lifts.add(lift);
-          clock.setTimeout(lift, ms);
+          later(lift, ms);
           break;
         }
         case "partition": {
@@ -480,6 +510,7 @@ async function world(
           const listener = erpListeners.get(host);
           if (!listener) break;
           note(`fault: ERP server ${host} stops accepting for ${ms} ms`);
+          erpWentDown = true;
           listener.close();
           erpListeners.delete(host);
           const lift = () => {
@@ -487,7 +518,7 @@ async function world(
             listenErp(host);
           };
           lifts.add(lift);
-          clock.setTimeout(() => lifts.has(lift) && lift(), ms);
+          later(() => lifts.has(lift) && lift(), ms);
           break;
         }
         case "roam": {
@@ -512,7 +543,10 @@ async function world(
       if (!chaos) break;
       const kind = rng.pick(["garbage", "cut", "idle", "replay"] as const);
       const past = net.connections.filter((c) => c.from !== ATTACKER && c.to === BROKER);
-      const source = past.length > 0 ? rng.pick(past).connection.recorded : [];
+      // Half the time the newest link: its proof names offsets the session still holds.
+      const source = past.length > 0
+        ? (rng.chance(0.5) ? past[past.length - 1] ?? rng.pick(past) : rng.pick(past)).connection.recorded
+        : [];
       const recorded = new Uint8Array(source.reduce((n, b) => n + b.length, 0));
       source.reduce((at, b) => (recorded.set(b, at), at + b.length), 0);
       let conn: NetConn;
@@ -578,12 +612,18 @@ async function world(
   // The chaos lasts a while, then the network heals and stays healed.
   const chaosMs = rng.pick([5_000, 60_000, 300_000]);
   const healAt = clock.now() + chaosMs;
-  clock.setTimeout(() => {
+  let isHealed = false;
+  const heal = () => {
+    if (isHealed) return;
+    isHealed = true;
     chaos = false;
+    for (const timer of chaosTimers) clock.clear(timer);
+    chaosTimers.clear();
     for (const lift of [...lifts]) lift();
     healed();
     note("the network heals for good");
-  }, chaosMs);
+  };
+  const healTimer = clock.setTimeout(heal, chaosMs);
   let finished = false;
   appsDone.then(() => finished = true);
   // Bounded: the chaos, a resume window, and generous time for the traffic itself.
@@ -631,11 +671,24 @@ async function world(
   // reason both brokers state (its window expired during an outage the
   // world made, an application reset its end); even then, what arrived is
   // a prefix of what was sent.
-  /** Whether a reason is a fair early end: a window may pass only if the network was never healthy long enough. */
-  const fair = (reason: string, at: number): boolean => {
+  /**
+   * Whether a reason is a fair early end. A window may pass only if the
+   * network was never healthy long enough; an application's connection may
+   * fail only if `localFault` (an application reset it, the ERP hung up at
+   * once, or the world's ERP closed it as a hostile peer's); a
+   * reason passed on from the other side ("peer ended the session: R",
+   * "cannot resume: ... has ended: R") only if R is (a window in R is judged
+   * where it was logged); any other "cannot resume" only if broker-server had
+   * forgotten the session (its window expired: judged on its own line).
+   */
+  const fair = (reason: string, at: number, localFault: boolean, passedOn = false): boolean => {
+    const inner = /^peer ended the session: (.*)$/.exec(reason) ?? /^cannot resume: .*? has ended: (.*)$/.exec(reason);
+    if (inner) return fair(inner[1] as string, at, localFault, true);
+    if (/connection failed|closed the connection before the session opened/.test(reason)) return localFault;
     if (!EARLY_END.test(reason)) return false;
+    if (/cannot resume/.test(reason)) return /is not known to this broker-server/.test(reason);
     const window = /resume window of (\d+) s expired/.exec(reason);
-    if (!window) return true;
+    if (!window || passedOn) return true;
     const stretch = healthyStretch(at - Number(window[1]) * 1000, at);
     return stretch < healthyMs;
   };
@@ -644,12 +697,16 @@ async function world(
     if (!pair.client || (pair.erpConnections > 0 && !pair.erp)) continue;
     const id = idByPort.get(pair.port ?? -1);
     const end = id ? ends.get(id) : undefined;
+    // A session that never reached the ERP may have been reset in an ERP server's queue as it went down.
+    const localFault = pair.client.resetByMe || pair.erp?.resetByMe === true || pair.cutByErp === true ||
+      (pair.erpConnections === 0 && erpWentDown);
     // An expired window is a reason only if the world blocked new links for about that long.
     // broker-server's window may run out after broker-client gave up on it: fair if the client's end was.
-    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0);
+    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0, localFault);
     const serverFair = end?.server !== undefined &&
-      (fair(end.server, end.serverAt ?? 0) ||
-        (clientFair && EARLY_END.test(end.server) && (end.clientAt ?? Infinity) <= (end.serverAt ?? 0)));
+      (fair(end.server, end.serverAt ?? 0, localFault) ||
+        (clientFair && fair(end.server, end.serverAt ?? 0, localFault, true) &&
+          (end.clientAt ?? Infinity) <= (end.serverAt ?? 0)));
     const stated = clientFair && serverFair;
     if (pair.erpConnections === 0) {
       // Fine when Smart Client left at once, or broker-client said why it gave up.
@@ -681,6 +738,12 @@ async function world(
     );
   }
 
+  // Hostile peers: a replayed resume proof (or any proof from the attacker's
+  // host) must be refused; one that resumes a session hands the attacker its link.
+  if (hostileResumes.length > 0) {
+    problems.push(`a hostile peer resumed ${hostileResumes.length} sessions, first: ${hostileResumes[0]}`);
+  }
+
   // Invariant 2, sharper: on the healed network (lossless, prompt), no link
   // may go silent or leave a probe unanswered: a session that stops reading
   // its link (a head-of-line stall) only limps on from resume to resume.
@@ -695,7 +758,10 @@ async function world(
     );
   }
 
-  // Invariant 3: stop both brokers; nothing may be left.
+  // Invariant 3: stop both brokers; nothing may be left. The chaos ends
+  // first (its timers too) if the applications finished before the heal.
+  clock.clear(healTimer);
+  heal();
   const stopped = Promise.all([client.close(), server.close("simulation over", 0)]);
   let closed = false;
   stopped.then(() => closed = true);
@@ -712,7 +778,10 @@ async function world(
     problems.push(`broker-client still holds ${client.sessionCount} sessions after stopping`);
   }
   // Let the last timers run (applications' pauses, the network's deliveries), then none may remain.
-  await runUntil(clock, () => clock.pending === 0, clock.now() + 600_000);
+  // Only the network's deliveries and the applications' pauses may still be
+  // due (well under a second): a broker timer still set after both brokers
+  // stopped is a timer a session or a registry left behind, however far off.
+  await runUntil(clock, () => clock.pending === 0, clock.now() + LAST_TIMERS_MS);
   if (clock.pending > 0) problems.push(`${clock.pending} timers still set after everything stopped`);
   // Every pooled buffer's holders let go of it (see buffer_pool.ts).
   const leased = PoolLease.live - leasesBefore;
@@ -734,6 +803,9 @@ async function world(
     hostile,
   };
 }
+
+/** How long after both brokers stopped the last timers (the network's, the applications') may still run (ms). */
+const LAST_TIMERS_MS = 10_000;
 
 /** Reasons for which a session may end before its applications are done. */
 const EARLY_END =
