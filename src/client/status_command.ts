@@ -89,6 +89,16 @@ export async function statusCommand(config: ClientConfig, options: StatusCommand
     );
     return StatusExit.notRunning;
   }
-  print(statusText(status));
-  return allAttached(status) ? StatusExit.attached : StatusExit.detached;
+  let report: string;
+  let attached: boolean;
+  try {
+    report = statusText(status);
+    attached = allAttached(status);
+  } catch {
+    // Fields missing or of another type: thrown out of here, the program would exit 1 ("detached").
+    print(`${where} answered, but not as broker-client's status page does: another program holds the port`);
+    return StatusExit.notRunning;
+  }
+  print(report);
+  return attached ? StatusExit.attached : StatusExit.detached;
 }
