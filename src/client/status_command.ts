@@ -23,6 +23,12 @@ export const StatusExit = {
 /** How long `--status` waits for broker-client's answer (ms). */
 export const STATUS_TIMEOUT_MS = 3_000;
 
+/**
+ * Most bytes of status.json `--status` reads: far above any broker-client's
+ * (a few KiB per session), far below what would tax the helpdesk's PC.
+ */
+export const STATUS_MAX_BYTES = 4 * 1024 * 1024;
+
 /** Options of statusCommand. */
 export interface StatusCommandOptions {
   /** Where the report goes; default console.log. */
@@ -47,12 +53,37 @@ function unreachable(err: unknown, where: string, timeoutMs: number): string {
   return `Cannot read broker-client's status from ${where}: ${(err as Error).message}${cause ? ` (${cause})` : ""}`;
 }
 
+/** The body of `response` as text, or null once it passes `maxBytes` (the rest is not read). */
+async function cappedText(response: Response, maxBytes: number): Promise<string | null> {
+  if (!response.body) return "";
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  for await (const chunk of response.body) {
+    length += chunk.length;
+    if (length > maxBytes) {
+      await response.body.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(chunk);
+  }
+  const all = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, at);
+    at += chunk.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /** status.json from `url`, or the sentence saying why not. */
 async function fetchStatus(url: string, where: string, timeoutMs: number): Promise<ClientStatus | string> {
-  let text: string;
+  let text: string | null;
   try {
     const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-    text = await response.text();
+    text = await cappedText(response, STATUS_MAX_BYTES);
+    if (text === null) {
+      return `${where} answered more than ${STATUS_MAX_BYTES / 1024 / 1024} MiB: it is not broker-client's status page`;
+    }
     if (!response.ok) return `${where} answered HTTP ${response.status}: it is not broker-client's status page`;
   } catch (err) {
     return unreachable(err, where, timeoutMs);

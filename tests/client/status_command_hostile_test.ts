@@ -96,3 +96,31 @@ Deno.test("--status gives up within its timeout on a body that never ends", asyn
   listener.close();
   await file.remove();
 });
+
+Deno.test("--status does not read a huge body into memory", async () => {
+  const file = await writeConfig();
+  const chunk = new Uint8Array(1 << 20).fill(0x20);
+  let sent = 0;
+  await using _impostor = Deno.serve(
+    { hostname: "127.0.0.1", port: file.statusPort, onListen: () => {} },
+    () =>
+      new Response(
+        new ReadableStream({
+          pull(controller) {
+            if (sent >= 512 * (1 << 20)) return controller.close();
+            sent += chunk.length;
+            controller.enqueue(chunk);
+          },
+        }),
+        { headers: { "content-type": "application/json" } },
+      ),
+  );
+  const printed: string[] = [];
+  const code = await statusCommand(await loadClientConfig(file.path), {
+    print: (t) => printed.push(t),
+    timeoutMs: 3_000,
+  });
+  equal(code, 2);
+  ok(sent < 64 * (1 << 20), `--status read ${Math.round(sent / (1 << 20))} MiB of a status body`);
+  await file.remove();
+});
