@@ -461,7 +461,8 @@ export class SessionDesk {
       session.sendGoAway(this.#server.config().drainTimeoutMs, "broker-server is shutting down");
     }
     this.#server.stats.recordResume(detachedFor / 1000, session.linkLoss);
-    this.#server.history.outageHidden(this.#server.clock.now(), { client: link.peer, seconds: detachedFor / 1000 });
+    // Charged to where the link was lost (as an expired window is), not to where the client came back from.
+    this.#server.history.outageHidden(this.#server.clock.now(), { client: entry.client, seconds: detachedFor / 1000 });
     entry.client = link.peer;
     log.info(
       "Session {session} resumed from {client} after {seconds} s (link before: {trigger}): {replayed} bytes replayed to the client, client had {clientReceived} of {sent}",
