@@ -21,10 +21,14 @@ import { sourceOf } from "./rate_limit.ts";
 export const HISTORY_MINUTES = 1440;
 /** One slot of the ring (ms). */
 export const MINUTE_MS = 60_000;
-/** Upper bounds (s) of the outage histogram's bins; the last bin takes everything longer. */
+/**
+ * Upper bounds (s) of the outage histogram's bins, inclusive as Prometheus'
+ * `le` (so the page and broker_resume_duration_seconds agree on an outage of
+ * exactly 5 s); the last bin takes everything longer.
+ */
 export const OUTAGE_BOUNDS = [1, 5, 30, 180] as const;
 /** The outage bins as the page names them. */
-export const OUTAGE_LABELS = ["< 1 s", "1–5 s", "5–30 s", "30–180 s", "> 180 s"] as const;
+export const OUTAGE_LABELS = ["≤ 1 s", "1–5 s", "5–30 s", "30–180 s", "> 180 s"] as const;
 /** Client addresses tracked for the flakiest-clients table. */
 export const MAX_TRACKED_CLIENTS = 256;
 /** Networks (IPv4 /24, IPv6 /64) tracked for the flakiest-networks table. */
@@ -48,7 +52,7 @@ function add(a: Uint32Array | Float64Array, i: number, n = 1): void {
 
 /** The outage bin of `seconds`. */
 export function outageBin(seconds: number): number {
-  const i = OUTAGE_BOUNDS.findIndex((upper) => seconds < upper);
+  const i = OUTAGE_BOUNDS.findIndex((upper) => seconds <= upper);
   return i < 0 ? BINS - 1 : i;
 }
 

@@ -45,8 +45,9 @@ Deno.test("history: events land in their minute, the newest last, and leave the 
   deepEqual([s.totals.opened, s.totals.resumes], [0, 0], "after days of silence nothing old shows");
 });
 
-Deno.test("history: outages by duration, < 1 s, 1-5 s, 5-30 s, 30-180 s, over 180 s", () => {
-  deepEqual([0, 0.999, 1, 4.99, 5, 29.9, 30, 179.9, 180, 3600].map(outageBin), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+Deno.test("history: outages by duration, up to 1 s, 1-5 s, 5-30 s, 30-180 s, over 180 s", () => {
+  const edges = [0, 0.999, 1, 1.01, 4.99, 5, 29.9, 30, 179.9, 180, 180.01, 3600];
+  deepEqual(edges.map(outageBin), [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4], "an edge belongs to the bin it closes");
   const h = new ServerHistory(T0);
   for (const seconds of [0.2, 0.5, 2, 7, 8, 9, 47, 200]) h.outageHidden(T0 + 100, { client: "10.0.0.1:1", seconds });
   h.sessionLost(T0 + 200, "expired", { client: "10.0.0.2:1", seconds: 180 });
@@ -54,7 +55,7 @@ Deno.test("history: outages by duration, < 1 s, 1-5 s, 5-30 s, 30-180 s, over 18
   h.sessionLost(T0 + 300, "aborted", { client: "10.0.0.3:1", seconds: 0 });
   const s = h.snapshot(T0 + 400);
   deepEqual(s.outages.bins.map((b) => b.count), [2, 1, 3, 1, 1]);
-  deepEqual(s.outages.bins.map((b) => b.label), ["< 1 s", "1–5 s", "5–30 s", "30–180 s", "> 180 s"]);
+  deepEqual(s.outages.bins.map((b) => b.label), ["≤ 1 s", "1–5 s", "5–30 s", "30–180 s", "> 180 s"]);
   deepEqual([s.outages.expired, s.outages.aborted], [1, 2]);
   deepEqual([s.totals.resumes, s.totals.longestOutageSeconds, s.totals.expired, s.totals.aborted], [8, 200, 1, 2]);
   // Aborted sessions are the ERP's or the application's doing, not the client's network: not charged to it.
