@@ -446,7 +446,8 @@ export class SessionDesk {
     // From here the old link (maybe half-open) must not deliver more bytes:
     // our received offset is what the proof below states.
     session.detach(`replaced by a new link from ${link.peer}`);
-    const detachedFor = this.#server.clock.now() - session.stateSince;
+    // The wall clock may have stepped back meanwhile: an outage is never negative.
+    const detachedFor = Math.max(0, this.#server.clock.now() - session.stateSince);
     const received = session.received;
     const mac = await signProof(key, "server", { ...input, receivedOffset: received });
     if (session.state === "closed" || link.closed || session.received !== received) {
@@ -527,7 +528,10 @@ export class SessionDesk {
     const now = this.#server.clock.now();
     this.#server.history.sessionsLive(now, registry.size);
     if (end.cause !== "complete") {
-      this.#server.history.sessionLost(now, end.cause, { client: entry.client, seconds: (now - detachedAt) / 1000 });
+      this.#server.history.sessionLost(now, end.cause, {
+        client: entry.client,
+        seconds: Math.max(0, now - detachedAt) / 1000,
+      });
     }
     this.#server.balancer.release(entry.backend);
     const heldBack = end.clean ? 0 : this.#server.abnormalEndLog.spend(entry.source);
