@@ -832,9 +832,10 @@ class SessionRunner {
       }
       this.#outages.begin({
         session: this.#label,
-        awayMs: this.#now() - this.#session.stateSince,
+        // Never negative, even when the wall clock stepped back meanwhile.
+        awayMs: Math.max(0, this.#now() - this.#session.stateSince),
         trigger: this.#session.linkLoss ?? "link error",
-        handshakeMs: this.#now() - timing.started,
+        handshakeMs: Math.max(0, this.#now() - timing.started),
       });
       let replayed: number;
       try {

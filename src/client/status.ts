@@ -113,7 +113,8 @@ export interface ClientStatus {
   outage: (OutageStatus & { sessions: number; summary: string }) | null;
 }
 
-const seconds = (ms: number) => Math.round(ms / 1000);
+/** Elapsed seconds; never negative, even when the wall clock stepped back. */
+const seconds = (ms: number) => Math.round(Math.max(0, ms) / 1000);
 
 /** "1 session", "2 sessions". */
 const count = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
