@@ -706,7 +706,11 @@ async function world(
       (pair.erpConnections === 0 && erpWentDown);
     // An expired window is a reason only if the world blocked new links for about that long.
     // broker-server's window may run out after broker-client gave up on it: fair if the client's end was.
-    const clientFair = end?.client !== undefined && fair(end.client, end.clientAt ?? 0, localFault);
+    // broker-client told by broker-server that the session is closed passes on broker-server's own end.
+    const toldClosed = end?.client !== undefined && /Cannot resume a closed session/.test(end.client) &&
+      end.server !== undefined && fair(end.server, end.serverAt ?? 0, localFault) &&
+      (end.serverAt ?? Infinity) <= (end.clientAt ?? 0);
+    const clientFair = end?.client !== undefined && (fair(end.client, end.clientAt ?? 0, localFault) || toldClosed);
     const serverFair = end?.server !== undefined &&
       (fair(end.server, end.serverAt ?? 0, localFault) ||
         (clientFair && fair(end.server, end.serverAt ?? 0, localFault, true) &&
