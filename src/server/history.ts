@@ -181,8 +181,13 @@ export class ServerHistory {
 
   /** Bytes of the typed arrays (the bulk of the history's memory; the tables' keys come on top). */
   get byteLength(): number {
-    const arrays = [
-      this.#stamp,
+    const arrays = [this.#stamp, ...this.#perMinute(), this.#bins];
+    return arrays.reduce((n, a) => n + a.byteLength, 0) + this.#clients.byteLength + this.#networks.byteLength;
+  }
+
+  /** The series with one value per minute slot (not the stamps, nor the bins' several per slot). */
+  #perMinute() {
+    return [
       this.#sampled,
       this.#serversUpKnown,
       this.#live,
@@ -195,9 +200,7 @@ export class ServerHistory {
       this.#longest,
       this.#toClients,
       this.#toErp,
-      this.#bins,
     ];
-    return arrays.reduce((n, a) => n + a.byteLength, 0) + this.#clients.byteLength + this.#networks.byteLength;
   }
 
   /**
@@ -211,22 +214,7 @@ export class ServerHistory {
     const slot = modulo(minute, HISTORY_MINUTES);
     if (this.#stamp[slot] !== minute) {
       this.#stamp[slot] = minute;
-      for (
-        const series of [
-          this.#sampled,
-          this.#serversUpKnown,
-          this.#live,
-          this.#detached,
-          this.#serversUp,
-          this.#opened,
-          this.#resumes,
-          this.#expired,
-          this.#aborted,
-          this.#longest,
-          this.#toClients,
-          this.#toErp,
-        ]
-      ) series[slot] = 0;
+      for (const series of this.#perMinute()) series[slot] = 0;
       this.#bins.fill(0, slot * BINS, slot * BINS + BINS);
     }
     return slot;
