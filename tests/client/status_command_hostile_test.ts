@@ -4,35 +4,13 @@
  * fields, and bodies that never end or are huge.
  */
 import { equal, match, ok } from "node:assert/strict";
-import { join } from "node:path";
 import { freePort } from "../helpers/apps.ts";
+import { writeClientIni } from "../helpers/setup.ts";
 import { loadClientConfig } from "../../src/config/client_config.ts";
 import { statusCommand } from "../../src/client/status_command.ts";
 
-async function writeConfig() {
-  const dir = await Deno.makeTempDir();
-  const path = join(dir, "smartclient.ini");
-  const listenPort = freePort();
-  const statusPort = freePort();
-  await Deno.writeTextFile(
-    path,
-    [
-      "[drivers]",
-      "active=com_broker",
-      "[com_broker]",
-      "server=127.0.0.1",
-      `port=${listenPort}`,
-      "BrokerProxy=1",
-      `BrokerServer=127.0.0.1:${freePort()}`,
-      `STATUS_PORT=${statusPort}`,
-      "LOG_FILE=",
-    ].join("\n"),
-  );
-  return { path, listenPort, statusPort, remove: () => Deno.remove(dir, { recursive: true }) };
-}
-
 Deno.test("--status exits 2, never throws, when a program on the port answers a broker-client-like JSON missing fields", async () => {
-  const file = await writeConfig();
+  const file = await writeClientIni(freePort());
   const listen = `127.0.0.1:${file.listenPort}`;
   const answers: unknown[] = [
     { program: "broker-client", sessions: [], listen },
@@ -62,7 +40,7 @@ Deno.test("--status exits 2, never throws, when a program on the port answers a 
 });
 
 Deno.test("--status gives up within its timeout on a body that never ends", async () => {
-  const file = await writeConfig();
+  const file = await writeClientIni(freePort());
   const listener = Deno.listen({ hostname: "127.0.0.1", port: file.statusPort });
   const conns: Deno.Conn[] = [];
   (async () => {
@@ -98,7 +76,7 @@ Deno.test("--status gives up within its timeout on a body that never ends", asyn
 });
 
 Deno.test("--status does not read a huge body into memory", async () => {
-  const file = await writeConfig();
+  const file = await writeClientIni(freePort());
   const chunk = new Uint8Array(1 << 20).fill(0x20);
   let sent = 0;
   await using _impostor = Deno.serve(

@@ -7,39 +7,14 @@
  */
 import { equal, match, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { join } from "node:path";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { echo, freePort, getWithHost, readExactly, roundTrip } from "../helpers/apps.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
-import { serverConfig, startErp, startServer, waitFor } from "../helpers/setup.ts";
+import { serverConfig, startErp, startServer, waitFor, writeClientIni } from "../helpers/setup.ts";
 import { BrokerClient } from "../../src/client/client.ts";
 import { loadClientConfig } from "../../src/config/client_config.ts";
 import type { ClientStatus } from "../../src/client/status.ts";
 import { statusCommand } from "../../src/client/status_command.ts";
-
-/** Writes a smartclient.ini toward `brokerPort` into a new folder; returns its path and ports. */
-async function writeConfig(brokerPort: number, extra: string[] = []) {
-  const dir = await Deno.makeTempDir();
-  const path = join(dir, "smartclient.ini");
-  const listenPort = freePort();
-  const statusPort = freePort();
-  await Deno.writeTextFile(
-    path,
-    [
-      "[drivers]",
-      "active=com_broker",
-      "[com_broker]",
-      "server=127.0.0.1",
-      `port=${listenPort}`,
-      "BrokerProxy=1",
-      `BrokerServer=127.0.0.1:${brokerPort}`,
-      `STATUS_PORT=${statusPort}`,
-      "LOG_FILE=",
-      ...extra,
-    ].join("\n"),
-  );
-  return { path, listenPort, statusPort, remove: () => Deno.remove(dir, { recursive: true }) };
-}
 
 /** Starts broker-client in this process with the file at `path`. */
 async function startClientFrom(path: string): Promise<BrokerClient & AsyncDisposable> {
@@ -84,7 +59,7 @@ Deno.test("--status and status.json tell a helpdesk about an outage while it las
   await using _erp = erp;
   await using server = startServer(serverConfig([erp.port], { RESUME_TIMEOUT: "60s" }));
   const chaos = await ChaosLink.start({ host: "127.0.0.1", port: server.address.port });
-  const file = await writeConfig(chaos.port);
+  const file = await writeClientIni(chaos.port);
   const client = await startClientFrom(file.path);
   const apps = [
     await Deno.connect({ hostname: "127.0.0.1", port: file.listenPort }),
@@ -177,8 +152,8 @@ Deno.test("a second broker-client whose status port is taken runs without it, an
   await using logs = await captureLogs();
   await using erp = startErp(echo);
   await using server = startServer(serverConfig([erp.port]));
-  const first = await writeConfig(server.address.port);
-  const second = await writeConfig(server.address.port);
+  const first = await writeClientIni(server.address.port);
+  const second = await writeClientIni(server.address.port);
   // Both files name the same status port, as two users' copies of one file would.
   const text = await Deno.readTextFile(second.path);
   await Deno.writeTextFile(second.path, text.replace(/STATUS_PORT=\d+/, `STATUS_PORT=${first.statusPort}`));
@@ -212,7 +187,7 @@ Deno.test("the status port is on 127.0.0.1 only, shows no secret, and shrugs off
   const admission = "admission-key-that-must-not-show";
   await using erp = startErp(echo);
   await using server = startServer(serverConfig([erp.port], { ADMISSION_KEY: admission }));
-  const file = await writeConfig(server.address.port, [`ADMISSION_KEY=${admission}`, "LISTEN_ADDRESS=0.0.0.0"]);
+  const file = await writeClientIni(server.address.port, [`ADMISSION_KEY=${admission}`, "LISTEN_ADDRESS=0.0.0.0"]);
   await using client = await startClientFrom(file.path);
   equal(client.statusAddress?.hostname, "127.0.0.1", "whatever LISTEN_ADDRESS says");
   const app = await Deno.connect({ hostname: "127.0.0.1", port: file.listenPort });
@@ -249,7 +224,7 @@ Deno.test("the status port is on 127.0.0.1 only, shows no secret, and shrugs off
 });
 
 Deno.test("--status with STATUS_PORT=0 says the page is off and exits 2", async () => {
-  const file = await writeConfig(freePort(), ["STATUS_PORT=0"]);
+  const file = await writeClientIni(freePort(), ["STATUS_PORT=0"]);
   // The first key wins: write the file without the random port.
   const text = await Deno.readTextFile(file.path);
   await Deno.writeTextFile(file.path, text.replace(/STATUS_PORT=\d+\n/, ""));
@@ -260,7 +235,7 @@ Deno.test("--status with STATUS_PORT=0 says the page is off and exits 2", async 
 });
 
 Deno.test("--status tells another program on the port from broker-client, and prints nothing it sends raw", async () => {
-  const file = await writeConfig(freePort());
+  const file = await writeClientIni(freePort());
   let answer = "<html>some other web server</html>";
   await using _impostor = Deno.serve(
     { hostname: "127.0.0.1", port: file.statusPort, onListen: () => {} },
@@ -287,7 +262,7 @@ Deno.test("--status tells another program on the port from broker-client, and pr
 });
 
 Deno.test("--status gives up on a status port that accepts and never answers", async () => {
-  const file = await writeConfig(freePort());
+  const file = await writeClientIni(freePort());
   const listener = Deno.listen({ hostname: "127.0.0.1", port: file.statusPort });
   const held = listener.accept();
   const printed: string[] = [];

@@ -10,6 +10,8 @@ import { parseIni } from "../../src/config/ini.ts";
 import { type ServerConfig, serverConfigFromIni } from "../../src/config/server_config.ts";
 import { BrokerServer } from "../../src/server/server.ts";
 import { setupLogging } from "../../src/ops/log.ts";
+import { join } from "node:path";
+import { freePort } from "./apps.ts";
 
 /** Server config for ERP servers at `erpPorts` with extra `KEY = value` lines. */
 export function serverConfig(erpPorts: number[], extra: Record<string, string> = {}): ServerConfig {
@@ -166,4 +168,28 @@ export async function deadline<T>(promise: Promise<T>, ms: number, what: () => s
 const testLogLevel = Deno.env.get("BROKER_TEST_LOG");
 if (testLogLevel === "debug" || testLogLevel === "info" || testLogLevel === "warning") {
   await setupLogging({ console: true, level: testLogLevel, format: "text" });
+}
+
+/** Writes a smartclient.ini toward `brokerPort` (free listen and status ports) into a new folder; returns its path, ports and a remover. */
+export async function writeClientIni(brokerPort: number, extra: string[] = []) {
+  const dir = await Deno.makeTempDir();
+  const path = join(dir, "smartclient.ini");
+  const listenPort = freePort();
+  const statusPort = freePort();
+  await Deno.writeTextFile(
+    path,
+    [
+      "[drivers]",
+      "active=com_broker",
+      "[com_broker]",
+      "server=127.0.0.1",
+      `port=${listenPort}`,
+      "BrokerProxy=1",
+      `BrokerServer=127.0.0.1:${brokerPort}`,
+      `STATUS_PORT=${statusPort}`,
+      "LOG_FILE=",
+      ...extra,
+    ].join("\n"),
+  );
+  return { path, listenPort, statusPort, remove: () => Deno.remove(dir, { recursive: true }) };
 }
