@@ -201,9 +201,8 @@ function feedSplit(t: ReturnType<typeof linkTransport>, bytes: Uint8Array, rando
   }
 }
 
-Deno.test("inbound DATA lent to a stuck local socket survives a resume, a read answered after close and the copy budget; the budget comes back", async () => {
-  const undo = poisonOnGive();
-  const random = prng(7);
+/** A server session over a local socket that takes nothing until the test lets it, and whether it has ended. */
+function stuckServerSession() {
   const local = localTransport();
   let ended = false;
   const session = new Session({
@@ -212,6 +211,13 @@ Deno.test("inbound DATA lent to a stuck local socket survives a resume, a read a
     timers: TIMERS,
     events: { ended: () => ended = true },
   });
+  return { local, session, isEnded: () => ended };
+}
+
+Deno.test("inbound DATA lent to a stuck local socket survives a resume, a read answered after close and the copy budget; the budget comes back", async () => {
+  const undo = poisonOnGive();
+  const random = prng(7);
+  const { local, session, isEnded } = stuckServerSession();
   try {
     session.start();
     const a = linkTransport();
@@ -256,7 +262,7 @@ Deno.test("inbound DATA lent to a stuck local socket survives a resume, a read a
     );
     session.abort("test over");
     await session.settled;
-    equal(ended, true);
+    equal(isEnded(), true);
   } finally {
     undo();
     session.abort("test over");
@@ -353,14 +359,7 @@ Deno.test("outbound DATA queued on a link, acknowledged before it was written, i
 
 Deno.test("the peer's ABORT: DATA lent to a stuck local socket is still delivered intact after the link closed", async () => {
   const undo = poisonOnGive();
-  const local = localTransport();
-  let ended = false;
-  const session = new Session({
-    role: "server",
-    local: local.transport,
-    timers: TIMERS,
-    events: { ended: () => ended = true },
-  });
+  const { local, session, isEnded } = stuckServerSession();
   try {
     session.start();
     const a = linkTransport();
@@ -370,7 +369,7 @@ Deno.test("the peer's ABORT: DATA lent to a stuck local socket is still delivere
     const data = dataFrames(0, [...sizes, ...sizes]);
     // The ABORT comes in the same read as the last DATA, a heartbeat behind it.
     a.feed(concat([data.bytes, encodeAbort("peer gives up"), encodeOffsetFrame(FrameType.Heartbeat, 0)]));
-    await until(() => ended && link.closed, "the abort and the link's close");
+    await until(() => isEnded() && link.closed, "the abort and the link's close");
     // Other links take buffers from the pool and fill them meanwhile.
     for (const size of [2048, 4096, 8192, 16_384, 65_536, 262_144, 524_288, 1_048_576]) {
       readBufferPool.take(size).fill(0x55);
