@@ -71,9 +71,12 @@ export const FAREWELL_GRACE_MS = 3_000;
 const FAREWELL_ANSWER_MS = 3_000;
 
 /**
- * Links broker-client sets up at once, across its sessions (see
- * handshake_slots.ts): a PC's few sessions never wait; a hundred that lost
- * their links together come back a batch at a time instead of all timing out.
+ * Links broker-client sets up at once to each broker server, across its
+ * sessions (see handshake_slots.ts): a PC's few sessions never wait; a
+ * hundred that lost their links together come back a batch at a time instead
+ * of all timing out. Per server: handshakes hung on one that does not answer
+ * (each holding its slot for HANDSHAKE_TIMEOUT) must not hold up the
+ * sessions of another.
  */
 export const MAX_LINK_HANDSHAKES = 16;
 
@@ -135,7 +138,8 @@ export class BrokerClient {
   #admissionKey: Promise<CryptoKey | null>;
   #addresses = new LocalAddresses();
   #addressTimer: TimerHandle | undefined;
-  #handshakes = new HandshakeSlots(MAX_LINK_HANDSHAKES);
+  /** The handshake slots of each broker server ("host:port"). */
+  #handshakes = new Map<string, HandshakeSlots>();
   #startedAt: number;
   /** The last error talking to each broker server ("host:port"), for the status page. */
   #linkErrors = new Map<string, LinkError>();
@@ -233,6 +237,14 @@ export class BrokerClient {
     }
   }
 
+  /** The handshake slots for links to `server`. */
+  #slotsOf(server: HostPort): HandshakeSlots {
+    const key = formatHostPort(server);
+    let slots = this.#handshakes.get(key);
+    if (!slots) this.#handshakes.set(key, slots = new HandshakeSlots(MAX_LINK_HANDSHAKES));
+    return slots;
+  }
+
   /** Notes the last error talking to `server`, for the status page. */
   #linkFailed(server: HostPort, message: string): void {
     this.#linkErrors.set(formatHostPort(server), { message, at: new Date(this.#clock.now()).toISOString() });
@@ -276,7 +288,7 @@ export class BrokerClient {
         farewellsEnd: this.#farewellsEnd.signal,
         clock: this.#clock,
         network: this.#network,
-        handshakes: this.#handshakes,
+        handshakes: (server) => this.#slotsOf(server),
         admissionKey: this.#admissionKey,
         linkFailed: (server, message) => this.#linkFailed(server, message),
         done: () => this.#runners.delete(runner),
@@ -319,8 +331,8 @@ interface SessionRunnerOptions {
   clock: Clock;
   /** Sockets for the links (plain TCP; TLS dials the system's). */
   network: Network;
-  /** Shared by every session of this broker-client: taken for each link being set up. */
-  handshakes: HandshakeSlots;
+  /** The slots of a broker server, shared by every session of this broker-client: taken for each link being set up to it. */
+  handshakes: (server: HostPort) => HandshakeSlots;
   admissionKey: Promise<CryptoKey | null>;
   /** Talking to `server` failed with `message` (an opening or a resume attempt). */
   linkFailed(server: HostPort, message: string): void;
@@ -341,7 +353,7 @@ class SessionRunner {
   #farewell: (farewell: Promise<void>) => void;
   #clock: Clock;
   #network: Network;
-  #handshakes: HandshakeSlots;
+  #handshakes: (server: HostPort) => HandshakeSlots;
   #now: () => number;
   #session: Session;
   /** When the current link was lost (clock ms). */
@@ -628,7 +640,7 @@ class SessionRunner {
     // session it opened (WELCOME_BACK), where the token alone would not.
     const own = await (this.#openKey ??= createEphemeralKey());
     let opened: OpenedSession;
-    const release = await this.#handshakes.take(signal);
+    const release = await this.#handshakes(server).take(signal);
     const started = this.#now();
     try {
       opened = await openHandshake({
@@ -781,7 +793,7 @@ class SessionRunner {
   ): Promise<ResumeChallenge & { challengedIn: number }> {
     const connectTimeoutMs = Math.min(this.#config.connectTimeoutMs, RESUME_CONNECT_TIMEOUT_MS);
     // The timeouts start once the slot is ours: the wait is not the link's fault.
-    const release = await this.#handshakes.take(signal);
+    const release = await this.#handshakes(identity.server).take(signal);
     const started = this.#now();
     try {
       const challenge = await challengeResume({

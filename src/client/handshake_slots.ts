@@ -1,5 +1,6 @@
 /**
- * How many links broker-client may be setting up at once: each takes a slot
+ * How many links broker-client may be setting up at once (to one broker
+ * server: see MAX_LINK_HANDSHAKES in client.ts): each takes a slot
  * from its dial to the server's CHALLENGE or WELCOME, and the others wait
  * their turn, first come first served.
  *
