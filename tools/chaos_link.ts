@@ -32,6 +32,7 @@ export type ChaosMode = "pass" | "refuse" | "blackhole";
 export class ChaosLink {
   #server: net.Server;
   #target: ChaosTarget;
+  #rotation: ChaosTarget[] | null = null;
   #pairs = new Set<Pair>();
   #mode: ChaosMode = "pass";
   #delayMs = 0;
@@ -46,10 +47,16 @@ export class ChaosLink {
     this.#target = target;
   }
 
-  /** Starts a relay on 127.0.0.1 (port 0) to `target`. */
-  static async start(target: ChaosTarget): Promise<ChaosLink> {
+  /**
+   * Starts a relay on 127.0.0.1 (port 0) to `target`; given several, each
+   * new connection goes to the next in turn (a load balancer without
+   * affinity).
+   */
+  static async start(target: ChaosTarget | ChaosTarget[]): Promise<ChaosLink> {
     const server = net.createServer({ noDelay: true });
-    const link = new ChaosLink(server, target);
+    const targets = Array.isArray(target) ? target : [target];
+    const link = new ChaosLink(server, targets[0] as ChaosTarget);
+    if (targets.length > 1) link.#rotation = targets;
     server.on("connection", (socket) => link.#accept(socket));
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     return link;
@@ -102,6 +109,7 @@ export class ChaosLink {
       front.resetAndDestroy();
       return;
     }
+    if (this.#rotation) this.#target = this.#rotation[this.connections % this.#rotation.length] as ChaosTarget;
     const { host, port, localAddress } = this.#target;
     const back = net.connect({ host, port, noDelay: true, ...(localAddress ? { localAddress } : {}) });
     back.on("error", () => {});

@@ -46,6 +46,7 @@ export const BOUNDS = {
   NEW_SESSION_TIMEOUT: { kind: "duration", min: 100, max: HOUR },
   HEALTH_CHECK_INTERVAL: { kind: "duration", min: 100, max: HOUR, zero: "no probes" },
   DRAIN_TIMEOUT: { kind: "duration", min: 100, max: 24 * HOUR, zero: "end sessions at once" },
+  HANDOVER_TIMEOUT: { kind: "duration", min: SECOND, max: MAX_DURATION_MS },
   REPLAY_BUFFER_SIZE: { kind: "size", min: 64 * KIB, max: GIB },
   // The largest DATA frame (256 KiB reads) must fit; a link may hold one whole frame in memory.
   MAX_FRAME_SIZE: { kind: "size", min: 320 * KIB, max: 16 * MIB },

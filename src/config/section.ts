@@ -12,7 +12,7 @@ import { ConfigError, type IniDocument, type IniEntry, type IniSection } from ".
  * Keys whose values are secrets: no message ever shows them (a duplicate
  * warning during a key rotation would otherwise print both keys to the log).
  */
-export const SECRET_KEYS: readonly string[] = ["ADMISSION_KEY", "STATUS_ACCESS_KEY"];
+export const SECRET_KEYS: readonly string[] = ["ADMISSION_KEY", "STATUS_ACCESS_KEY", "CLUSTER_KEY"];
 
 /** Tells whether `key` (any case) holds a secret. */
 export function isSecretKey(key: string): boolean {

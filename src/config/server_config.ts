@@ -6,6 +6,7 @@
  */
 
 import { readDuration } from "./bounds.ts";
+import { type ClusterConfig, readCluster } from "./cluster.ts";
 import { ConfigError, type IniDocument, type IniSection, readIniFile } from "./ini.ts";
 import { type LogSettings, readLogSettings } from "./logging.ts";
 import { readAdmissionKey, readLimits, readServerTls, type ServerLimits, type ServerTls } from "./security.ts";
@@ -97,6 +98,8 @@ export interface ServerConfig {
   tls: ServerTls | null;
   /** Limits on sessions, handshakes, rates, frames and buffers. */
   limits: ServerLimits;
+  /** The other broker-servers of the site and the cluster key (docs/cluster.md), or null. */
+  cluster: ClusterConfig | null;
   /** Oddities found while reading, to be logged at start. */
   warnings: string[];
 }
@@ -225,10 +228,11 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
   const general = doc.sections.get("general");
   const consoleLog = general ? new SectionReader(doc, general, warnings).value("CONSOLELOG", parseSwitch, true) : true;
 
+  const listen = readListen(section, raw);
   const config: ServerConfig = {
     path: doc.path,
     consoleLog,
-    listen: readListen(section, raw),
+    listen,
     remoteServers: readRemoteServers(section, raw),
     sortMethod: readSortMethod(section),
     serviceName: section.value("SERVICE_NAME", parseServiceName, DEFAULT_SERVICE_NAME),
@@ -245,6 +249,7 @@ export function serverConfigFromIni(doc: IniDocument): ServerConfig {
     admissionKey: readAdmissionKey(section),
     tls: readServerTls(section, doc.path),
     limits: readLimits(section),
+    cluster: readCluster(section, listen),
     warnings,
   };
   section.reportUnknownKeys();

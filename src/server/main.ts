@@ -33,6 +33,7 @@ import { installWindowsService, runAsWindowsService, uninstallWindowsService } f
 import { within } from "../session/transport.ts";
 import { watchConfig } from "./reload.ts";
 import { BrokerServer } from "./server.ts";
+import { announceMainProcess, watchUpgradeSignal } from "./upgrade.ts";
 
 /** The default configuration file name. */
 export const SERVER_CONFIG_FILE = "appserver.ini";
@@ -196,10 +197,10 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     return await runAsWindowsService(
       config.serviceName,
       config.drainTimeoutMs,
-      (signal, onRunning) => runBroker(config, cli, signal, { onRunning, console: false }),
+      (signal, onRunning) => runBroker(args, config, cli, signal, { onRunning, console: false }),
     );
   }
-  return await runBroker(config, cli, options.signal, { console: true });
+  return await runBroker(args, config, cli, options.signal, { console: true });
 }
 
 /** --check: prints the configuration as understood and whether its files open. */
@@ -224,6 +225,7 @@ interface RunOptions {
 
 /** Runs the broker until `signal` aborts (or its console closes); resolves to the exit code. */
 async function runBroker(
+  args: string[],
   config: ServerConfig,
   cli: CliOptions,
   signal: AbortSignal,
@@ -240,17 +242,23 @@ async function runBroker(
     applyLogging: (next) => setupLogging(loggingFrom(next.log, next.consoleLog || cli.console, cli)),
   });
   try {
-    server.listen();
+    await server.start();
   } catch (err) {
     log.error("{error}", { error: (err as Error).message });
     await teardownLogging();
     return EXIT_FAILURE;
   }
   options.onRunning?.();
+  if (server.tookOver) await announceMainProcess();
   const watcher = watchConfig(config.path, () => server.reload());
-  await aborted(AbortSignal.any([signal, consoleStop.signal]));
+  const upgrade = config.cluster ? watchUpgradeSignal(args) : null;
+  const handedOver = await Promise.race([
+    aborted(AbortSignal.any([signal, consoleStop.signal])).then(() => false),
+    server.handedOver.then(() => true),
+  ]);
+  upgrade?.[Symbol.dispose]();
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
-  const stopped = await stopWithinDeadline(server, watcher, consoleStop.signal.aborted);
+  const stopped = await stopWithinDeadline(server, watcher, consoleStop.signal.aborted, handedOver);
   await teardownLogging();
   consoleStop.finished();
   return stopped ? EXIT_OK : EXIT_FAILURE;
@@ -311,11 +319,17 @@ async function stopWithinDeadline(
   server: BrokerServer,
   watcher: { close(): Promise<void> },
   consoleClosing: boolean,
+  handedOver: boolean,
 ): Promise<boolean> {
   // Windows ends the process about 5 s after a console stop: the drain must leave time for the rest.
-  const drainMs = consoleClosing ? Math.min(server.config.drainTimeoutMs, CONSOLE_DRAIN_MS) : undefined;
+  let drainMs = consoleClosing ? Math.min(server.config.drainTimeoutMs, CONSOLE_DRAIN_MS) : undefined;
+  let reason: string | undefined;
+  if (handedOver) {
+    // Taken over: the sessions left are those HANDOVER_TIMEOUT ended (none when they all finished).
+    [drainMs, reason] = [0, "HANDOVER_TIMEOUT passed after a new broker-server process took over"];
+  }
   const deadlineMs = server.config.drainTimeoutMs + STOP_MARGIN_MS;
-  const closing = Promise.all([watcher.close(), server.close(undefined, drainMs)]);
+  const closing = Promise.all([watcher.close(), server.close(reason, drainMs)]);
   if (!await within(closing, deadlineMs)) {
     logger("server").error(
       "The stop did not finish within {seconds} s (DRAIN_TIMEOUT plus {margin} s): exiting anyway",

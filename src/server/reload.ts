@@ -15,6 +15,7 @@ import { ConfigError, decodeIniBytes, parseIni } from "../config/ini.ts";
 import type { ServerLimits } from "../config/security.ts";
 import { type ServerConfig, serverConfigFromIni } from "../config/server_config.ts";
 import { formatDuration, formatHostPort, formatSize } from "../config/values.ts";
+import { describePeers } from "../config/cluster.ts";
 import { logger } from "../ops/log.ts";
 import { sleep } from "../session/backoff.ts";
 
@@ -119,6 +120,16 @@ export const RELOAD_RULES: readonly KeyRule[] = [
   { key: "LOCAL_SERVER_PORT", effect: "restart", read: (c) => c.listen.port },
   { key: "LINK_TLS_CERT", effect: "restart", read: (c) => c.tls?.certFile ?? null },
   { key: "LINK_TLS_KEY", effect: "restart", read: (c) => c.tls?.keyFile ?? null },
+  { key: "CLUSTER_KEY", effect: "restart", read: (c) => c.cluster?.key ?? null, secret: true },
+  { key: "CLUSTER_ADDRESS", effect: "restart", read: (c) => c.cluster?.listen.hostname ?? null },
+  { key: "CLUSTER_PORT", effect: "restart", read: (c) => c.cluster?.listen.port ?? null },
+  { key: "PEER_<suffix>", effect: "restart", read: (c) => c.cluster ? describePeers(c.cluster) : null },
+  {
+    key: "HANDOVER_TIMEOUT",
+    effect: "restart",
+    read: (c) => c.cluster?.handoverTimeoutMs ?? null,
+    show: formatDuration,
+  },
   { key: "SERVICE_NAME", effect: "install", read: (c) => c.serviceName },
   { key: "SERVICE_DISPLAY_NAME", effect: "install", read: (c) => c.serviceDisplayName },
   { key: "CONSOLELOG", effect: "logging", read: (c) => c.consoleLog, show: switched },
@@ -186,12 +197,14 @@ export function keepRunningValue(key: string, old: ServerConfig, next: ServerCon
   else if (key === "SERVICE_NAME") next.serviceName = old.serviceName;
   else if (key === "SERVICE_DISPLAY_NAME") next.serviceDisplayName = old.serviceDisplayName;
   else if (key === "CONSOLELOG") next.consoleLog = old.consoleLog;
-  else if (key.startsWith("LOG_")) next.log = old.log;
+  else if (key.startsWith("CLUSTER_") || key.startsWith("PEER_") || key === "HANDOVER_TIMEOUT") {
+    next.cluster = old.cluster;
+  } else if (key.startsWith("LOG_")) next.log = old.log;
 }
 
 /**
  * How a key that is not applied on reload is reported (the value is shown,
- * as no such key is secret); `running` is where the server really listens.
+ * unless the key is secret: CLUSTER_KEY "changed"); `running` is where the server really listens.
  */
 export function restartMessage(change: KeyChange, old: ServerConfig, next: ServerConfig, running: string): string {
   const [from, to] = change.detail.split(" -> ");
@@ -204,6 +217,7 @@ export function restartMessage(change: KeyChange, old: ServerConfig, next: Serve
   if (change.effect === "install") {
     return `${change.key} changed from ${from} to ${to} in ${path}: it names the service that --install creates and --uninstall removes; the running service is not renamed (uninstall, then install again, to rename it)`;
   }
+  if (to === undefined) return `${change.key} ${from} in ${path}: that takes a restart; the running value stays`;
   return `${change.key} changed from ${from} to ${to} in ${path}: that takes a restart; the running value stays`;
 }
 

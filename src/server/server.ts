@@ -22,7 +22,7 @@ import { type NetConn, type NetListener, type Network, systemNetwork } from "../
 import { describeError, within } from "../session/transport.ts";
 import { type Backend, Balancer } from "./balancer.ts";
 import { HealthChecker } from "./health.ts";
-import { buildStatus, erpTraffic, ServerStats, type StatusSnapshot } from "./stats.ts";
+import { buildStatus, type ClusterStatus, erpTraffic, ServerStats, type StatusSnapshot } from "./stats.ts";
 import { type HistorySnapshot, ServerHistory } from "./history.ts";
 import { Reloader } from "./reloading.ts";
 import { StatusPage } from "./status_page.ts";
@@ -31,6 +31,11 @@ import { SourceLogBudgets } from "../ops/log_budget.ts";
 import { readHello } from "./handshake.ts";
 import { type ServerSessionInfo, SessionRegistry } from "./registry.ts";
 import { SessionDesk } from "./sessions.ts";
+import { Cluster, type RelayOutcome, takeOver } from "../cluster/cluster.ts";
+import { newTag, type Predecessor, tagOf } from "../cluster/wire.ts";
+import { concatBytes, encodeHelloResume, encodePreface, RejectCode, toHex } from "../protocol/frames.ts";
+import type { ResumeRequest } from "./handshake.ts";
+import { VERSION } from "../version.ts";
 
 export { type ServerSessionInfo, shortId } from "./registry.ts";
 
@@ -66,6 +71,24 @@ export interface BrokerServerOptions {
   applyLogging?: (config: ServerConfig) => Promise<void>;
 }
 
+/** How long a process taking over waits for the old one to let go of the ports (ms). */
+const TAKEOVER_BIND_MS = 10_000;
+
+/** The error of a port that cannot be bound, with Deno's as its cause. */
+function listenError(at: HostPort, err: unknown, key = "LOCAL_SERVER_PORT"): Error {
+  const hint = err instanceof Deno.errors.AddrInUse
+    ? `another program (or another broker-server) already uses this port (${key})`
+    : describeError(err);
+  return new Error(`Cannot listen on ${formatHostPort(at)}: ${hint}`, { cause: err });
+}
+
+/** An address to dial for one that is listened on: the wildcard addresses are reached on the loopback. */
+function dialable(hostname: string): string {
+  if (hostname === "0.0.0.0") return "127.0.0.1";
+  if (hostname === "::" || hostname === "[::]") return "::1";
+  return hostname;
+}
+
 /** The broker-server: listener, handshakes and the session registry. */
 export class BrokerServer {
   #config: ServerConfig;
@@ -89,6 +112,11 @@ export class BrokerServer {
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
   #reloader: Reloader;
+  #tag = newTag();
+  #cluster: Cluster | null = null;
+  #handover: { by: { version: string; pid: number }; since: number; done: Promise<void> } | null = null;
+  #handedOver = Promise.withResolvers<void>();
+  #tookOver = false;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -140,6 +168,7 @@ export class BrokerServer {
       /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
       abnormalEndLog: new SourceLogBudgets(20, 10_000, { now: this.#now }),
       drained: () => this.#drained?.(),
+      idTag: this.#tag,
     });
   }
 
@@ -187,7 +216,36 @@ export class BrokerServer {
       backends: this.#balancer.backends,
       sessions: this.sessions,
       linksInHandshake: this.#gate.size,
+      cluster: this.#clusterStatus(),
     });
+  }
+
+  #clusterStatus(): ClusterStatus | null {
+    const cluster = this.#cluster;
+    if (!cluster) return null;
+    const counts = cluster.counts;
+    const address = cluster.address;
+    const handover = this.#handover;
+    return {
+      tag: cluster.tag,
+      listen: address && !cluster.handedOver ? formatHostPort(address) : null,
+      handedOverTo: handover ? { ...handover.by, since: new Date(handover.since).toISOString() } : null,
+      peers: cluster.peers.map((p) => ({
+        name: p.name,
+        address: p.address,
+        reachable: p.reachable,
+        version: p.info?.version ?? null,
+        pid: p.info?.pid ?? null,
+        sessions: p.info?.sessions ?? null,
+        error: p.error,
+      })),
+      relayedOut: counts.relayedOut,
+      relayedIn: counts.relayedIn,
+      relayFailed: counts.relayFailed,
+      relaying: counts.relaying,
+      relayBytesToHolder: counts.bytes.toHolder,
+      relayBytesToClient: counts.bytes.toClient,
+    };
   }
 
   /** The ERP servers with their state and counters. */
@@ -248,8 +306,13 @@ export class BrokerServer {
     return [...this.#registry.values()];
   }
 
-  /** Binds the listening socket and starts accepting links. */
-  listen(): void {
+  /**
+   * Binds the listening socket (and, with CLUSTER_KEY, the cluster's) and
+   * starts accepting links; `predecessors` are the processes this one took
+   * over from (see start()). Throws when a port cannot be bound; the
+   * error's cause is Deno's (AddrInUse, ...).
+   */
+  listen(predecessors: Predecessor[] = []): void {
     const { hostname, port } = this.#config.listen;
     const tls = this.#config.tls;
     let cert = "";
@@ -265,12 +328,17 @@ export class BrokerServer {
     try {
       this.#listener = this.#network.listen({ hostname, port, ...(tls ? { tls: { cert, key } } : {}) });
     } catch (err) {
-      const hint = err instanceof Deno.errors.AddrInUse
-        ? "another program (or another broker-server) already uses this port"
-        : describeError(err);
-      throw new Error(`Cannot listen on ${formatHostPort({ hostname, port })}: ${hint}`);
+      throw listenError({ hostname, port }, err);
     }
-    log.info("broker-server listening on {address}{tls}; ERP servers: {servers}", {
+    try {
+      this.#cluster = this.#startCluster(predecessors);
+    } catch (err) {
+      this.#listener.close();
+      this.#listener = null;
+      throw err;
+    }
+    log.info("broker-server {version} listening on {address}{tls}; ERP servers: {servers}", {
+      version: VERSION,
       address: formatHostPort(this.address),
       tls: tls ? " (TLS)" : "",
       servers: this.#config.remoteServers.map((s) => `${s.name}=${formatHostPort(s)}`).join(", "),
@@ -280,6 +348,115 @@ export class BrokerServer {
     this.#sampleHistory();
     this.#historyTimer = this.#clock.setInterval(() => this.#sampleHistory(), HISTORY_SAMPLE_MS);
     this.#statusPage.start(this.#config.status);
+  }
+
+  /** The cluster member of this process, listening; null without CLUSTER_KEY. */
+  #startCluster(predecessors: Predecessor[]): Cluster | null {
+    const config = this.#config.cluster;
+    if (!config) return null;
+    const cluster = new Cluster({
+      config,
+      network: this.#network,
+      tag: toHex(this.#tag),
+      version: VERSION,
+      sessions: () => this.#registry.size,
+      adopt: (conn) => this.#handshake(conn),
+      takenOver: (by) => this.#takenOver(by),
+      predecessors,
+    });
+    try {
+      cluster.listen();
+    } catch (err) {
+      throw listenError(config.listen, err, "CLUSTER_PORT");
+    }
+    return cluster;
+  }
+
+  /**
+   * Starts: listen(), but when LOCAL_SERVER_PORT is taken and CLUSTER_KEY is
+   * set, asks the broker-server there to hand over (docs/cluster.md): it
+   * stops accepting and keeps its sessions, this one binds the ports as it
+   * lets go and relays the links of its sessions to it.
+   */
+  async start(): Promise<void> {
+    const cluster = this.#config.cluster;
+    try {
+      return this.listen();
+    } catch (err) {
+      if (!cluster || !((err as Error).cause instanceof Deno.errors.AddrInUse)) throw err;
+    }
+    const at = { hostname: dialable(cluster.listen.hostname), port: cluster.listen.port };
+    let predecessors: Predecessor[];
+    try {
+      predecessors = await takeOver(at, cluster.key, { network: this.#network, version: VERSION });
+    } catch (err) {
+      throw new Error(
+        `Cannot listen on ${
+          formatHostPort(this.#config.listen)
+        }: another program uses this port, and no broker-server handed over to this one (asked on ${
+          formatHostPort(at)
+        }: ${describeError(err)})`,
+      );
+    }
+    const [first] = predecessors;
+    log.info(
+      "Taking over from broker-server {version} (pid {pid}): it keeps its sessions, this process relays their links to it",
+      {
+        version: first?.version ?? "?",
+        pid: first?.pid ?? "?",
+      },
+    );
+    const deadline = this.#now() + TAKEOVER_BIND_MS;
+    this.#tookOver = true;
+    for (;;) {
+      try {
+        return this.listen(predecessors);
+      } catch (err) {
+        if (!((err as Error).cause instanceof Deno.errors.AddrInUse) || this.#now() > deadline) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+  }
+
+  /** A new process took over: the status page and the listener go (it binds them next); sessions stay. */
+  async #takenOver(by: { version: string; pid: number }): Promise<void> {
+    const since = this.#now();
+    await this.#statusPage.shutdown();
+    const listener = this.#listener;
+    this.#listener = null;
+    listener?.close();
+    await this.#acceptLoop;
+    const limit = this.#config.cluster?.handoverTimeoutMs ?? 0;
+    const done = (async () => {
+      if (this.#registry.size === 0) return;
+      const ended = await within(new Promise<void>((resolve) => this.#drained = resolve), limit, this.#clock);
+      this.#drained = null;
+      if (!ended) {
+        log.warn(
+          "HANDOVER_TIMEOUT ({seconds} s) has passed since broker-server {version} took over: ending the {count} sessions left",
+          {
+            seconds: limit / 1000,
+            version: by.version,
+            count: this.#registry.size,
+          },
+        );
+      }
+    })();
+    this.#handover = { by, since, done };
+    this.#handedOver.resolve(done);
+  }
+
+  /** Whether this process took over from another when it started. */
+  get tookOver(): boolean {
+    return this.#tookOver;
+  }
+
+  /**
+   * Resolves once a new process has taken over from this one and the last
+   * session here has ended (or HANDOVER_TIMEOUT passed): time to close().
+   */
+  get handedOver(): Promise<void> {
+    return this.#handedOver.promise;
   }
 
   #accept(listener: NetListener): Promise<void> {
@@ -307,13 +484,38 @@ export class BrokerServer {
     try {
       const hello = await readHello(link, { read: readBy(helloBy), spoke: () => this.#gate.spoke(link) });
       if (hello?.kind === "open") await this.#desk.open(link, source, hello, readBy(deadline));
-      else if (hello?.kind === "resume") await this.#desk.resume(link, hello, readBy(deadline));
-      else if (hello?.kind === "refused") await this.#gate.reject(link, hello.code, hello.reason);
+      else if (hello?.kind === "resume") {
+        if (!await this.#relayed(link, hello)) await this.#desk.resume(link, hello, readBy(deadline));
+      } else if (hello?.kind === "refused") await this.#gate.reject(link, hello.code, hello.reason);
     } catch (err) {
       this.#gate.dropped(link, err);
     } finally {
       this.#gate.finish(link);
     }
+  }
+
+  /**
+   * A resume of a session that another process holds goes to it (see
+   * src/cluster/): true when the link was passed on, or refused because its
+   * holder cannot be reached; false when the session is ours to answer.
+   */
+  async #relayed(link: Link, hello: ResumeRequest): Promise<boolean> {
+    const cluster = this.#cluster;
+    const tag = tagOf(hello.sessionId);
+    if (!cluster || tag === cluster.tag) return false;
+    const id = toHex(hello.sessionId);
+    if (this.#registry.get(id) || this.#registry.tombstone(id)) return false;
+    const outcome: RelayOutcome = await cluster.relay(tag, link.peer, async () => {
+      const taken = await link.release();
+      if (!taken) return null;
+      const hi = encodeHelloResume(hello.sessionId, hello.clientNonce);
+      return { transport: taken.transport, preamble: concatBytes(encodePreface(), hi, taken.rest) };
+    });
+    if (outcome.kind === "relayed") return true;
+    if (link.closed) return true;
+    const code = outcome.kind === "unknown" ? RejectCode.UnknownSession : RejectCode.Unavailable;
+    await this.#gate.reject(link, code, `Session ${id.slice(0, 8)}: ${outcome.reason}`);
+    return true;
   }
 
   /**
@@ -344,6 +546,7 @@ export class BrokerServer {
     await this.#acceptLoop;
     await this.#healthChecker.stop();
     await this.#statusPage.shutdown();
+    await this.#cluster?.close();
     for (const link of this.#gate) link.close();
     const sessions = [...this.#registry.values()].map((e) => e.session);
     for (const session of sessions) session.abort(reason);

@@ -97,6 +97,8 @@ export interface SessionDeskOptions {
   abnormalEndLog: SourceLogBudgets;
   /** Called when the last live session has ended. */
   drained: () => void;
+  /** This process's holder tag: the first bytes of every session id it makes (src/cluster/). */
+  idTag: Uint8Array;
 }
 
 /** A new session's ERP connection, or why there is none. */
@@ -253,6 +255,7 @@ export class SessionDesk {
     // Keys first: a bad public key must not cost an ERP connection.
     const own = await createEphemeralKey();
     const sessionId = randomId();
+    sessionId.set(this.#server.idTag);
     let key: CryptoKey;
     let secret: Uint8Array;
     try {

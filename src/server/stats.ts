@@ -201,6 +201,39 @@ export interface StatusSnapshot {
   resumeDuration: { buckets: { le: number; count: number }[]; sum: number; count: number };
   /** The configuration in force (after reloads; secrets only as set or not). */
   config: ConfigStatus;
+  /** The cluster (peers, relays, hand-over), or null without CLUSTER_KEY. */
+  cluster: ClusterStatus | null;
+}
+
+/** The cluster as the status page shows it (docs/cluster.md). */
+export interface ClusterStatus {
+  /** This process's holder tag: the first 8 hex digits of its session ids. */
+  tag: string;
+  /** Where peers reach this one (host:port), or null when it no longer listens (handed over). */
+  listen: string | null;
+  /** The process that took over from this one, or null. */
+  handedOverTo: { version: string; pid: number; since: string } | null;
+  /** Peers (PEER_<suffix>) and the processes this one took over from. */
+  peers: {
+    name: string;
+    address: string;
+    reachable: boolean;
+    version: string | null;
+    pid: number | null;
+    sessions: number | null;
+    error: string | null;
+  }[];
+  /** Links passed on to the holder of their session. */
+  relayedOut: number;
+  /** Relayed links received for sessions held here. */
+  relayedIn: number;
+  /** Links whose holder could not be reached or refused. */
+  relayFailed: number;
+  /** Relays under way (links passed on, still open). */
+  relaying: number;
+  /** Bytes carried by relays, each way. */
+  relayBytesToHolder: number;
+  relayBytesToClient: number;
 }
 
 /** The configuration in force, as the status page shows it. */
@@ -253,6 +286,8 @@ export interface StatusSources {
   sessions: readonly ServerSessionInfo[];
   /** Links in handshake now. */
   linksInHandshake: number;
+  /** The cluster, or null. */
+  cluster: ClusterStatus | null;
 }
 
 /** The figures of the status page, /status.json and /metrics. */
@@ -285,6 +320,7 @@ export function buildStatus(from: StatusSources): StatusSnapshot {
       log: describeLogSettings(config.log),
       pendingRestart: [...from.pendingRestart],
     },
+    cluster: from.cluster,
   };
 }
 

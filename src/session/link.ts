@@ -254,6 +254,24 @@ export class Link {
     this.close();
   }
 
+  /**
+   * Hands the connection over (broker-server relaying it to the holder of
+   * its session, in handshake): sends what is queued (within `ms`), then
+   * resolves to the transport and every byte received past the frames read;
+   * the link is closed, its transport is not. Null when the link closed or
+   * could not send in time (the transport is closed then).
+   */
+  async release(ms = 1_000): Promise<{ transport: Transport; rest: Uint8Array } | null> {
+    await within(this.writer.flushed(), ms, this.#clock);
+    if (this.#closed || this.#reading || this.writer.queuedBytes > 0) {
+      this.close();
+      return null;
+    }
+    this.#closed = true;
+    this.writer.close();
+    return { transport: this.#transport, rest: this.#decoder.takePending().slice() };
+  }
+
   /** Closes the connection at once; queued frames are dropped. */
   close(): void {
     if (this.#closed) return;
