@@ -1,7 +1,7 @@
 /**
  * The broker-servers of one site, as this one sees them (docs/cluster.md).
  *
- * Every session id starts with the holder tag of the process that holds it
+ * Every session id ends with the holder tag of the process that holds it
  * (random per process start). A resume that reaches a broker-server whose
  * tag it does not carry is relayed, byte for byte, to the process that
  * holds it: a peer (`PEER_<suffix>`), or a process on this host that this

@@ -31,7 +31,7 @@ export const DIALER_OPENING_SIZE = 5 + ID_SIZE;
 export const LISTENER_OPENING_SIZE = 5 + ID_SIZE + MAC_SIZE;
 /** Largest control message accepted. */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
-/** Size of the holder tag that starts every session id. */
+/** Size of the holder tag that ends every session id. */
 export const TAG_SIZE = 4;
 
 /** What a dialer asks. */
@@ -204,10 +204,15 @@ export function isTag(value: unknown): value is string {
   return typeof value === "string" && /^[0-9a-f]{8}$/.test(value);
 }
 
-/** The holder tag of a session id (its first TAG_SIZE bytes), as text. */
+/**
+ * The holder tag of a session id, as text: its last TAG_SIZE bytes (the
+ * first ones stay random: logs name sessions by them).
+ */
 export function tagOf(sessionId: Uint8Array): string {
   let tag = "";
-  for (let i = 0; i < TAG_SIZE; i++) tag += (sessionId[i] ?? 0).toString(16).padStart(2, "0");
+  for (let i = sessionId.length - TAG_SIZE; i < sessionId.length; i++) {
+    tag += (sessionId[i] ?? 0).toString(16).padStart(2, "0");
+  }
   return tag;
 }
 

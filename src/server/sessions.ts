@@ -97,7 +97,7 @@ export interface SessionDeskOptions {
   abnormalEndLog: SourceLogBudgets;
   /** Called when the last live session has ended. */
   drained: () => void;
-  /** This process's holder tag: the first bytes of every session id it makes (src/cluster/). */
+  /** This process's holder tag: the last bytes of every session id it makes (src/cluster/). */
   idTag: Uint8Array;
 }
 
@@ -255,7 +255,7 @@ export class SessionDesk {
     // Keys first: a bad public key must not cost an ERP connection.
     const own = await createEphemeralKey();
     const sessionId = randomId();
-    sessionId.set(this.#server.idTag);
+    sessionId.set(this.#server.idTag, sessionId.length - this.#server.idTag.length);
     let key: CryptoKey;
     let secret: Uint8Array;
     try {

@@ -207,7 +207,7 @@ export interface StatusSnapshot {
 
 /** The cluster as the status page shows it (docs/cluster.md). */
 export interface ClusterStatus {
-  /** This process's holder tag: the first 8 hex digits of its session ids. */
+  /** This process's holder tag: the last 8 hex digits of its session ids. */
   tag: string;
   /** Where peers reach this one (host:port), or null when it no longer listens (handed over). */
   listen: string | null;
