@@ -6,7 +6,10 @@
  *   3. two HAProxy hops in mode tcp (the strongest general-purpose peer),
  *   4. two minimal Deno relays (bench/deno_relay.ts): the runtime's floor,
  *      what any two-hop relay on Deno costs before doing anything useful;
- *   5. broker-client -> broker-server (default settings, separate processes).
+ *   5. broker-client -> broker-server (default settings, separate processes);
+ *   6. broker-client -> HAProxy (mode tcp, roundrobin, health checks) -> three
+ *      broker-servers of one cluster (CLUSTER_KEY, PEER_), as a site with
+ *      several broker-servers runs them (examples/haproxy/broker-cluster.cfg).
  * socat and HAProxy are installed with apt when missing (as root), or their
  * column is skipped with a note.
  *
@@ -28,7 +31,7 @@
  * memory during the run and after --churn-idle-seconds (30) idle (SVG chart).
  * Options: --runs N (3), --bulk-mib N (1024), --round-trips N (20000),
  * --only LIST (bulk,duplex,rtt,users,storm,churn: all by default), --peers LIST
- * (direct,socat,haproxy,deno,broker), --profile DIR (run broker-client and
+ * (direct,socat,haproxy,deno,broker,cluster), --profile DIR (run broker-client and
  * broker-server under `--cpu-prof`, profiles written to DIR),
  * --broker-v8-flags FLAGS (default: the V8 flags the programs ship with,
  * src/runtime_flags.ts; "" for V8's defaults).
@@ -49,7 +52,7 @@ const { values } = parseArgs({
     "bulk-mib": { type: "string", default: "1024" },
     "round-trips": { type: "string", default: "20000" },
     only: { type: "string", default: "bulk,duplex,rtt,users,storm,churn" },
-    peers: { type: "string", default: "direct,socat,haproxy,deno,broker" },
+    peers: { type: "string", default: "direct,socat,haproxy,deno,broker,cluster" },
     profile: { type: "string" },
     "broker-v8-flags": { type: "string", default: V8_FLAGS },
     users: { type: "string", default: "2000" },
@@ -372,6 +375,69 @@ async function brokerChain(sinkPort: number, dir: string, options: BrokerChainOp
   return { port: clientPort, pids: [server.pid, client.pid], stop: () => stopAll(client, server) };
 }
 
+/**
+ * broker-client -> HAProxy (roundrobin, no affinity, TCP health checks) ->
+ * three broker-servers of one cluster -> the sink: each broker-server is a
+ * process with its own appserver.ini (CLUSTER_KEY, CLUSTER_PORT, the other
+ * two as PEER_), as on a site (examples/haproxy/broker-cluster.cfg).
+ */
+async function clusterChain(sinkPort: number, dir: string): Promise<Chain> {
+  const serverPorts = [freePort(), freePort(), freePort()];
+  const clusterPorts = [freePort(), freePort(), freePort()];
+  const haproxyPort = freePort();
+  const clientPort = freePort();
+  const deno = Deno.execPath();
+  const profile = PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+  if (BROKER_V8_FLAGS) profile.push(`--v8-flags=${BROKER_V8_FLAGS}`);
+  const servers: Deno.ChildProcess[] = [];
+  const children: Deno.ChildProcess[] = [];
+  try {
+    for (const [i, port] of serverPorts.entries()) {
+      const peers = clusterPorts.flatMap((p, j) => j === i ? [] : [`PEER_${"ABC"[j]}=127.0.0.1 ${p}`]);
+      const ini = `${dir}/cluster-appserver-${i}.ini`;
+      await Deno.writeTextFile(
+        ini,
+        `[GENERAL]\nCONSOLELOG=0\n[BALANCE_SMART_CLIENT_DESKTOP]\nLOCAL_SERVER_ADDRESS=127.0.0.1\nLOCAL_SERVER_PORT=${port}\nREMOTE_SERVER_01=127.0.0.1 ${sinkPort}\nSTATUS_PORT=0\nHEALTH_CHECK_INTERVAL=0\nDRAIN_TIMEOUT=0\nNEW_SESSIONS_PER_MINUTE=100000\nCLUSTER_KEY=bench-cluster-key-0123456789\nCLUSTER_ADDRESS=127.0.0.1\nCLUSTER_PORT=${
+          clusterPorts[i]
+        }\n${peers.join("\n")}\n`,
+      );
+      const server = spawn(deno, ["run", ...profile, "-A", "server.ts", "--config", ini, "--log-level", "warning"]);
+      servers.push(server);
+      children.push(server);
+    }
+    for (const port of serverPorts) await waitForPort(port);
+    await Deno.writeTextFile(
+      `${dir}/haproxy-cluster.cfg`,
+      `global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n` +
+        `  retries 2\n  option redispatch\nfrontend links\n  bind 127.0.0.1:${haproxyPort}\n  default_backend brokers\n` +
+        `backend brokers\n  balance roundrobin\n` +
+        serverPorts.map((p, i) => `  server b${i} 127.0.0.1:${p} check inter 2s fall 2 rise 2\n`).join(""),
+    );
+    children.push(spawn("haproxy", ["-db", "-f", `${dir}/haproxy-cluster.cfg`]));
+    await waitForPort(haproxyPort);
+    await Deno.writeTextFile(
+      `${dir}/smartclient-cluster.ini`,
+      `[drivers]\nactive=b\n[b]\nserver=127.0.0.1\nport=${clientPort}\nBrokerProxy=1\nBrokerServer=127.0.0.1:${haproxyPort}\nLOG_FILE=\n`,
+    );
+    const client = spawn(deno, [
+      "run",
+      ...profile,
+      "-A",
+      "client.ts",
+      "--config",
+      `${dir}/smartclient-cluster.ini`,
+      "--log-level",
+      "warning",
+    ]);
+    children.unshift(client);
+    await waitForPort(clientPort);
+  } catch (err) {
+    await stopAll(...children);
+    throw err;
+  }
+  return { port: clientPort, pids: children.map((c) => c.pid), stop: () => stopAll(...children) };
+}
+
 interface Figures {
   bulkMBps: number[];
   duplexMBps: number[];
@@ -396,12 +462,15 @@ async function measure(port: number): Promise<Figures> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 const range = (xs: number[], digits: number) => `${Math.min(...xs).toFixed(digits)}-${Math.max(...xs).toFixed(digits)}`;
 
+/** The broker behind HAProxy in front of three broker-servers of one cluster. */
+const CLUSTER = "through HAProxy to 3 broker-servers";
 const PEER_KEYS: Record<string, string> = {
   "direct TCP": "direct",
   "socat x2": "socat",
   "HAProxy x2": "haproxy",
   "Deno relay x2": "deno",
   "broker": "broker",
+  [CLUSTER]: "cluster",
 };
 const sink = startSink();
 const dir = await Deno.makeTempDir();
@@ -428,6 +497,11 @@ const peers = ([
   ],
   ["Deno relay x2", () => denoRelayChain(sink.port), null],
   ["broker", () => brokerChain(sink.port, dir), null],
+  [
+    CLUSTER,
+    () => clusterChain(sink.port, dir),
+    PEERS.has("cluster") ? await haveOrInstall("haproxy", "haproxy") : null,
+  ],
 ] as Peer[]).filter(([name]) => PEERS.has(PEER_KEYS[name] ?? ""));
 const streamWorkloads = ["bulk", "duplex", "rtt"].some((w) => ONLY.has(w));
 try {
@@ -717,20 +791,23 @@ const workloads = ([
   [`${ROUND_TRIPS} x 1 KiB round trips, p50 ms`, "p50Ms", 3, false],
   [`${ROUND_TRIPS} x 1 KiB round trips, p99 ms`, "p99Ms", 3, false],
 ] as [string, keyof Figures, number, boolean][]).filter(([, key]) => measured.some((r) => r.figures[key].length > 0));
+/** The peers the broker is compared with (not itself, nor itself behind HAProxy). */
+const others = measured.filter((r) => r.name !== "broker" && r.name !== CLUSTER);
+/** The cluster's figures against the single broker's: what HAProxy and the cluster add. */
+const cluster = results.find((r) => r.name === CLUSTER)?.figures;
 const rows: string[][] = [[
   "workload",
   ...measured.map((r) => r.name),
-  ...(ours ? measured.filter((r) => r.name !== "broker").map((r) => `broker / ${r.name}`) : []),
+  ...(ours ? others.map((r) => `broker / ${r.name}`) : []),
+  ...(ours && cluster ? ["3 broker-servers / broker"] : []),
 ]];
 for (const [label, key, digits] of workloads) {
+  const ratio = (a: Figures, b: Figures) => `${(median(a[key]) / median(b[key])).toFixed(2)}x`;
   rows.push([
     label,
     ...measured.map((r) => `${median(r.figures[key]).toFixed(digits)} (${range(r.figures[key], digits)})`),
-    ...(ours
-      ? measured.filter((r) => r.name !== "broker").map((r) =>
-        `${(median(ours[key]) / median(r.figures[key])).toFixed(2)}x`
-      )
-      : []),
+    ...(ours ? others.map((r) => ratio(ours, r.figures)) : []),
+    ...(ours && cluster ? [ratio(cluster, ours)] : []),
   ]);
 }
 const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];

@@ -26,6 +26,7 @@ import {
   type Handover,
   importClusterKey,
   parseHandover,
+  parseOpeningAnswer,
   parsePeerInfo,
   parseRelayAnswer,
   type PeerInfo,
@@ -41,6 +42,8 @@ const log = logger("cluster");
 export const PEER_POLL_MS = 5_000;
 /** Time a peer has to answer, and a relay to be granted (ms). */
 export const PEER_TIMEOUT_MS = 3_000;
+/** Time a peer has to say whether it holds an opening (ms): every new session waits for the answers. */
+export const OPENING_QUERY_MS = 1_000;
 /** A tag nobody claims makes this side ask every peer again, at most this often (ms). */
 const REFRESH_MIN_MS = 1_000;
 
@@ -81,6 +84,8 @@ export interface ClusterOptions {
   version: string;
   /** Live sessions now. */
   sessions: () => number;
+  /** Whether this process holds, or is opening, the session of an open token (hex). */
+  holdsOpening: (token: string) => boolean;
   /** A relayed link for one of our sessions: run the normal handshake on it. */
   adopt: (conn: NetConn) => void;
   /** A new process took over: stop accepting (it binds the ports once this resolves). */
@@ -209,7 +214,9 @@ export class Cluster {
     }
     try {
       if (request.op === "hello") await this.#answerHello(conn);
-      else if (request.op === "relay") return await this.#answerRelay(conn, request, handover);
+      else if (request.op === "opening") {
+        await sendMessage(conn, { held: this.#options.holdsOpening(request.token), tag: this.tag });
+      } else if (request.op === "relay") return await this.#answerRelay(conn, request, handover);
       else await this.#answerTakeover(conn, request, from, handover);
     } catch (err) {
       log.warn("cluster: a {op} request from {from} failed: {error}", {
@@ -343,6 +350,10 @@ export class Cluster {
         });
       }
       Object.assign(state, { reachable: true, info, error: null });
+      // Tags it no longer holds (its sessions' process exited, or it restarted) are forgotten.
+      for (const [tag, route] of this.#routes) {
+        if (route.name === name && !info.holders.includes(tag)) this.#routes.delete(tag);
+      }
       for (const tag of info.holders) this.#routes.set(tag, { ...at, name });
     } catch (err) {
       const error = describeError(err);
@@ -413,6 +424,16 @@ export class Cluster {
       }
       return { kind: "unknown", reason };
     }
+    return await this.#relayTo(route, tag, client, take);
+  }
+
+  /** Dials `route` for a relay of `tag`'s link from `client`, then passes the link taken by `take` on. */
+  async #relayTo(
+    route: Route,
+    tag: string,
+    client: string,
+    take: () => Promise<{ transport: Transport; preamble: Uint8Array } | null>,
+  ): Promise<RelayOutcome> {
     let holder: NetConn;
     try {
       holder = await this.#dialRelay(route, { tag, client });
@@ -433,6 +454,52 @@ export class Cluster {
     this.#counts.relayedOut++;
     this.#passOn(taken.transport, holder, taken.preamble).catch(() => {});
     return { kind: "relayed" };
+  }
+
+  /**
+   * A new session's hello that may be a retry whose first attempt reached
+   * another broker-server (its WELCOME lost): asks every peer that answered
+   * its last poll, and every predecessor, whether it holds or is opening
+   * `token` (hex), within OPENING_QUERY_MS. The first that does gets the
+   * link (as relay() would pass it); null when none does, and the opening
+   * is this process's to make.
+   */
+  async relayOpening(
+    token: string,
+    client: string,
+    take: () => Promise<{ transport: Transport; preamble: Uint8Array } | null>,
+  ): Promise<RelayOutcome | null> {
+    if (this.#closed) return null;
+    const asked = [...this.#asked()].map(async ([name, at]) => {
+      const { conn, reply } = await dialPeer(at.hostname, at.port, { op: "opening", token }, {
+        network: this.#options.network,
+        key: await this.#key,
+        timeoutMs: OPENING_QUERY_MS,
+      });
+      closeQuietly(conn);
+      const answer = parseOpeningAnswer(reply);
+      if (!answer.held) throw new Error("not held");
+      return { ...answer, route: { ...at, name } };
+    });
+    if (asked.length === 0) return null;
+    let holder: { tag: string; route: Route };
+    try {
+      holder = await Promise.any(asked);
+    } catch {
+      return null;
+    }
+    return await this.#relayTo(holder.route, holder.tag, client, take);
+  }
+
+  /** Peers that answered their last poll (or were not asked yet), and predecessors: name and address. */
+  *#asked(): Iterable<[string, HostPort]> {
+    for (const peer of this.#options.config.peers) {
+      const state = this.#peers.get(peer.name);
+      if (state && (state.reachable || state.info === null && state.error === "not asked yet")) {
+        yield [peer.name, { hostname: peer.hostname, port: peer.port }];
+      }
+    }
+    for (const p of this.#predecessors) yield [predecessorName(p), { hostname: "127.0.0.1", port: p.port }];
   }
 
   /** Says the client's preamble to the holder, drops the holder's preface, then splices. */

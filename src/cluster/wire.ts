@@ -40,6 +40,8 @@ export type PeerRequest =
   | { op: "hello" }
   /** Carry this client's link to the session `tag` holds; the client was at `client`. */
   | { op: "relay"; tag: string; client: string }
+  /** Do you hold, or are you opening, the session of this open token (hex)? The answer is an OpeningAnswer. */
+  | { op: "opening"; token: string }
   /** A new process on this host takes over: stop accepting; answer a Handover. */
   | { op: "takeover"; version: string; pid: number };
 
@@ -155,6 +157,9 @@ export function parseRequest(message: Record<string, unknown>): PeerRequest {
   if (op === "relay" && isTag(message.tag) && typeof message.client === "string" && message.client.length < 100) {
     return { op, tag: message.tag, client: message.client };
   }
+  if (op === "opening" && typeof message.token === "string" && /^[0-9a-f]{32}$/.test(message.token)) {
+    return { op, token: message.token };
+  }
   if (op === "takeover" && typeof message.version === "string" && Number.isSafeInteger(message.pid)) {
     return { op, version: message.version.slice(0, 64), pid: message.pid as number };
   }
@@ -191,6 +196,18 @@ export function parseHandover(message: Record<string, unknown>): Handover {
     throw new PeerProtocolError("malformed takeover answer");
   });
   return { ok: true, predecessors };
+}
+
+/** The answer to an opening question: whether the peer holds it, and its tag (to relay to). */
+export interface OpeningAnswer {
+  held: boolean;
+  tag: string;
+}
+
+/** An opening answer, checked. */
+export function parseOpeningAnswer(message: Record<string, unknown>): OpeningAnswer {
+  if (typeof message.held === "boolean" && isTag(message.tag)) return { held: message.held, tag: message.tag };
+  throw new PeerProtocolError("malformed opening answer");
 }
 
 /** A relay answer, checked. */

@@ -6,7 +6,7 @@
  */
 
 import type { FlakyRow, HistorySnapshot } from "../server/history.ts";
-import type { SessionStatus, StatusSnapshot } from "../server/stats.ts";
+import type { ClusterStatus, SessionStatus, StatusSnapshot } from "../server/stats.ts";
 import {
   chartStyle,
   formatCount,
@@ -147,6 +147,7 @@ ${options.history ? historySection(options.history) : ""}
 <h2>ERP servers</h2>
 <div class="wrap"><table><thead><tr><th>Server</th><th>Address</th><th>State</th><th>Sessions</th><th>Total</th><th>Weight</th><th>Last error</th></tr></thead>
 <tbody>${serverRows(s.servers)}</tbody></table></div>
+${s.cluster ? clusterSection(s.cluster) : ""}
 ${sessionsSection(s, options.filter ?? { client: "", server: "", state: "" }, options.linkKey ?? null)}
 <p class="meta">Machine-readable: <a href="status.json${escapeHtml(query)}">status.json</a> · <a href="history.json${
     escapeHtml(query)
@@ -184,6 +185,32 @@ function cards(s: StatusSnapshot): string {
     card("Replaced while attached", t.resumesByTrigger.replacedWhileAttached) + card("Expired", t.sessionsExpired) +
     card("Ended by error", t.sessionsAborted) + card("To clients", formatBytes(t.bytesToClients)) +
     card("To ERP", formatBytes(t.bytesToErp)) + card("Replayed", formatBytes(t.bytesReplayed));
+}
+
+/** The cluster: this process's tag, the peers and the processes it took over from, and the relays. */
+function clusterSection(c: ClusterStatus): string {
+  const rows = c.peers.map((p) =>
+    `<tr><td>${escapeHtml(p.name)}</td><td>${escapeHtml(p.address)}</td><td class="${p.reachable ? "up" : "down"}">${
+      p.reachable ? "reachable" : "unreachable"
+    }</td><td>${escapeHtml(p.version ?? "")}</td><td class="n">${p.pid ?? ""}</td><td class="n">${
+      p.sessions ?? ""
+    }</td><td class="err">${escapeHtml(p.error ?? "")}</td></tr>`
+  ).join("");
+  const handed = c.handedOverTo
+    ? `<p class="headline lost">Taken over by broker-server ${
+      escapeHtml(c.handedOverTo.version)
+    } (pid ${c.handedOverTo.pid}) at ${
+      escapeHtml(c.handedOverTo.since)
+    }: this process takes no new sessions and exits when its last one ends.</p>`
+    : "";
+  return `<h2>Cluster</h2>${handed}
+<div class="meta">holder tag ${escapeHtml(c.tag)} · ${
+    c.listen ? `peers reach this one on ${escapeHtml(c.listen)}` : "no longer listening for peers"
+  } · links passed to their holder ${c.relayedOut} (${c.relaying} open, ${c.relayFailed} failed) · relayed links received ${c.relayedIn}</div>
+<div class="wrap"><table><thead><tr><th>Peer</th><th>Address</th><th>State</th><th>Version</th><th>Pid</th><th>Sessions</th><th>Last error</th></tr></thead>
+<tbody>${
+    rows || '<tr><td colspan="7" class="empty">No peers (PEER_&lt;suffix&gt;) configured</td></tr>'
+  }</tbody></table></div>`;
 }
 
 /** The headline, the three charts and the flakiest clients and networks. */
@@ -345,6 +372,7 @@ export function renderMetrics(s: StatusSnapshot): string {
     s.maxBufferedBytes,
   ]]);
   backendMetrics(s.servers, metric);
+  if (s.cluster) clusterMetrics(s.cluster, metric);
   return out.join("\n") + "\n";
 }
 
@@ -369,6 +397,40 @@ function resumeMetrics(s: StatusSnapshot, metric: MetricWriter, out: string[]): 
     `broker_resume_duration_seconds_sum ${s.resumeDuration.sum}`,
     `broker_resume_duration_seconds_count ${s.resumeDuration.count}`,
   );
+}
+
+/** The cluster's metrics: relays and peers. */
+function clusterMetrics(c: ClusterStatus, metric: MetricWriter): void {
+  metric(
+    "broker_cluster_links_relayed_total",
+    "counter",
+    "Links passed on to the broker-server holding their session (out), or received from one (in).",
+    [
+      ['{direction="out"}', c.relayedOut],
+      ['{direction="in"}', c.relayedIn],
+    ],
+  );
+  metric("broker_cluster_relay_failures_total", "counter", "Links whose holder could not be reached or refused them.", [
+    [
+      "",
+      c.relayFailed,
+    ],
+  ]);
+  metric("broker_cluster_relays_open", "gauge", "Links passed on to their holder and still open.", [["", c.relaying]]);
+  metric("broker_cluster_relayed_bytes_total", "counter", "Bytes carried by relays that ended, by direction.", [
+    ['{direction="to_holder"}', c.relayBytesToHolder],
+    ['{direction="to_client"}', c.relayBytesToClient],
+  ]);
+  metric(
+    "broker_cluster_peer_up",
+    "gauge",
+    "1 when the peer (or a process this one took over from) answered its last poll.",
+    c.peers.map((p) => [`{peer="${label(p.name)}",address="${label(p.address)}"}`, p.reachable ? 1 : 0]),
+  );
+  metric("broker_cluster_handed_over", "gauge", "1 when a new process took over from this one.", [[
+    "",
+    c.handedOverTo ? 1 : 0,
+  ]]);
 }
 
 /** The per-ERP-server metrics. */

@@ -80,6 +80,8 @@ function checkUnitName(name: string): void {
  * (`TimeoutStopSec=infinity`): broker-server bounds its own stop by the
  * DRAIN_TIMEOUT in force when the stop begins, so raising DRAIN_TIMEOUT later
  * (by a reload or a restart) never gets it killed in the middle of a drain.
+ * `NotifyAccess=all` lets the process that takes over after SIGUSR2 tell
+ * systemd that it is the main process now (src/server/upgrade.ts).
  */
 export function systemdUnit(spec: ServiceSpec): string {
   checkUnitName(spec.name);
@@ -94,6 +96,10 @@ Wants=network-online.target
 Type=simple
 ExecStart=${exec}
 ExecReload=/bin/kill -HUP $MAINPID
+# An upgrade in place (SIGUSR2, docs/cluster.md) starts a new process that
+# takes over and then runs systemd-notify --pid to become the main process:
+# systemd accepts that message only from a process of the unit with this.
+NotifyAccess=all
 Restart=on-failure
 RestartSec=2
 # Stop: SIGTERM; broker-server drains live sessions for DRAIN_TIMEOUT (the

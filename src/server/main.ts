@@ -93,6 +93,15 @@ appserver.ini, section [BALANCE_SMART_CLIENT_DESKTOP]:
   HEALTH_CHECK_FALL      failed probes that take a server down (default 3)
   ADMISSION_KEY          shared secret broker-clients must prove (16+ chars)
   LINK_TLS_CERT, LINK_TLS_KEY  TLS on the link: PEM certificate and key files
+  CLUSTER_KEY            secret shared by the site's broker-servers (16+ chars):
+                         resumes reach the holder of their session, and a new
+                         process takes over without ending sessions
+  CLUSTER_PORT, CLUSTER_ADDRESS  where the others reach this one (port: else
+                         LOCAL_SERVER_PORT + 1; address: else 127.0.0.1, or
+                         LOCAL_SERVER_ADDRESS when PEER_ entries are set)
+  PEER_<xx>              another broker-server: "host port" of its CLUSTER_PORT
+  HANDOVER_TIMEOUT       how long a process taken over from keeps its sessions
+                         (24h when not set)
   MAX_SESSIONS (5000), MAX_HANDSHAKES (500; links in handshake that resume
   no session), MAX_HANDSHAKES_PER_ADDRESS (100, the same per source),
   NEW_SESSIONS_PER_MINUTE (6000 per source: IPv4 address, IPv6 /64),
@@ -112,8 +121,12 @@ REMOTE_SERVER_<xx> values may end with weight=N and max=N (0: no limit), e.g.
 
 The configuration is reloaded on SIGHUP and when the file changes: added
 servers join, removed ones drain; the log names each key that needs a restart
-(LOCAL_SERVER_*, LINK_TLS_*; SERVICE_* a re-install). A file that removes a
-key or TLS or raises a limit is applied once it has read the same for 1 s.
+(LOCAL_SERVER_*, LINK_TLS_*, CLUSTER_*, PEER_*, HANDOVER_TIMEOUT; SERVICE_* a
+re-install). A file that removes a key or TLS or raises a limit is applied once
+it has read the same for 1 s.
+SIGUSR2 (Linux, with CLUSTER_KEY): start the executable now at this path, with
+the same arguments; it takes over and this process keeps its sessions until
+they end (docs/cluster.md). Without CLUSTER_KEY, SIGUSR2 ends the program.
 [GENERAL] CONSOLELOG=1  log to the console (0: warnings and errors only)
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or configuration.
@@ -251,12 +264,12 @@ async function runBroker(
   options.onRunning?.();
   if (server.tookOver) await announceMainProcess();
   const watcher = watchConfig(config.path, () => server.reload());
-  const upgrade = config.cluster ? watchUpgradeSignal(args) : null;
+  const upgrade = watchUpgradeSignal(args, config.cluster !== null);
   const handedOver = await Promise.race([
     aborted(AbortSignal.any([signal, consoleStop.signal])).then(() => false),
     server.handedOver.then(() => true),
   ]);
-  upgrade?.[Symbol.dispose]();
+  upgrade[Symbol.dispose]();
   using _stopping = holdHangup(() => log.info("SIGHUP ignored: broker-server is stopping"));
   const stopped = await stopWithinDeadline(server, watcher, consoleStop.signal.aborted, handedOver);
   await teardownLogging();

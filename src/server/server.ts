@@ -33,8 +33,15 @@ import { type ServerSessionInfo, SessionRegistry } from "./registry.ts";
 import { SessionDesk } from "./sessions.ts";
 import { Cluster, type RelayOutcome, takeOver } from "../cluster/cluster.ts";
 import { newTag, type Predecessor, tagOf } from "../cluster/wire.ts";
-import { concatBytes, encodeHelloResume, encodePreface, RejectCode, toHex } from "../protocol/frames.ts";
-import type { ResumeRequest } from "./handshake.ts";
+import {
+  concatBytes,
+  encodeHelloNew,
+  encodeHelloResume,
+  encodePreface,
+  RejectCode,
+  toHex,
+} from "../protocol/frames.ts";
+import type { OpenRequest, ResumeRequest } from "./handshake.ts";
 import { VERSION } from "../version.ts";
 
 export { type ServerSessionInfo, shortId } from "./registry.ts";
@@ -337,7 +344,7 @@ export class BrokerServer {
       this.#listener = null;
       throw err;
     }
-    log.info("broker-server {version} listening on {address}{tls}; ERP servers: {servers}", {
+    log.info("broker-server listening on {address}{tls} (version {version}); ERP servers: {servers}", {
       version: VERSION,
       address: formatHostPort(this.address),
       tls: tls ? " (TLS)" : "",
@@ -360,6 +367,7 @@ export class BrokerServer {
       tag: toHex(this.#tag),
       version: VERSION,
       sessions: () => this.#registry.size,
+      holdsOpening: (token) => this.#registry.orphan(token) !== undefined || this.#registry.connecting(token),
       adopt: (conn) => this.#handshake(conn),
       takenOver: (by) => this.#takenOver(by),
       predecessors,
@@ -483,8 +491,9 @@ export class BrokerServer {
     const readBy = (by: number) => (what: string) => link.readFrameWithin(Math.max(1, by - this.#now()), what);
     try {
       const hello = await readHello(link, { read: readBy(helloBy), spoke: () => this.#gate.spoke(link) });
-      if (hello?.kind === "open") await this.#desk.open(link, source, hello, readBy(deadline));
-      else if (hello?.kind === "resume") {
+      if (hello?.kind === "open") {
+        if (!await this.#openingRelayed(link, hello)) await this.#desk.open(link, source, hello, readBy(deadline));
+      } else if (hello?.kind === "resume") {
         if (!await this.#relayed(link, hello)) await this.#desk.resume(link, hello, readBy(deadline));
       } else if (hello?.kind === "refused") await this.#gate.reject(link, hello.code, hello.reason);
     } catch (err) {
@@ -515,6 +524,28 @@ export class BrokerServer {
     if (link.closed) return true;
     const code = outcome.kind === "unknown" ? RejectCode.UnknownSession : RejectCode.Unavailable;
     await this.#gate.reject(link, code, `Session ${id.slice(0, 8)}: ${outcome.reason}`);
+    return true;
+  }
+
+  /**
+   * A new session's hello that another process of the cluster holds or is
+   * opening (a retry whose WELCOME was lost, the first attempt having
+   * reached that one) goes to it, so that one opening never makes two ERP
+   * connections: true when the link was passed on or refused here.
+   */
+  async #openingRelayed(link: Link, hello: OpenRequest): Promise<boolean> {
+    const cluster = this.#cluster;
+    const token = toHex(hello.openToken);
+    if (!cluster || this.#registry.orphan(token) || this.#registry.connecting(token)) return false;
+    const outcome = await cluster.relayOpening(token, link.peer, async () => {
+      const taken = await link.release();
+      if (!taken) return null;
+      const hi = encodeHelloNew(hello.clientPublicKey, hello.openToken, hello.clientCap);
+      return { transport: taken.transport, preamble: concatBytes(encodePreface(), hi, taken.rest) };
+    });
+    if (outcome === null) return false;
+    if (outcome.kind === "relayed" || link.closed) return true;
+    await this.#gate.reject(link, RejectCode.Unavailable, `Opening ${token.slice(0, 8)}: ${outcome.reason}`);
     return true;
   }
 

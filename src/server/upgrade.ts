@@ -13,10 +13,18 @@ import { selfCommand } from "../ops/service.ts";
 
 const log = logger("server");
 
-/** On SIGUSR2 (not on Windows), starts a successor with `args`; dispose to stop listening. */
-export function watchUpgradeSignal(args: string[]): Disposable {
+/**
+ * On SIGUSR2 (not on Windows), starts a successor with `args`; without a
+ * cluster (`enabled` false) says why it cannot, rather than letting the
+ * signal end the process. Dispose to stop listening.
+ */
+export function watchUpgradeSignal(args: string[], enabled: boolean): Disposable {
   if (Deno.build.os === "windows") return { [Symbol.dispose]: () => {} };
   const listener = () => {
+    if (!enabled) {
+      log.warn("SIGUSR2 ignored: an upgrade that keeps sessions needs CLUSTER_KEY in appserver.ini (docs/cluster.md)");
+      return;
+    }
     const [program, ...rest] = selfCommand(Deno.execPath(), Deno.mainModule, isRunFromSource(Deno.execPath()));
     try {
       const child = new Deno.Command(program as string, {

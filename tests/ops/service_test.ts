@@ -42,6 +42,10 @@ Wants=network-online.target
 Type=simple
 ExecStart=/opt/broker/broker-server --config "/opt/broker/my config/appserver.ini"
 ExecReload=/bin/kill -HUP $MAINPID
+# An upgrade in place (SIGUSR2, docs/cluster.md) starts a new process that
+# takes over and then runs systemd-notify --pid to become the main process:
+# systemd accepts that message only from a process of the unit with this.
+NotifyAccess=all
 Restart=on-failure
 RestartSec=2
 # Stop: SIGTERM; broker-server drains live sessions for DRAIN_TIMEOUT (the
@@ -100,6 +104,7 @@ const UNIT_KEYS = [
   "[Service] Type",
   "[Service] ExecStart",
   "[Service] ExecReload",
+  "[Service] NotifyAccess",
   "[Service] Restart",
   "[Service] RestartSec",
   "[Service] KillSignal",

@@ -3,6 +3,7 @@ import {
   FILTER_MAX_LENGTH,
   parseSessionFilter,
   renderHtml,
+  renderMetrics,
   selectSessions,
   SESSION_ROWS,
 } from "../../src/ops/status_render.ts";
@@ -77,6 +78,7 @@ function snapshot(count: number, sessions?: SessionStatus[]): StatusSnapshot {
       log: "info",
       pendingRestart: [],
     },
+    cluster: null,
   };
 }
 
@@ -159,4 +161,44 @@ Deno.test("page: client addresses, ERP names and filter values cannot inject mar
   ok(!/<script/i.test(html), "no script tag anywhere");
   ok(html.includes("&#60;script&#62;alert(1)&#60;/script&#62;&#34;&#39;&#38;"), "shown, escaped");
   ok(html.includes('name="key" value="k&#34;&#62;&#60;script&#62;y&#60;/script&#62;"'), "the key in the form, escaped");
+});
+
+Deno.test("the cluster section lists peers, escapes what peers report, and /metrics counts relays", () => {
+  const s = snapshot(1);
+  const evil = "<script>alert(1)</script>";
+  s.cluster = {
+    tag: "0badf00d",
+    listen: "127.0.0.1:4001",
+    handedOverTo: { version: evil, pid: 42, since: "2026-11-30T12:00:00.000Z" },
+    peers: [
+      { name: "PEER_B", address: "10.0.0.12:4001", reachable: true, version: evil, pid: 7, sessions: 12, error: null },
+      {
+        name: "PEER_C",
+        address: "10.0.0.13:4001",
+        reachable: false,
+        version: null,
+        pid: null,
+        sessions: null,
+        error: evil,
+      },
+    ],
+    relayedOut: 5,
+    relayedIn: 3,
+    relayFailed: 1,
+    relaying: 2,
+    relayBytesToHolder: 100,
+    relayBytesToClient: 200,
+  };
+  const html = renderHtml(s);
+  ok(!html.includes(evil), "peer-reported text is escaped");
+  match(html, /<h2>Cluster<\/h2>/);
+  match(html, /Taken over by broker-server &#60;script&#62;/);
+  match(html, /PEER_B<\/td><td>10\.0\.0\.12:4001<\/td><td class="up">reachable/);
+  match(html, /PEER_C<\/td><td>10\.0\.0\.13:4001<\/td><td class="down">unreachable/);
+  const metrics = renderMetrics(s);
+  match(metrics, /^broker_cluster_links_relayed_total\{direction="out"\} 5$/m);
+  match(metrics, /^broker_cluster_links_relayed_total\{direction="in"\} 3$/m);
+  match(metrics, /^broker_cluster_peer_up\{peer="PEER_C",address="10\.0\.0\.13:4001"\} 0$/m);
+  match(metrics, /^broker_cluster_handed_over 1$/m);
+  ok(!renderMetrics(snapshot(1)).includes("broker_cluster"), "no cluster metrics without a cluster");
 });
