@@ -69,7 +69,7 @@ chroot "$ROOTFS" /bin/bash -c "
   # Wine's socket layer slows to a crawl past ~100 sockets in one process: the
   # heavy tests run at reduced scale here (full scale on Linux and real Windows).
   export INTEGRITY_SESSIONS=\${INTEGRITY_SESSIONS:-4} INTEGRITY_MIB=\${INTEGRITY_MIB:-4} BALANCE_SESSIONS=\${BALANCE_SESSIONS:-30} FUZZ_CASES=\${FUZZ_CASES:-2000} SLOWLORIS_LINKS=\${SLOWLORIS_LINKS:-200}
-  export ENDINGS_CROWD_SESSIONS=\${ENDINGS_CROWD_SESSIONS:-20} ROAMING_RACE_SESSIONS=\${ROAMING_RACE_SESSIONS:-10} SIM_WORLDS=\${SIM_WORLDS:-200}
+  export ENDINGS_CROWD_SESSIONS=\${ENDINGS_CROWD_SESSIONS:-20} ROAMING_RACE_SESSIONS=\${ROAMING_RACE_SESSIONS:-10} SIM_WORLDS=\${SIM_WORLDS:-200} TAKEOVER_SESSIONS=\${TAKEOVER_SESSIONS:-10}
   # Wine's socket layer now and then drops bytes it already reported as sent
   # when megabytes wait for a slow reader (seen in the TLS test at 4 MiB, 3
   # times in 229 runs; the broker had written every byte): 1 MiB each way here.

@@ -762,7 +762,8 @@ class SessionRunner {
       const error = describeError(err);
       this.#outages.lastAttemptError = error;
       this.#linkFailed(identity.server, error);
-      if (err instanceof RejectedError) return "final";
+      // Unavailable: the broker server cannot reach the one that holds the session right now (a cluster), try again.
+      if (err instanceof RejectedError && err.code !== RejectCode.Unavailable) return "final";
       if (error !== lastError) {
         log.info("Session {session}: resume attempt failed ({error}); retrying", { session: this.#label, error });
         lastError = error;

@@ -20,7 +20,11 @@ import { formatHostPort, type HostPort, isLoopback, parseHostPort } from "../con
 import { logger } from "../ops/log.ts";
 import type { NetConn, NetListener, Network } from "../session/network.ts";
 import { closeQuietly, describeError, writeAll } from "../session/transport.ts";
-import { acceptPeer, dialPeer, readExact, sendMessage } from "./peer_conn.ts";
+import { acceptPeer, dialPeer, type PeerProof, readExact, sendReply } from "./peer_conn.ts";
+import { acceptLoop, type AcceptNote, openFileLimit, SERVER_DESCRIPTOR_ADVICE } from "../ops/accept_errors.ts";
+import { LogBudget } from "../ops/log_budget.ts";
+import { peerText } from "../ops/peer_text.ts";
+import { sourceOf } from "../server/rate_limit.ts";
 import { type RelayCounts, splice } from "./relay.ts";
 import {
   type Handover,
@@ -42,6 +46,18 @@ const log = logger("cluster");
 export const PEER_POLL_MS = 5_000;
 /** Time a peer has to answer, and a relay to be granted (ms). */
 export const PEER_TIMEOUT_MS = 3_000;
+/**
+ * Most connections on the peer port that have not proven the key yet, in
+ * all and per address. A peer passes a burst of resumes on after a network
+ * blink, but each proves the key within a round trip; those over the cap
+ * are refused as unavailable, and their clients try again.
+ */
+const MAX_UNPROVEN = 256;
+const MAX_UNPROVEN_PER_ADDRESS = 64;
+
+/** Sends the (signed) reply to a peer's request. */
+type Reply = (message: unknown) => Promise<void>;
+
 /** Time a peer has to say whether it holds an opening (ms): every new session waits for the answers. */
 export const OPENING_QUERY_MS = 1_000;
 /** A tag nobody claims makes this side ask every peer again, at most this often (ms). */
@@ -88,6 +104,8 @@ export interface ClusterOptions {
   holdsOpening: (token: string) => boolean;
   /** A relayed link for one of our sessions: run the normal handshake on it. */
   adopt: (conn: NetConn) => void;
+  /** The new process that took over has bound the ports. */
+  settled: () => void;
   /** A new process took over: stop accepting (it binds the ports once this resolves). */
   takenOver: (by: { version: string; pid: number }) => Promise<void>;
   /** The processes this one took over from. */
@@ -122,6 +140,12 @@ export class Cluster {
   #lastRefresh = -Infinity;
   #refreshing: Promise<void> | null = null;
   #open = new Set<Transport>();
+  #serving = new Set<Promise<void>>();
+  #polling: Promise<void> | null = null;
+  #unproven = new Map<string, number>();
+  #unprovenTotal = 0;
+  #refusals = new LogBudget(20, 10_000);
+  #stop = new AbortController();
   #closed = false;
   #handedOver = false;
   #counts: ClusterCounts = {
@@ -177,9 +201,7 @@ export class Cluster {
 
   /** Binds CLUSTER_ADDRESS:CLUSTER_PORT (throws as Deno.listen does) and starts asking the peers. */
   listen(): void {
-    const { hostname, port } = this.#options.config.listen;
-    this.#listener = this.#options.network.listen({ hostname, port });
-    this.#accepting.push(this.#acceptFrom(this.#listener, false));
+    this.#bind();
     log.info("cluster: listening for peers on {address}; holder tag {tag}; peers: {peers}", {
       address: formatHostPort(this.address as HostPort),
       tag: this.tag,
@@ -189,91 +211,162 @@ export class Cluster {
     this.#pollTimer = setInterval(() => this.#poll(), PEER_POLL_MS);
   }
 
-  async #acceptFrom(listener: NetListener, handover: boolean): Promise<void> {
-    for (;;) {
-      let conn: NetConn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return;
-      }
-      this.#serve(conn, handover).catch(() => {});
-    }
+  #bind(): void {
+    const { hostname, port } = this.#options.config.listen;
+    this.#listener = this.#options.network.listen({ hostname, port });
+    this.#accepting.push(this.#acceptFrom(this.#listener, false));
+  }
+
+  /**
+   * Listens on CLUSTER_PORT again after a handover whose new process never
+   * took the ports (it failed to start): this process is the one in charge
+   * again. Throws as Deno.listen does.
+   */
+  reclaim(): void {
+    this.#bind();
+    this.#handedOver = false;
+  }
+
+  #acceptFrom(listener: NetListener, handover: boolean): Promise<void> {
+    const options = {
+      what: "peer connections",
+      advice: SERVER_DESCRIPTOR_ADVICE,
+      openFileLimit,
+      signal: this.#stop.signal,
+      log: (note: AcceptNote) => log[note.level](note.message, note.fields),
+    };
+    return acceptLoop(listener, options, (conn) => {
+      const serving = this.#serve(conn, handover).catch(() => {});
+      this.#serving.add(serving);
+      serving.finally(() => this.#serving.delete(serving));
+    });
+  }
+
+  /** Counts a connection that has not proven the key yet; false (close it) when its address or everyone is over the cap. */
+  #admitUnproven(source: string): boolean {
+    const mine = this.#unproven.get(source) ?? 0;
+    if (mine >= MAX_UNPROVEN_PER_ADDRESS || this.#unprovenTotal >= MAX_UNPROVEN) return false;
+    this.#unproven.set(source, mine + 1);
+    this.#unprovenTotal++;
+    return true;
+  }
+
+  #proven(source: string): void {
+    const mine = (this.#unproven.get(source) ?? 1) - 1;
+    if (mine <= 0) this.#unproven.delete(source);
+    else this.#unproven.set(source, mine);
+    this.#unprovenTotal--;
+  }
+
+  #refused(from: string, error: string): void {
+    const heldBack = this.#refusals.spend();
+    if (heldBack === null) return;
+    log.warn("cluster: refused a connection from {from}: {error}{heldBack}", {
+      from,
+      error: peerText(error),
+      heldBack: heldBack > 0 ? ` (${heldBack} more refused before this one)` : "",
+    });
   }
 
   /** One peer connection: proofs, then its request. */
   async #serve(conn: NetConn, handover: boolean): Promise<void> {
-    const from = formatHostPort(conn.remoteAddr as Deno.NetAddr);
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    const from = formatHostPort(remote);
+    const source = sourceOf(remote.hostname);
+    if (this.#closed || !this.#admitUnproven(source)) {
+      this.#refused(from, "too many peer connections that have not proven the cluster key yet");
+      return closeQuietly(conn);
+    }
+    this.#open.add(conn);
     let request: PeerRequest;
+    let proof: PeerProof;
     try {
-      request = await acceptPeer(conn, await this.#key, PEER_TIMEOUT_MS);
+      ({ request, proof } = await acceptPeer(conn, await this.#key, PEER_TIMEOUT_MS));
     } catch (err) {
-      log.warn("cluster: refused a connection from {from}: {error}", { from, error: describeError(err) });
-      closeQuietly(conn);
-      return;
+      this.#open.delete(conn);
+      this.#refused(from, describeError(err));
+      return closeQuietly(conn);
+    } finally {
+      this.#proven(source);
     }
     try {
-      if (request.op === "hello") await this.#answerHello(conn);
+      const reply = (message: unknown) => sendReply(conn, proof, message);
+      if (request.op === "hello") await this.#answerHello(reply, handover);
       else if (request.op === "opening") {
-        await sendMessage(conn, { held: this.#options.holdsOpening(request.token), tag: this.tag });
-      } else if (request.op === "relay") return await this.#answerRelay(conn, request, handover);
-      else await this.#answerTakeover(conn, request, from, handover);
+        await reply({ held: this.#options.holdsOpening(request.token), tag: this.tag });
+      } else if (request.op === "settled") {
+        await reply({ ok: handover });
+        if (handover) this.#options.settled();
+      } else if (request.op === "relay") {
+        this.#open.delete(conn);
+        return await this.#answerRelay(conn, reply, request, handover);
+      } else await this.#answerTakeover(conn, reply, request, from, handover);
     } catch (err) {
       log.warn("cluster: a {op} request from {from} failed: {error}", {
         op: request.op,
         from,
         error: describeError(err),
       });
+    } finally {
+      this.#open.delete(conn);
     }
     closeQuietly(conn);
   }
 
-  async #answerHello(conn: NetConn): Promise<void> {
+  /** Who we are; through the handover port, only our own tag (the new process reaches our predecessors itself). */
+  async #answerHello(reply: Reply, viaHandover: boolean): Promise<void> {
     const info: PeerInfo = {
       tag: this.tag,
       version: this.#options.version,
       pid: Deno.pid,
       sessions: this.#options.sessions(),
-      holders: [this.tag, ...this.#predecessors.map((p) => p.tag)],
+      holders: viaHandover ? [this.tag] : [this.tag, ...this.#predecessors.map((p) => p.tag)],
     };
-    await sendMessage(conn, info);
+    await reply(info);
   }
 
   /** A relay for a session we hold is handed to the server; one for a predecessor's goes on to it. */
-  async #answerRelay(conn: NetConn, request: { tag: string; client: string }, viaHandover: boolean): Promise<void> {
+  async #answerRelay(
+    conn: NetConn,
+    reply: Reply,
+    request: { tag: string; client: string },
+    viaHandover: boolean,
+  ): Promise<void> {
     if (request.tag === this.tag) {
       let client: HostPort;
       try {
         client = parseHostPort(request.client);
       } catch {
-        await sendMessage(conn, { ok: false, reason: "malformed client address" });
+        await reply({ ok: false, reason: "malformed client address" });
         return closeQuietly(conn);
       }
-      await sendMessage(conn, { ok: true });
+      await reply({ ok: true });
       this.#counts.relayedIn++;
       this.#options.adopt(relayedConn(conn, client));
       return;
     }
+    // Through the handover port only our own sessions: the new process relays to each predecessor directly.
     const predecessor = viaHandover ? undefined : this.#predecessors.find((p) => p.tag === request.tag);
     if (!predecessor) {
-      await sendMessage(conn, { ok: false, reason: `no process here holds tag ${request.tag}` });
+      await reply({ ok: false, reason: `no process here holds tag ${request.tag}` });
       return closeQuietly(conn);
     }
-    const route = { hostname: "127.0.0.1", port: predecessor.port, name: `predecessor (pid ${predecessor.pid})` };
+    const route = { hostname: "127.0.0.1", port: predecessor.port, name: predecessorName(predecessor) };
     let onward: NetConn;
     try {
       onward = await this.#dialRelay(route, request);
     } catch (err) {
-      await sendMessage(conn, { ok: false, reason: describeError(err) }).catch(() => {});
+      await reply({ ok: false, reason: describeError(err) }).catch(() => {});
       return closeQuietly(conn);
     }
-    await sendMessage(conn, { ok: true });
+    await reply({ ok: true });
     await this.#splice(conn, onward);
   }
 
   /** A new process on this host asks to take over: tell it where we are, then stop accepting. */
   async #answerTakeover(
     conn: NetConn,
+    reply: Reply,
     request: { version: string; pid: number },
     from: string,
     viaHandover: boolean,
@@ -282,16 +375,14 @@ export class Cluster {
     const local = isLoopback(remote) || this.#localAddresses().includes(remote);
     if (viaHandover || this.#handedOver || !local) {
       const reason = !local ? "a takeover must come from this host" : "this process has already handed over to another";
-      await sendMessage(conn, { ok: false, reason });
+      await reply({ ok: false, reason });
       return;
     }
     this.#handedOver = true;
-    const handoverListener = this.#options.network.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#handoverListener = handoverListener;
-    this.#accepting.push(this.#acceptFrom(handoverListener, true));
+    this.#handoverListener ??= this.#openHandoverListener();
     const own: Predecessor = {
       tag: this.tag,
-      port: (handoverListener.addr as Deno.NetAddr).port,
+      port: (this.#handoverListener.addr as Deno.NetAddr).port,
       version: this.#options.version,
       pid: Deno.pid,
     };
@@ -306,11 +397,18 @@ export class Cluster {
         sessions: this.#options.sessions(),
       },
     );
-    await sendMessage(conn, answer);
+    await reply(answer);
     closeQuietly(conn);
     await this.#options.takenOver(request);
     this.#listener?.close();
     this.#listener = null;
+  }
+
+  /** The loopback port the new process relays our sessions' links to. */
+  #openHandoverListener(): NetListener {
+    const listener = this.#options.network.listen({ hostname: "127.0.0.1", port: 0 });
+    this.#accepting.push(this.#acceptFrom(listener, true));
+    return listener;
   }
 
   #localAddresses(): string[] {
@@ -323,12 +421,14 @@ export class Cluster {
 
   /** Asks every peer and predecessor what it holds. */
   #poll(): Promise<void> {
+    if (this.#polling) return this.#polling;
     this.#lastRefresh = performance.now();
     const asks = [
       ...this.#options.config.peers.map((p) => this.#ask(p.name, { hostname: p.hostname, port: p.port })),
       ...this.#predecessors.map((p) => this.#ask(predecessorName(p), { hostname: "127.0.0.1", port: p.port })),
     ];
-    return Promise.all(asks).then(() => {});
+    this.#polling = Promise.all(asks).then(() => {}).finally(() => this.#polling = null);
+    return this.#polling;
   }
 
   async #ask(name: string, at: HostPort): Promise<void> {
@@ -339,6 +439,7 @@ export class Cluster {
         network: this.#options.network,
         key: await this.#key,
         timeoutMs: PEER_TIMEOUT_MS,
+        signal: this.#stop.signal,
       });
       closeQuietly(conn);
       const info = parsePeerInfo(reply);
@@ -352,9 +453,13 @@ export class Cluster {
       Object.assign(state, { reachable: true, info, error: null });
       // Tags it no longer holds (its sessions' process exited, or it restarted) are forgotten.
       for (const [tag, route] of this.#routes) {
-        if (route.name === name && !info.holders.includes(tag)) this.#routes.delete(tag);
+        if (route.name === name && !info.holders.includes(tag) && tag !== info.tag) this.#routes.delete(tag);
       }
-      for (const tag of info.holders) this.#routes.set(tag, { ...at, name });
+      for (const tag of info.holders) {
+        // Our own predecessors are reached directly, whoever else says it reaches them.
+        const direct = this.#predecessors.find((p) => p.tag === tag);
+        if (!direct || predecessorName(direct) === name) this.#routes.set(tag, { ...at, name });
+      }
     } catch (err) {
       const error = describeError(err);
       if (state.reachable || state.error === "not asked yet") {
@@ -475,6 +580,7 @@ export class Cluster {
         network: this.#options.network,
         key: await this.#key,
         timeoutMs: OPENING_QUERY_MS,
+        signal: this.#stop.signal,
       });
       closeQuietly(conn);
       const answer = parseOpeningAnswer(reply);
@@ -537,6 +643,7 @@ export class Cluster {
       network: this.#options.network,
       key: await this.#key,
       timeoutMs: PEER_TIMEOUT_MS,
+      signal: this.#stop.signal,
     });
     const answer = parseRelayAnswer(reply);
     if (!answer.ok) {
@@ -546,15 +653,38 @@ export class Cluster {
     return conn;
   }
 
+  /** Tells the process this one took over from that the ports are bound (logged when it cannot be told). */
+  async notifySettled(): Promise<void> {
+    const [first] = this.#predecessors;
+    if (!first) return;
+    try {
+      const { conn } = await dialPeer("127.0.0.1", first.port, { op: "settled", pid: Deno.pid }, {
+        network: this.#options.network,
+        key: await this.#key,
+        timeoutMs: PEER_TIMEOUT_MS,
+        signal: this.#stop.signal,
+      });
+      closeQuietly(conn);
+    } catch (err) {
+      log.warn("cluster: cannot tell the process this one took over from (pid {pid}) that it runs: {error}", {
+        pid: first.pid,
+        error: describeError(err),
+      });
+    }
+  }
+
   /** Stops listening and polling, and cuts every relay. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#stop.abort();
     clearInterval(this.#pollTimer);
     this.#listener?.close();
     this.#handoverListener?.close();
     for (const t of this.#open) closeQuietly(t);
     await Promise.all(this.#accepting);
-    await this.#refreshing;
+    await Promise.all([...this.#serving]);
+    for (const t of this.#open) closeQuietly(t);
+    await this.#polling;
   }
 }
 

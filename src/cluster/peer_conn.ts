@@ -38,12 +38,6 @@ export async function readExact(transport: Transport, n: number): Promise<Uint8A
   return out;
 }
 
-/** Reads one control message. */
-export async function readMessage(transport: Transport): Promise<Record<string, unknown>> {
-  const length = messageLength(await readExact(transport, 4));
-  return decodeMessage(await readExact(transport, length));
-}
-
 /** Runs `step` on `conn`, closing the connection when it takes longer than `ms` (the step then throws). */
 export async function withDeadline<T>(conn: Transport, ms: number, what: string, step: () => Promise<T>): Promise<T> {
   let late = false;
@@ -72,6 +66,38 @@ export interface DialPeerOptions {
   signal?: AbortSignal;
 }
 
+/** What the listener needs to sign its reply: the key and both nonces. */
+export interface PeerProof {
+  key: CryptoKey;
+  dialerNonce: Uint8Array;
+  listenerNonce: Uint8Array;
+}
+
+/** Reads one message signed as `role`; throws when the signature does not verify. */
+async function readSigned(
+  conn: Transport,
+  proof: PeerProof,
+  role: "request" | "reply",
+): Promise<Record<string, unknown>> {
+  const mac = await readExact(conn, MAC_SIZE);
+  const length = messageLength(await readExact(conn, 4));
+  const body = await readExact(conn, length);
+  if (!await verifyPeer(proof.key, role, proof.dialerNonce, proof.listenerNonce, mac, body)) {
+    throw new PeerProtocolError(`the peer's ${role} does not carry a valid signature`);
+  }
+  return decodeMessage(body);
+}
+
+/** One message signed as `role`: the MAC, then the message. */
+async function signed(proof: PeerProof, role: "request" | "reply", message: unknown): Promise<Uint8Array> {
+  const bytes = encodeMessage(message);
+  const mac = await signPeer(proof.key, role, proof.dialerNonce, proof.listenerNonce, bytes.subarray(4));
+  const out = new Uint8Array(mac.length + bytes.length);
+  out.set(mac);
+  out.set(bytes, mac.length);
+  return out;
+}
+
 /**
  * Dials a peer, proves the cluster key both ways and sends `request`;
  * resolves to the connection (left open, positioned after the reply) and
@@ -96,13 +122,14 @@ export async function dialPeer(
       if (!await verifyPeer(options.key, "listener", ours, theirs, mac)) {
         throw new PeerProtocolError("the peer did not prove the cluster key: is CLUSTER_KEY the same on both?");
       }
-      const proof = await signPeer(options.key, "dialer", ours, theirs);
-      const message = encodeMessage(request);
-      const out = new Uint8Array(proof.length + message.length);
-      out.set(proof);
-      out.set(message, proof.length);
+      const proof = { key: options.key, dialerNonce: ours, listenerNonce: theirs };
+      const opening = await signPeer(options.key, "dialer", ours, theirs);
+      const message = await signed(proof, "request", request);
+      const out = new Uint8Array(opening.length + message.length);
+      out.set(opening);
+      out.set(message, opening.length);
       await writeAll(conn, out);
-      return await readMessage(conn);
+      return await readSigned(conn, proof, "reply");
     });
     return { conn, reply };
   } catch (err) {
@@ -116,7 +143,11 @@ export async function dialPeer(
  * reads its request, all within `timeoutMs`. Throws (the caller closes the
  * connection) when the dialer does not prove the key.
  */
-export async function acceptPeer(conn: NetConn, key: CryptoKey, timeoutMs: number): Promise<PeerRequest> {
+export async function acceptPeer(
+  conn: NetConn,
+  key: CryptoKey,
+  timeoutMs: number,
+): Promise<{ request: PeerRequest; proof: PeerProof }> {
   return await withDeadline(conn, timeoutMs, "peer opening", async () => {
     const { nonce: theirs } = decodeOpening(await readExact(conn, DIALER_OPENING_SIZE));
     const ours = randomId();
@@ -125,11 +156,12 @@ export async function acceptPeer(conn: NetConn, key: CryptoKey, timeoutMs: numbe
     if (!await verifyPeer(key, "dialer", theirs, ours, mac)) {
       throw new PeerProtocolError("the dialer did not prove the cluster key");
     }
-    return parseRequest(await readMessage(conn));
+    const proof = { key, dialerNonce: theirs, listenerNonce: ours };
+    return { request: parseRequest(await readSigned(conn, proof, "request")), proof };
   });
 }
 
-/** Sends one control message. */
-export function sendMessage(conn: Transport, message: unknown): Promise<void> {
-  return writeAll(conn, encodeMessage(message));
+/** Sends the reply to a request read by acceptPeer. */
+export async function sendReply(conn: Transport, proof: PeerProof, message: unknown): Promise<void> {
+  await writeAll(conn, await signed(proof, "reply", message));
 }

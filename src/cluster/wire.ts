@@ -9,12 +9,13 @@
  * ```
  * dialer   -> "PBRC" version nonceD(16)
  * listener -> "PBRC" version nonceL(16) mac("listener", nonceD, nonceL)(32)
- * dialer   -> mac("dialer", nonceD, nonceL)(32) request
- * listener -> reply
+ * dialer   -> mac("dialer", nonceD, nonceL)(32) mac("request", nonceD, nonceL, body)(32) request
+ * listener -> mac("reply", nonceD, nonceL, body)(32) reply
  * ```
  *
  * Requests and replies are one message each: a u32 big-endian length and a
- * JSON object (at most MAX_MESSAGE_BYTES). After a relay request is granted
+ * JSON object (at most MAX_MESSAGE_BYTES), each signed with both nonces, so
+ * that nobody on the path can change or swap them. After a relay request is granted
  * the connection carries a client's link byte for byte (see relay.ts).
  * @module
  */
@@ -42,6 +43,8 @@ export type PeerRequest =
   | { op: "relay"; tag: string; client: string }
   /** Do you hold, or are you opening, the session of this open token (hex)? The answer is an OpeningAnswer. */
   | { op: "opening"; token: string }
+  /** The new process (pid) has bound the ports after a takeover: the old one may exit once its sessions end. */
+  | { op: "settled"; pid: number }
   /** A new process on this host takes over: stop accepting; answer a Handover. */
   | { op: "takeover"; version: string; pid: number };
 
@@ -160,6 +163,7 @@ export function parseRequest(message: Record<string, unknown>): PeerRequest {
   if (op === "opening" && typeof message.token === "string" && /^[0-9a-f]{32}$/.test(message.token)) {
     return { op, token: message.token };
   }
+  if (op === "settled" && Number.isSafeInteger(message.pid)) return { op, pid: message.pid as number };
   if (op === "takeover" && typeof message.version === "string" && Number.isSafeInteger(message.pid)) {
     return { op, version: message.version.slice(0, 64), pid: message.pid as number };
   }
@@ -251,40 +255,46 @@ export function importClusterKey(secret: string): Promise<CryptoKey> {
   );
 }
 
-function transcript(role: "dialer" | "listener", dialerNonce: Uint8Array, listenerNonce: Uint8Array): Uint8Array {
+/** Who signs: the two openings, and the request and reply (bound to the same nonces, so neither can be swapped). */
+export type PeerRole = "dialer" | "listener" | "request" | "reply";
+
+function transcript(role: PeerRole, dialerNonce: Uint8Array, listenerNonce: Uint8Array, body: Uint8Array): Uint8Array {
   const label = new TextEncoder().encode(`broker-server peer ${role}`);
-  const out = new Uint8Array(label.length + 2 * ID_SIZE);
+  const out = new Uint8Array(label.length + 2 * ID_SIZE + body.length);
   out.set(label);
   out.set(dialerNonce, label.length);
   out.set(listenerNonce, label.length + ID_SIZE);
+  out.set(body, label.length + 2 * ID_SIZE);
   return out;
 }
 
-/** The proof `role` sends over both nonces. */
+/** The proof `role` sends over both nonces (and a message's `body`). */
 export async function signPeer(
   key: CryptoKey,
-  role: "dialer" | "listener",
+  role: PeerRole,
   dialerNonce: Uint8Array,
   listenerNonce: Uint8Array,
+  body: Uint8Array = new Uint8Array(0),
 ): Promise<Uint8Array> {
   return new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, transcript(role, dialerNonce, listenerNonce) as BufferSource),
+    await crypto.subtle.sign("HMAC", key, transcript(role, dialerNonce, listenerNonce, body) as BufferSource),
   );
 }
 
-/** Whether `mac` is `role`'s proof over both nonces (constant time). */
+/** Whether `mac` is `role`'s proof over both nonces (and `body`), in constant time. */
 export function verifyPeer(
   key: CryptoKey,
-  role: "dialer" | "listener",
+  role: PeerRole,
   dialerNonce: Uint8Array,
   listenerNonce: Uint8Array,
   mac: Uint8Array,
+  body: Uint8Array = new Uint8Array(0),
 ): Promise<boolean> {
   if (mac.length !== MAC_SIZE) return Promise.resolve(false);
   return crypto.subtle.verify(
     "HMAC",
     key,
     mac as BufferSource,
-    transcript(role, dialerNonce, listenerNonce) as BufferSource,
+    transcript(role, dialerNonce, listenerNonce, body) as BufferSource,
   );
 }

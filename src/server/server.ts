@@ -96,6 +96,18 @@ function dialable(hostname: string): string {
   return hostname;
 }
 
+/** A process that took over from this one, and what this one waits for before it exits. */
+interface HandoverState {
+  /** The new process. */
+  by: { version: string; pid: number };
+  /** When it took over (clock ms). */
+  since: number;
+  /** Resolved when it says that it listens. */
+  settled: PromiseWithResolvers<void>;
+  /** Resolves once this process may exit. */
+  done: Promise<void>;
+}
+
 /** The broker-server: listener, handshakes and the session registry. */
 export class BrokerServer {
   #config: ServerConfig;
@@ -121,9 +133,10 @@ export class BrokerServer {
   #reloader: Reloader;
   #tag = newTag();
   #cluster: Cluster | null = null;
-  #handover: { by: { version: string; pid: number }; since: number; done: Promise<void> } | null = null;
+  #handover: HandoverState | null = null;
   #handedOver = Promise.withResolvers<void>();
   #tookOver = false;
+  #openingQuestions: RateLimiter;
 
   /** Creates a server for `config`; call listen() to start. */
   constructor(config: ServerConfig, options: BrokerServerOptions = {}) {
@@ -140,6 +153,7 @@ export class BrokerServer {
     this.#stats = new ServerStats(this.#now());
     this.#history = new ServerHistory(this.#now());
     this.#rates = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
+    this.#openingQuestions = new RateLimiter(config.limits.newSessionsPerMinute, this.#now);
     this.#gate = new LinkGate({
       now: this.#now,
       stats: this.#stats,
@@ -288,6 +302,7 @@ export class BrokerServer {
     }
     if (next.limits.newSessionsPerMinute !== old.limits.newSessionsPerMinute) {
       this.#rates = new RateLimiter(next.limits.newSessionsPerMinute, this.#now);
+      this.#openingQuestions = new RateLimiter(next.limits.newSessionsPerMinute, this.#now);
     }
     this.#config = next;
     if (this.#listener) this.#healthChecker.start(next.health.intervalMs, next.tuning.connectTimeoutMs);
@@ -320,23 +335,8 @@ export class BrokerServer {
    * error's cause is Deno's (AddrInUse, ...).
    */
   listen(predecessors: Predecessor[] = []): void {
-    const { hostname, port } = this.#config.listen;
     const tls = this.#config.tls;
-    let cert = "";
-    let key = "";
-    if (tls) {
-      try {
-        cert = Deno.readTextFileSync(tls.certFile);
-        key = Deno.readTextFileSync(tls.keyFile);
-      } catch (err) {
-        throw new Error(`Cannot read the link's TLS certificate or key (${(err as Error).message})`);
-      }
-    }
-    try {
-      this.#listener = this.#network.listen({ hostname, port, ...(tls ? { tls: { cert, key } } : {}) });
-    } catch (err) {
-      throw listenError({ hostname, port }, err);
-    }
+    this.#listener = this.#bindListener();
     try {
       this.#cluster = this.#startCluster(predecessors);
     } catch (err) {
@@ -357,6 +357,27 @@ export class BrokerServer {
     this.#statusPage.start(this.#config.status);
   }
 
+  /** Binds LOCAL_SERVER_ADDRESS:LOCAL_SERVER_PORT (with the link's TLS); throws with Deno's error as the cause. */
+  #bindListener(): NetListener {
+    const { hostname, port } = this.#config.listen;
+    const tls = this.#config.tls;
+    let cert = "";
+    let key = "";
+    if (tls) {
+      try {
+        cert = Deno.readTextFileSync(tls.certFile);
+        key = Deno.readTextFileSync(tls.keyFile);
+      } catch (err) {
+        throw new Error(`Cannot read the link's TLS certificate or key (${(err as Error).message})`);
+      }
+    }
+    try {
+      return this.#network.listen({ hostname, port, ...(tls ? { tls: { cert, key } } : {}) });
+    } catch (err) {
+      throw listenError({ hostname, port }, err);
+    }
+  }
+
   /** The cluster member of this process, listening; null without CLUSTER_KEY. */
   #startCluster(predecessors: Predecessor[]): Cluster | null {
     const config = this.#config.cluster;
@@ -370,6 +391,7 @@ export class BrokerServer {
       holdsOpening: (token) => this.#registry.orphan(token) !== undefined || this.#registry.connecting(token),
       adopt: (conn) => this.#handshake(conn),
       takenOver: (by) => this.#takenOver(by),
+      settled: () => this.#handover?.settled.resolve(),
       predecessors,
     });
     try {
@@ -418,7 +440,9 @@ export class BrokerServer {
     this.#tookOver = true;
     for (;;) {
       try {
-        return this.listen(predecessors);
+        this.listen(predecessors);
+        await this.#cluster?.notifySettled();
+        return;
       } catch (err) {
         if (!((err as Error).cause instanceof Deno.errors.AddrInUse) || this.#now() > deadline) throw err;
         await new Promise((resolve) => setTimeout(resolve, 50));
@@ -426,7 +450,13 @@ export class BrokerServer {
     }
   }
 
-  /** A new process took over: the status page and the listener go (it binds them next); sessions stay. */
+  /**
+   * A new process took over: the status page and the listener go (it binds
+   * them next); sessions stay. This process is done once its sessions have
+   * ended (or HANDOVER_TIMEOUT passed) and the new one has said that it
+   * runs. When it never says so, and the port is still free after
+   * TAKEOVER_BIND_MS and a margin, this one takes the ports back.
+   */
   async #takenOver(by: { version: string; pid: number }): Promise<void> {
     const since = this.#now();
     await this.#statusPage.shutdown();
@@ -434,24 +464,68 @@ export class BrokerServer {
     this.#listener = null;
     listener?.close();
     await this.#acceptLoop;
+    const settled = Promise.withResolvers<void>();
+    const handover = { by, since, settled, done: Promise.resolve() };
+    handover.done = this.#waitForSessions(by).then(() => settled.promise);
+    this.#handover = handover;
+    const check = this.#clock.setTimeout(() => this.#reclaimIfAbandoned(handover), TAKEOVER_BIND_MS + 5_000);
+    handover.settled.promise.then(() => this.#clock.clear(check));
+    handover.done.then(() => {
+      if (this.#handover === handover) this.#handedOver.resolve();
+    });
+  }
+
+  /**
+   * Resolves once every session has ended and their clients have had time
+   * to learn how (a client that missed the last CLOSE resumes to hear it
+   * from the tombstone), or HANDOVER_TIMEOUT has passed (logged).
+   */
+  async #waitForSessions(by: { version: string }): Promise<void> {
     const limit = this.#config.cluster?.handoverTimeoutMs ?? 0;
-    const done = (async () => {
-      if (this.#registry.size === 0) return;
+    const deadline = this.#now() + limit;
+    if (this.#registry.size > 0) {
       const ended = await within(new Promise<void>((resolve) => this.#drained = resolve), limit, this.#clock);
       this.#drained = null;
       if (!ended) {
         log.warn(
           "HANDOVER_TIMEOUT ({seconds} s) has passed since broker-server {version} took over: ending the {count} sessions left",
-          {
-            seconds: limit / 1000,
-            version: by.version,
-            count: this.#registry.size,
-          },
+          { seconds: limit / 1000, version: by.version, count: this.#registry.size },
         );
+        return;
       }
-    })();
-    this.#handover = { by, since, done };
-    this.#handedOver.resolve(done);
+    }
+    const tuning = this.#config.tuning;
+    const graceEnd = Math.min(
+      deadline,
+      this.#now() + Math.min(tuning.resumeTimeoutMs, 2 * tuning.linkTimeoutMs + 5_000),
+    );
+    while (this.#registry.tombstoneCount > 0 && this.#now() < graceEnd && !this.#stopping) {
+      await new Promise<void>((resolve) => this.#clock.setTimeout(() => resolve(), 250));
+    }
+  }
+
+  /** The new process never said it runs: when nobody listens on LOCAL_SERVER_PORT, this one takes the ports back. */
+  #reclaimIfAbandoned(handover: HandoverState): void {
+    if (this.#handover !== handover || this.#stopping) return;
+    let listener: NetListener;
+    try {
+      listener = this.#bindListener();
+    } catch {
+      return; // Taken: the new process runs, it just could not tell us.
+    }
+    log.warn(
+      "broker-server {version} (pid {pid}) took over but never started listening: this process takes LOCAL_SERVER_PORT back",
+      handover.by,
+    );
+    this.#handover = null;
+    this.#listener = listener;
+    try {
+      this.#cluster?.reclaim();
+    } catch (err) {
+      log.error("Cannot listen on CLUSTER_PORT again: {error}", { error: describeError(err) });
+    }
+    this.#acceptLoop = this.#accept(listener);
+    this.#statusPage.start(this.#config.status);
   }
 
   /** Whether this process took over from another when it started. */
@@ -492,7 +566,9 @@ export class BrokerServer {
     try {
       const hello = await readHello(link, { read: readBy(helloBy), spoke: () => this.#gate.spoke(link) });
       if (hello?.kind === "open") {
-        if (!await this.#openingRelayed(link, hello)) await this.#desk.open(link, source, hello, readBy(deadline));
+        if (!await this.#openingRelayed(link, source, hello)) {
+          await this.#desk.open(link, source, hello, readBy(deadline));
+        }
       } else if (hello?.kind === "resume") {
         if (!await this.#relayed(link, hello)) await this.#desk.resume(link, hello, readBy(deadline));
       } else if (hello?.kind === "refused") await this.#gate.reject(link, hello.code, hello.reason);
@@ -533,10 +609,12 @@ export class BrokerServer {
    * reached that one) goes to it, so that one opening never makes two ERP
    * connections: true when the link was passed on or refused here.
    */
-  async #openingRelayed(link: Link, hello: OpenRequest): Promise<boolean> {
+  async #openingRelayed(link: Link, source: string, hello: OpenRequest): Promise<boolean> {
     const cluster = this.#cluster;
     const token = toHex(hello.openToken);
     if (!cluster || this.#registry.orphan(token) || this.#registry.connecting(token)) return false;
+    // Asked before any proof: a source gets as many questions to the peers as it may open sessions.
+    if (this.#stopping || !this.#openingQuestions.take(source)) return false;
     const outcome = await cluster.relayOpening(token, link.peer, async () => {
       const taken = await link.release();
       if (!taken) return null;
