@@ -39,7 +39,11 @@ export interface CliOptions {
   uninstall: boolean;
   /** `--service`: started by the Windows Service Control Manager (broker-server only). */
   service: boolean;
-  /** `--service-name NAME`: the service `--uninstall` removes, instead of SERVICE_NAME (broker-server only). */
+  /**
+   * `--service-name NAME` (broker-server only): the service `--uninstall`
+   * removes, or `--install` creates, instead of SERVICE_NAME (a second
+   * service for an upgrade that keeps sessions, docs/cluster.md).
+   */
   serviceName?: string;
   /** `--console` / TOTVS `-d`: log informational lines to the console whatever the file says. */
   console: boolean;
@@ -140,7 +144,12 @@ export function parseCli(
   if (typeof v.config === "string") result.config = v.config;
   if (typeof v.driver === "string") result.driver = v.driver;
   if (typeof v["service-name"] === "string") {
-    if (!result.uninstall) throw new UsageError("--service-name goes with --uninstall only");
+    if (!result.uninstall && !result.install) {
+      throw new UsageError("--service-name goes with --install or --uninstall only");
+    }
+    if (v["service-name"] === "" || /\s/.test(v["service-name"])) {
+      throw new UsageError(`--service-name: expected a name without spaces, got "${v["service-name"]}"`);
+    }
     result.serviceName = v["service-name"];
   }
   return result;

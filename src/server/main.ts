@@ -57,7 +57,9 @@ Options:
       --uninstall       stop and remove that service, if broker-server installed
                         it (only SERVICE_NAME is read from the file)
       --service-name NAME  with --uninstall: remove the service NAME (when
-                        appserver.ini cannot be read)
+                        appserver.ini cannot be read); with --install: install
+                        it as NAME instead of SERVICE_NAME (a second service
+                        for an upgrade that keeps sessions: docs/cluster.md)
       --console         log to the console even if CONSOLELOG=0 (TOTVS: -d)
       --log-level LEVEL debug, info (default), warning or error
       --log-format FMT  text (default) or json (one JSON object per line)
@@ -198,7 +200,7 @@ export async function serverMain(args: string[], options: { signal: AbortSignal 
     return usageFailure(err, "broker-server", hint);
   }
   if (cli.check) return await checkOnly(config);
-  if (cli.install) return await installService(config);
+  if (cli.install) return await installService(config, cli.serviceName);
   if (cli.service) {
     if (Deno.build.os !== "windows") {
       console.error(
@@ -365,11 +367,11 @@ async function unusableFile(config: ServerConfig): Promise<string | null> {
   }
 }
 
-/** --install: the service named by SERVICE_NAME, on this OS. */
-async function installService(config: ServerConfig): Promise<number> {
+/** --install: the service named by SERVICE_NAME (or `name`, from --service-name), on this OS. */
+async function installService(config: ServerConfig, name?: string): Promise<number> {
   const spec: ServiceSpec = {
-    name: config.serviceName,
-    displayName: config.serviceDisplayName,
+    name: name ?? config.serviceName,
+    displayName: name ? `${config.serviceDisplayName} (${name})` : config.serviceDisplayName,
     command: selfCommand(Deno.execPath(), Deno.mainModule, isRunFromSource(Deno.execPath())),
     configPath: resolve(config.path),
   };

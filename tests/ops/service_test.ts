@@ -315,10 +315,12 @@ Deno.test("--uninstall reads only SERVICE_NAME: an invalid file still names the 
   await Deno.writeTextFile(`${dir}/other.ini`, "[GENERAL]\nCONSOLELOG=1\n");
   equal(await readServiceName(`${dir}/other.ini`), "PROTHEUS_BROKER_SERVER");
   equal(parseCli(["--uninstall", "--service-name", "X"], { driver: false, service: true }).serviceName, "X");
+  equal(parseCli(["--install", "--service-name", "X_B"], { driver: false, service: true }).serviceName, "X_B");
   throws(
-    () => parseCli(["--install", "--service-name", "X"], { driver: false, service: true }),
-    /with --uninstall only/,
+    () => parseCli(["--check", "--service-name", "X"], { driver: false, service: true }),
+    /with --install or --uninstall only/,
   );
+  throws(() => parseCli(["--install", "--service-name", "A B"], { driver: false, service: true }), /without spaces/);
 
   // The real program: past the invalid file (exit 2 would mean it stopped there) to the service, which does not
   // exist (a random name), so nothing on this machine is touched.
