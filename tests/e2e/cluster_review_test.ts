@@ -8,7 +8,7 @@ import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, startClient, startErp, waitFor } from "../helpers/setup.ts";
 import { echo, freePort, readExactly, roundTrip } from "../helpers/apps.ts";
 import { type ServerProcess, startServerProcess } from "../helpers/server_process.ts";
-import { clusterConfigs, startCluster, TEST_CLUSTER_KEY } from "../helpers/cluster.ts";
+import { clusterConfigs, startCluster, TEST_CLUSTER_KEY, writeClusterIni } from "../helpers/cluster.ts";
 import { resumeRaw } from "../helpers/raw_peer.ts";
 import { randomId } from "../../src/protocol/resume_auth.ts";
 import { decodeReject, FrameType, RejectCode } from "../../src/protocol/frames.ts";
@@ -23,30 +23,7 @@ import { takeOver } from "../../src/cluster/cluster.ts";
 import { systemNetwork } from "../../src/session/network.ts";
 import { fileURLToPath } from "node:url";
 
-async function writeConfig(erpPort: number): Promise<{ path: string; port: number }> {
-  const dir = await Deno.makeTempDir();
-  const port = freePort();
-  const path = `${dir}/appserver.ini`;
-  await Deno.writeTextFile(
-    path,
-    [
-      "[BALANCE_SMART_CLIENT_DESKTOP]",
-      "LOCAL_SERVER_ADDRESS = 127.0.0.1",
-      `LOCAL_SERVER_PORT = ${port}`,
-      `REMOTE_SERVER_01 = 127.0.0.1 ${erpPort}`,
-      "HEARTBEAT_INTERVAL = 200ms",
-      "LINK_TIMEOUT = 1s",
-      "RESUME_TIMEOUT = 60s",
-      "DRAIN_TIMEOUT = 0",
-      "STATUS_PORT = 0",
-      "HEALTH_CHECK_INTERVAL = 0",
-      `CLUSTER_KEY = ${TEST_CLUSTER_KEY}`,
-      `CLUSTER_PORT = ${freePort()}`,
-      "HANDOVER_TIMEOUT = 2m",
-    ].join("\r\n"),
-  );
-  return { path, port };
-}
+const writeConfig = (erpPort: number) => writeClusterIni(erpPort);
 
 async function stop(p: ServerProcess): Promise<void> {
   try {

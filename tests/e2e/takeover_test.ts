@@ -7,41 +7,19 @@ import { equal, match, ok } from "node:assert/strict";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { captureLogs } from "../helpers/log_capture.ts";
 import { clientConfig, deadline, startClient, startErp, waitFor } from "../helpers/setup.ts";
-import { freePort, readExactly } from "../helpers/apps.ts";
+import { readExactly } from "../helpers/apps.ts";
 import { ByteStream, Digest, receiveAll, seededRandom, sendStream, streamDigest } from "../../tools/streams.ts";
 import { writeAll } from "../../src/session/transport.ts";
 import { startServerProcess } from "../helpers/server_process.ts";
-import { TEST_CLUSTER_KEY } from "../helpers/cluster.ts";
+import { writeClusterIni } from "../helpers/cluster.ts";
 
 const SESSIONS = Number(Deno.env.get("TAKEOVER_SESSIONS") ?? 50);
 const WINDOWS = Deno.build.os === "windows";
 const HALF = 256 * 1024;
 
-async function writeConfig(erpPort: number): Promise<{ path: string; port: number }> {
-  const dir = await Deno.makeTempDir();
-  const port = freePort();
-  const path = `${dir}/appserver.ini`;
-  await Deno.writeTextFile(
-    path,
-    [
-      "[BALANCE_SMART_CLIENT_DESKTOP]",
-      "LOCAL_SERVER_ADDRESS = 127.0.0.1",
-      `LOCAL_SERVER_PORT = ${port}`,
-      `REMOTE_SERVER_01 = 127.0.0.1 ${erpPort}`,
-      // Wine's sockets stall for seconds at times: links there get more slack.
-      `HEARTBEAT_INTERVAL = ${WINDOWS ? "500ms" : "200ms"}`,
-      `LINK_TIMEOUT = ${WINDOWS ? "4s" : "1s"}`,
-      "RESUME_TIMEOUT = 60s",
-      "DRAIN_TIMEOUT = 0",
-      "STATUS_PORT = 0",
-      "HEALTH_CHECK_INTERVAL = 0",
-      `CLUSTER_KEY = ${TEST_CLUSTER_KEY}`,
-      `CLUSTER_PORT = ${freePort()}`,
-      "HANDOVER_TIMEOUT = 2m",
-    ].join("\r\n"),
-  );
-  return { path, port };
-}
+/** Wine's sockets stall for seconds at times: links there get more slack. */
+const writeConfig = (erpPort: number) =>
+  writeClusterIni(erpPort, WINDOWS ? { HEARTBEAT_INTERVAL: "500ms", LINK_TIMEOUT: "4s" } : {});
 
 Deno.test(`takeover: ${SESSIONS} sessions stream through link faults while a new broker-server process replaces the old one`, async () => {
   await using logs = await captureLogs();

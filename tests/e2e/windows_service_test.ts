@@ -7,29 +7,13 @@
  * elsewhere.
  */
 import { equal, match, ok } from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { sc, serverCli } from "../helpers/windows_service.ts";
 import { clientConfig, startClient, startErp, waitFor } from "../helpers/setup.ts";
 import { freePort } from "../helpers/apps.ts";
 
 const onWindows = Deno.build.os === "windows";
 if (!onWindows) {
   console.log("Skipping the Windows service test: it needs the Service Control Manager (run deno task test:windows)");
-}
-
-async function sc(...args: string[]): Promise<{ code: number; text: string }> {
-  const out = await new Deno.Command("sc.exe", { args, stdout: "piped", stderr: "piped" }).output();
-  return { code: out.code, text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
-}
-
-async function serverCli(...args: string[]): Promise<{ code: number; text: string }> {
-  const entry = fileURLToPath(new URL("../../server.ts", import.meta.url));
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", entry, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  return { code: out.code, text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
 }
 
 Deno.test({

@@ -8,7 +8,7 @@
  * skipped elsewhere.
  */
 import { equal, match, ok } from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { sc, serverCli } from "../helpers/windows_service.ts";
 import { ChaosLink } from "../../tools/chaos_link.ts";
 import { clientConfig, startClient, startErp, waitFor } from "../helpers/setup.ts";
 import { echo, freePort, roundTrip } from "../helpers/apps.ts";
@@ -19,22 +19,6 @@ if (!onWindows) {
   console.log(
     "Skipping the Windows service upgrade test: it needs the Service Control Manager (deno task test:windows)",
   );
-}
-
-async function sc(...args: string[]): Promise<{ code: number; text: string }> {
-  const out = await new Deno.Command("sc.exe", { args, stdout: "piped", stderr: "piped" }).output();
-  return { code: out.code, text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
-}
-
-async function serverCli(...args: string[]): Promise<{ code: number; text: string }> {
-  const entry = fileURLToPath(new URL("../../server.ts", import.meta.url));
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", entry, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  return { code: out.code, text: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
 }
 
 function readLog(path: string): string {

@@ -31,3 +31,35 @@ export function startCluster(configs: ServerConfig[]): (BrokerServer & AsyncDisp
   };
   return servers;
 }
+
+/**
+ * Writes an appserver.ini for a broker-server process of a cluster in front
+ * of the ERP at `erpPort` (`lines` replace or add keys, e.g. the timers);
+ * resolves to its path and LOCAL_SERVER_PORT.
+ */
+export async function writeClusterIni(
+  erpPort: number,
+  keys: Record<string, string> = {},
+): Promise<{ path: string; port: number }> {
+  const dir = await Deno.makeTempDir();
+  const port = freePort();
+  const path = `${dir}/appserver.ini`;
+  const all: Record<string, string> = {
+    LOCAL_SERVER_ADDRESS: "127.0.0.1",
+    LOCAL_SERVER_PORT: String(port),
+    REMOTE_SERVER_01: `127.0.0.1 ${erpPort}`,
+    HEARTBEAT_INTERVAL: "200ms",
+    LINK_TIMEOUT: "1s",
+    RESUME_TIMEOUT: "60s",
+    DRAIN_TIMEOUT: "0",
+    STATUS_PORT: "0",
+    HEALTH_CHECK_INTERVAL: "0",
+    CLUSTER_KEY: TEST_CLUSTER_KEY,
+    CLUSTER_PORT: String(freePort()),
+    HANDOVER_TIMEOUT: "2m",
+    ...keys,
+  };
+  const lines = ["[BALANCE_SMART_CLIENT_DESKTOP]", ...Object.entries(all).map(([k, v]) => `${k} = ${v}`)];
+  await Deno.writeTextFile(path, lines.join("\r\n"));
+  return { path, port };
+}
