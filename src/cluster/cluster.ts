@@ -60,6 +60,8 @@ type Reply = (message: unknown) => Promise<void>;
 
 /** Time a peer has to say whether it holds an opening (ms): every new session waits for the answers. */
 export const OPENING_QUERY_MS = 1_000;
+/** Time a peer gives the processes it took over from to answer the same (ms): within OPENING_QUERY_MS. */
+const PREDECESSOR_QUERY_MS = 500;
 /** A tag nobody claims makes this side ask every peer again, at most this often (ms). */
 const REFRESH_MIN_MS = 1_000;
 
@@ -87,7 +89,7 @@ export interface ClusterCounts {
   relayFailed: number;
   /** Relays under way now (this side passing links on). */
   relaying: number;
-  /** Bytes carried by relays that ended, each way. */
+  /** Bytes carried by relays so far, each way. */
   bytes: RelayCounts;
 }
 
@@ -138,7 +140,6 @@ export class Cluster {
   #predecessors: Predecessor[];
   #pollTimer: ReturnType<typeof setInterval> | undefined;
   #lastRefresh = -Infinity;
-  #refreshing: Promise<void> | null = null;
   #open = new Set<Transport>();
   #serving = new Set<Promise<void>>();
   #polling: Promise<void> | null = null;
@@ -292,9 +293,8 @@ export class Cluster {
     try {
       const reply = (message: unknown) => sendReply(conn, proof, message);
       if (request.op === "hello") await this.#answerHello(reply, handover);
-      else if (request.op === "opening") {
-        await reply({ held: this.#options.holdsOpening(request.token), tag: this.tag });
-      } else if (request.op === "settled") {
+      else if (request.op === "opening") await reply(await this.#answerOpening(request.token, handover));
+      else if (request.op === "settled") {
         await reply({ ok: handover });
         if (handover) this.#options.settled();
       } else if (request.op === "relay") {
@@ -323,6 +323,39 @@ export class Cluster {
       holders: viaHandover ? [this.tag] : [this.tag, ...this.#predecessors.map((p) => p.tag)],
     };
     await reply(info);
+  }
+
+  /**
+   * Whether this process holds or opens `token`; if not (and not asked
+   * through the handover port), whether a process it took over from does:
+   * a relay to that tag reaches it through this one.
+   */
+  async #answerOpening(token: string, viaHandover: boolean): Promise<{ held: boolean; tag: string }> {
+    if (this.#options.holdsOpening(token)) return { held: true, tag: this.tag };
+    if (viaHandover || this.#predecessors.length === 0) return { held: false, tag: this.tag };
+    const asked = this.#predecessors.map((p) =>
+      this.#askOpening(predecessorName(p), { hostname: "127.0.0.1", port: p.port }, token, PREDECESSOR_QUERY_MS)
+    );
+    try {
+      const { tag } = await Promise.any(asked);
+      return { held: true, tag };
+    } catch {
+      return { held: false, tag: this.tag };
+    }
+  }
+
+  /** Asks the process at `at` whether it holds `token`; rejects when not (or no answer within `ms`). */
+  async #askOpening(name: string, at: HostPort, token: string, ms: number): Promise<{ tag: string; route: Route }> {
+    const { conn, reply } = await dialPeer(at.hostname, at.port, { op: "opening", token }, {
+      network: this.#options.network,
+      key: await this.#key,
+      timeoutMs: ms,
+      signal: this.#stop.signal,
+    });
+    closeQuietly(conn);
+    const answer = parseOpeningAnswer(reply);
+    if (!answer.held) throw new Error("not held");
+    return { tag: answer.tag, route: { ...at, name } };
   }
 
   /** A relay for a session we hold is handed to the server; one for a predecessor's goes on to it. */
@@ -488,16 +521,36 @@ export class Cluster {
     this.#routes.set(p.tag, { hostname: "127.0.0.1", port: p.port, name });
   }
 
-  /** Asks the peers again (a tag nobody claimed), at most every REFRESH_MIN_MS. */
+  /**
+   * Returns once a poll that started after this call has ended (a tag
+   * nobody claimed: a peer may have started a process since the last poll),
+   * polling at most every REFRESH_MIN_MS: callers share the polls.
+   */
   async #refresh(): Promise<void> {
-    if (this.#refreshing) return await this.#refreshing;
-    if (performance.now() - this.#lastRefresh < REFRESH_MIN_MS) return;
-    this.#refreshing = this.#poll();
-    try {
-      await this.#refreshing;
-    } finally {
-      this.#refreshing = null;
+    const asked = performance.now();
+    while (this.#lastRefresh < asked && !this.#closed) {
+      if (this.#polling) {
+        await this.#polling;
+        continue;
+      }
+      const wait = this.#lastRefresh + REFRESH_MIN_MS - performance.now();
+      if (wait > 0) await this.#pause(wait);
+      else await this.#poll();
     }
+  }
+
+  /** Waits `ms`, or less when the cluster closes. */
+  #pause(ms: number): Promise<void> {
+    const signal = this.#stop.signal;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      }
+      signal.addEventListener("abort", done, { once: true });
+    });
   }
 
   /**
@@ -575,18 +628,7 @@ export class Cluster {
     take: () => Promise<{ transport: Transport; preamble: Uint8Array } | null>,
   ): Promise<RelayOutcome | null> {
     if (this.#closed) return null;
-    const asked = [...this.#asked()].map(async ([name, at]) => {
-      const { conn, reply } = await dialPeer(at.hostname, at.port, { op: "opening", token }, {
-        network: this.#options.network,
-        key: await this.#key,
-        timeoutMs: OPENING_QUERY_MS,
-        signal: this.#stop.signal,
-      });
-      closeQuietly(conn);
-      const answer = parseOpeningAnswer(reply);
-      if (!answer.held) throw new Error("not held");
-      return { ...answer, route: { ...at, name } };
-    });
+    const asked = [...this.#asked()].map(([name, at]) => this.#askOpening(name, at, token, OPENING_QUERY_MS));
     if (asked.length === 0) return null;
     let holder: { tag: string; route: Route };
     try {
@@ -657,20 +699,27 @@ export class Cluster {
   async notifySettled(): Promise<void> {
     const [first] = this.#predecessors;
     if (!first) return;
-    try {
-      const { conn } = await dialPeer("127.0.0.1", first.port, { op: "settled", pid: Deno.pid }, {
-        network: this.#options.network,
-        key: await this.#key,
-        timeoutMs: PEER_TIMEOUT_MS,
-        signal: this.#stop.signal,
-      });
-      closeQuietly(conn);
-    } catch (err) {
-      log.warn("cluster: cannot tell the process this one took over from (pid {pid}) that it runs: {error}", {
-        pid: first.pid,
-        error: describeError(err),
-      });
+    let error: unknown;
+    for (let attempt = 0; attempt < 3 && !this.#closed; attempt++) {
+      try {
+        const { conn } = await dialPeer("127.0.0.1", first.port, { op: "settled", pid: Deno.pid }, {
+          network: this.#options.network,
+          key: await this.#key,
+          timeoutMs: PEER_TIMEOUT_MS,
+          signal: this.#stop.signal,
+        });
+        closeQuietly(conn);
+        return;
+      } catch (err) {
+        error = err;
+        await this.#pause(500);
+      }
     }
+    // It finds out by itself 15 s after the takeover, when it cannot bind LOCAL_SERVER_PORT.
+    log.warn("cluster: cannot tell the process this one took over from (pid {pid}) that it runs: {error}", {
+      pid: first.pid,
+      error: describeError(error),
+    });
   }
 
   /** Stops listening and polling, and cuts every relay. */

@@ -34,30 +34,38 @@ async function copy(from: Transport, to: Transport, count: (n: number) => void):
   await to.closeWrite();
 }
 
+/** After one direction has ended, the other gets this long to finish before both are closed (ms). */
+export const RELAY_LINGER_MS = 2_000;
+
 /**
  * Splices `client` and `holder` until both directions have ended, or either
- * fails (then both are closed at once, as a cut link would be). `counts`
- * grows as bytes pass.
+ * fails (then both are closed at once, as a cut link would be). The link
+ * protocol never half-closes: once either side has ended its direction
+ * (the holder closed the link, or the client went away), the other gets
+ * RELAY_LINGER_MS to finish, and then both are closed, so that no relay
+ * outlives its link. `counts` grows as bytes pass.
  */
 export async function splice(client: Transport, holder: Transport, counts: RelayCounts): Promise<void> {
   const closeBoth = () => {
     closeQuietly(client);
     closeQuietly(holder);
   };
+  let linger: ReturnType<typeof setTimeout> | undefined;
+  const ended = () => linger ??= setTimeout(closeBoth, RELAY_LINGER_MS);
+  const direction = (from: Transport, to: Transport, count: (n: number) => void) =>
+    copy(from, to, count).then(ended, (err) => {
+      closeBoth();
+      throw err;
+    });
   try {
     await Promise.all([
-      copy(client, holder, (n) => counts.toHolder += n).catch((err) => {
-        closeBoth();
-        throw err;
-      }),
-      copy(holder, client, (n) => counts.toClient += n).catch((err) => {
-        closeBoth();
-        throw err;
-      }),
+      direction(client, holder, (n) => counts.toHolder += n),
+      direction(holder, client, (n) => counts.toClient += n),
     ]);
   } catch {
     // A cut on either side ends the relay, as it would end a direct link.
   } finally {
+    clearTimeout(linger);
     closeBoth();
   }
 }

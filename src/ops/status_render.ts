@@ -417,7 +417,7 @@ function clusterMetrics(c: ClusterStatus, metric: MetricWriter): void {
     ],
   ]);
   metric("broker_cluster_relays_open", "gauge", "Links passed on to their holder and still open.", [["", c.relaying]]);
-  metric("broker_cluster_relayed_bytes_total", "counter", "Bytes carried by relays that ended, by direction.", [
+  metric("broker_cluster_relayed_bytes_total", "counter", "Bytes carried by relays, by direction.", [
     ['{direction="to_holder"}', c.relayBytesToHolder],
     ['{direction="to_client"}', c.relayBytesToClient],
   ]);

@@ -127,7 +127,8 @@ export class BrokerServer {
   #historyTimer: TimerHandle | undefined;
   #statusPage = new StatusPage(() => this.status(), () => this.history());
   #stopping = false;
-  #drained: (() => void) | null = null;
+  /** Called when the last live session has ended (a drain, a handover); each waiter removes itself. */
+  #drainWaiters = new Set<() => void>();
   #rates: RateLimiter;
   #admissionKey: Promise<CryptoKey | null>;
   #reloader: Reloader;
@@ -188,7 +189,9 @@ export class BrokerServer {
       resuming: (link, id) => this.#gate.resuming(link, id),
       /** A client can open and abort sessions at will: 20 lines of abnormal ends per address per 10 s at most. */
       abnormalEndLog: new SourceLogBudgets(20, 10_000, { now: this.#now }),
-      drained: () => this.#drained?.(),
+      drained: () => {
+        for (const waiter of [...this.#drainWaiters]) waiter();
+      },
       idTag: this.#tag,
     });
   }
@@ -466,7 +469,7 @@ export class BrokerServer {
     await this.#acceptLoop;
     const settled = Promise.withResolvers<void>();
     const handover = { by, since, settled, done: Promise.resolve() };
-    handover.done = this.#waitForSessions(by).then(() => settled.promise);
+    handover.done = this.#waitForSessions(handover).then(() => settled.promise);
     this.#handover = handover;
     const check = this.#clock.setTimeout(() => this.#reclaimIfAbandoned(handover), TAKEOVER_BIND_MS + 5_000);
     handover.settled.promise.then(() => this.#clock.clear(check));
@@ -480,16 +483,17 @@ export class BrokerServer {
    * to learn how (a client that missed the last CLOSE resumes to hear it
    * from the tombstone), or HANDOVER_TIMEOUT has passed (logged).
    */
-  async #waitForSessions(by: { version: string }): Promise<void> {
+  async #waitForSessions(handover: HandoverState): Promise<void> {
     const limit = this.#config.cluster?.handoverTimeoutMs ?? 0;
     const deadline = this.#now() + limit;
     if (this.#registry.size > 0) {
-      const ended = await within(new Promise<void>((resolve) => this.#drained = resolve), limit, this.#clock);
-      this.#drained = null;
+      const ended = await this.#untilDrained(limit);
       if (!ended) {
+        // Taken back meanwhile (the new process never listened): nothing to end.
+        if (this.#handover !== handover) return;
         log.warn(
           "HANDOVER_TIMEOUT ({seconds} s) has passed since broker-server {version} took over: ending the {count} sessions left",
-          { seconds: limit / 1000, version: by.version, count: this.#registry.size },
+          { seconds: limit / 1000, version: handover.by.version, count: this.#registry.size },
         );
         return;
       }
@@ -504,6 +508,18 @@ export class BrokerServer {
     }
   }
 
+  /** Resolves true once the last live session has ended, false after `ms`. */
+  async #untilDrained(ms: number): Promise<boolean> {
+    let waiter: () => void = () => {};
+    const drained = new Promise<void>((resolve) => waiter = resolve);
+    this.#drainWaiters.add(waiter);
+    try {
+      return await within(drained, ms, this.#clock);
+    } finally {
+      this.#drainWaiters.delete(waiter);
+    }
+  }
+
   /** The new process never said it runs: when nobody listens on LOCAL_SERVER_PORT, this one takes the ports back. */
   #reclaimIfAbandoned(handover: HandoverState): void {
     if (this.#handover !== handover || this.#stopping) return;
@@ -511,7 +527,9 @@ export class BrokerServer {
     try {
       listener = this.#bindListener();
     } catch {
-      return; // Taken: the new process runs, it just could not tell us.
+      // Taken: the new process runs, it just could not tell us.
+      handover.settled.resolve();
+      return;
     }
     log.warn(
       "broker-server {version} (pid {pid}) took over but never started listening: this process takes LOCAL_SERVER_PORT back",
@@ -645,8 +663,7 @@ export class BrokerServer {
         },
       );
       for (const entry of this.#registry.values()) entry.session.sendGoAway(drainMs, reason);
-      await within(new Promise<void>((resolve) => this.#drained = resolve), drainMs, this.#clock);
-      this.#drained = null;
+      await this.#untilDrained(drainMs);
     }
     this.#shutdown.abort();
     this.#clock.clear(this.#historyTimer);

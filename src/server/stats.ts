@@ -231,7 +231,7 @@ export interface ClusterStatus {
   relayFailed: number;
   /** Relays under way (links passed on, still open). */
   relaying: number;
-  /** Bytes carried by relays, each way. */
+  /** Bytes carried by relays so far, each way. */
   relayBytesToHolder: number;
   relayBytesToClient: number;
 }

@@ -42,9 +42,13 @@ Wants=network-online.target
 Type=simple
 ExecStart=/opt/broker/broker-server --config "/opt/broker/my config/appserver.ini"
 ExecReload=/bin/kill -HUP $MAINPID
-# An upgrade in place (SIGUSR2, docs/cluster.md) starts a new process that
-# takes over and then runs systemd-notify --pid to become the main process:
-# systemd accepts that message only from a process of the unit with this.
+# Upgrades that keep sessions (CLUSTER_KEY, docs/cluster.md): install the new
+# version as a second unit (broker-server --install --service-name NAME) and
+# start it; this one exits by itself once its sessions end. Or in place:
+# replace the executable, then systemctl kill --signal=SIGUSR2
+# --kill-whom=main on this unit; the new process takes over and runs
+# systemd-notify --pid to become the main process, which systemd accepts
+# only from a process of the unit with NotifyAccess=all.
 NotifyAccess=all
 Restart=on-failure
 RestartSec=2
