@@ -223,15 +223,15 @@ Deno.test({
     // The sessions of the other two carry on, also across link cuts that
     // make their resumes land on any broker-server left.
     for (const [i, s] of kept.entries()) equal(await roundTrip(s.app, `after${i}`), `after${i}`);
-    for (let cut = 0; cut < 3; cut++) {
-      const relayed = servers.reduce((n, s, i) => n + (i === victim ? 0 : s.status().cluster!.relayedOut), 0);
+    // At least three cuts, and more (up to ten) until a resume has landed on the
+    // other broker-server left: HAProxy's rotation may happen to send every
+    // resume of a cut back to its holder.
+    const relayedNow = () => servers.reduce((n, s, i) => n + (i === victim ? 0 : s.status().cluster!.relayedOut), 0);
+    for (let cut = 0; cut < 10 && (cut < 3 || relayedNow() === 0); cut++) {
       front.resetAll();
       for (const [i, s] of kept.entries()) equal(await roundTrip(s.app, `cut${cut}-${i}`), `cut${cut}-${i}`);
-      const now = servers.reduce((n, s, i) => n + (i === victim ? 0 : s.status().cluster!.relayedOut), 0);
-      ok(now >= relayed);
     }
-    const relayedAfter = servers.reduce((n, s, i) => n + (i === victim ? 0 : s.status().cluster!.relayedOut), 0);
-    ok(relayedAfter > 0, "resumes were relayed between the two left");
+    ok(relayedNow() > 0, "resumes were relayed between the two left");
 
     // New sessions go to the two left.
     const before = sessions.length;
